@@ -7,12 +7,19 @@ Each ``_add_*`` function registers a subcommand and the function that runs it. U
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from varnext_ray import __version__
+from varnext_ray.dataset import ENCODINGS, load_manifest
+from varnext_ray.dataset import info as dataset_info
 from varnext_ray.errors import UserError
+from varnext_ray.ingest import IngestOptions, ingest
+from varnext_ray.sources import parse_size
+from varnext_ray.synth import FORMATS, write_synthetic
 
 log = logging.getLogger("varnext")
 
@@ -48,14 +55,165 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"varnext {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                                parser_class=_Parser)
+    sub = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
     for add in _COMMANDS:
         add(sub)
     return parser
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = []
+def _add_synth(sub: argparse._SubParsersAction) -> None:
+    p = _subcommand(
+        sub,
+        "synth",
+        "Write synthetic fixed-camera clips (the built-in default data).",
+        "varnext synth runs/synth --clips 4 --frames 120 --size 640x360 --seed 0",
+    )
+    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="new or empty directory")
+    p.add_argument("--clips", type=int, default=4, help="number of clips (default 4)")
+    p.add_argument("--frames", type=int, default=120, help="frames per clip (default 120)")
+    p.add_argument("--size", default="640x360", help="WxH (default 640x360)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--format", choices=FORMATS, default="mp4", help="mp4 (H.264) or png folders")
+    p.add_argument(
+        "--bump-probability",
+        type=float,
+        default=0.5,
+        help="chance that a clip has a camera bump (default 0.5)",
+    )
+    p.set_defaults(run=_run_synth)
+
+
+def _run_synth(args: argparse.Namespace) -> int:
+    manifest = write_synthetic(
+        args.out_dir,
+        clips=args.clips,
+        frames=args.frames,
+        size=parse_size(args.size),
+        seed=args.seed,
+        fmt=args.format,
+        bump_probability=args.bump_probability,
+    )
+    bumps = sum(len(c["bumps"]) for c in manifest["clips"])
+    print(
+        f"wrote {len(manifest['clips'])} clips x {args.frames} frames ({args.size}, "
+        f"{args.format}, {bumps} camera bumps) to {args.out_dir}"
+    )
+    return 0
+
+
+def _add_ingest(sub: argparse._SubParsersAction) -> None:
+    p = _subcommand(
+        sub,
+        "ingest",
+        "Decode videos and image folders into a frame dataset.",
+        "varnext ingest runs/synth footage.mp4 --out runs/dataset --size 160x90",
+    )
+    p.add_argument(
+        "sources",
+        type=Path,
+        nargs="+",
+        metavar="SOURCE",
+        help="video files, image folders, or folders of either",
+    )
+    p.add_argument("--out", type=Path, required=True, help="the dataset directory to create")
+    p.add_argument("--size", default="640x360", help="WxH of the frames (default 640x360)")
+    p.add_argument("--every", type=int, default=1, help="keep every Nth frame (default 1)")
+    p.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
+    p.add_argument("--test", type=float, default=0.1, help="test fraction (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
+    p.add_argument(
+        "--guard",
+        type=int,
+        default=16,
+        help="frames dropped between time blocks of different splits (default 16)",
+    )
+    p.add_argument(
+        "--cut-threshold",
+        type=float,
+        default=0.02,
+        help="minimum frame difference of a cut (default 0.02, see docs/data.md)",
+    )
+    p.add_argument(
+        "--cut-ratio",
+        type=float,
+        default=4.0,
+        help="a cut must also exceed this times the recent median (default 4)",
+    )
+    p.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="raw",
+        help="image bytes in Parquet (default raw: fastest to train from)",
+    )
+    p.set_defaults(run=_run_ingest)
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    opts = IngestOptions(
+        size=parse_size(args.size),
+        every=args.every,
+        val=args.val,
+        test=args.test,
+        seed=args.seed,
+        guard=args.guard,
+        cut_threshold=args.cut_threshold,
+        cut_ratio=args.cut_ratio,
+        encoding=args.encoding,
+    )
+    manifest = ingest(args.sources, args.out, opts)
+    splits = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
+    print(
+        f"wrote {manifest['frames']} frames in {len(manifest['clips'])} clips ({splits}; "
+        f"{len(manifest['skipped'])} skipped) to {args.out}"
+    )
+    return 0
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    data = sub.add_parser("data", help="Inspect a frame dataset.")
+    data_sub = data.add_subparsers(
+        dest="data_command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    p = _subcommand(
+        data_sub,
+        "info",
+        "Show a frame dataset's frames, clips and splits.",
+        "varnext data info runs/dataset --json",
+    )
+    p.add_argument("dataset", type=Path, metavar="DATASET")
+    p.add_argument("--stride", type=int, default=1, help="triplet stride to count (default 1)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_run_data_info)
+
+
+def _run_data_info(args: argparse.Namespace) -> int:
+    summary = dataset_info(load_manifest(args.dataset), args.stride)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    w, h = summary["size"]
+    print(
+        f"{summary['path']}: {summary['frames']} frames of {w}x{h} ({summary['encoding']}), "
+        f"{summary['clips']} clips from {summary['sources']} sources, "
+        f"{summary['skipped']} skipped, split by {summary['split_policy']} "
+        f"(seed {summary['seed']})"
+    )
+    print(f"{'split':<6} {'frames':>8} {'clips':>6} {'triplets(s=' + str(args.stride) + ')':>14}")
+    for split, frames in summary["splits"].items():
+        print(
+            f"{split:<6} {frames:>8} {summary['clips_per_split'][split]:>6} "
+            f"{summary['triplets'][split]:>14}"
+        )
+    return 0
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_synth,
+    _add_ingest,
+    _add_data,
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,6 +231,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
+    except BrokenPipeError:  # e.g. `varnext data info DS --json | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted (keyboard): nothing half-written was kept\n")
         return 130

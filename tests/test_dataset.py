@@ -1,0 +1,102 @@
+"""Reading a frame dataset through Ray Data: frames, triplets, streaming_split, codecs."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from varnext_ray.dataset import (
+    decode_images,
+    encode_image,
+    frames_dataset,
+    load_manifest,
+    to_model_input,
+    triplet_index,
+    triplets_dataset,
+)
+from varnext_ray.errors import UserError
+
+pytestmark = pytest.mark.cluster
+
+
+def _clip_frames(dataset_dir: Path, clip: dict) -> np.ndarray:
+    """All frames of one clip, in order, read straight from Parquet: (T, H, W, 3)."""
+    manifest = load_manifest(dataset_dir)
+    table = pq.ParquetDataset([str(dataset_dir / f) for f in clip["files"]]).read()
+    table = table.sort_by("frame_index")
+    return decode_images(table.column("image").to_pylist(), "raw", manifest.size)
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png", "jpeg"])
+def test_codecs_round_trip(encoding: str) -> None:
+    frame = np.random.default_rng(0).integers(0, 256, (18, 32, 3), dtype=np.uint8)
+    frame[:, :16] = 90  # some flat area so jpeg stays close
+    back = decode_images([encode_image(frame, encoding)] * 2, encoding, (32, 18))
+    assert back.shape == (2, 18, 32, 3) and back.dtype == np.uint8 and back.flags.writeable
+    if encoding == "jpeg":
+        assert np.abs(back[0, :, :14].astype(int) - 90).max() <= 3
+    else:
+        np.testing.assert_array_equal(back[1], frame)
+
+
+def test_frames_dataset_yields_every_train_frame(ray_local, dataset_dir: Path) -> None:
+    manifest = load_manifest(dataset_dir)
+    total, keys = 0, set()
+    for batch in frames_dataset(dataset_dir, "train").iter_torch_batches(batch_size=16):
+        assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (36, 64, 3)
+        x = to_model_input(batch["image"], "cpu")  # (B, 3, H, W)
+        assert x.shape[1:] == (3, 36, 64) and x.dtype == torch.float32
+        assert x.min() >= 0 and x.max() <= 1
+        assert x.is_contiguous(memory_format=torch.channels_last)
+        total += len(x)
+        keys |= set(zip(batch["clip"].tolist(), batch["frame_index"].tolist(), strict=True))
+    assert total == len(keys) == manifest.data["splits"]["train"]
+
+
+def test_triplets_match_the_clip_frames(ray_local, dataset_dir: Path) -> None:
+    manifest = load_manifest(dataset_dir)
+    stride = 2
+    rows = triplets_dataset(dataset_dir, "val", stride=stride, chunk=5).take_all()
+    assert len(rows) == len(triplet_index(manifest, "val", stride))
+    clips = manifest.clips()
+    cache: dict[int, np.ndarray] = {}
+    for row in rows:
+        clip = clips[row["clip"]]
+        assert clip["split"] == "val" and row["t"] + 2 * stride < clip["frames"]
+        frames = cache.setdefault(row["clip"], _clip_frames(dataset_dir, clip))
+        t = row["t"]
+        np.testing.assert_array_equal(row["x1"], frames[t])
+        np.testing.assert_array_equal(row["x2"], frames[t + stride])
+        np.testing.assert_array_equal(row["x3"], frames[t + 2 * stride])
+
+
+def test_triplet_limit_and_errors(ray_local, dataset_dir: Path) -> None:
+    assert triplets_dataset(dataset_dir, "val", stride=1, limit=7).count() == 7
+    with pytest.raises(UserError, match="has no triplets of stride 100"):
+        triplets_dataset(dataset_dir, "val", stride=100)
+
+
+def test_streaming_split_shards_disjointly(ray_local, dataset_dir: Path) -> None:
+    manifest = load_manifest(dataset_dir)
+    shards = frames_dataset(dataset_dir, "train").streaming_split(2, equal=True)
+    seen: list[list[tuple[int, int]]] = [[], []]
+
+    def consume(rank: int) -> None:
+        for batch in shards[rank].iter_torch_batches(batch_size=8):
+            seen[rank] += list(
+                zip(batch["clip"].tolist(), batch["frame_index"].tolist(), strict=True)
+            )
+
+    threads = [threading.Thread(target=consume, args=(r,)) for r in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(seen[0]) == len(seen[1]) > 0  # equal shards: equal DDP steps
+    assert not set(seen[0]) & set(seen[1])
+    assert len(seen[0]) + len(seen[1]) <= manifest.data["splits"]["train"]

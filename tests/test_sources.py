@@ -1,0 +1,95 @@
+"""Finding and decoding sources, and fitting frames to a size."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from varnext_ray.errors import UserError
+from varnext_ray.sources import (
+    GAP,
+    Skipped,
+    decode_source,
+    discover_sources,
+    fit_frame,
+    natural_key,
+    parse_size,
+)
+
+
+@pytest.mark.parametrize(("text", "size"), [("640x360", (640, 360)), ("160X90", (160, 90))])
+def test_parse_size(text: str, size: tuple[int, int]) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize("text", ["640", "640x", "x360", "640*360", "0x10", "-5x10", "9000x10"])
+def test_parse_size_rejects(text: str) -> None:
+    with pytest.raises(UserError, match=r"size must be WxH .*\(--size\): pass e.g."):
+        parse_size(text)
+
+
+def test_natural_order() -> None:
+    names = ["frame_10.png", "frame_2.png", "frame_1.png", "Frame_3.png"]
+    ordered = sorted((Path(n) for n in names), key=natural_key)
+    assert [p.name for p in ordered] == [
+        "frame_1.png",
+        "frame_2.png",
+        "Frame_3.png",
+        "frame_10.png",
+    ]
+
+
+def test_fit_frame_crops_to_aspect_then_resizes() -> None:
+    frame = np.zeros((240, 320, 3), np.uint8)  # 4:3
+    frame[:30] = 255  # a white band at the top, cropped away by a 16:9 target
+    out = fit_frame(frame, (160, 90))
+    assert out.shape == (90, 160, 3)
+    assert out.max() == 0
+    tall = fit_frame(np.zeros((100, 50, 3), np.uint8), (40, 40))
+    assert tall.shape == (40, 40, 3)
+
+
+def test_grayscale_and_rgba_become_rgb(tmp_path: Path) -> None:
+    Image.new("L", (20, 10), 128).save(tmp_path / "frame_1.png")
+    Image.new("RGBA", (20, 10), (10, 20, 30, 0)).save(tmp_path / "frame_2.png")
+    Image.new("P", (20, 10), 3).save(tmp_path / "frame_3.png")
+    (source,), _ = discover_sources([tmp_path])
+    frames = list(decode_source(source, Skipped()))
+    assert [f[1].shape for f in frames] == [(10, 20, 3)] * 3
+    assert frames[1][1][0, 0].tolist() == [10, 20, 30]
+
+
+def test_corrupt_image_is_skipped_and_cuts(tmp_path: Path, caplog) -> None:
+    for i in range(1, 5):
+        Image.new("RGB", (8, 8), (i, i, i)).save(tmp_path / f"frame_{i}.png")
+    data = (tmp_path / "frame_3.png").read_bytes()
+    (tmp_path / "frame_3.png").write_bytes(data[: len(data) // 2])  # truncated
+    (source,), _ = discover_sources([tmp_path])
+    skipped = Skipped()
+    with caplog.at_level(logging.WARNING):
+        items = list(decode_source(source, skipped))
+    assert [None if it is GAP else it[0] for it in items] == [0, 1, None, 3]
+    assert len(skipped.items) == 1 and skipped.items[0]["path"].endswith("frame_3.png")
+    assert "frame_3.png" in caplog.text
+
+
+def test_discovery_recurses_and_reports_missing(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "a" / "0001.jpg")
+    (tmp_path / "b.mp4").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("hi")
+    sources, ignored = discover_sources([tmp_path])
+    assert [(s.kind, s.path.name, s.named) for s in sources] == [
+        ("images", "a", False),
+        ("video", "b.mp4", False),
+    ]
+    assert ignored[0]["path"].endswith("notes.txt")
+    with pytest.raises(UserError, match="no such file or directory"):
+        discover_sources([tmp_path / "missing"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="no videos or images found"):
+        discover_sources([tmp_path / "empty"])

@@ -1,0 +1,286 @@
+"""Reading a frame dataset: the manifest, the image codecs, and Ray Datasets of frames/triplets.
+
+A frame dataset is a directory holding ``dataset.json`` (the manifest) and one Parquet file per
+clip piece under ``<split>/``, with the columns ``clip_id``, ``frame_index`` (0.. within the
+clip), ``source_frame`` (the frame's number in its source), ``split`` and ``image`` (bytes).
+
+Images are stored as ``raw`` (H*W*3 uint8 bytes, zstd-compressed by Parquet: the default),
+``png`` or ``jpeg``. Decoding yields uint8 (H, W, 3). The uint8 -> float work is left to
+:func:`to_model_input`, which runs on the training device: moving uint8 moves a quarter of the
+bytes of float32, and the permute to (B, C, H, W) there yields a channels_last tensor for free.
+
+Example:
+    >>> ds = frames_dataset("runs/dataset", "train")
+    >>> for batch in ds.iter_torch_batches(batch_size=32):
+    ...     x = to_model_input(batch["image"], "cpu")  # (B, 3, H, W) float32 in [0, 1]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image
+
+from varnext_ray.errors import UserError
+
+if TYPE_CHECKING:
+    import ray.data
+    import torch
+
+MANIFEST = "dataset.json"
+FORMAT_VERSION = 1
+ENCODINGS = ("raw", "png", "jpeg")
+SPLITS = ("train", "val", "test")
+
+
+def encode_image(frame: np.ndarray, encoding: str) -> bytes:
+    """Encodes (H, W, 3) uint8 as the dataset's image bytes."""
+    if encoding == "raw":
+        return np.ascontiguousarray(frame).tobytes()
+    buffer = io.BytesIO()
+    if encoding == "png":
+        Image.fromarray(frame).save(buffer, format="PNG", compress_level=1)
+    else:
+        Image.fromarray(frame).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def decode_images(blobs: Sequence[bytes], encoding: str, size: tuple[int, int]) -> np.ndarray:
+    """Decodes image bytes to (N, H, W, 3) uint8; ``size`` is (W, H)."""
+    width, height = size
+    out = np.empty((len(blobs), height, width, 3), np.uint8)
+    if encoding == "raw":  # one copy, into a writable array that torch can share
+        flat = out.reshape(len(blobs), -1)
+        for i, blob in enumerate(blobs):
+            flat[i] = np.frombuffer(blob, dtype=np.uint8)
+        return out
+    for i, blob in enumerate(blobs):
+        with Image.open(io.BytesIO(blob)) as image:
+            out[i] = np.asarray(image.convert("RGB"))
+    return out
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The parsed ``dataset.json`` of a frame dataset."""
+
+    root: Path
+    data: dict[str, Any]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(W, H) of every frame."""
+        return tuple(self.data["size"])  # type: ignore[return-value]
+
+    @property
+    def encoding(self) -> str:
+        return self.data["encoding"]
+
+    def clips(self, split: str | None = None) -> list[dict]:
+        """The clip records, optionally of one split."""
+        return [c for c in self.data["clips"] if split is None or c["split"] == split]
+
+    def files(self, split: str) -> list[str]:
+        """Absolute paths of the split's Parquet files."""
+        return [str(self.root / f) for c in self.clips(split) for f in c["files"]]
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Reads a dataset's manifest, with a UserError for anything that is not a dataset."""
+    root = Path(path).resolve()
+    if not root.is_dir():
+        raise UserError(
+            "dataset not found", str(path), "pass a directory written by 'varnext ingest'"
+        )
+    file = root / MANIFEST
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise UserError(
+            f"not a frame dataset (no {MANIFEST})",
+            str(path),
+            "pass a directory written by 'varnext ingest' (an interrupted ingest leaves none)",
+        ) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(
+            f"unreadable manifest ({err})",
+            str(file),
+            "re-run 'varnext ingest' to rewrite the dataset",
+        ) from None
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        raise UserError(
+            f"unsupported dataset format {data.get('format_version')!r}"
+            if isinstance(data, dict)
+            else "manifest is not a JSON object",
+            str(file),
+            f"re-ingest with this version (format {FORMAT_VERSION})",
+        )
+    return Manifest(root, data)
+
+
+def triplet_index(manifest: Manifest, split: str, stride: int = 1) -> list[tuple[str, int]]:
+    """Every (clip_id, t) whose frames t, t+s, t+2s lie in one clip of the split."""
+    if stride < 1:
+        raise UserError(f"triplet stride must be >= 1 (got {stride})", "stride", "use 1 or more")
+    return [
+        (clip["id"], t)
+        for clip in manifest.clips(split)
+        for t in range(clip["frames"] - 2 * stride)
+    ]
+
+
+def info(manifest: Manifest, stride: int = 1) -> dict[str, Any]:
+    """A summary for ``varnext data info``: frames, clips, splits, size, skipped and more."""
+    data = manifest.data
+    return {
+        "path": str(manifest.root),
+        "frames": data["frames"],
+        "clips": len(data["clips"]),
+        "splits": {s: data["splits"].get(s, 0) for s in SPLITS},
+        "clips_per_split": {s: len(manifest.clips(s)) for s in SPLITS},
+        "triplets": {s: len(triplet_index(manifest, s, stride)) for s in SPLITS},
+        "stride": stride,
+        "size": list(manifest.size),
+        "encoding": manifest.encoding,
+        "sources": len(data["sources"]),
+        "skipped": len(data["skipped"]),
+        "skipped_inputs": data["skipped"],
+        "split_policy": data["split"]["policy"],
+        "seed": data["split"]["seed"],
+        "bytes": data.get("bytes"),
+    }
+
+
+def _decode_batch(
+    batch: dict[str, np.ndarray], encoding: str, size: tuple[int, int], clip_numbers: dict[str, int]
+) -> dict[str, np.ndarray]:
+    return {
+        "image": decode_images(list(batch["image"]), encoding, size),
+        "clip": np.array([clip_numbers[c] for c in batch["clip_id"]], np.int32),
+        "frame_index": batch["frame_index"],
+    }
+
+
+def frames_dataset(path: str | Path, split: str) -> ray.data.Dataset:
+    """A Ray Dataset of the split's frames: ``image`` uint8 (H, W, 3), ``clip``, ``frame_index``.
+
+    ``clip`` is the clip's position in the manifest's ``clips`` list (numeric, so every column
+    converts to a tensor in ``iter_torch_batches``).
+
+    Rows come clip by clip in time order; shuffle with ``randomize_block_order()`` or
+    ``random_shuffle()`` for training. Works with the ``streaming_split`` Ray Train applies.
+    """
+    import ray.data
+
+    manifest = load_manifest(path)
+    files = manifest.files(split)
+    if not files:
+        raise UserError(
+            f"the dataset has no {split!r} frames",
+            str(path),
+            "re-ingest with a larger --val/--test fraction or more footage",
+        )
+    ds = ray.data.read_parquet(files).select_columns(["clip_id", "frame_index", "image"])
+    clip_numbers = {c["id"]: i for i, c in enumerate(manifest.clips())}
+    return ds.map_batches(
+        _decode_batch,
+        fn_kwargs={
+            "encoding": manifest.encoding,
+            "size": manifest.size,
+            "clip_numbers": clip_numbers,
+        },
+        batch_format="numpy",
+        batch_size=64,
+    )
+
+
+class _TripletReader:
+    """Reads the frames of triplet ranges from a split's Parquet files (one Ray task each)."""
+
+    def __init__(self, manifest: Manifest, stride: int) -> None:
+        self.manifest = manifest
+        self.stride = stride
+        self.files = [[str(manifest.root / f) for f in c["files"]] for c in manifest.clips()]
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        s = self.stride
+        out: dict[str, list] = {"x1": [], "x2": [], "x3": [], "clip": [], "t": []}
+        for clip, start, stop in zip(batch["clip"], batch["start"], batch["stop"], strict=True):
+            table = (
+                pq.ParquetDataset(
+                    self.files[int(clip)],
+                    filters=[
+                        ("frame_index", ">=", int(start)),
+                        ("frame_index", "<", int(stop) + 2 * s),
+                    ],
+                )
+                .read(columns=["frame_index", "image"])
+                .sort_by("frame_index")
+            )
+            frames = decode_images(
+                table.column("image").to_pylist(), self.manifest.encoding, self.manifest.size
+            )
+            n = int(stop) - int(start)
+            out["x1"].append(frames[:n])
+            out["x2"].append(frames[s : s + n])
+            out["x3"].append(frames[2 * s : 2 * s + n])
+            out["clip"].extend([int(clip)] * n)
+            out["t"].extend(range(int(start), int(stop)))
+        return {
+            k: np.concatenate(v) if k.startswith("x") else np.asarray(v) for k, v in out.items()
+        }
+
+
+def triplets_dataset(
+    path: str | Path, split: str = "val", stride: int = 1, limit: int | None = None, chunk: int = 32
+) -> ray.data.Dataset:
+    """A Ray Dataset of (t, t+s, t+2s) frame triplets that never cross a clip boundary.
+
+    Columns: ``x1``, ``x2``, ``x3`` uint8 (H, W, 3), ``clip`` (index in the manifest), ``t``.
+    ``limit`` keeps an evenly spaced subset of at most that many triplets.
+    """
+    import ray.data
+
+    manifest = load_manifest(path)
+    index = triplet_index(manifest, split, stride)
+    if not index:
+        raise UserError(
+            f"the {split!r} split has no triplets of stride {stride}",
+            str(path),
+            f"use a smaller stride, or re-ingest so {split!r} clips hold more than "
+            f"{2 * stride} frames",
+        )
+    if limit is not None and len(index) > limit:
+        keep = np.linspace(0, len(index) - 1, limit).round().astype(int)
+        index = [index[i] for i in keep]
+    numbers = {c["id"]: i for i, c in enumerate(manifest.clips())}
+    ranges = _ranges(index, chunk)
+    items = ray.data.from_items([{"clip": numbers[c], "start": a, "stop": b} for c, a, b in ranges])
+    return items.map_batches(_TripletReader(manifest, stride), batch_size=1, batch_format="numpy")
+
+
+def _ranges(index: list[tuple[str, int]], chunk: int) -> list[tuple[str, int, int]]:
+    """Groups consecutive anchors of one clip into [start, stop) ranges of at most ``chunk``."""
+    ranges: list[tuple[str, int, int]] = []
+    for clip_id, t in index:
+        if ranges and ranges[-1][0] == clip_id and ranges[-1][2] == t and t - ranges[-1][1] < chunk:
+            ranges[-1] = (clip_id, ranges[-1][1], t + 1)
+        else:
+            ranges.append((clip_id, t, t + 1))
+    return ranges
+
+
+def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """uint8 (B, H, W, 3) -> float32 (B, 3, H, W) in [0, 1] on ``device``, channels_last.
+
+    The copy to the device moves uint8 (a quarter of float32's bytes); the conversion runs there.
+    """
+    x = images.to(device, non_blocking=True)  # (B, H, W, 3) uint8
+    return x.permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, H, W), channels_last strides

@@ -1,0 +1,364 @@
+"""Ingest: sources -> resized frames -> clips (cut at scene cuts and camera bumps) -> splits
+-> a frame dataset on disk (Parquet + ``dataset.json``), written atomically.
+
+Cut detection. Each frame is reduced to a 64-px-wide grayscale signature with its mean removed
+(so slow lighting drift and exposure steps do not count), and ``d`` is the mean absolute
+difference between consecutive signatures (0..1). A frame starts a new clip when
+
+    d >= cut_threshold  and  d >= cut_ratio * median(d over the previous 15 frames of the clip)
+
+or, at the very start of a clip where there is no history, when ``d >= 5 * cut_threshold``.
+Defaults: ``cut_threshold = 0.02``, ``cut_ratio = 4``. Measured on the synthetic scenes, object
+motion gives ``d`` up to ~0.01 at 1.3-3x the running median, a camera bump ~0.05 at 6-30x; on the
+real overpass clip (heavy traffic) ``d`` peaks at 0.03 but never passes 2.6x its running median.
+
+Split policy: see :mod:`varnext_ray.splits`.
+
+Atomicity. Everything is written into ``.<name>.partial-<pid>`` beside ``--out`` and renamed to
+``--out`` only when complete; an interrupted ingest leaves no directory that reads as a dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from varnext_ray import __version__
+from varnext_ray.dataset import ENCODINGS, FORMAT_VERSION, MANIFEST, SPLITS, encode_image
+from varnext_ray.errors import UserError
+from varnext_ray.sources import GAP, Skipped, Source, decode_source, discover_sources, fit_frame
+from varnext_ray.splits import plan_splits
+
+log = logging.getLogger(__name__)
+
+ROW_GROUP = 32  # frames per Parquet row group (raw 640x360: ~22 MB before compression)
+FILE_FRAMES = 1024  # frames per Parquet file
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Settings of one ingest; every field is recorded in the manifest."""
+
+    size: tuple[int, int] = (640, 360)
+    every: int = 1
+    val: float = 0.1
+    test: float = 0.1
+    seed: int = 0
+    guard: int = 16
+    cut_threshold: float = 0.02
+    cut_ratio: float = 4.0
+    encoding: str = "raw"
+
+    def check(self) -> None:
+        """Raises a UserError naming the first bad option."""
+        if self.every < 1:
+            raise UserError(f"--every must be >= 1 (got {self.every})", "--every", "use 1 or more")
+        for name, value in (("--val", self.val), ("--test", self.test)):
+            if not 0 <= value < 0.5:
+                raise UserError(
+                    f"{name} must be in [0, 0.5) (got {value})", name, "pass a fraction such as 0.1"
+                )
+        if self.guard < 0:
+            raise UserError(f"--guard must be >= 0 (got {self.guard})", "--guard", "use 0 or more")
+        if self.cut_threshold <= 0 or self.cut_ratio <= 1:
+            raise UserError(
+                "cut detection needs --cut-threshold > 0 and --cut-ratio > 1 (got "
+                f"{self.cut_threshold}, {self.cut_ratio})",
+                "--cut-threshold",
+                "use e.g. --cut-threshold 0.02 --cut-ratio 4",
+            )
+        if self.encoding not in ENCODINGS:
+            raise UserError(
+                f"unknown encoding {self.encoding!r}",
+                "--encoding",
+                f"use one of {', '.join(ENCODINGS)}",
+            )
+
+
+class CutDetector:
+    """Frame-difference cut detection (see the module docstring for the rule)."""
+
+    HISTORY = 15
+
+    def __init__(self, threshold: float, ratio: float) -> None:
+        self.threshold = threshold
+        self.ratio = ratio
+        self.previous: np.ndarray | None = None
+        self.history: list[float] = []
+
+    @staticmethod
+    def signature(frame: np.ndarray) -> np.ndarray:
+        """(H, W, 3) uint8 -> zero-mean grayscale thumbnail, 64 px wide, values in [-1, 1]."""
+        h, w = frame.shape[:2]
+        thumb = (
+            Image.fromarray(frame).convert("L").resize((64, max(1, round(64 * h / w))), Image.BOX)
+        )
+        g = np.asarray(thumb, np.float32) / 255.0
+        return g - g.mean()
+
+    def is_cut(self, frame: np.ndarray) -> bool:
+        """Feeds the next frame; True when it starts a new clip."""
+        sig = self.signature(frame)
+        prev, self.previous = self.previous, sig
+        if prev is None:
+            return False
+        d = float(np.abs(sig - prev).mean())
+        if self.history:
+            cut = d >= self.threshold and d >= self.ratio * float(np.median(self.history))
+        else:
+            cut = d >= 5 * self.threshold
+        self.history = [] if cut else [*self.history[-(self.HISTORY - 1) :], d]
+        return cut
+
+    def reset(self) -> None:
+        """Forgets the previous frame (after a gap or at a new source)."""
+        self.previous = None
+        self.history = []
+
+
+@dataclass
+class StagedClip:
+    """A clip as first written, before splitting: a staging Parquet file of its frames."""
+
+    id: str
+    source: int
+    path: Path
+    source_frames: list[int] = field(default_factory=list)
+
+
+class _ClipWriter:
+    """Streams one clip's encoded frames into a staging Parquet file."""
+
+    SCHEMA = pa.schema([("source_frame", pa.int64()), ("image", pa.binary())])
+
+    def __init__(self, clip: StagedClip, encoding: str) -> None:
+        self.clip = clip
+        self.encoding = encoding
+        self.writer = pq.ParquetWriter(clip.path, self.SCHEMA, compression="none")
+        self.pending: list[tuple[int, bytes]] = []
+
+    def add(self, number: int, frame: np.ndarray) -> None:
+        self.pending.append((number, encode_image(frame, self.encoding)))
+        self.clip.source_frames.append(number)
+        if len(self.pending) >= ROW_GROUP:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            numbers, blobs = zip(*self.pending, strict=True)
+            self.writer.write_table(
+                pa.table({"source_frame": list(numbers), "image": list(blobs)}, schema=self.SCHEMA)
+            )
+            self.pending = []
+
+    def close(self) -> StagedClip:
+        self.flush()
+        self.writer.close()
+        return self.clip
+
+
+def stage_source(
+    source: Source, index: int, opts: IngestOptions, staging: Path, skipped: Skipped
+) -> tuple[list[StagedClip], dict]:
+    """Decodes one source into staged clips; returns them and the source's manifest record."""
+    detector = CutDetector(opts.cut_threshold, opts.cut_ratio)
+    clips: list[StagedClip] = []
+    writer: _ClipWriter | None = None
+    decoded = used = 0
+    cuts: list[int] = []
+    stem = source.path.stem if source.kind == "video" else source.path.name
+    for item in decode_source(source, skipped):
+        if item is GAP:  # frames were lost: what follows is not the same clip
+            detector.reset()
+            if writer is not None:
+                writer.close()
+                writer = None
+            continue
+        number, raw = item
+        decoded += 1
+        if number % opts.every:
+            continue
+        frame = fit_frame(raw, opts.size)
+        used += 1
+        if detector.is_cut(frame) and writer is not None:
+            cuts.append(number)
+            writer.close()
+            writer = None
+        if writer is None:
+            clip = StagedClip(
+                f"{index:03d}-{_slug(stem)}-{len(clips):03d}",
+                index,
+                staging / f"{index:03d}-{len(clips):03d}.parquet",
+            )
+            clips.append(clip)
+            writer = _ClipWriter(clip, opts.encoding)
+        writer.add(number, frame)
+    if writer is not None:
+        writer.close()
+    record = {
+        "path": str(source.path.resolve()),
+        "kind": source.kind,
+        "frames_decoded": decoded,
+        "frames_used": used,
+        "clips": len(clips),
+        "cuts": cuts,
+    }
+    return clips, record
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:40] or "source"
+
+
+def write_pieces(staged: StagedClip, pieces: list[tuple[str, int, int]], out: Path) -> list[dict]:
+    """Rewrites a staged clip as its final pieces, adding the columns readers need."""
+    table = pq.read_table(staged.path)
+    records = []
+    for split, start, stop in pieces:
+        clip_id = staged.id if len(pieces) == 1 else f"{staged.id}-{split}"
+        piece = table.slice(start, stop - start)
+        n = piece.num_rows
+        files = []
+        for part, offset in enumerate(range(0, n, FILE_FRAMES)):
+            rows = piece.slice(offset, FILE_FRAMES)
+            final = pa.table(
+                {
+                    "clip_id": pa.array([clip_id] * rows.num_rows, pa.string()),
+                    "frame_index": pa.array(range(offset, offset + rows.num_rows), pa.int32()),
+                    "source_frame": rows.column("source_frame"),
+                    "split": pa.array([split] * rows.num_rows, pa.string()),
+                    "image": rows.column("image"),
+                }
+            )
+            name = f"{split}/{clip_id}-{part:04d}.parquet"
+            pq.write_table(final, out / name, row_group_size=ROW_GROUP, compression="zstd")
+            files.append(name)
+        records.append(
+            {
+                "id": clip_id,
+                "source": staged.source,
+                "split": split,
+                "frames": n,
+                "source_frames": [staged.source_frames[start], staged.source_frames[stop - 1]],
+                "files": files,
+            }
+        )
+    staged.path.unlink()
+    return records
+
+
+def ingest(sources: list[Path], out: Path, opts: IngestOptions) -> dict:
+    """Builds a frame dataset at ``out`` from videos and image folders; returns the manifest.
+
+    Example:
+        >>> ingest([Path("runs/synth")], Path("runs/dataset"), IngestOptions(size=(160, 90)))
+    """
+    opts.check()
+    if out.exists():
+        raise UserError(
+            "output already exists",
+            str(out),
+            "choose a new --out (an existing dataset is never overwritten)",
+        )
+    found, ignored = discover_sources(sources)
+    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    try:
+        manifest = _ingest_into(found, partial, opts, ignored)
+        os.rename(partial, out)  # atomic on one file system: the dataset appears complete
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return manifest
+
+
+def _ingest_into(
+    found: list[Source], partial: Path, opts: IngestOptions, ignored: list[dict]
+) -> dict:
+    started = time.perf_counter()
+    staging = partial / "_staging"
+    staging.mkdir(parents=True)
+    for split in SPLITS:
+        (partial / split).mkdir()
+    skipped = Skipped()
+    staged: list[StagedClip] = []
+    records = []
+    for index, source in enumerate(found):
+        clips, record = stage_source(source, index, opts, staging, skipped)
+        if not clips:
+            if source.named:
+                raise UserError(
+                    "no decodable frame",
+                    str(source.path),
+                    "check that the file plays or that the folder holds images",
+                )
+            skipped.add(source.path, "no decodable frame")
+        staged.extend(clips)
+        records.append(record)
+    if not staged:
+        raise UserError(
+            "no decodable frame in any source",
+            ", ".join(str(s.path) for s in found),
+            "pass videos or folders of PNG/JPEG frames",
+        )
+    plan = plan_splits([len(c.source_frames) for c in staged], opts)
+    clips = [
+        rec
+        for clip, pieces in zip(staged, plan, strict=True)
+        for rec in write_pieces(clip, pieces, partial)
+    ]
+    staging.rmdir()
+    manifest = _manifest(opts, records, clips, skipped, ignored, plan, staged)
+    manifest["bytes"] = sum(f.stat().st_size for f in partial.rglob("*.parquet"))
+    manifest["ingest_seconds"] = round(time.perf_counter() - started, 3)
+    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
+
+
+def _manifest(
+    opts: IngestOptions,
+    sources: list[dict],
+    clips: list[dict],
+    skipped: Skipped,
+    ignored: list[dict],
+    plan: list,
+    staged: list[StagedClip],
+) -> dict:
+    policy = "clips" if all(len(p) == 1 and p[0][1] == 0 for p in plan) else "time_blocks"
+    guard_frames = sum(len(c.source_frames) for c in staged) - sum(c["frames"] for c in clips)
+    return {
+        "format_version": FORMAT_VERSION,
+        "varnext_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "size": list(opts.size),
+        "channels": 3,
+        "encoding": opts.encoding,
+        "every": opts.every,
+        "cut": {
+            "threshold": opts.cut_threshold,
+            "ratio": opts.cut_ratio,
+            "history": CutDetector.HISTORY,
+        },
+        "split": {
+            "policy": policy,
+            "seed": opts.seed,
+            "val": opts.val,
+            "test": opts.test,
+            "guard": opts.guard,
+            "guard_frames_dropped": guard_frames,
+        },
+        "frames": sum(c["frames"] for c in clips),
+        "splits": {s: sum(c["frames"] for c in clips if c["split"] == s) for s in SPLITS},
+        "sources": sources,
+        "clips": clips,
+        "skipped": skipped.items,
+        "ignored": ignored,
+    }
