@@ -1,0 +1,63 @@
+"""Hypothesis strategies for random valid architecture dicts (tiny, odd input sizes)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import strategies as st
+
+from varnext_ray.arch import ACTIVATIONS, conv_out
+
+
+@st.composite
+def _conv_layer(draw: st.DrawFn, size: int) -> dict[str, Any] | None:
+    """One conv layer that keeps a ``size``-pixel side at >= 1 pixel, or None if none fits."""
+    k = draw(st.integers(1, 5))
+    p = draw(st.integers(0, k - 1))
+    if size + 2 * p < k:
+        return None
+    channels = draw(st.sampled_from([1, 2, 4, 6]))
+    layer: dict[str, Any] = {
+        "out_channels": channels,
+        "kernel_size": k,
+        "stride": draw(st.integers(1, 3)),
+        "padding": p,
+        "norm": draw(st.sampled_from(["none", "batch", "group"])),
+        "activation": draw(st.sampled_from(sorted(ACTIVATIONS))),
+        "dropout": draw(st.sampled_from([0.0, 0.0, 0.2])),
+    }
+    if layer["norm"] == "group":
+        layer["groups"] = draw(st.sampled_from([g for g in (1, 2, 3) if channels % g == 0]))
+    return layer
+
+
+@st.composite
+def arch_dicts(draw: st.DrawFn, max_depth: int = 6) -> dict[str, Any]:
+    """A valid architecture: 1 to ``max_depth`` conv layers on an odd-sized tiny image."""
+    height, width = draw(st.integers(3, 16)) * 2 + 1, draw(st.integers(3, 20)) * 2 + 1
+    conv, size = [], min(height, width)
+    for _ in range(draw(st.integers(1, max_depth))):
+        layer = draw(_conv_layer(size))
+        if layer is None:
+            break
+        conv.append(layer)
+        size = conv_out(size, layer["kernel_size"], layer["stride"], layer["padding"])
+    reconstruction = draw(st.sampled_from(["mse", "bce", "l1"]))
+    output = "sigmoid" if reconstruction == "bce" else draw(st.sampled_from(["sigmoid", "none"]))
+    return {
+        "input": {"channels": draw(st.sampled_from([1, 3])), "height": height, "width": width},
+        "encoder": {
+            "conv": conv,
+            "linear": draw(st.lists(st.integers(1, 12), max_size=2)),
+            "linear_activation": draw(st.sampled_from(sorted(ACTIVATIONS))),
+        },
+        "latent_dim": draw(st.integers(1, 6)),
+        "decoder": "mirror",
+        "output_activation": output,
+        "loss": {
+            "reconstruction": reconstruction,
+            "beta": draw(st.floats(0.0, 4.0)),
+            "kl_warmup_epochs": draw(st.integers(0, 3)),
+            "free_bits": draw(st.sampled_from([0.0, 0.1])),
+        },
+    }

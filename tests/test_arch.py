@@ -1,0 +1,333 @@
+"""Architecture files: shipped configs, random valid ones, every kind of bad one, and the CLI."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from arch_strategies import arch_dicts
+from hypothesis import given, settings
+
+from varnext_ray.arch import (
+    check_report,
+    count_params,
+    format_table,
+    layer_table,
+    load_arch,
+    parse_arch,
+    resolve_decoder,
+)
+from varnext_ray.cli import main
+from varnext_ray.errors import UserError
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.json"))
+SMOKE = REPO / "configs" / "smoke_64x36.json"
+
+
+def _smoke() -> dict[str, Any]:
+    return json.loads(SMOKE.read_text())
+
+
+def test_configs_are_shipped() -> None:
+    names = {p.name for p in CONFIGS}
+    assert {"seed_640x360.json", "small_160x90.json", "smoke_64x36.json"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_checks_and_round_trips(path: Path) -> None:
+    cfg = load_arch(path)
+    report = check_report(cfg)
+    assert report["output_shape"] == report["input_shape"] == list(cfg.input.shape)
+    assert parse_arch(cfg.to_dict(), "round trip") == cfg
+    assert json.loads(json.dumps(cfg.to_dict())) == cfg.to_dict()  # plain JSON
+
+
+def test_shipped_config_sizes() -> None:
+    params = {p.stem: count_params(load_arch(p)) for p in CONFIGS}
+    assert 1_000_000 <= params["seed_640x360"] < 100_000_000
+    assert params["small_160x90"] < 1_000_000
+    assert 1_000 <= params["smoke_64x36"] < 100_000
+
+
+@settings(max_examples=40, deadline=None)
+@given(arch_dicts())
+def test_random_architectures_round_trip_and_land_on_input(data: dict[str, Any]) -> None:
+    cfg = parse_arch(data, "hypothesis")
+    assert parse_arch(cfg.to_dict(), "round trip") == cfg
+    assert check_report(cfg)["output_shape"] == list(cfg.input.shape)
+    # The resolved mirror, written out as an explicit decoder, is the same network.
+    explicit = {**cfg.to_dict(), "decoder": resolve_decoder(cfg).model_dump(mode="json")}
+    cfg2 = parse_arch(explicit, "explicit")
+    assert cfg2.decoder != "mirror"
+    assert [r.shape for r in layer_table(cfg2)] == [r.shape for r in layer_table(cfg)]
+    assert count_params(cfg2) == count_params(cfg)
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    """A mutation setting ``a.b[2].c`` to ``value`` (None as value deletes the key)."""
+
+    def mutate(data: dict[str, Any]) -> None:
+        parts = [int(p) if p.isdigit() else p for p in re.findall(r"[^.\[\]]+", path)]
+        node = data
+        for part in parts[:-1]:
+            node = node[part]
+        if value is _DELETE:
+            del node[parts[-1]]
+        else:
+            node[parts[-1]] = value
+
+    return mutate
+
+
+_DELETE = object()
+
+
+def _shrink(data: dict[str, Any]) -> None:
+    """8x64 through three 3x3 stride-2 unpadded convs: 8 -> 3 -> 1 -> nothing."""
+    data["input"]["height"] = 8
+    for layer in data["encoder"]["conv"]:
+        layer["padding"] = 0
+
+
+_EXPLICIT_WRONG = {
+    "conv_transpose": [{"out_channels": 3, "kernel_size": 4, "stride": 2, "padding": 1}]
+}
+
+BAD = [
+    ("typo_key", _set("laten_dim", 8), 'laten_dim: unknown key (did you mean "latent_dim"?)'),
+    (
+        "nested_typo",
+        _set("encoder.conv[0].kernal_size", 3),
+        'encoder.conv[0].kernal_size: unknown key (did you mean "kernel_size"?)',
+    ),
+    ("unknown_key", _set("loss.gamma", 1), "loss.gamma: unknown key; valid keys: beta, free_bits,"),
+    (
+        "string_int",
+        _set("encoder.conv[0].kernel_size", "3"),
+        'encoder.conv[0].kernel_size: must be an integer (got "3")',
+    ),
+    (
+        "bool_int",
+        _set("encoder.conv[1].stride", True),
+        "encoder.conv[1].stride: must be an integer (got true)",
+    ),
+    ("float_int", _set("latent_dim", 8.5), "latent_dim: must be an integer (got 8.5)"),
+    ("zero_latent", _set("latent_dim", 0), "latent_dim: must be >= 1 (got 0)"),
+    ("negative_height", _set("input.height", -5), "input.height: must be >= 1 (got -5)"),
+    (
+        "stride_zero",
+        _set("encoder.conv[2].stride", 0),
+        "encoder.conv[2].stride: must be >= 1 (got 0)",
+    ),
+    ("linear_zero", _set("encoder.linear", [0]), "encoder.linear[0]: must be >= 1 (got 0)"),
+    (
+        "shrinks",
+        _shrink,
+        "encoder.conv[2]: shrinks the image to nothing (input 1x15, kernel_size 3, padding 0)",
+    ),
+    (
+        "unknown_activation",
+        _set("encoder.conv[1].activation", "rleu"),
+        'encoder.conv[1].activation: must be one of "elu", "gelu", "leaky_relu", "none", '
+        '"relu", "sigmoid", "silu", "tanh" (got "rleu")',
+    ),
+    (
+        "unknown_norm",
+        _set("encoder.conv[0].norm", "layer"),
+        'encoder.conv[0].norm: must be one of "batch", "group", "none" (got "layer")',
+    ),
+    (
+        "unknown_output",
+        _set("output_activation", "relu"),
+        'output_activation: must be one of "none", "sigmoid" (got "relu")',
+    ),
+    (
+        "unknown_loss",
+        _set("loss.reconstruction", "huber"),
+        'loss.reconstruction: must be one of "bce", "l1", "mse" (got "huber")',
+    ),
+    ("decoder_name", _set("decoder", "mirorr"), 'decoder: must be "mirror" or an object'),
+    (
+        "decoder_wrong_size",
+        _set("decoder", _EXPLICIT_WRONG),
+        "decoder: output shape 3x10x16 does not match input shape 3x36x64",
+    ),
+    (
+        "output_padding",
+        _set(
+            "decoder",
+            {
+                "conv_transpose": [
+                    {**_EXPLICIT_WRONG["conv_transpose"][0], "output_padding": [0, 2]}
+                ]
+            },
+        ),
+        "decoder.conv_transpose[0].output_padding: must be < stride 2 on both axes (got [0, 2])",
+    ),
+    (
+        "groups",
+        _set("encoder.conv[1]", {"out_channels": 12, "kernel_size": 3, "norm": "group"}),
+        "encoder.conv[1].groups: must divide out_channels 12 for group norm (got 8); "
+        "use one of 1, 2, 3, 4, 6, 12",
+    ),
+    (
+        "padding",
+        _set("encoder.conv[0].padding", 3),
+        "encoder.conv[0].padding: must be < kernel_size 3 (got 3)",
+    ),
+    (
+        "dropout",
+        _set("encoder.conv[0].dropout", 1.5),
+        "encoder.conv[0].dropout: must be < 1.0 (got 1.5)",
+    ),
+    ("beta_negative", _set("loss.beta", -1), "loss.beta: must be >= 0.0 (got -1)"),
+    ("beta_nan", _set("loss.beta", float("nan")), "loss.beta: must be a finite number (got NaN)"),
+    ("missing", _set("latent_dim", _DELETE), "latent_dim: must be given (missing)"),
+    ("not_object", _set("encoder.conv[0]", 3), "encoder.conv[0]: must be an object {...} (got 3)"),
+    (
+        "not_list",
+        _set("encoder.conv", {"a": 1}),
+        'encoder.conv: must be a list [...] (got {"a": 1})',
+    ),
+]
+
+
+@pytest.mark.parametrize(("mutate", "message"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_config_is_refused_with_its_path(
+    mutate: Callable[[dict[str, Any]], None], message: str
+) -> None:
+    data = _smoke()
+    mutate(data)
+    with pytest.raises(UserError, match=re.escape(message)) as info:
+        parse_arch(data, "case.json")
+    assert info.value.where == "case.json"
+    assert str(info.value).startswith("invalid architecture: ")
+    assert "\n" not in str(info.value)
+
+
+def test_bce_needs_bounded_outputs() -> None:
+    data = _smoke()
+    data["output_activation"] = "none"
+    data["loss"]["reconstruction"] = "bce"
+    with pytest.raises(UserError, match=r'loss.reconstruction: "bce" needs outputs in \[0, 1\]'):
+        parse_arch(data, "case.json")
+
+
+def test_several_problems_are_reported_together() -> None:
+    data = _smoke()
+    data["laten_dim"] = 4
+    data["encoder"]["conv"][2]["stride"] = 0
+    data["encoder"]["conv"][0]["activation"] = "rleu"
+    data["loss"]["beta"] = "high"
+    with pytest.raises(UserError) as info:
+        parse_arch(data, "case.json")
+    text = str(info.value)
+    assert text.startswith("invalid architecture, 4 problems: ")
+    for part in (
+        "laten_dim: unknown key",
+        "encoder.conv[2].stride: must be >= 1 (got 0)",
+        'encoder.conv[0].activation: must be one of "elu"',
+        'loss.beta: must be a number (got "high")',
+    ):
+        assert part in text
+    assert text.count("; ") >= 3 and "\n" not in text
+
+
+def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text('{\n  "latent_dim": 8,\n  "input": {"height": 36,, "width": 64}\n}\n')
+    with pytest.raises(UserError, match=r"invalid JSON: .* at line 3 column 26 \(.*bad.json\)"):
+        load_arch(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"latent_dim": 8, "latent_dim": 9}', 'duplicate key "latent_dim"'),
+        ("[1, 2]", r"architecture must be a JSON object \(got list\)"),
+        (None, "architecture file not found"),
+    ],
+    ids=["duplicate", "array", "missing"],
+)
+def test_bad_files(tmp_path: Path, text: str | None, message: str) -> None:
+    path = tmp_path / "arch.json"
+    if text is not None:
+        path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        load_arch(path)
+
+
+def test_defaults_fill_in_and_output_padding_shorthand() -> None:
+    data = {
+        "input": {"height": 9, "width": 9},
+        "encoder": {"conv": [{"out_channels": 2, "kernel_size": 3, "stride": 2}]},
+        "latent_dim": 2,
+        "decoder": {
+            "conv_transpose": [
+                {"out_channels": 3, "kernel_size": 3, "stride": 2, "activation": "none"}
+            ]
+        },
+    }
+    cfg = parse_arch(data, "case")
+    assert cfg.input.channels == 3 and cfg.loss.reconstruction == "mse"
+    assert cfg.to_dict()["decoder"]["conv_transpose"][0]["output_padding"] == [0, 0]
+    data["decoder"]["conv_transpose"][0]["output_padding"] = 1  # 4 -> 10, not 9
+    with pytest.raises(UserError, match="output shape 3x10x10 does not match input shape 3x9x9"):
+        parse_arch(data, "case")
+
+
+def test_layer_table_names_and_text() -> None:
+    cfg = load_arch(SMOKE)
+    names = [row.name for row in layer_table(cfg)]
+    assert names[0] == "input" and names[-1] == "output"
+    assert "encoder.mu" in names and "decoder.conv_transpose[2]" in names
+    text = format_table(check_report(cfg))
+    assert f"total: {count_params(cfg):,} parameters" in text
+    assert "3x36x64 -> output 3x36x64" in text
+
+
+# ---- CLI -------------------------------------------------------------------------------------
+
+
+def test_cli_arch_check_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["arch", "check", str(SMOKE), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["input_shape"] == report["output_shape"] == [3, 36, 64]
+    assert report["latent_dim"] == 8
+    assert report["params"] == sum(layer["params"] for layer in report["layers"])
+    assert report["layers"][1]["name"] == "encoder.conv[0]"
+
+
+def test_cli_arch_check_table(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["arch", "check", str(SMOKE)]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["layer", "type", "output", "params"]
+    assert "total:" in out
+
+
+@pytest.mark.parametrize(
+    "text", ['{"input": {"height": 9}, "laten_dim": 4}', '{"a": 1,}'], ids=["schema", "json"]
+)
+def test_cli_arch_check_invalid(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str
+) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(text)
+    assert main(["arch", "check", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert str(path) in lines[0] and "Traceback" not in captured.err
+
+
+def test_cli_arch_help_ends_with_example(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        main(["arch", "check", "--help"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.rstrip().splitlines()[-1].strip().startswith("varnext arch")

@@ -1,0 +1,147 @@
+"""The VAE built from architectures: shapes, gradients, the ELBO parts and extrapolation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from arch_strategies import arch_dicts
+from hypothesis import given, settings
+from torch import nn
+
+from varnext_ray.arch import LossConfig, count_params, layer_table, load_arch, parse_arch
+from varnext_ray.model import (
+    build_vae,
+    elbo_loss,
+    extrapolate,
+    kl_per_dim,
+    kl_weight,
+    rollout,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((REPO / "configs").glob("*.json"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_config_builds_and_lands_on_input(path: Path) -> None:
+    cfg = load_arch(path)
+    vae = build_vae(cfg).eval()
+    assert sum(p.numel() for p in vae.parameters()) == count_params(cfg)
+    x = torch.rand(1, *cfg.input.shape)  # (1, C, H, W)
+    with torch.no_grad():
+        recon, mu, logvar = vae(x)
+    assert recon.shape == x.shape
+    assert mu.shape == logvar.shape == (1, cfg.latent_dim)
+    assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0  # sigmoid output
+
+
+def _conv_output_shapes(vae: nn.Module, x: torch.Tensor) -> list[tuple[int, ...]]:
+    """Output shapes (without batch) of every conv and conv-transpose layer, in call order."""
+    shapes: list[tuple[int, ...]] = []
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: shapes.append(tuple(out.shape[1:])))
+        for m in vae.modules()
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+    ]
+    vae(x)
+    for hook in hooks:
+        hook.remove()
+    return shapes
+
+
+@settings(max_examples=30, deadline=None)
+@given(arch_dicts())
+def test_random_architecture_trains_one_step(data: dict[str, Any]) -> None:
+    cfg = parse_arch(data, "hypothesis")
+    torch.manual_seed(0)
+    vae = build_vae(cfg)
+    x = torch.rand(2, *cfg.input.shape)  # (B, C, H, W), odd H and W
+    recon, mu, logvar = vae(x)
+    assert recon.shape == x.shape
+    parts = elbo_loss(recon, x, mu, logvar, cfg.loss, epoch=0)
+    assert all(torch.isfinite(v) for v in parts.values())
+    parts["loss"].backward()
+    for name, param in vae.named_parameters():
+        assert param.grad is not None, f"{name} got no gradient"
+        assert torch.isfinite(param.grad).all(), name
+    assert sum(p.numel() for p in vae.parameters()) == count_params(cfg)
+    predicted = [r.shape for r in layer_table(cfg) if "conv" in r.name]
+    assert _conv_output_shapes(vae, x) == predicted
+
+
+def test_encode_decode_shapes_and_wrong_input() -> None:
+    cfg = load_arch(REPO / "configs" / "smoke_64x36.json")
+    vae = build_vae(cfg)
+    mu, logvar = vae.encode(torch.rand(4, 3, 36, 64))
+    assert mu.shape == logvar.shape == (4, 8)
+    assert vae.decode(torch.zeros(5, 8)).shape == (5, 3, 36, 64)
+    with pytest.raises(
+        ValueError, match=r"VAE input must be \(B, 3, 36, 64\) \(got \(2, 3, 64, 36\)\)"
+    ):
+        vae.encode(torch.rand(2, 3, 64, 36))
+
+
+def test_reparameterize_and_mean_decoding() -> None:
+    vae = build_vae(load_arch(REPO / "configs" / "smoke_64x36.json")).eval()
+    mu = torch.randn(3, 8)
+    assert torch.allclose(vae.reparameterize(mu, torch.full((3, 8), -30.0)), mu, atol=1e-5)
+    x = torch.rand(2, 3, 36, 64)
+    with torch.no_grad():
+        a, _, _ = vae(x, sample=False)
+        b, _, _ = vae(x, sample=False)
+    assert torch.equal(a, b)
+
+
+def test_kl_of_standard_normal_is_zero_and_known_values() -> None:
+    zeros = torch.zeros(2, 4)
+    assert torch.equal(kl_per_dim(zeros, zeros), zeros)
+    # KL(N(1, 1) || N(0, 1)) = 1/2 per dimension; KL(N(0, e) || N(0, 1)) = (e - 1 - 1) / 2.
+    assert torch.allclose(kl_per_dim(torch.ones(1, 2), torch.zeros(1, 2)), torch.full((1, 2), 0.5))
+    expected = 0.5 * (math.e - 2.0)
+    assert math.isclose(
+        float(kl_per_dim(torch.zeros(1, 1), torch.ones(1, 1))), expected, rel_tol=1e-6
+    )
+
+
+def test_elbo_parts_are_per_sample_means() -> None:
+    x = torch.ones(2, 1, 2, 2)  # 4 pixels per sample
+    recon = torch.zeros(2, 1, 2, 2)
+    mu, logvar = torch.ones(2, 3), torch.zeros(2, 3)  # KL 0.5 * 3 = 1.5 per sample
+    parts = elbo_loss(recon, x, mu, logvar, LossConfig(beta=2.0), epoch=0)
+    assert float(parts["recon"]) == pytest.approx(4.0)
+    assert float(parts["kl"]) == pytest.approx(1.5)
+    assert float(parts["loss"]) == pytest.approx(4.0 + 2.0 * 1.5)
+    l1 = elbo_loss(recon + 0.5, x, mu, logvar, LossConfig(reconstruction="l1"), epoch=0)
+    assert float(l1["recon"]) == pytest.approx(2.0)
+    bce = elbo_loss(torch.full_like(x, 0.5), x, mu, logvar, LossConfig(reconstruction="bce"), 0)
+    assert float(bce["recon"]) == pytest.approx(4 * math.log(2.0), rel=1e-6)
+
+
+def test_kl_warmup_and_free_bits() -> None:
+    warm = LossConfig(beta=2.0, kl_warmup_epochs=4)
+    assert [kl_weight(warm, e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
+    assert kl_weight(LossConfig(beta=3.0), 0) == 3.0
+    x = recon = torch.zeros(2, 1, 2, 2)
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)  # KL 0 in every dimension
+    parts = elbo_loss(recon, x, mu, logvar, LossConfig(free_bits=0.25), epoch=0)
+    assert float(parts["kl"]) == 0.0  # the raw KL is reported
+    assert float(parts["loss"]) == pytest.approx(3 * 0.25)  # each dimension floored at 0.25
+    big = elbo_loss(recon, x, torch.full((2, 3), 2.0), logvar, LossConfig(free_bits=0.25), 0)
+    assert float(big["loss"]) == pytest.approx(float(big["kl"]))  # above the floor: no change
+
+
+def test_extrapolate_stays_on_the_line() -> None:
+    a, d = torch.tensor([[1.0, -2.0, 0.5]]), torch.tensor([[0.5, 1.0, -1.0]])
+    z1, z2 = a, a + d
+    assert torch.allclose(extrapolate(z1, z2), a + 2 * d)
+    assert torch.allclose(extrapolate(z1, z2, k=3), a + 4 * d)
+    path = rollout(z1, z2, steps=4)  # (steps, B, D)
+    assert path.shape == (4, 1, 3)
+    for k in range(1, 5):
+        assert torch.allclose(path[k - 1], a + (k + 1) * d)
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        rollout(z1, z2, steps=0)

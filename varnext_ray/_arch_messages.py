@@ -1,0 +1,103 @@
+"""Turns pydantic validation errors into the project's one-line messages.
+
+Each problem reads ``<JSON path>: <what it must be> (got <value>)``, e.g.
+``encoder.conv[2].stride: must be >= 1 (got 0)``; an unknown key suggests the closest valid
+key or lists them all.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+_DECODER_TAGS = ("mirror", "explicit")
+
+# pydantic error type -> what the value must be ({ctx keys} are filled from the error's ctx)
+_MUST = {
+    "int_type": "must be an integer",
+    "int_parsing": "must be an integer",
+    "int_from_float": "must be an integer",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "string_type": "must be a string",
+    "bool_type": "must be true or false",
+    "greater_than_equal": "must be >= {ge}",
+    "greater_than": "must be > {gt}",
+    "less_than_equal": "must be <= {le}",
+    "less_than": "must be < {lt}",
+    "literal_error": "must be {expected}",
+    "model_type": "must be an object {{...}}",
+    "model_attributes_type": "must be an object {{...}}",
+    "dict_type": "must be an object {{...}}",
+    "list_type": "must be a list [...]",
+    "tuple_type": "must be a list [...]",
+    "too_short": "must have at least {min_length} items",
+    "too_long": "must have at most {max_length} items",
+}
+
+
+def json_path(loc: tuple[str | int, ...]) -> str:
+    """``("encoder", "conv", 2, "stride")`` -> ``"encoder.conv[2].stride"``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else part)
+    return path or "(top level)"
+
+
+def _got(value: Any) -> str:
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _unknown_key(
+    loc: tuple[str | int, ...], sections: dict[tuple[str, ...], type[BaseModel]]
+) -> str:
+    key, parent = str(loc[-1]), tuple(p for p in loc[:-1] if isinstance(p, str))
+    model = sections.get(parent)
+    valid = sorted(model.model_fields) if model else []
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if close:
+        return f'unknown key (did you mean "{close[0]}"?)'
+    return "unknown key" + (f"; valid keys: {', '.join(valid)}" if valid else "")
+
+
+def _problem(err: dict[str, Any], sections: dict[tuple[str, ...], type[BaseModel]]) -> list[str]:
+    loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
+    if len(loc) > 1 and loc[0] == "decoder" and loc[1] in _DECODER_TAGS:
+        loc = loc[:1] + loc[2:]  # drop the tag pydantic adds for the decoder's two forms
+    if kind == "arch_shapes":
+        return list(ctx["problems"])
+    if kind == "arch" and ctx.get("field"):
+        loc = (*loc, ctx["field"])
+    path = json_path(loc)
+    if kind == "extra_forbidden":
+        return [f"{path}: {_unknown_key(loc, sections)}"]
+    if kind == "missing":
+        return [f"{path}: must be given (missing)"]
+    if kind in ("arch", "decoder_kind"):
+        got = "" if kind == "arch" else f" (got {_got(err['input'])})"
+        return [f"{path}: {err['msg']}{got}"]
+    must = _MUST[kind].format(**ctx) if kind in _MUST else err["msg"]
+    return [f"{path}: {must} (got {_got(err['input'])})"]
+
+
+def problems_from_validation(
+    err: ValidationError, sections: dict[tuple[str, ...], type[BaseModel]]
+) -> list[str]:
+    """Every problem in ``err``, one message each, in schema order.
+
+    Args:
+        err: The error from validating a whole architecture.
+        sections: JSON object path (indices dropped) -> the model reading it, for key hints.
+    """
+    problems: list[str] = []
+    for item in err.errors(include_url=False):
+        problems += _problem(item, sections)
+    return problems

@@ -1,0 +1,240 @@
+"""JSON architectures: load and validate them, and infer every layer's shape without torch.
+
+An architecture file says everything the VAE builder needs: the input shape, the encoder's
+conv2d stack and linear sizes, the latent size, the decoder (``"mirror"`` of the encoder or an
+explicit conv-transpose stack), the output activation and the loss weights. It maps to the
+frozen pydantic models of :mod:`varnext_ray.arch_schema` (re-exported here), which forbid
+unknown keys. :func:`parse_arch` and :func:`load_arch` report every problem at once, each with
+its JSON path, the value received and the fix, as one :class:`~varnext_ray.errors.UserError`.
+
+Decoder size policy: the decoder lands exactly on the input size, for any size (odd sizes and
+640x360 included), through ``output_padding`` computed by shape inference; never a crop or a
+resize. A ``"mirror"`` decoder reverses the encoder's conv layers, and each conv-transpose layer
+gets the ``output_padding`` (height, width) that brings it back to the size of the matching
+encoder layer's input: a stride-``s`` conv loses at most ``s - 1`` pixels to rounding, so that
+padding always lies in ``[0, s - 1]``, which PyTorch accepts. An explicit decoder states its own
+``output_padding``; if its output is not the input shape, validation says so and by how much.
+See docs/architectures.md for the JSON format.
+
+Example:
+    >>> cfg = load_arch("configs/small_160x90.json")
+    >>> print(format_table(check_report(cfg)))
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from pydantic import ValidationError
+
+from varnext_ray._arch_messages import problems_from_validation
+from varnext_ray.arch_schema import (
+    ACTIVATIONS,
+    NORMS,
+    OUTPUT_ACTIVATIONS,
+    RECONSTRUCTIONS,
+    SECTIONS,
+    ArchConfig,
+    ConvLayer,
+    ConvTransposeLayer,
+    DecoderConfig,
+    EncoderConfig,
+    InputShape,
+    LossConfig,
+    Shape,
+    conv_out,
+    conv_t_out,
+    decoder_shapes,
+    encoder_shapes,
+    fmt_shape,
+    resolve_decoder,
+)
+from varnext_ray.errors import UserError
+
+__all__ = [
+    "ACTIVATIONS",
+    "NORMS",
+    "OUTPUT_ACTIVATIONS",
+    "RECONSTRUCTIONS",
+    "ArchConfig",
+    "ConvLayer",
+    "ConvTransposeLayer",
+    "DecoderConfig",
+    "EncoderConfig",
+    "InputShape",
+    "LossConfig",
+    "Row",
+    "check_report",
+    "conv_out",
+    "conv_t_out",
+    "count_params",
+    "decoder_shapes",
+    "encoder_shapes",
+    "format_table",
+    "layer_table",
+    "load_arch",
+    "parse_arch",
+    "resolve_decoder",
+]
+
+
+class Row(NamedTuple):
+    """One line of the layer table."""
+
+    name: str  # JSON path of the layer, e.g. "encoder.conv[2]"
+    detail: str  # what it is, e.g. "conv2d 4x4 s2 p1, batch, relu"
+    shape: Shape  # output shape without the batch axis
+    params: int
+
+
+def _conv_row(name: str, layer: ConvLayer, c_in: int, shape: Shape, kind: str) -> Row:
+    k, c = layer.kernel_size, layer.out_channels
+    params = c_in * c * k * k + (c if layer.norm == "none" else 2 * c)
+    detail = f"{kind} {k}x{k} s{layer.stride} p{layer.padding}"
+    if isinstance(layer, ConvTransposeLayer) and any(layer.output_padding):
+        detail += f" op{layer.output_padding[0]},{layer.output_padding[1]}"
+    return Row(name, f"{detail}, {layer.norm}, {layer.activation}", shape, params)
+
+
+def _linear_rows(prefix: str, sizes: list[int], n_in: int, activation: str) -> list[Row]:
+    rows = []
+    for i, n in enumerate(sizes):
+        rows.append(Row(f"{prefix}[{i}]", f"linear, {activation}", (n,), n_in * n + n))
+        n_in = n
+    return rows
+
+
+def layer_table(cfg: ArchConfig) -> list[Row]:
+    """Every layer's output shape and parameter count, in forward order, without torch."""
+    enc, d = encoder_shapes(cfg), cfg.latent_dim
+    rows = [Row("input", "", cfg.input.shape, 0)]
+    for i, layer in enumerate(cfg.encoder.conv):
+        rows.append(_conv_row(f"encoder.conv[{i}]", layer, enc[i][0], enc[i + 1], "conv2d"))
+    flat, hidden = math.prod(enc[-1]), list(cfg.encoder.linear)
+    rows.append(Row("encoder.flatten", "", (flat,), 0))
+    rows += _linear_rows("encoder.linear", hidden, flat, cfg.encoder.linear_activation)
+    n_in = hidden[-1] if hidden else flat
+    rows += [Row(f"encoder.{head}", "linear", (d,), n_in * d + d) for head in ("mu", "logvar")]
+    dec_cfg = resolve_decoder(cfg)
+    rows += _linear_rows("decoder.linear", list(dec_cfg.linear), d, dec_cfg.linear_activation)
+    n_in = dec_cfg.linear[-1] if dec_cfg.linear else d
+    act = dec_cfg.linear_activation if dec_cfg.conv_transpose else "none"
+    rows.append(Row("decoder.project", f"linear, {act}", (flat,), n_in * flat + flat))
+    rows.append(Row("decoder.unflatten", "", enc[-1], 0))
+    dec = decoder_shapes(cfg, enc[-1])
+    for i, layer in enumerate(dec_cfg.conv_transpose):
+        name, kind = f"decoder.conv_transpose[{i}]", "conv_transpose2d"
+        rows.append(_conv_row(name, layer, dec[i][0], dec[i + 1], kind))
+    rows.append(Row("output", cfg.output_activation, dec[-1], 0))
+    return rows
+
+
+def count_params(cfg: ArchConfig) -> int:
+    """Trainable parameters of the VAE that :func:`varnext_ray.model.build_vae` builds."""
+    return sum(row.params for row in layer_table(cfg))
+
+
+def check_report(cfg: ArchConfig) -> dict[str, Any]:
+    """What ``varnext arch check --json`` prints: totals, shapes and every layer."""
+    rows = layer_table(cfg)
+    return {
+        "params": sum(r.params for r in rows),
+        "latent_dim": cfg.latent_dim,
+        "input_shape": list(cfg.input.shape),
+        "output_shape": list(rows[-1].shape),
+        "decoder": "mirror" if cfg.decoder == "mirror" else "explicit",
+        "layers": [
+            {"name": r.name, "detail": r.detail, "shape": list(r.shape), "params": r.params}
+            for r in rows
+        ],
+    }
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The layer-by-layer table of :func:`check_report`, with totals, as plain text."""
+    head = ("layer", "type", "output", "params")
+    lines = [
+        (r["name"], r["detail"], fmt_shape(r["shape"]), f"{r['params']:,}")
+        for r in report["layers"]
+    ]
+    widths = [max(len(row[i]) for row in [head, *lines]) for i in range(4)]
+    out = []
+    for row in [head, *lines]:
+        cells = [row[i].ljust(widths[i]) for i in range(3)] + [row[3].rjust(widths[3])]
+        out.append("  ".join(cells).rstrip())
+    out.insert(1, "-" * len(out[0]))
+    out.append(
+        f"total: {report['params']:,} parameters, latent_dim {report['latent_dim']}, "
+        f"input {fmt_shape(report['input_shape'])} -> output {fmt_shape(report['output_shape'])}"
+    )
+    return "\n".join(out)
+
+
+# ---- loading ---------------------------------------------------------------------------------
+
+_FIX = "fix each field named above; docs/architectures.md lists every key and its default"
+
+
+def parse_arch(data: dict[str, Any], where: str) -> ArchConfig:
+    """Validates a JSON-shaped dict, reporting every problem at once.
+
+    Args:
+        data: The decoded JSON object.
+        where: What to name in errors (a file path, a trial id).
+
+    Raises:
+        UserError: ``invalid architecture: <path>: <problem> (got <value>); ...``.
+
+    Example:
+        >>> cfg = parse_arch({"input": {"height": 36, "width": 64}, "latent_dim": 8}, "demo")
+    """
+    if not isinstance(data, dict):
+        got = type(data).__name__
+        raise UserError(f"architecture must be a JSON object (got {got})", where, _FIX)
+    try:
+        return ArchConfig.model_validate(data)
+    except ValidationError as err:
+        problems = problems_from_validation(err, SECTIONS)
+    head = "invalid architecture" + (f", {len(problems)} problems" if len(problems) > 1 else "")
+    raise UserError(f"{head}: {'; '.join(problems)}", where, _FIX)
+
+
+def load_arch(path: str | Path) -> ArchConfig:
+    """Reads and validates an architecture file.
+
+    Raises:
+        UserError: The file is missing, not JSON (with line and column), or not a valid
+            architecture (every problem, see :func:`parse_arch`).
+
+    Example:
+        >>> cfg = load_arch("configs/smoke_64x36.json")
+    """
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError("architecture file not found", where, "check the path") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"cannot read the file ({err})", where, "pass a UTF-8 JSON file") from None
+    duplicates: list[str] = []
+    try:
+        data = json.loads(text, object_pairs_hook=lambda pairs: _no_duplicates(pairs, duplicates))
+    except json.JSONDecodeError as err:
+        what = f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        raise UserError(what, where, "fix the JSON syntax there") from None
+    if duplicates:
+        keys = ", ".join(f'"{k}"' for k in duplicates)
+        raise UserError(f"duplicate key {keys} in one object", where, "keep one of each")
+    return parse_arch(data, where)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            duplicates.append(key)
+        seen[key] = value
+    return seen

@@ -1,0 +1,216 @@
+"""The VAE built from a JSON architecture, its ELBO loss, and latent extrapolation.
+
+Plain builder functions wire ``nn`` modules from an :class:`~varnext_ray.arch.ArchConfig`;
+layer shapes and parameter counts match :func:`varnext_ray.arch.layer_table` exactly (a test
+checks it). Inputs are frames as floats in [0, 1], shaped (B, C, H, W).
+
+Example:
+    >>> cfg = load_arch("configs/smoke_64x36.json")
+    >>> vae = build_vae(cfg)
+    >>> recon, mu, logvar = vae(torch.rand(2, 3, 36, 64))
+    >>> parts = elbo_loss(recon, x, mu, logvar, cfg.loss, epoch=0)
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import nn
+
+from varnext_ray.arch import (
+    ACTIVATIONS,
+    NORMS,
+    OUTPUT_ACTIVATIONS,
+    RECONSTRUCTIONS,
+    ArchConfig,
+    ConvLayer,
+    LossConfig,
+    encoder_shapes,
+    resolve_decoder,
+)
+
+# logvar is clamped to this range (as in diffusers' DiagonalGaussianDistribution) so that
+# exp(logvar) neither overflows nor underflows early in training.
+LOGVAR_MIN, LOGVAR_MAX = -30.0, 20.0
+
+
+class VAE(nn.Module):
+    """A VAE: conv encoder -> (mu, logvar) heads -> sampled z -> decoder.
+
+    Build it with :func:`build_vae`; ``config`` is the architecture it was built from.
+    """
+
+    def __init__(
+        self,
+        *,
+        features: nn.Module,
+        mu_head: nn.Linear,
+        logvar_head: nn.Linear,
+        decoder: nn.Module,
+        config: ArchConfig,
+    ) -> None:
+        super().__init__()
+        self.features = features  # (B, C, H, W) -> (B, F)
+        self.mu_head = mu_head  # (B, F) -> (B, D)
+        self.logvar_head = logvar_head  # (B, F) -> (B, D)
+        self.decoder = decoder  # (B, D) -> (B, C, H, W)
+        self.config = config
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Frames (B, C, H, W) in [0, 1] -> (mu, logvar), each (B, D)."""
+        expected = self.config.input.shape
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"VAE input must be (B, {', '.join(map(str, expected))}) (got {tuple(x.shape)});"
+                " resize the frames to the architecture's input size"
+            )
+        h = self.features(x)  # (B, F)
+        logvar = self.logvar_head(h).clamp(LOGVAR_MIN, LOGVAR_MAX)  # (B, D)
+        return self.mu_head(h), logvar
+
+    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """A sample z = mu + sigma * eps, differentiable in mu and logvar; (B, D)."""
+        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, D) -> frames (B, C, H, W)."""
+        return self.decoder(z)
+
+    def forward(
+        self, x: torch.Tensor, *, sample: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(recon, mu, logvar); ``sample=False`` decodes the mean instead of a sample."""
+        mu, logvar = self.encode(x)  # (B, D), (B, D)
+        z = self.reparameterize(mu, logvar) if sample else mu  # (B, D)
+        return self.decode(z), mu, logvar  # (B, C, H, W), (B, D), (B, D)
+
+
+def _after(layer: ConvLayer) -> list[nn.Module]:
+    """The norm, activation and dropout that follow a conv or conv-transpose layer."""
+    norm = NORMS[layer.norm]
+    mods = [] if norm is None else [norm(layer.out_channels, layer.groups)]
+    if layer.activation != "none":
+        mods.append(ACTIVATIONS[layer.activation]())
+    if layer.dropout > 0:
+        mods.append(nn.Dropout2d(layer.dropout))
+    return mods
+
+
+def _linear_stack(sizes: list[int], activation: str, dropout: float = 0.0) -> list[nn.Module]:
+    """Linear layers sizes[0] -> sizes[1] -> ..., each followed by activation (and dropout)."""
+    mods: list[nn.Module] = []
+    for n_in, n_out in itertools.pairwise(sizes):
+        mods += [nn.Linear(n_in, n_out), ACTIVATIONS[activation]()]
+        if dropout > 0:
+            mods.append(nn.Dropout(dropout))
+    return mods
+
+
+def build_encoder(cfg: ArchConfig) -> tuple[nn.Sequential, nn.Linear, nn.Linear]:
+    """The feature extractor (B, C, H, W) -> (B, F) and the mu and logvar heads (B, F) -> (B, D)."""
+    shapes, enc = encoder_shapes(cfg), cfg.encoder
+    mods: list[nn.Module] = []
+    for layer, (c_in, _, _) in zip(enc.conv, shapes[:-1], strict=True):
+        k, s, p = layer.kernel_size, layer.stride, layer.padding
+        mods.append(nn.Conv2d(c_in, layer.out_channels, k, s, p, bias=layer.norm == "none"))
+        mods += _after(layer)
+    mods.append(nn.Flatten())  # (B, C', H', W') -> (B, C'*H'*W')
+    sizes = [math.prod(shapes[-1]), *enc.linear]
+    mods += _linear_stack(sizes, enc.linear_activation, enc.linear_dropout)
+    heads = (nn.Linear(sizes[-1], cfg.latent_dim), nn.Linear(sizes[-1], cfg.latent_dim))
+    return nn.Sequential(*mods), *heads
+
+
+def build_decoder(cfg: ArchConfig) -> nn.Sequential:
+    """The decoder (B, D) -> (B, C, H, W); a ``"mirror"`` one is resolved by shape inference."""
+    dec, start = resolve_decoder(cfg), encoder_shapes(cfg)[-1]  # start: (C', H', W')
+    sizes = [cfg.latent_dim, *dec.linear]
+    mods = _linear_stack(sizes, dec.linear_activation)
+    mods.append(nn.Linear(sizes[-1], math.prod(start)))  # project to the conv volume
+    if dec.conv_transpose and dec.linear_activation != "none":
+        mods.append(ACTIVATIONS[dec.linear_activation]())
+    mods.append(nn.Unflatten(1, start))  # (B, C'*H'*W') -> (B, C', H', W')
+    c_in = start[0]
+    for layer in dec.conv_transpose:
+        k, s, p, op = layer.kernel_size, layer.stride, layer.padding, layer.output_padding
+        bias = layer.norm == "none"
+        mods.append(nn.ConvTranspose2d(c_in, layer.out_channels, k, s, p, op, bias=bias))
+        mods += _after(layer)
+        c_in = layer.out_channels
+    mods.append(OUTPUT_ACTIVATIONS[cfg.output_activation]())
+    return nn.Sequential(*mods)
+
+
+def build_vae(cfg: ArchConfig) -> VAE:
+    """The VAE an architecture describes; parameters match :func:`~varnext_ray.arch.count_params`.
+
+    Example:
+        >>> vae = build_vae(load_arch("configs/small_160x90.json"))
+    """
+    features, mu_head, logvar_head = build_encoder(cfg)
+    decoder = build_decoder(cfg)
+    return VAE(
+        features=features, mu_head=mu_head, logvar_head=logvar_head, decoder=decoder, config=cfg
+    )
+
+
+def kl_weight(loss_cfg: LossConfig, epoch: int) -> float:
+    """beta, scaled by min(1, (epoch + 1) / kl_warmup_epochs) during warm-up (epoch from 0)."""
+    if loss_cfg.kl_warmup_epochs <= 0:
+        return loss_cfg.beta
+    return loss_cfg.beta * min(1.0, (epoch + 1) / loss_cfg.kl_warmup_epochs)
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) per sample and latent dimension; (B, D)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+def elbo_loss(
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    loss_cfg: LossConfig,
+    epoch: int,
+) -> dict[str, torch.Tensor]:
+    """The negative ELBO and its parts, each a per-sample mean over the batch.
+
+    ``recon`` sums the elementwise reconstruction loss over (C, H, W); ``kl`` sums the KL over
+    latent dimensions. ``loss = recon + kl_weight(epoch) * kl_term``, where with free bits
+    ``kl_term`` sums max(free_bits, batch-mean KL) per dimension (Kingma et al., 2016).
+
+    Args:
+        recon: Decoded frames (B, C, H, W).
+        x: Target frames (B, C, H, W) in [0, 1].
+        mu: Latent means (B, D).
+        logvar: Latent log-variances (B, D).
+        loss_cfg: The architecture's ``loss`` section.
+        epoch: The current epoch, from 0 (for KL warm-up).
+
+    Returns:
+        ``{"loss", "recon", "kl"}``, scalar tensors; ``kl`` is the raw KL.
+    """
+    per_pixel = RECONSTRUCTIONS[loss_cfg.reconstruction](recon, x, reduction="none")
+    recon_term = per_pixel.flatten(1).sum(1).mean()  # (B, C*H*W) -> scalar
+    kl_dims = kl_per_dim(mu, logvar)  # (B, D)
+    kl = kl_dims.sum(1).mean()
+    kl_term = kl
+    if loss_cfg.free_bits > 0:
+        kl_term = kl_dims.mean(0).clamp(min=loss_cfg.free_bits).sum()  # (D,) -> scalar
+    loss = recon_term + kl_weight(loss_cfg, epoch) * kl_term
+    return {"loss": loss, "recon": recon_term, "kl": kl}
+
+
+def extrapolate(z1: torch.Tensor, z2: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """The latent k steps past z2 on the line through z1 and z2: z2 + k * (z2 - z1)."""
+    return z2 + k * (z2 - z1)
+
+
+def rollout(z1: torch.Tensor, z2: torch.Tensor, steps: int) -> torch.Tensor:
+    """Extrapolations for horizons 1..steps, stacked: (steps, B, D) for z1, z2 of (B, D)."""
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1 (got {steps})")
+    return torch.stack([extrapolate(z1, z2, k) for k in range(1, steps + 1)])
