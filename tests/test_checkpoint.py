@@ -1,0 +1,249 @@
+"""Checkpoint directories: round trips, optimizer resume, and refusal of anything tampered."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from varnext_ray import __version__, checkpoint
+from varnext_ray.arch import parse_arch
+from varnext_ray.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from varnext_ray.errors import UserError
+from varnext_ray.model import VAE, build_vae
+
+H, W = 18, 32
+TINY = {  # 3 conv layers on 32x18 frames
+    "input": {"channels": 3, "height": H, "width": W},
+    "encoder": {
+        "conv": [
+            {"out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1, "norm": "batch"},
+            {"out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1},
+            {"out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1},
+        ]
+    },
+    "latent_dim": 4,
+}
+CFG = parse_arch(TINY, "tiny")
+
+
+class FakeDDP(nn.Module):
+    """Wraps a model as DDP does (``.module``; state_dict keys get a ``module.`` prefix)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+
+class Payload:
+    """Unpickling this creates ``marker``: proof that a loader ran pickle."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (open, (str(self.marker), "w"))
+
+
+def train_step(model: VAE, opt: torch.optim.Optimizer, seed: int) -> None:
+    x = torch.rand(4, 3, H, W, generator=torch.Generator().manual_seed(seed))
+    opt.zero_grad()
+    recon, _, _ = model(x, sample=False)
+    (recon - x).pow(2).mean().backward()
+    opt.step()
+
+
+@pytest.fixture
+def trained(tmp_path: Path) -> tuple[VAE, torch.optim.Adam, Path]:
+    """A VAE after one Adam step, checkpointed (through a DDP-like wrapper) with its optimizer."""
+    torch.manual_seed(0)
+    model = build_vae(CFG)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3, betas=(0.8, 0.95))
+    train_step(model, opt, seed=1)
+    path = save_checkpoint(
+        tmp_path / "ckpt",
+        model=FakeDDP(model),
+        arch_cfg=CFG,
+        epoch=3,
+        metrics={"extrap_psnr": 21.5},
+        optimizer=opt,
+        extra={"run_id": "abc"},
+    )
+    return model, opt, path
+
+
+def rewrite(path: Path, data: bytes, *, rehash: bool) -> None:
+    """Replaces a checkpoint file; with ``rehash`` also fixes its sha256 in meta.json."""
+    path.write_bytes(data)
+    if rehash:
+        meta_path = path.parent / "meta.json"
+        meta = json.loads(meta_path.read_text())
+        meta["files"][path.name] = hashlib.sha256(data).hexdigest()
+        meta_path.write_text(json.dumps(meta))
+
+
+def test_round_trip_gives_a_fresh_model_with_identical_outputs(trained) -> None:
+    model, _, path = trained
+    ckpt = load_checkpoint(path)
+    assert ckpt.arch == CFG and ckpt.model is not model
+    x = torch.rand(3, 3, H, W, generator=torch.Generator().manual_seed(2))
+    model.eval(), ckpt.model.eval()
+    assert torch.equal(ckpt.model(x, sample=False)[0], model(x, sample=False)[0])
+    meta = ckpt.meta
+    assert (meta["epoch"], meta["metrics"], meta["image_size"]) == (
+        3,
+        {"extrap_psnr": 21.5},
+        [W, H],
+    )
+    assert meta["normalisation"] == "uint8/255 in [0,1]" and meta["varnext_version"] == __version__
+    assert meta["extra"] == {"run_id": "abc"}
+    names = {"arch.json", "model.safetensors", "optimizer.safetensors", "optimizer.json"}
+    assert set(meta["files"]) == names
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ckpt"]  # no temp dir left
+
+
+def test_an_adam_step_after_loading_equals_one_without_the_round_trip(trained) -> None:
+    model, opt, path = trained
+    ckpt = load_checkpoint(path)
+    opt2 = torch.optim.Adam(ckpt.model.parameters(), lr=0.5)  # lr and betas come from the file
+    load_optimizer_state(path, opt2)
+    assert opt2.param_groups[0]["betas"] == (0.8, 0.95) and opt2.param_groups[0]["lr"] == 1e-3
+    train_step(model, opt, seed=5)
+    train_step(ckpt.model, opt2, seed=5)
+    for a, b in zip(model.state_dict().values(), ckpt.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_saving_replaces_an_old_checkpoint_but_not_another_directory(trained) -> None:
+    model, _, path = trained
+    save_checkpoint(path, model=model, arch_cfg=CFG, epoch=4, metrics={})
+    assert load_checkpoint(path).meta["epoch"] == 4
+    assert "optimizer.json" not in {p.name for p in path.iterdir()}
+    with pytest.raises(UserError, match="no optimizer state"):
+        load_optimizer_state(path, torch.optim.Adam(model.parameters()))
+    other = path.parent / "notes"
+    other.mkdir()
+    (other / "todo.txt").write_text("keep me")
+    with pytest.raises(UserError, match="not a checkpoint"):
+        save_checkpoint(other, model=model, arch_cfg=CFG, epoch=0, metrics={})
+    assert (other / "todo.txt").read_text() == "keep me"
+
+
+def test_a_crash_while_saving_leaves_no_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    calls = []
+
+    def failing_write(path: Path, data: bytes) -> str:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return hashlib.sha256(data).hexdigest()
+
+    monkeypatch.setattr(checkpoint, "_write", failing_write)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tmp_path / "ckpt", model=build_vae(CFG), arch_cfg=CFG, epoch=0, metrics={})
+    assert list(tmp_path.iterdir()) == []
+
+
+def torch_save_bytes() -> bytes:
+    """What torch.save writes (a zip holding a pickle), as a renamed .pt file would be."""
+    buffer = io.BytesIO()
+    torch.save(build_vae(CFG).state_dict(), buffer)
+    return buffer.getvalue()
+
+
+def _corrupt(case: str, path: Path) -> None:
+    bad_arch = json.dumps({**TINY, "latent_dim": 0}).encode()
+    other = build_vae(parse_arch({**TINY, "latent_dim": 5}, "other"))
+    other_dir = save_checkpoint(
+        path.parent / "other", model=other, arch_cfg=other.config, epoch=0, metrics={}
+    )
+    actions = {
+        "missing model": lambda: (path / "model.safetensors").unlink(),
+        "missing arch": lambda: (path / "arch.json").unlink(),
+        "missing meta": lambda: (path / "meta.json").unlink(),
+        "altered model": lambda: rewrite(path / "model.safetensors", b"\0" * 64, rehash=False),
+        "altered arch": lambda: rewrite(path / "arch.json", b"{}", rehash=False),
+        "arch invalid": lambda: rewrite(path / "arch.json", bad_arch, rehash=True),
+        "arch not json": lambda: rewrite(path / "arch.json", b"{oops", rehash=True),
+        "torch.save zip": lambda: rewrite(
+            path / "model.safetensors", torch_save_bytes(), rehash=True
+        ),
+        "wrong weights": lambda: rewrite(
+            path / "model.safetensors", (other_dir / "model.safetensors").read_bytes(), rehash=True
+        ),
+        "not a checkpoint": lambda: rewrite(path / "meta.json", b'{"format": "x"}', rehash=False),
+    }
+    actions[case]()
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("missing model", r"checkpoint file is missing \(.*model\.safetensors\)"),
+        ("missing arch", r"checkpoint file is missing \(.*arch\.json\)"),
+        ("missing meta", r"checkpoint file is missing \(.*meta\.json\)"),
+        ("altered model", r"file was altered: sha256 .* \(.*model\.safetensors\): re-download"),
+        ("altered arch", r"file was altered: sha256 .* \(.*arch\.json\)"),
+        ("arch invalid", r"invalid architecture: latent_dim.*\(.*arch\.json\)"),
+        ("arch not json", r"not valid JSON .*\(.*arch\.json\)"),
+        ("torch.save zip", r"not a safetensors file .*\(.*model\.safetensors\): .*pickled"),
+        ("wrong weights", r"weights do not match arch\.json: .*size mismatch"),
+        ("not a checkpoint", r"not a varnext checkpoint .*\(.*meta\.json\)"),
+    ],
+)
+def test_a_damaged_checkpoint_is_refused_with_a_clear_message(
+    trained, case: str, message: str
+) -> None:
+    _, _, path = trained
+    _corrupt(case, path)
+    with pytest.raises(UserError, match=message) as err:
+        load_checkpoint(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_missing_directory_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"checkpoint directory not found \(.*nowhere\)"):
+        load_checkpoint(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("rehash", [False, True])
+def test_a_pickle_payload_is_refused_and_never_runs(trained, tmp_path: Path, rehash: bool) -> None:
+    _, opt, path = trained
+    live = tmp_path / "live-marker"
+    pickle.loads(pickle.dumps(Payload(live)))  # the payload is real: unpickling creates a file
+    assert live.exists()
+    marker = tmp_path / "marker"
+    payload = pickle.dumps(Payload(marker))
+    rewrite(path / "model.safetensors", payload, rehash=rehash)
+    rewrite(path / "optimizer.safetensors", payload, rehash=rehash)
+    message = "not a safetensors file" if rehash else "file was altered"
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(path)
+    with pytest.raises(UserError, match=message):
+        load_optimizer_state(path, opt)
+    assert not marker.exists()
+
+
+def test_loading_never_calls_pickle_or_torch_load(trained, monkeypatch) -> None:
+    path = trained[2]
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a checkpoint loader unpickled something")
+
+    monkeypatch.setattr(pickle, "loads", forbidden)
+    monkeypatch.setattr(pickle, "load", forbidden)
+    monkeypatch.setattr(torch, "load", forbidden)
+    load_optimizer_state(path, torch.optim.Adam(load_checkpoint(path).model.parameters()))
+
+
+def test_optimizer_state_for_another_model_is_refused(trained) -> None:
+    _, _, path = trained
+    small = nn.Linear(2, 2)
+    with pytest.raises(UserError, match=r"optimizer state does not fit .*\(.*optimizer\.json\)"):
+        load_optimizer_state(path, torch.optim.Adam(small.parameters()))

@@ -1,0 +1,176 @@
+"""Extrapolation metrics: hand-built cases with known answers, on the real VAE."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from varnext_ray.arch import parse_arch
+from varnext_ray.metrics import (
+    MOTION_THRESHOLD,
+    PSNR_CAP_DB,
+    SUM_KEYS,
+    add_sums,
+    all_reduce_sums,
+    finalize,
+    latent_linearity,
+    motion_mask,
+    mse_per_sample,
+    prediction_strip,
+    prediction_sums,
+    psnr,
+    save_png,
+    ssim_per_sample,
+    ssim_window,
+    triplet_sums,
+)
+from varnext_ray.model import VAE, build_vae, extrapolate
+
+H, W = 18, 32
+TINY = {  # 3 conv layers on 32x18 frames
+    "input": {"channels": 3, "height": H, "width": W},
+    "encoder": {
+        "conv": [
+            {"out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1},
+            {"out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1},
+            {"out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1},
+        ]
+    },
+    "latent_dim": 4,
+}
+
+
+@pytest.fixture
+def vae() -> VAE:
+    torch.manual_seed(0)
+    return build_vae(parse_arch(TINY, "tiny")).eval()
+
+
+def frames(b: int, seed: int) -> torch.Tensor:
+    """(b, 3, H, W) uniform in [0, 1]."""
+    return torch.rand(b, 3, H, W, generator=torch.Generator().manual_seed(seed))
+
+
+def test_psnr_of_identical_frames_is_the_cap_and_known_values_match() -> None:
+    x = frames(3, 0)
+    assert torch.equal(psnr(x, x), torch.full((3,), PSNR_CAP_DB))
+    off = (x * 0.5 + 0.1, x * 0.5)  # constant error 0.1 -> MSE 0.01 -> 20 dB
+    assert mse_per_sample(*off) == pytest.approx([0.01] * 3, rel=1e-5)
+    assert psnr(*off) == pytest.approx([20.0] * 3, rel=1e-5)
+
+
+def test_latent_linearity_on_a_line_is_zero_and_scales_with_the_miss() -> None:
+    g = torch.Generator().manual_seed(1)
+    mu1, d = torch.randn(5, 8, generator=g), torch.randn(5, 8, generator=g)
+    mu2, mu3 = mu1 + d, mu1 + 2 * d
+    assert latent_linearity(extrapolate(mu1, mu2), mu2, mu3).abs().max() < 1e-5
+    # the true step is twice the predicted one: the miss is d, the step 2d -> 0.5
+    ratio = latent_linearity(extrapolate(mu1, mu2), mu2, mu2 + 2 * d)
+    assert ratio == pytest.approx([0.5] * 5, rel=1e-5)
+    # a latent that never moves: 0 / eps = 0, not NaN
+    assert torch.equal(latent_linearity(mu1, mu1, mu1), torch.zeros(5))
+
+
+def test_affine_encoder_on_frames_along_a_line_gives_linearity_near_zero() -> None:
+    torch.manual_seed(0)
+    linear = build_vae(parse_arch({"input": {"height": H, "width": W}, "latent_dim": 6}, "lin"))
+    a = 0.2 + 0.2 * frames(4, 2)  # (4, 3, H, W) in [0.2, 0.4]
+    d = 0.2 * frames(4, 3)
+    metrics = finalize(triplet_sums(linear.eval(), a, a + d, a + 2 * d))
+    assert metrics["latent_linearity"] < 1e-3
+
+
+def test_skill_is_zero_when_the_prediction_is_the_last_frame(vae: VAE) -> None:
+    for p in vae.decoder.parameters():  # decoder outputs sigmoid(0) = 0.5 for every latent
+        torch.nn.init.zeros_(p)
+    x1, x3 = frames(4, 4), frames(4, 5)
+    x2 = torch.full_like(x1, 0.5)
+    metrics = finalize(triplet_sums(vae, x1, x2, x3))
+    assert metrics["extrap_mse"] == pytest.approx(metrics["copy_last_mse"], rel=1e-12)
+    assert metrics["extrap_skill"] == pytest.approx(0.0, abs=1e-9)
+    perfect = finalize(prediction_sums(x1, x2, x3, pred=x3, oracle=x3))
+    assert perfect["extrap_skill"] == 1.0
+    assert perfect["extrap_psnr"] == perfect["oracle_psnr"] == PSNR_CAP_DB
+
+
+def test_two_half_batches_finalize_to_the_whole_batch(vae: VAE) -> None:
+    x1, x2, x3 = frames(6, 6), frames(6, 7), frames(6, 8)
+    x3[:2] = x2[:2]  # two samples without motion: the motion averages must skip them
+    whole = finalize(triplet_sums(vae, x1, x2, x3))
+    halves = add_sums(
+        triplet_sums(vae, x1[:3], x2[:3], x3[:3]), triplet_sums(vae, x1[3:], x2[3:], x3[3:])
+    )
+    split = finalize(all_reduce_sums(halves))  # no process group: a no-op
+    assert split.keys() == whole.keys()
+    for key, value in whole.items():
+        assert split[key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
+
+
+def test_sums_have_every_key_as_float64_scalars(vae: VAE) -> None:
+    sums = triplet_sums(vae, frames(2, 9), frames(2, 10), frames(2, 11))
+    assert set(sums) == set(SUM_KEYS)
+    assert all(v.dtype == torch.float64 and v.dim() == 0 for v in sums.values())
+    expected = {
+        "extrap_mse",
+        "extrap_psnr",
+        "extrap_ssim",
+        "copy_last_psnr",
+        "copy_last_mse",
+        "pixel_linear_psnr",
+        "oracle_psnr",
+        "extrap_skill",
+        "latent_linearity",
+        "extrap_psnr_motion",
+        "copy_last_psnr_motion",
+    }
+    assert set(finalize(sums)) == expected
+
+
+def test_motion_psnr_scores_only_changed_pixels() -> None:
+    x2 = torch.zeros(1, 3, H, W)
+    x3 = x2.clone()
+    x3[:, 0, 2:6, 4:8] = 0.5  # 16 pixels move (in the red channel)
+    x3[:, :, 10:12, 10:12] = MOTION_THRESHOLD / 2  # below the threshold: not motion
+    mask = motion_mask(x2, x3)
+    assert mask.shape == (1, H, W) and int(mask.sum()) == 16
+    pred = x3.clone()
+    metrics = finalize(prediction_sums(x2, x2, x3, pred=pred, oracle=pred))
+    # copy-last misses 0.5 in one of 3 channels on the moving pixels: MSE 0.25 / 3
+    assert metrics["copy_last_psnr_motion"] == pytest.approx(10 * math.log10(12), rel=1e-5)
+    assert metrics["extrap_psnr_motion"] == PSNR_CAP_DB
+
+
+def test_a_static_set_finalizes_without_nan_or_undefined_keys() -> None:
+    x = frames(3, 12)
+    metrics = finalize(prediction_sums(x, x, x, pred=x, oracle=x))
+    assert "extrap_skill" not in metrics  # copy-last is perfect: skill undefined
+    assert "extrap_psnr_motion" not in metrics and "copy_last_psnr_motion" not in metrics
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert metrics["copy_last_psnr"] == PSNR_CAP_DB
+    assert metrics["extrap_ssim"] == pytest.approx(1.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("size", [(36, 64), (8, 8), (5, 9), (2, 4), (1, 1)])
+def test_ssim_handles_frames_smaller_than_the_window(size: tuple[int, int]) -> None:
+    x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(13))
+    assert ssim_per_sample(x, x) == pytest.approx([1.0, 1.0], abs=1e-5)
+    assert ssim_per_sample(x, 1 - x).shape == (2,)
+    assert ssim_window(36, 64) == {"gaussian_kernel": True, "sigma": 1.5}
+
+
+def test_prediction_strip_shape_and_png(vae: VAE, tmp_path: Path) -> None:
+    strip = prediction_strip(vae, frames(5, 14), frames(5, 15), frames(5, 16), n=4)
+    assert strip.shape == (4 * H, 7 * W, 3) and strip.dtype == np.uint8
+    x3 = frames(2, 17)
+    few = prediction_strip(vae, x3, x3, x3, n=4)  # fewer triplets than n: one row each
+    assert few.shape == (2 * H, 7 * W, 3)
+    assert np.array_equal(few[:, :W], few[:, 2 * W : 3 * W])  # frame t == truth here
+    path = save_png(strip, tmp_path / "sub" / "strip.png")
+    assert np.array_equal(np.asarray(Image.open(path)), strip)
+    with pytest.raises(ValueError, match="uint8"):
+        save_png(strip.astype(np.float32), tmp_path / "bad.png")

@@ -1,0 +1,301 @@
+"""Extrapolation metrics on validation triplets, as sums that average exactly across DDP ranks.
+
+A triplet is three frames (x1, x2, x3) = (t, t+s, t+2s), each (B, 3, H, W) float in [0, 1].
+The model encodes them to their means mu1, mu2, mu3 (no sampling), predicts the latent
+z3_hat = mu2 + (mu2 - mu1) and decodes it. :func:`triplet_sums` returns per-batch *sums* of
+per-sample values plus the sample count; add them over batches, all-reduce them over ranks
+(:func:`all_reduce_sums`), then :func:`finalize` divides once, so the averages are exact
+whatever the batch split.
+
+Conventions:
+    - Decoded frames are clipped to [0, 1] before scoring, like ``pixel_linear`` (2*x2 - x1).
+    - PSNR is per sample with max value 1.0, averaged over samples. MSE is clamped at
+      ``MSE_FLOOR`` = 1e-10, so identical frames score ``PSNR_CAP_DB`` = 100 dB, never inf.
+    - SSIM is torchmetrics' (gaussian window, sigma 1.5, 11 px, data_range 1.0); for frames
+      smaller than 11 px on a side the window shrinks, see :func:`ssim_window`.
+    - Motion metrics score only the pixels where the true frame changed:
+      max over channels of |x3 - x2| > ``MOTION_THRESHOLD`` = 0.1 (about 25 grey levels of 255).
+      A sample without a moving pixel contributes nothing; when no sample of the whole set
+      moved, :func:`finalize` omits the ``*_motion`` keys (never NaN).
+    - ``extrap_skill`` = 1 - extrap_mse / copy_last_mse from the averaged MSEs; it is omitted
+      when copy_last_mse <= ``MSE_FLOOR`` (a static set: copy-last is perfect, skill undefined).
+    - ``latent_linearity`` per triplet is ||z3_hat - mu3|| / max(||mu3 - mu2||, LINEARITY_EPS),
+      LINEARITY_EPS = 1e-6: a latent that does not move gives numerator / 1e-6, not inf.
+
+Example:
+    >>> total = None
+    >>> for x1, x2, x3 in val_triplets:
+    ...     total = add_sums(total, triplet_sums(vae, x1, x2, x3))
+    >>> metrics = finalize(all_reduce_sums(total))
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from torchmetrics.functional.image import structural_similarity_index_measure
+
+from varnext_ray.model import extrapolate
+
+MSE_FLOOR = 1e-10  # MSE is clamped here before the log
+PSNR_CAP_DB = 100.0  # = 10 * log10(1 / MSE_FLOOR): the PSNR of identical frames
+MOTION_THRESHOLD = 0.1  # a pixel moved if max_c |x3 - x2| exceeds this (~25/255)
+LINEARITY_EPS = 1e-6  # floor of ||mu3 - mu2|| in latent_linearity
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # torchmetrics' defaults
+ERROR_GAIN = 4.0  # error map in the prediction strip: |pred - truth| * gain, then a heat map
+
+# Every key triplet_sums returns, in a fixed order (all ranks stack them the same way).
+SUM_KEYS = (
+    "count",
+    "extrap_mse",
+    "extrap_psnr",
+    "extrap_ssim",
+    "copy_last_mse",
+    "copy_last_psnr",
+    "pixel_linear_psnr",
+    "oracle_psnr",
+    "latent_linearity",
+    "motion_count",  # samples with at least one moving pixel
+    "extrap_psnr_motion",
+    "copy_last_psnr_motion",
+)
+_MEANS = (  # finalized as sum / count
+    "extrap_mse",
+    "extrap_psnr",
+    "extrap_ssim",
+    "copy_last_mse",
+    "copy_last_psnr",
+    "pixel_linear_psnr",
+    "oracle_psnr",
+    "latent_linearity",
+)
+
+
+# ---- pure functions ---------------------------------------------------------------------------
+
+
+def mse_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each sample over (C, H, W); (B, C, H, W) x 2 -> (B,)."""
+    return (pred - target).pow(2).flatten(1).mean(1)
+
+
+def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of each sample, max value 1.0, capped at ``PSNR_CAP_DB``; (B,)."""
+    return psnr_from_mse(mse_per_sample(pred, target))
+
+
+def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
+    """10 * log10(1 / mse), with mse clamped at ``MSE_FLOOR`` (so at most ``PSNR_CAP_DB``)."""
+    return -10.0 * torch.log10(mse.clamp(min=MSE_FLOOR))
+
+
+def motion_mask(x2: torch.Tensor, x3: torch.Tensor) -> torch.Tensor:
+    """Where the true frame changed: max_c |x3 - x2| > ``MOTION_THRESHOLD``.
+
+    (B, C, H, W) x 2 -> (B, H, W) bool.
+    """
+    return (x3 - x2).abs().amax(dim=1) > MOTION_THRESHOLD
+
+
+def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PSNR of each sample over only the masked pixels (all channels); (B,).
+
+    Samples with no masked pixel get 0 (callers skip them). (B, C, H, W) x 2, (B, H, W) -> (B,).
+    """
+    weight = mask.unsqueeze(1).to(pred.dtype)  # (B, 1, H, W)
+    sq = ((pred - target).pow(2) * weight).flatten(1).sum(1)  # (B,)
+    n = weight.flatten(1).sum(1) * pred.shape[1]  # (B,) masked values
+    out = psnr_from_mse(sq / n.clamp(min=1))
+    return torch.where(n > 0, out, torch.zeros_like(out))
+
+
+def latent_linearity(z3_hat: torch.Tensor, mu2: torch.Tensor, mu3: torch.Tensor) -> torch.Tensor:
+    """||z3_hat - mu3|| / max(||mu3 - mu2||, LINEARITY_EPS) per triplet; (B, D) x 3 -> (B,).
+
+    0 when the latent moves on a straight line at constant speed; 1 when the prediction misses
+    by as much as the true step.
+    """
+    miss = (z3_hat - mu3).norm(dim=1)  # (B,)
+    step = (mu3 - mu2).norm(dim=1).clamp(min=LINEARITY_EPS)  # (B,)
+    return miss / step
+
+
+def ssim_window(height: int, width: int) -> dict[str, object]:
+    """torchmetrics SSIM window arguments that fit a height x width image.
+
+    11 px gaussian, sigma 1.5 (the standard) when both sides are >= 11; otherwise the largest
+    odd k <= the shorter side, as a gaussian with sigma (k - 1) / 7 (torchmetrics sizes its
+    gaussian 2 * int(3.5 * sigma + 0.5) + 1 = k); below 3 px, a 1x1 uniform window.
+    """
+    side = min(height, width)
+    if side >= SSIM_WINDOW:
+        return {"gaussian_kernel": True, "sigma": SSIM_SIGMA}
+    k = side if side % 2 else side - 1
+    if k < 3:
+        return {"gaussian_kernel": False, "kernel_size": 1}
+    return {"gaussian_kernel": True, "sigma": (k - 1) / 7}
+
+
+def ssim_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """SSIM of each sample (data_range 1.0, window from :func:`ssim_window`); (B,)."""
+    window = ssim_window(pred.shape[-2], pred.shape[-1])
+    out = structural_similarity_index_measure(
+        pred, target, data_range=1.0, reduction="none", **window
+    )
+    return out  # (B,)
+
+
+# ---- sums and their average -------------------------------------------------------------------
+
+
+def prediction_sums(
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    x3: torch.Tensor,
+    *,
+    pred: torch.Tensor,
+    oracle: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The pixel metrics' sums for given predictions of x3 (each (B, C, H, W) in [0, 1]).
+
+    ``latent_linearity`` is 0 here; :func:`triplet_sums` fills it from the latents.
+    """
+    pixel_linear = (2 * x2 - x1).clamp(0, 1)  # (B, C, H, W)
+    extrap_mse, copy_mse = mse_per_sample(pred, x3), mse_per_sample(x2, x3)  # (B,), (B,)
+    mask = motion_mask(x2, x3)  # (B, H, W)
+    moved = mask.flatten(1).any(1)  # (B,)
+    per_sample = {
+        "extrap_mse": extrap_mse,
+        "extrap_psnr": psnr_from_mse(extrap_mse),
+        "extrap_ssim": ssim_per_sample(pred, x3),
+        "copy_last_mse": copy_mse,
+        "copy_last_psnr": psnr_from_mse(copy_mse),
+        "pixel_linear_psnr": psnr(pixel_linear, x3),
+        "oracle_psnr": psnr(oracle, x3),
+        "latent_linearity": torch.zeros_like(extrap_mse),
+        "motion_count": moved,
+        "extrap_psnr_motion": masked_psnr(pred, x3, mask),
+        "copy_last_psnr_motion": masked_psnr(x2, x3, mask),
+    }
+    sums = {"count": torch.tensor(float(x3.shape[0]), dtype=torch.float64, device=x3.device)}
+    for key, values in per_sample.items():
+        sums[key] = values.to(torch.float64).sum()
+    return sums
+
+
+def triplet_sums(
+    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The metric sums of one batch of triplets; keys ``SUM_KEYS``, 0-d float64 tensors.
+
+    Runs under ``torch.no_grad`` in whatever train/eval mode the caller set (use eval: batch
+    norm in train mode makes a sample's result depend on its batch). A DDP-wrapped model is
+    unwrapped.
+
+    Args:
+        model: The VAE (``encode`` -> (mu, logvar), ``decode``), or DDP around it.
+        x1: Frames t, (B, C, H, W) in [0, 1].
+        x2: Frames t+s, same shape.
+        x3: Frames t+2s (the target), same shape.
+
+    Example:
+        >>> sums = triplet_sums(vae.eval(), x1, x2, x3)
+        >>> finalize(sums)["extrap_psnr"]
+    """
+    vae = getattr(model, "module", model)
+    with torch.no_grad():
+        mu1, mu2, mu3 = (vae.encode(x)[0] for x in (x1, x2, x3))  # (B, D) each
+        z3_hat = extrapolate(mu1, mu2)  # (B, D)
+        pred = vae.decode(z3_hat).to(x3.dtype).clamp(0, 1)  # (B, C, H, W); autocast-safe
+        oracle = vae.decode(mu3).to(x3.dtype).clamp(0, 1)  # (B, C, H, W)
+        sums = prediction_sums(x1, x2, x3, pred=pred, oracle=oracle)
+        sums["latent_linearity"] = latent_linearity(z3_hat, mu2, mu3).to(torch.float64).sum()
+    return sums
+
+
+def add_sums(
+    total: dict[str, torch.Tensor] | None, sums: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``total + sums`` key by key (``total`` None starts a new total)."""
+    if total is None:
+        return dict(sums)
+    return {key: total[key] + sums[key] for key in SUM_KEYS}
+
+
+def all_reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Sums over all ranks (one all-reduce of the stacked ``SUM_KEYS``); a no-op without DDP."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()):
+        return sums
+    stacked = torch.stack([sums[key] for key in SUM_KEYS])  # (K,) float64
+    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    return dict(zip(SUM_KEYS, stacked.unbind(0), strict=True))
+
+
+def finalize(sums: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The averaged metrics (contract names in DESIGN.md "Metrics"); NaN-free.
+
+    ``*_motion`` keys are present only when some sample had a moving pixel, ``extrap_skill``
+    only when copy_last_mse > ``MSE_FLOOR``; an empty ``sums`` (count 0) gives ``{}``.
+    """
+    count = float(sums["count"])
+    if count <= 0:
+        return {}
+    out = {key: float(sums[key]) / count for key in _MEANS}
+    if out["copy_last_mse"] > MSE_FLOOR:
+        out["extrap_skill"] = 1.0 - out["extrap_mse"] / out["copy_last_mse"]
+    moved = float(sums["motion_count"])
+    if moved > 0:
+        for key in ("extrap_psnr_motion", "copy_last_psnr_motion"):
+            out[key] = float(sums[key]) / moved
+    return out
+
+
+# ---- pictures ---------------------------------------------------------------------------------
+
+STRIP_COLUMNS = ("t", "t+s", "truth t+2s", "latent prediction", "oracle", "copy-last", "error")
+
+
+def heat_map(value: torch.Tensor) -> torch.Tensor:
+    """Black -> red -> yellow -> white for values in [0, 1]; (B, H, W) -> (B, 3, H, W)."""
+    v = value.clamp(0, 1) * 3
+    return torch.stack([v.clamp(0, 1), (v - 1).clamp(0, 1), (v - 2).clamp(0, 1)], dim=1)
+
+
+def prediction_strip(
+    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, n: int = 4
+) -> np.ndarray:
+    """A picture of the first ``n`` triplets (fewer if the batch is smaller), one per row.
+
+    Columns (``STRIP_COLUMNS``): frame t, t+s, truth t+2s, latent prediction, oracle decode of
+    mu3, copy-last (= t+s), and the error map: mean over channels of |prediction - truth|,
+    times ``ERROR_GAIN``, as a heat map (black = exact, white = off by >= 1/ERROR_GAIN).
+
+    Returns:
+        uint8 array (rows * H, 7 * W, 3).
+    """
+    vae = getattr(model, "module", model)
+    x1, x2, x3 = x1[:n], x2[:n], x3[:n]  # (n, C, H, W)
+    with torch.no_grad():
+        mu1, mu2, mu3 = (vae.encode(x)[0] for x in (x1, x2, x3))  # (n, D) each
+        pred = vae.decode(extrapolate(mu1, mu2)).clamp(0, 1)  # (n, C, H, W)
+        oracle = vae.decode(mu3).clamp(0, 1)
+        error = heat_map((pred - x3).abs().mean(1) * ERROR_GAIN)  # (n, 3, H, W)
+        tiles = [x1, x2, x3, pred, oracle, x2, error]
+        grid = torch.cat([t.expand(-1, 3, -1, -1) for t in tiles], dim=3)  # (n, 3, H, 7W)
+        grid = torch.cat(list(grid), dim=1)  # (3, n*H, 7W)
+    return (grid.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
+
+
+def save_png(array: np.ndarray, path: str | Path) -> Path:
+    """Writes a uint8 (H, W, 3) array as a PNG (parent folders created); returns the path."""
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
+        raise ValueError(f"expected a uint8 (H, W, 3) array (got {array.dtype} {array.shape})")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG")
+    return path
