@@ -1,0 +1,163 @@
+"""Distributed training on a local loopback Ray: DDP ranks, metrics, MLflow, checkpoints, resume."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from tests.conftest import REPO
+from varnext_ray.arch import load_arch
+from varnext_ray.checkpoint import load_checkpoint
+from varnext_ray.errors import UserError
+from varnext_ray.ingest import IngestOptions, ingest
+from varnext_ray.train import Resources, TrainingFailed, TrainSettings, check_dataset, train
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+SMOKE = REPO / "configs" / "smoke_64x36.json"
+CONTRACT = [
+    "train_loss",
+    "val_loss",
+    "val_recon",
+    "val_kl",
+    "extrap_mse",
+    "extrap_psnr",
+    "extrap_ssim",
+    "copy_last_psnr",
+    "pixel_linear_psnr",
+    "oracle_psnr",
+    "extrap_skill",
+    "latent_linearity",
+    "extrap_psnr_motion",
+    "copy_last_psnr_motion",
+    "best_extrap_psnr",
+]
+
+
+def _train(data: Path, tmp: Path, uri: str, epochs: int, name: str = "smoke", **kw) -> object:
+    return train(
+        arch=load_arch(SMOKE),
+        data=data,
+        settings=TrainSettings(epochs=epochs, batch_size=8, val_triplets=24, **kw),
+        resources=Resources(workers=2),
+        experiment="test-train",
+        tracking_uri=uri,
+        storage=tmp / "ray",
+        name=name,
+    )
+
+
+@pytest.fixture(scope="module")
+def first_run(ray_local, dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("train")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    return tmp, uri, _train(dataset_dir, tmp, uri, epochs=2)
+
+
+def test_two_ranks_step_and_report_the_contract(first_run, dataset_dir: Path) -> None:
+    _, uri, outcome = first_run
+    m = outcome.metrics
+    assert m["world_size"] == 2 and m["epoch"] == 2
+    from varnext_ray.dataset import load_manifest
+
+    train_frames = load_manifest(dataset_dir).data["splits"]["train"]
+    # Both shards were consumed: all frames but at most one dropped to make the shards equal.
+    assert train_frames - 1 <= m["train_frames"] <= train_frames
+    assert m["train_steps"] == -(-(m["train_frames"] // 2) // 8)  # ceil(per-rank frames / 8)
+    run = mlflow.MlflowClient(uri).get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    for key in CONTRACT:
+        history = mlflow.MlflowClient(uri).get_metric_history(outcome.run_id, key)
+        assert [h.step for h in history] == [1, 2], key
+    assert run.data.params["arch.latent_dim"] == "8"
+    assert run.data.params["train.batch_size"] == "8"
+
+
+def test_artifacts_and_checkpoint_reload(first_run, tmp_path: Path) -> None:
+    _, uri, outcome = first_run
+    client = mlflow.MlflowClient(uri)
+    names = {a.path for a in client.list_artifacts(outcome.run_id)}
+    assert {"arch", "strips", "checkpoint"} <= names
+    strips = [a.path for a in client.list_artifacts(outcome.run_id, "strips")]
+    assert strips == ["strips/strip_epoch_001.png", "strips/strip_epoch_002.png"]
+    local = mlflow.artifacts.download_artifacts(
+        run_id=outcome.run_id, artifact_path="checkpoint", dst_path=str(tmp_path), tracking_uri=uri
+    )
+    from_mlflow = load_checkpoint(local).model.eval()
+    from_ray = load_checkpoint(outcome.best_checkpoint).model.eval()
+    x = torch.rand(3, 3, 36, 64)
+    with torch.no_grad():
+        assert torch.equal(from_mlflow(x, sample=False)[0], from_ray(x, sample=False)[0])
+        fresh = load_checkpoint(local).model.eval()
+        assert torch.equal(fresh.encode(x)[0], from_mlflow.encode(x)[0])
+
+
+def test_same_name_resumes_from_the_saved_epoch(first_run, dataset_dir: Path) -> None:
+    tmp, uri, first = first_run
+    again = _train(dataset_dir, tmp, uri, epochs=3)
+    assert again.run_id == first.run_id  # the same MLflow run continues
+    assert again.metrics["epoch"] == 3
+    history = mlflow.MlflowClient(uri).get_metric_history(first.run_id, "train_loss")
+    assert [h.step for h in history] == [1, 2, 3]  # epochs 1-2 were not trained again
+
+
+def test_real_mlflow_server_records_the_same(
+    ray_local, dataset_dir: Path, tmp_path: Path, mlflow_server: str
+) -> None:
+    outcome = _train(dataset_dir, tmp_path, mlflow_server, epochs=1, name="served")
+    client = mlflow.MlflowClient(mlflow_server)
+    run = client.get_run(outcome.run_id)
+    assert run.info.status == "FINISHED"
+    assert set(CONTRACT) <= set(run.data.metrics)
+    assert {a.path for a in client.list_artifacts(outcome.run_id)} >= {"strips", "checkpoint"}
+
+
+def test_nan_loss_fails_the_run_with_its_reason(
+    ray_local, dataset_dir: Path, tmp_path: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with pytest.raises(TrainingFailed, match="non-finite loss") as failed:
+        _train(dataset_dir, tmp_path, uri, epochs=2, name="nan", lr=1e30)
+    run = mlflow.MlflowClient(uri).get_run(failed.value.run_id)
+    assert run.info.status == "FAILED"
+    assert "non-finite loss" in run.data.tags["failure_reason"]
+
+
+def test_too_many_workers_is_a_quick_clear_error(
+    ray_local, dataset_dir: Path, tmp_path: Path
+) -> None:
+    started = time.monotonic()
+    with pytest.raises(UserError, match=r"6 workers x 1 CPU need 6 CPUs; the cluster has 2"):
+        train(
+            arch=load_arch(SMOKE),
+            data=dataset_dir,
+            settings=TrainSettings(epochs=1),
+            resources=Resources(workers=6, cpus_per_worker=1),
+            experiment="x",
+            tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+            storage=tmp_path,
+            name="big",
+        )
+    with pytest.raises(UserError, match="need 2 GPUs; the cluster has 0"):
+        train(
+            arch=load_arch(SMOKE),
+            data=dataset_dir,
+            settings=TrainSettings(epochs=1),
+            resources=Resources(workers=2, gpus_per_worker=1),
+            experiment="x",
+            tracking_uri=f"sqlite:///{tmp_path / 'm.db'}",
+            storage=tmp_path,
+            name="gpu",
+        )
+    assert time.monotonic() - started < 60  # not Ray's endless placement retry
+
+
+def test_dataset_without_val_triplets_is_refused(synth_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "noval"
+    ingest([synth_dir], data, IngestOptions(size=(64, 36), val=0.0, test=0.2))
+    with pytest.raises(UserError, match="0 validation triplets"):
+        check_dataset(data, TrainSettings(), workers=2)

@@ -1,0 +1,153 @@
+"""MLflow, through one small module: runs are addressed by id with an ``MlflowClient``.
+
+Nothing here touches MLflow's global "active run" state, so the same calls work from the CLI
+process, a Tune trial driver and a Train worker (rank 0 only, by convention of the callers).
+
+Tracking URI: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else
+``sqlite:///<absolute path>/mlflow.db`` in the working directory (absolute, because a Ray job's
+working directory is a temporary folder).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from varnext_ray.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """The tracking URI to use (see the module docstring); always absolute."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
+    return uri
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """For an http(s) tracking server, a UserError unless something listens there."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("http", "https"):
+        return
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
+            return
+    except OSError as err:
+        raise UserError(
+            f"MLflow tracking server unreachable ({err.strerror or err})",
+            uri,
+            "start it (mlflow server --host 127.0.0.1 --port PORT) or pass another --tracking-uri",
+        ) from None
+
+
+def client(uri: str) -> Any:
+    """An ``MlflowClient`` for ``uri``."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(uri: str, name: str) -> str:
+    """The id of experiment ``name``, created if it does not exist."""
+    c = client(uri)
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return c.create_experiment(name)
+    except Exception:  # created concurrently by another trial
+        return c.get_experiment_by_name(name).experiment_id
+
+
+def start_run(
+    uri: str,
+    experiment: str,
+    *,
+    run_name: str,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, str] | None = None,
+    parent_run_id: str | None = None,
+) -> str:
+    """Creates a run (nested under ``parent_run_id`` if given), logs params; returns its id."""
+    c = client(uri)
+    all_tags = dict(tags or {})
+    if parent_run_id:
+        all_tags["mlflow.parentRunId"] = parent_run_id
+    run = c.create_run(experiment_id(uri, experiment), run_name=run_name, tags=all_tags)
+    if params:
+        log_params(uri, run.info.run_id, params)
+    return run.info.run_id
+
+
+def log_params(uri: str, run_id: str, params: dict[str, Any]) -> None:
+    """Logs params (values stringified, MLflow's 6000-character limit respected)."""
+    from mlflow.entities import Param
+
+    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+    c = client(uri)
+    for start in range(0, len(items), 100):  # MLflow's batch limit
+        c.log_batch(run_id, params=items[start : start + 100])
+
+
+def log_metrics(uri: str, run_id: str, metrics: dict[str, float], step: int) -> None:
+    """Logs the finite numeric metrics of one step."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [
+        Metric(k, float(v), now, step)
+        for k, v in metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    client(uri).log_batch(run_id, metrics=items)
+
+
+def log_artifact(uri: str, run_id: str, path: str | Path, artifact_path: str | None = None) -> None:
+    """Uploads a file or a directory's contents under ``artifact_path``."""
+    c = client(uri)
+    if Path(path).is_dir():
+        c.log_artifacts(run_id, str(path), artifact_path)
+    else:
+        c.log_artifact(run_id, str(path), artifact_path)
+
+
+def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
+    """Sets tags on a run."""
+    c = client(uri)
+    for key, value in tags.items():
+        c.set_tag(run_id, key, value)
+
+
+def end_run(uri: str, run_id: str, status: str = "FINISHED", reason: str | None = None) -> None:
+    """Ends a run as FINISHED, FAILED or KILLED; a reason goes in the ``failure_reason`` tag."""
+    c = client(uri)
+    if reason:
+        c.set_tag(run_id, "failure_reason", reason[:5000])
+    c.set_terminated(run_id, status=status)
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Flattens nested dicts/lists into ``a.b.0.c`` keys (MLflow allows no brackets in names)."""
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out |= flatten(value, f"{prefix}.{key}" if prefix else str(key))
+        return out
+    if isinstance(data, list | tuple):
+        out = {}
+        for i, value in enumerate(data):
+            out |= flatten(value, f"{prefix}.{i}")
+        return out or {prefix: "[]"}
+    return {prefix: data}

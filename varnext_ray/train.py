@@ -1,0 +1,365 @@
+"""Distributed training on Ray Train: the TorchTrainer builder and the ``varnext train`` driver.
+
+:func:`build_trainer` wires a :class:`~ray.train.torch.TorchTrainer` from a JSON architecture,
+a frame dataset and settings; ``varnext train`` and every sweep trial call it. Checkpoints go to
+``<storage>/<name>/``: the best by the objective and the latest are kept, and running the same
+command again (same storage and name) resumes from the latest, continuing the same MLflow run.
+
+Example:
+    >>> outcome = train(arch=load_arch("configs/smoke_64x36.json"), data=Path("runs/dataset"),
+    ...                 settings=TrainSettings(epochs=2), resources=Resources(workers=2),
+    ...                 experiment="smoke", tracking_uri=None, storage=Path("runs/ray"),
+    ...                 name="smoke")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from varnext_ray import tracking
+from varnext_ray.arch import ArchConfig
+from varnext_ray.dataset import frames_dataset, load_manifest, triplet_index, triplets_dataset
+from varnext_ray.errors import UserError
+from varnext_ray.train_loop import train_loop_per_worker
+
+log = logging.getLogger(__name__)
+
+OBJECTIVES = {  # metric -> the direction that is better
+    "extrap_psnr": "max",
+    "extrap_ssim": "max",
+    "extrap_skill": "max",
+    "extrap_mse": "min",
+    "extrap_psnr_motion": "max",
+    "oracle_psnr": "max",
+    "val_loss": "min",
+    "latent_linearity": "min",
+}
+RUN_FILE = "varnext_run.json"  # beside Ray's state in <storage>/<name>: the MLflow run to continue
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Training hyperparameters (the architecture JSON holds the model and its loss)."""
+
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    stride: int = 1  # triplet stride s: frames t, t+s, t+2s
+    val_triplets: int = 512  # at most this many validation triplets, evenly spaced
+    shuffle_buffer: int = 256  # local shuffle buffer of training frames (0: off)
+    seed: int = 0
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = False  # torch.compile the model
+    objective: str = "extrap_psnr"
+    torch_threads: int = 1
+
+    @property
+    def mode(self) -> str:
+        return OBJECTIVES[self.objective]
+
+    def check(self) -> None:
+        """Raises a UserError for the first out-of-range setting."""
+        for name in ("epochs", "batch_size", "stride", "val_triplets"):
+            if getattr(self, name) < 1:
+                raise UserError(
+                    f"{name} must be >= 1 (got {getattr(self, name)})",
+                    f"--{name.replace('_', '-')}",
+                    "pass a positive integer",
+                )
+        if not self.lr > 0:
+            raise UserError(f"learning rate must be > 0 (got {self.lr})", "--lr", "e.g. 1e-3")
+        if self.objective not in OBJECTIVES:
+            raise UserError(
+                f"unknown objective metric {self.objective!r}",
+                "objective",
+                f"use one of {', '.join(sorted(OBJECTIVES))}",
+            )
+
+
+@dataclass(frozen=True)
+class Resources:
+    """Workers per run and what each holds. ``cpus_per_worker=None`` picks a share (below)."""
+
+    workers: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float | None = None
+
+    def cpus(self, cluster_cpus: float) -> float:
+        """CPUs per worker: as given, or 1 with GPUs, or a share leaving 1 CPU for Ray Data."""
+        if self.cpus_per_worker is not None:
+            return self.cpus_per_worker
+        if self.gpus_per_worker > 0:
+            return 1.0
+        return round(max(0.1, min(1.0, (cluster_cpus - 1) / self.workers)), 2)
+
+
+@dataclass
+class TrainOutcome:
+    """What a finished ``varnext train`` produced."""
+
+    run_id: str
+    metrics: dict[str, float]
+    best_checkpoint: str | None
+    path: str
+    epochs_run: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def check_dataset(data: Path, settings: TrainSettings, workers: int = 1) -> None:
+    """A clear error before training when the dataset cannot train or validate."""
+    manifest = load_manifest(data)
+    if manifest.data["splits"]["train"] < workers:
+        raise UserError(
+            f"the dataset has {manifest.data['splits']['train']} training frames "
+            f"for {workers} workers",
+            str(data),
+            "re-ingest more footage or with smaller --val/--test fractions",
+        )
+    triplets = len(triplet_index(manifest, "val", settings.stride))
+    if triplets < workers:
+        raise UserError(
+            f"the dataset has {triplets} validation triplets of stride "
+            f"{settings.stride} for {workers} workers",
+            str(data),
+            f"re-ingest with --val > 0 (val clips need more than "
+            f"{2 * settings.stride} frames) or lower --stride",
+        )
+
+
+def check_resources(resources: Resources, cpus_per_worker: float) -> None:
+    """A clear error within seconds when the cluster can never place the workers."""
+    import ray
+
+    total = ray.cluster_resources()
+    need_gpu = resources.workers * resources.gpus_per_worker
+    if need_gpu > total.get("GPU", 0) + 1e-9 and not _autoscaling():
+        raise UserError(
+            f"{resources.workers} workers x {resources.gpus_per_worker} GPU need "
+            f"{need_gpu:g} GPUs; the cluster has {total.get('GPU', 0):g}",
+            "--workers/--gpus-per-worker",
+            "ask for fewer, or add GPU nodes",
+        )
+    need_cpu = resources.workers * cpus_per_worker
+    if need_cpu > total.get("CPU", 0) + 1e-9 and not _autoscaling():
+        raise UserError(
+            f"{resources.workers} workers x {cpus_per_worker:g} CPU need "
+            f"{need_cpu:g} CPUs; the cluster has {total.get('CPU', 0):g}",
+            "--workers",
+            "ask for fewer workers or pass a smaller --cpus-per-worker",
+        )
+
+
+def _autoscaling() -> bool:
+    """True on a cluster started by the launcher, whose nodes may still be coming."""
+    return bool(os.environ.get("VARNEXT_AUTOSCALING"))
+
+
+def build_trainer(
+    *,
+    arch: ArchConfig,
+    data: Path,
+    settings: TrainSettings,
+    resources: Resources,
+    storage: Path | str,
+    name: str,
+    tracking_run: dict[str, str] | None = None,
+    callbacks: list[Any] | None = None,
+    max_failures: int = 1,
+) -> Any:
+    """The TorchTrainer for one training run (``varnext train`` and each sweep trial).
+
+    Args:
+        arch: The validated architecture.
+        data: The frame dataset directory.
+        settings: Training settings.
+        resources: Workers and what each holds.
+        storage: Ray Train storage (a local absolute path or a URI such as s3://...).
+        name: The run's name; the same storage and name resume from the latest checkpoint.
+        tracking_run: ``{"uri", "run_id"}`` of the MLflow run that rank 0 logs to.
+        callbacks: Ray Train UserCallbacks (a sweep passes Tune's TuneReportCallback).
+        max_failures: Worker-group restarts from the last checkpoint after a crash.
+    """
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    cpus = resources.cpus(ray.cluster_resources().get("CPU", 1))
+    check_resources(resources, cpus)
+    worker_resources = {"CPU": cpus} | (
+        {"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {}
+    )
+    datasets = {
+        "train": frames_dataset(data, "train").randomize_block_order(seed=settings.seed),
+        "val": triplets_dataset(data, "val", stride=settings.stride, limit=settings.val_triplets),
+    }
+    config = {
+        "arch": arch.to_dict(),
+        "settings": asdict(settings) | {"mode": settings.mode},
+        "tracking": tracking_run,
+    }
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=resources.workers,
+            use_gpu=resources.gpus_per_worker > 0,
+            resources_per_worker=worker_resources,
+        ),
+        datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "val"]),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=str(storage),
+            callbacks=callbacks or [],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1,
+                checkpoint_score_attribute=settings.objective,
+                checkpoint_score_order=settings.mode,
+            ),
+            failure_config=ray.train.FailureConfig(
+                max_failures=max_failures, controller_failure_limit=3
+            ),
+        ),
+    )
+
+
+def best_checkpoint(result: Any, objective: str, mode: str) -> tuple[Any, dict] | None:
+    """The (Checkpoint, metrics) of ``result`` best by the objective, or None."""
+    scored = [
+        (c, m)
+        for c, m in (result.best_checkpoints or [])
+        if isinstance(m.get(objective), int | float) and math.isfinite(m[objective])
+    ]
+    if not scored:
+        return None
+    pick = max if mode == "max" else min
+    return pick(scored, key=lambda cm: cm[1][objective])
+
+
+def _mlflow_run(uri: str, experiment: str, run_dir: Path, name: str, params: dict) -> str:
+    """The run to log to: the one recorded in ``run_dir`` (a resume), else a new one."""
+    record = run_dir / RUN_FILE
+    if record.exists():
+        run_id = json.loads(record.read_text())["run_id"]
+        try:
+            tracking.client(uri).update_run(run_id, status="RUNNING")
+            log.info("resuming MLflow run %s", run_id)
+            return run_id
+        except Exception:  # the run is gone (another tracking store): start a new one
+            log.warning("MLflow run %s not found at %s: starting a new run", run_id, uri)
+    run_id = tracking.start_run(
+        uri, experiment, run_name=name, params=params, tags={"varnext.kind": "train"}
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}) + "\n")
+    return run_id
+
+
+def connect_ray(address: str | None = None) -> None:
+    """Connects to ``address`` or ``RAY_ADDRESS``; with neither, starts a local Ray on loopback.
+
+    The local instance keeps the dashboard on (Train frees finished workers' placement groups
+    through it) and binds to 127.0.0.1.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+
+
+def train(
+    *,
+    arch: ArchConfig,
+    data: Path,
+    settings: TrainSettings,
+    resources: Resources,
+    experiment: str,
+    tracking_uri: str | None,
+    storage: Path | str,
+    name: str,
+) -> TrainOutcome:
+    """``varnext train``: one architecture, trained with DDP on Ray, recorded in one MLflow run."""
+    import ray.train
+
+    settings.check()
+    check_dataset(data, settings, resources.workers)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_reachable(uri)
+    storage = Path(storage).resolve() if "://" not in str(storage) else storage
+    params = tracking.flatten(
+        {
+            "arch": arch.to_dict(),
+            "train": asdict(settings),
+            "workers": resources.workers,
+            "gpus_per_worker": resources.gpus_per_worker,
+            "data": str(Path(data).resolve()),
+        }
+    )
+    run_id = _mlflow_run(uri, experiment, Path(str(storage)) / name, name, params)
+    tracking.log_artifact(uri, run_id, _write_arch(arch, Path(str(storage)) / name), "arch")
+    trainer = build_trainer(
+        arch=arch,
+        data=data,
+        settings=settings,
+        resources=resources,
+        storage=storage,
+        name=name,
+        tracking_run={"uri": uri, "run_id": run_id},
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        reason = _failure_reason(err)
+        tracking.end_run(uri, run_id, "FAILED", reason)
+        raise TrainingFailed(reason, run_id) from None
+    best = best_checkpoint(result, settings.objective, settings.mode)
+    if best is not None:
+        with best[0].as_directory() as directory:
+            tracking.log_artifact(uri, run_id, directory, "checkpoint")
+    tracking.end_run(uri, run_id, "FINISHED")
+    return TrainOutcome(
+        run_id=run_id,
+        metrics=dict(result.metrics or {}),
+        best_checkpoint=best[0].path if best else None,
+        path=str(result.path),
+    )
+
+
+class TrainingFailed(RuntimeError):
+    """A training run failed (its MLflow run is marked FAILED with the reason)."""
+
+    def __init__(self, reason: str, run_id: str) -> None:
+        self.reason = reason
+        self.run_id = run_id
+        super().__init__(f"training failed: {reason} (MLflow run {run_id})")
+
+
+def _failure_reason(err: BaseException) -> str:
+    """The innermost useful line of a Ray Train failure (e.g. the worker's exception)."""
+    text = str(err)
+    for line in reversed(text.splitlines()):
+        if "Error:" in line or "Error(" in line:
+            return line.strip()[:500]
+    return text.strip().splitlines()[-1][:500] if text.strip() else type(err).__name__
+
+
+def _write_arch(arch: ArchConfig, run_dir: Path) -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / "arch.json"
+    path.write_text(json.dumps(arch.to_dict(), indent=2) + "\n")
+    return path
