@@ -94,8 +94,10 @@ def train_epoch(
     """One pass over this rank's training shard.
 
     Returns ``train_loss`` (mean over all ranks' frames), ``train_frames`` (frames seen by all
-    ranks together) and ``train_steps`` (optimizer steps, the same on every rank).
+    ranks together), ``train_steps`` (optimizer steps, the same on every rank) and
+    ``train_seconds`` (wall time of the pass, data loading included).
     """
+    started = time.perf_counter()
     model.train()
     loss_cfg = _unwrap(model).config.loss
     total = torch.zeros(2, dtype=torch.float64)  # (sum of loss * batch, frames)
@@ -126,6 +128,7 @@ def train_epoch(
         "train_loss": float(total[0] / total[1]) if total[1] > 0 else math.nan,
         "train_frames": float(total[1]),
         "train_steps": float(steps),
+        "train_seconds": time.perf_counter() - started,
     }
 
 
