@@ -1,0 +1,320 @@
+"""Predict frames by linear extrapolation in latent space, from two frames or a video.
+
+Two frames are fitted to the model's input size with :func:`~varnext_ray.sources.fit_frame`
+(centre crop to the model's aspect ratio, then resize), encoded to their means z1, z2,
+extrapolated to z2 + k(z2 - z1) for k = 1..steps, decoded, and resized back to the input frames'
+size. Where the aspect ratios differ, the prediction shows the centre crop the model saw,
+stretched to the input size.
+
+Example:
+    >>> ckpt = load_checkpoint(download_best(None, "smoke", "runs/best"))
+    >>> [nxt] = predict_frames(ckpt, load_frame("a.png"), load_frame("b.png"))
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import math
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from varnext_ray.checkpoint import Checkpoint
+from varnext_ray.errors import UserError
+from varnext_ray.model import extrapolate, rollout
+from varnext_ray.sources import Skipped, Source, decode_source, fit_frame
+from varnext_ray.synth import FPS, write_video
+
+VIDEO_OUTPUTS = (".mp4", ".gif")
+_CHUNK = 32  # video frames encoded per batch
+
+
+# ---- frames in and out ------------------------------------------------------------------------
+
+
+def load_frame(path: str | Path) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB; a UserError if it is missing or unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError("image not found", str(path), "pass an existing PNG or JPEG file")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        fix = "check the file opens in an image viewer, or re-export it as PNG"
+        raise UserError(f"cannot read as an image ({err})", str(path), fix) from None
+
+
+def _model_input(ckpt: Checkpoint, frames: list[np.ndarray]) -> torch.Tensor:
+    """(H, W, 3) uint8 frames -> (B, 3, h, w) floats in [0, 1] at the model's input size."""
+    cfg = ckpt.arch.input
+    if cfg.channels != 3:  # training reads RGB frames too
+        fix = "predict reads RGB frames: use a model with 3 input channels"
+        raise UserError(f"model has {cfg.channels} input channels", str(ckpt.path), fix)
+    fitted = np.stack([fit_frame(f, (cfg.width, cfg.height)) for f in frames])  # (B, h, w, 3)
+    x = torch.from_numpy(fitted).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, h, w)
+    return x.to(next(ckpt.model.parameters()).device)
+
+
+def _to_images(y: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:
+    """Decoded (B, 3, h, w) in [0, 1] -> (H, W, 3) uint8 images resized to ``size`` = (W, H)."""
+    y = y.detach().float().clamp(0, 1).mul(255).round().byte().cpu()
+    images = []
+    for arr in y.permute(0, 2, 3, 1).numpy():  # (h, w, 3) each
+        if arr.shape[1::-1] != size:
+            arr = np.asarray(Image.fromarray(arr).resize(size, Image.BICUBIC))
+        images.append(np.ascontiguousarray(arr))
+    return images
+
+
+def _check_positive(value: int, flag: str) -> None:
+    if value < 1:
+        raise UserError(f"must be >= 1 (got {value})", flag, "pass a positive integer")
+
+
+def _check_same_size(frame_a: np.ndarray, frame_b: np.ndarray, where: str) -> None:
+    if frame_a.shape != frame_b.shape:
+        sizes = " and ".join(f"{f.shape[1]}x{f.shape[0]}" for f in (frame_a, frame_b))
+        fix = "pass two frames of the same size, from the same camera"
+        raise UserError(f"the frames differ in size ({sizes})", where, fix)
+
+
+def predict_frames(
+    checkpoint: Checkpoint, frame_a: np.ndarray, frame_b: np.ndarray, steps: int = 1
+) -> list[np.ndarray]:
+    """Predicts the frames after ``frame_b``, ``steps`` of them, from the latent line a -> b.
+
+    The frames are fitted to the model's input size (:func:`~varnext_ray.sources.fit_frame`),
+    encoded to their means z1, z2, extrapolated to z2 + k(z2 - z1) for k = 1..steps, decoded
+    and resized back to the input frames' size.
+
+    Args:
+        checkpoint: A loaded checkpoint (its model is put in eval mode).
+        frame_a: Frame t, (H, W, 3) uint8 RGB.
+        frame_b: Frame t+s, the same shape.
+        steps: How many frames to predict: t+2s, t+3s, ...
+
+    Returns:
+        ``steps`` images, (H, W, 3) uint8 RGB each, the input frames' size.
+
+    Example:
+        >>> nxt, after = predict_frames(ckpt, load_frame("a.png"), load_frame("b.png"), steps=2)
+    """
+    _check_positive(steps, "--steps")
+    _check_same_size(frame_a, frame_b, "frame_a, frame_b")
+    model = checkpoint.model.eval()
+    with torch.inference_mode():
+        mu, _ = model.encode(_model_input(checkpoint, [frame_a, frame_b]))  # (2, D)
+        z = rollout(mu[:1], mu[1:], steps)[:, 0]  # (steps, D)
+        return _to_images(model.decode(z), (frame_a.shape[1], frame_a.shape[0]))
+
+
+def rollout_paths(out: str | Path, steps: int) -> list[Path]:
+    """Where a rollout goes: ``OUT`` itself for one step, else ``<stem>_k1.png``... beside it."""
+    out = Path(out)
+    if steps == 1 and out.suffix.lower() == ".png":
+        return [out]
+    return [out.with_name(f"{out.stem}_k{k}.png") for k in range(1, steps + 1)]
+
+
+def _check_suffix(out: Path, allowed: tuple[str, ...], what: str) -> None:
+    if out.suffix.lower() not in allowed:
+        got = out.suffix or "no suffix"
+        fix = f"name --out with one of {', '.join(allowed)}"
+        raise UserError(f"unsupported output type for {what} ({got})", str(out), fix)
+
+
+def predict_image_files(
+    checkpoint: Checkpoint, frame_a: str | Path, frame_b: str | Path, out: str | Path, steps: int
+) -> list[Path]:
+    """Reads two image files, predicts ``steps`` frames and writes them (:func:`rollout_paths`).
+
+    Returns:
+        The PNGs written, in order k = 1..steps.
+    """
+    out = Path(out)
+    _check_suffix(out, (".png",), "two frames")
+    a, b = load_frame(frame_a), load_frame(frame_b)
+    _check_same_size(a, b, f"{frame_a}, {frame_b}")
+    images = predict_frames(checkpoint, a, b, steps)
+    return _save_pngs(images, rollout_paths(out, steps))
+
+
+def _save_pngs(images: list[np.ndarray], paths: list[Path]) -> list[Path]:
+    for image, path in zip(images, paths, strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+    return paths
+
+
+# ---- videos -----------------------------------------------------------------------------------
+
+
+def _video_source(video: str | Path) -> tuple[Source, float]:
+    """The video as a source, and its frame rate (FPS where the container does not say)."""
+    import av
+
+    path = Path(video)
+    if not path.is_file():
+        raise UserError("video not found", str(path), "pass an existing video file to --video")
+    try:
+        with av.open(str(path)) as container:
+            rate = container.streams.video[0].average_rate if container.streams.video else None
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+        what = f"cannot open as a video ({getattr(err, 'strerror', None) or err})"
+        raise UserError(
+            what, str(path), "check the file plays, or convert it with ffmpeg"
+        ) from None
+    return Source("video", path), float(rate) if rate else float(FPS)
+
+
+def _chunks(source: Source) -> Iterator[list[np.ndarray] | None]:
+    """Consecutive decoded frames in lists of up to ``_CHUNK``; None where frames were lost."""
+    chunk: list[np.ndarray] = []
+    for item in decode_source(source, Skipped()):
+        if item is None or len(chunk) == _CHUNK:
+            if chunk:
+                yield chunk
+            chunk = []
+        if item is None:
+            yield None
+        else:
+            chunk.append(item[1])
+    if chunk:
+        yield chunk
+
+
+def _panels(
+    ckpt: Checkpoint, source: Source, stride: int, history: collections.deque
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(frame t+s, truth t+2s, prediction) for every triplet of the video, in order.
+
+    ``history`` (maxlen 2 * stride + 1) holds (frame, mean latent) pairs of the latest
+    consecutive frames; after the last triplet it holds the video's last frames.
+    """
+    model = ckpt.model.eval()
+    for chunk in _chunks(source):
+        if chunk is None:  # frames lost: t, t+s, t+2s must be neighbours in time
+            history.clear()
+            continue
+        with torch.inference_mode():
+            mus = model.encode(_model_input(ckpt, chunk))[0]  # (B, D)
+            pairs, latents = [], []
+            for frame, mu in zip(chunk, mus, strict=True):
+                history.append((frame, mu))
+                if len(history) == history.maxlen:
+                    pairs.append((history[stride][0], frame))
+                    latents.append(extrapolate(history[0][1], history[stride][1]))
+            if not latents:
+                continue
+            size = (chunk[0].shape[1], chunk[0].shape[0])
+            predictions = _to_images(model.decode(torch.stack(latents)), size)  # (B, D) in
+        for (last, truth), prediction in zip(pairs, predictions, strict=True):
+            yield last, truth, prediction
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2))
+    return 10 * math.log10(255.0**2 / mse) if mse > 0 else 100.0
+
+
+def _side_by_side(
+    panels: Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]], scores: dict[str, list[float]]
+) -> Iterator[np.ndarray]:
+    """[truth | prediction] frames (H, 2W, 3), padded to even sides for H.264; records PSNRs."""
+    for last, truth, prediction in panels:
+        scores["extrap"].append(_psnr(prediction, truth))
+        scores["copy_last"].append(_psnr(last, truth))
+        frame = np.concatenate([truth, prediction], axis=1)  # (H, 2W, 3)
+        if frame.shape[0] % 2:
+            frame = np.concatenate([frame, frame[-1:]], axis=0)  # repeat the last row
+        yield frame
+
+
+def _write_gif(path: Path, frames: Iterator[np.ndarray], fps: float) -> int:
+    """Writes an animated GIF with Pillow (every frame is held in memory); returns the count."""
+    images = [Image.fromarray(frame) for frame in frames]
+    images[0].save(
+        path,
+        format="GIF",
+        save_all=True,
+        append_images=images[1:],
+        duration=max(20, round(1000 / fps)),
+        loop=0,
+    )
+    return len(images)
+
+
+def predict_video(
+    checkpoint: Checkpoint, video: str | Path, out: str | Path, steps: int = 1, stride: int = 1
+) -> dict[str, Any]:
+    """Writes a [truth | prediction] video, and a rollout from the video's last two frames.
+
+    For every position t of the video, frame t+2s is predicted from frames t and t+s (s =
+    ``stride``) and shown to the right of the real frame t+2s, at the video's size. A gap where
+    frames could not be decoded restarts the triplets after it. The rollout predicts ``steps``
+    frames past the last frame from the last two frames s apart, written as PNGs beside ``out``
+    (:func:`rollout_paths`: ``<stem>_k1.png``, ...).
+
+    ``out`` is ``.mp4`` (H.264 through PyAV; an odd height is padded by one row) or ``.gif``
+    (Pillow: every frame is held in memory; a frame identical to the one before is merged).
+
+    Returns:
+        ``video`` (the path), ``frames``, ``size`` ([W, H] written), ``fps``, ``extrap_psnr`` and
+        ``copy_last_psnr`` (mean dB over frames of prediction and of frame t+s vs. the truth),
+        ``rollout`` (the PNG paths).
+
+    Example:
+        >>> predict_video(ckpt, "clip.mp4", "runs/pred.mp4", steps=3)["extrap_psnr"]
+    """
+    out = Path(out)
+    _check_suffix(out, VIDEO_OUTPUTS, "a video")
+    _check_positive(steps, "--steps")
+    _check_positive(stride, "--stride")
+    source, fps = _video_source(video)
+    history: collections.deque = collections.deque(maxlen=2 * stride + 1)
+    scores: dict[str, list[float]] = {"extrap": [], "copy_last": []}
+    frames = _side_by_side(_panels(checkpoint, source, stride, history), scores)
+    first = next(frames, None)
+    if first is None:
+        raise UserError(
+            f"no triplet: predicting t+2s from t and t+s needs {2 * stride + 1} consecutive "
+            f"decodable frames (stride {stride})",
+            str(video),
+            "pass a longer video or a smaller --stride",
+        )
+    count = _write_video_file(out, itertools.chain([first], frames), fps)
+    paths: list[Path] = []
+    if len(history) > stride:  # after a gap at the very end there may be too few
+        a, b = history[-1 - stride][0], history[-1][0]
+        paths = _save_pngs(predict_frames(checkpoint, a, b, steps), rollout_paths(out, steps))
+    return {
+        "video": str(out),
+        "frames": count,
+        "size": [int(first.shape[1]), int(first.shape[0])],
+        "fps": fps,
+        "extrap_psnr": float(np.mean(scores["extrap"])),
+        "copy_last_psnr": float(np.mean(scores["copy_last"])),
+        "rollout": [str(p) for p in paths],
+    }
+
+
+def _write_video_file(out: Path, frames: Iterator[np.ndarray], fps: float) -> int:
+    """Writes to a temporary file beside ``out`` and renames it into place; returns the count."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}{out.suffix.lower()}")
+    try:
+        if out.suffix.lower() == ".gif":
+            count = _write_gif(tmp, frames, fps)
+        else:
+            count = write_video(tmp, frames, fps=max(1, round(fps)))
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return count
