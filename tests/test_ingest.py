@@ -20,7 +20,7 @@ from varnext_ray.dataset import load_manifest, triplet_index
 from varnext_ray.errors import UserError
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.splits import plan_splits
-from varnext_ray.synth import plan_clip, render_clip, write_video
+from varnext_ray.synth import plan_clip, render_clip, scene_background, write_video
 
 
 def test_clips_and_frames_match_synthetic_truth(synth_dir: Path, dataset_dir: Path) -> None:
@@ -65,7 +65,12 @@ def test_every_n_keeps_cuts(synth_dir: Path, tmp_path: Path) -> None:
 def test_scene_cut_inside_one_video(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     plans = [plan_clip(rng, 20, (96, 54), bump_probability=0.0) for _ in range(2)]
-    frames = [f for plan in plans for f in render_clip(plan, np.random.default_rng(1))]
+    scenes = [scene_background(seed, (96, 54)) for seed in (1, 2)]  # two cameras
+    frames = [
+        f
+        for plan, bg in zip(plans, scenes, strict=True)
+        for f in render_clip(plan, bg, np.random.default_rng(1))
+    ]
     write_video(tmp_path / "two_scenes.mp4", iter(frames))
     m = ingest([tmp_path / "two_scenes.mp4"], tmp_path / "ds", IngestOptions(size=(64, 36)))
     assert m["sources"][0]["cuts"] == [20]

@@ -1,6 +1,7 @@
 """Synthetic fixed-camera scenes: the built-in default data.
 
-Each clip is a static textured background seen by a fixed camera, with several objects of
+All clips are footage of one scene from one fixed camera: the same static textured background
+(drawn once per seed), with, in each clip, several objects of
 varied size, shape and colour crossing it at varied speeds and directions (entering and leaving
 the frame, occluding each other by depth order), a slow lighting drift, sensor noise and, in
 some clips, one camera bump: a small global shift of the view that lasts to the clip's end.
@@ -64,7 +65,7 @@ def plan_clip(
 ) -> ClipPlan:
     """Draws the random choices of one clip."""
     width, height = size
-    margin = max(4, round(0.08 * width))
+    margin = clip_margin(width)
     movers = tuple(
         _plan_mover(rng, frames, width, height, margin) for _ in range(int(rng.integers(4, 9)))
     )
@@ -164,11 +165,24 @@ def _draw_mover(draw: ImageDraw.ImageDraw, mover: Mover, t: int) -> None:
         draw.polygon([(cx, cy - r), (cx + r, cy + r), (cx - r, cy + r)], fill=mover.colour)
 
 
-def render_clip(plan: ClipPlan, rng: np.random.Generator) -> Iterator[np.ndarray]:
-    """Yields the clip's frames, each (H, W, 3) uint8."""
+def scene_background(seed: int, size: tuple[int, int]) -> np.ndarray:
+    """The scene's still background, with the margin a camera bump may reveal; (H', W', 3)."""
+    width, height = size
+    m = clip_margin(width)
+    return render_background(np.random.default_rng([seed, 7]), width + 2 * m, height + 2 * m)
+
+
+def clip_margin(width: int) -> int:
+    """Background border beyond the view, in px."""
+    return max(4, round(0.08 * width))
+
+
+def render_clip(
+    plan: ClipPlan, background: np.ndarray, rng: np.random.Generator
+) -> Iterator[np.ndarray]:
+    """Yields the clip's frames, each (H, W, 3) uint8, over ``scene_background(...)``."""
     width, height = plan.size
     m = plan.margin
-    background = render_background(rng, width + 2 * m, height + 2 * m)
     order = sorted(plan.movers, key=lambda mv: mv.depth)
     for t in range(plan.frames):
         world = Image.fromarray(background.astype(np.uint8))
@@ -235,13 +249,14 @@ def write_synthetic(
     _check_synth_args(out_dir, clips, frames, size, fmt)
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    background = scene_background(seed, size)
     records = []
     for index in range(clips):
         plan = plan_clip(rng, frames, size, bump_probability)
         clip_rng = np.random.default_rng([seed, index])
         name = f"clip_{index:03d}" + (".mp4" if fmt == "mp4" else "")
         writer = write_video if fmt == "mp4" else write_png_folder
-        written = writer(out_dir / name, render_clip(plan, clip_rng))
+        written = writer(out_dir / name, render_clip(plan, background, clip_rng))
         bumps = [plan.bump_frame] if plan.bump_frame is not None else []
         records.append(
             {
