@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -41,13 +42,10 @@ def ray_local():
     """A local Ray instance on loopback (token auth, dashboard on), shut down after the session."""
     import ray
 
-    ray.init(
-        num_cpus=2,
-        include_dashboard=True,
-        dashboard_host="127.0.0.1",
-        log_to_driver=False,
-        configure_logging=False,
-    )
+    from varnext_ray.train import connect_ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    connect_ray()
     yield ray
     ray.shutdown()
 
@@ -114,3 +112,98 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     log.close()
+
+
+def _wait_for_port(port: int, proc, timeout_s: float, what: str) -> None:
+    import socket
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start (exit {proc.poll()})")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def ray_head(tmp_path_factory: pytest.TempPathFactory):
+    """A separate Ray head on loopback (``ray start --head --block``, token auth, dashboard on).
+
+    Yields ``{"address", "dashboard", "env"}``; ``env`` is what a client process needs (token
+    mode). The head runs in its own process group and is stopped by that group's id.
+    """
+    import signal
+    import subprocess
+    import sys
+
+    bin_dir = Path(sys.executable).parent
+    env = os.environ | {
+        "RAY_AUTH_MODE": "token",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run(
+        [str(bin_dir / "ray"), "get-auth-token", "--generate"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    port, dashboard = _free_port(), _free_port()
+    log = open(tmp_path_factory.mktemp("ray_head") / "head.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [
+            str(bin_dir / "ray"),
+            "start",
+            "--head",
+            "--block",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--node-ip-address=127.0.0.1",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            "--include-dashboard=true",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_port(port, proc, 90, "ray head")
+        _wait_for_port(dashboard, proc, 90, "ray dashboard")
+        yield {
+            "address": f"127.0.0.1:{port}",
+            "dashboard": f"http://127.0.0.1:{dashboard}",
+            "env": env | {"RAY_ADDRESS": f"127.0.0.1:{port}"},
+        }
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        _kill_group_leftovers(proc.pid)
+        log.close()
+
+
+def _kill_group_leftovers(pgid: int) -> None:
+    """SIGKILLs what is left of a process group (Ray workers that outlive their raylet)."""
+    import signal
+    import time
+
+    for _ in range(20):
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.5)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)

@@ -122,3 +122,18 @@ def test_bad_input_is_one_line_and_exit_2(case: str, tmp_path: Path, capsys) -> 
     assert err.startswith("error: ") and message in err, err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_user_error_survives_pickling() -> None:
+    """Ray ships a trial's exception between processes by pickling it."""
+    import pickle
+
+    from varnext_ray.errors import UserError
+
+    err = pickle.loads(pickle.dumps(UserError("bad", "here", "fix it")))
+    assert (err.what, err.where, err.fix, str(err)) == (
+        "bad",
+        "here",
+        "fix it",
+        "bad (here): fix it",
+    )

@@ -13,7 +13,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from varnext_ray import __version__, tracking
+from varnext_ray import __version__
+from varnext_ray.cli_args import Parser, subcommand
+from varnext_ray.cli_jobs import JOB_COMMANDS
 from varnext_ray.dataset import ENCODINGS, load_manifest
 from varnext_ray.dataset import info as dataset_info
 from varnext_ray.errors import UserError
@@ -24,30 +26,9 @@ from varnext_ray.synth import FORMATS, write_synthetic
 log = logging.getLogger("varnext")
 
 
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose usage errors are one line and exit status 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"error: {message} ({self.prog}): see '{self.prog} --help'\n")
-        raise SystemExit(2)
-
-
-def _subcommand(
-    sub: argparse._SubParsersAction, name: str, help_text: str, example: str
-) -> argparse.ArgumentParser:
-    """Adds a subcommand whose --help ends with an example command line."""
-    return sub.add_parser(
-        name,
-        help=help_text,
-        description=help_text,
-        epilog=f"example:\n  {example}",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-
-
 def build_parser() -> argparse.ArgumentParser:
     """Returns the parser for every ``varnext`` subcommand."""
-    parser = _Parser(
+    parser = Parser(
         prog="varnext",
         description="Next-frame prediction by linear extrapolation in a VAE's latent space.",
         epilog="example:\n  varnext synth runs/synth && varnext ingest runs/synth --out runs/ds",
@@ -56,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"varnext {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     sub = parser.add_subparsers(
-        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+        dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
     for add in _COMMANDS:
         add(sub)
@@ -64,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
-    p = _subcommand(
+    p = subcommand(
         sub,
         "synth",
         "Write synthetic fixed-camera clips (the built-in default data).",
@@ -104,7 +85,7 @@ def _run_synth(args: argparse.Namespace) -> int:
 
 
 def _add_ingest(sub: argparse._SubParsersAction) -> None:
-    p = _subcommand(
+    p = subcommand(
         sub,
         "ingest",
         "Decode videos and image folders into a frame dataset.",
@@ -174,9 +155,9 @@ def _run_ingest(args: argparse.Namespace) -> int:
 def _add_data(sub: argparse._SubParsersAction) -> None:
     data = sub.add_parser("data", help="Inspect a frame dataset.")
     data_sub = data.add_subparsers(
-        dest="data_command", required=True, metavar="COMMAND", parser_class=_Parser
+        dest="data_command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    p = _subcommand(
+    p = subcommand(
         data_sub,
         "info",
         "Show a frame dataset's frames, clips and splits.",
@@ -210,16 +191,16 @@ def _run_data_info(args: argparse.Namespace) -> int:
 
 
 def _add_arch(sub: argparse._SubParsersAction) -> None:
-    arch = _subcommand(
+    arch = subcommand(
         sub,
         "arch",
         "Check JSON architectures.",
         "varnext arch check configs/small_160x90.json",
     )
     arch_sub = arch.add_subparsers(
-        dest="arch_command", required=True, metavar="COMMAND", parser_class=_Parser
+        dest="arch_command", required=True, metavar="COMMAND", parser_class=Parser
     )
-    p = _subcommand(
+    p = subcommand(
         arch_sub,
         "check",
         "Validate an architecture and print each layer's output shape and parameters.",
@@ -238,119 +219,12 @@ def _run_arch_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = _subcommand(
-        sub,
-        "train",
-        "Train one JSON architecture with DDP on Ray Train, tracked in MLflow.",
-        "varnext train --config configs/smoke_64x36.json --data runs/dataset "
-        "--epochs 3 --workers 2",
-    )
-    p.add_argument("--config", type=Path, required=True, help="architecture JSON")
-    p.add_argument("--data", type=Path, required=True, help="frame dataset (varnext ingest)")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32, help="per worker (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
-    p.add_argument("--stride", type=int, default=1, help="triplet stride s (default 1)")
-    p.add_argument(
-        "--val-triplets",
-        type=int,
-        default=512,
-        help="validation triplets per epoch, evenly spaced (default 512)",
-    )
-    p.add_argument(
-        "--objective",
-        default="extrap_psnr",
-        help="metric that picks the best checkpoint (default extrap_psnr)",
-    )
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=2, help="DDP workers (default 2)")
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
-    p.add_argument(
-        "--cpus-per-worker",
-        type=float,
-        default=None,
-        help="default: 1 with GPUs, else a share leaving 1 CPU for Ray Data",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--experiment", default="varnext", help="MLflow experiment (default varnext)")
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)",
-    )
-    p.add_argument(
-        "--storage",
-        type=Path,
-        default=Path("runs/ray"),
-        help="Ray Train storage for checkpoints (default runs/ray)",
-    )
-    p.add_argument(
-        "--name",
-        default=None,
-        help="run name; the same storage and name resume (default: <config>-<dataset>)",
-    )
-    p.add_argument("--address", default=None, help="Ray address (default $RAY_ADDRESS or local)")
-    p.set_defaults(run=_run_train)
-
-
-def _run_train(args: argparse.Namespace) -> int:
-    from varnext_ray.arch import load_arch
-    from varnext_ray.train import Resources, TrainingFailed, TrainSettings, connect_ray, train
-
-    arch = load_arch(args.config)
-    settings = TrainSettings(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        stride=args.stride,
-        val_triplets=args.val_triplets,
-        seed=args.seed,
-        compile=args.compile,
-        objective=args.objective,
-    )
-    settings.check()
-    name = args.name or f"{args.config.stem}-{args.data.resolve().name}"
-    connect_ray(args.address)
-    try:
-        outcome = train(
-            arch=arch,
-            data=args.data,
-            settings=settings,
-            resources=Resources(args.workers, args.gpus_per_worker, args.cpus_per_worker),
-            experiment=args.experiment,
-            tracking_uri=args.tracking_uri,
-            storage=args.storage,
-            name=name,
-        )
-    except TrainingFailed as err:
-        sys.stderr.write(f"error: {err}\n")
-        return 1
-    m = outcome.metrics
-    if not m:
-        print(
-            f"nothing to do: {name} already ran {args.epochs} epochs (raise --epochs to continue)"
-        )
-        return 0
-    print(
-        f"done: epoch {m.get('epoch')}: extrap_psnr {m.get('extrap_psnr', float('nan')):.2f} dB, "
-        f"copy_last_psnr {m.get('copy_last_psnr', float('nan')):.2f} dB, "
-        f"extrap_skill {m.get('extrap_skill', float('nan')):+.3f}"
-    )
-    print(f"best checkpoint: {outcome.best_checkpoint}")
-    print(
-        f"MLflow run {outcome.run_id}; view with: mlflow ui --backend-store-uri "
-        f"{tracking.resolve_tracking_uri(args.tracking_uri)}"
-    )
-    return 0
-
-
 _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_synth,
     _add_ingest,
     _add_data,
     _add_arch,
-    _add_train,
+    *JOB_COMMANDS,
 ]
 
 

@@ -24,3 +24,7 @@ class UserError(Exception):
         self.where = where
         self.fix = fix
         super().__init__(f"{what} ({where}): {fix}")
+
+    def __reduce__(self) -> tuple:
+        # Ray pickles exceptions across processes; rebuild from the three parts, not args.
+        return (type(self), (self.what, self.where, self.fix))

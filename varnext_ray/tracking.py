@@ -10,6 +10,7 @@ working directory is a temporary folder).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -21,6 +22,8 @@ from urllib.parse import urlparse
 from varnext_ray.errors import UserError
 
 log = logging.getLogger(__name__)
+
+RUN_FILE = "varnext_run.json"  # in a run's Ray storage directory: the MLflow run to continue
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -151,3 +154,36 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             out |= flatten(value, f"{prefix}.{i}")
         return out or {prefix: "[]"}
     return {prefix: data}
+
+
+def log_dict(uri: str, run_id: str, data: dict[str, Any], artifact_file: str) -> None:
+    """Logs a dict as a JSON artifact."""
+    client(uri).log_dict(run_id, data, artifact_file)
+
+
+def run_for_directory(
+    uri: str,
+    experiment: str,
+    run_dir: Path,
+    name: str,
+    params: dict[str, Any],
+    tags: dict[str, str] | None = None,
+) -> str:
+    """The MLflow run recorded in ``run_dir`` (a resumed run continues it), else a new one.
+
+    The record (``varnext_run.json``) sits beside Ray Train's own state for the run, so the
+    same storage and name give the same MLflow run, and a resumed sweep never duplicates runs.
+    """
+    record = run_dir / RUN_FILE
+    if record.exists():
+        run_id = json.loads(record.read_text())["run_id"]
+        try:
+            client(uri).update_run(run_id, status="RUNNING")
+            log.info("continuing MLflow run %s", run_id)
+            return run_id
+        except Exception:  # the run is gone (another tracking store): start a new one
+            log.warning("MLflow run %s not found at %s: starting a new run", run_id, uri)
+    run_id = start_run(uri, experiment, run_name=name, params=params, tags=tags)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}) + "\n")
+    return run_id

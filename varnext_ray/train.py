@@ -40,7 +40,6 @@ OBJECTIVES = {  # metric -> the direction that is better
     "val_loss": "min",
     "latent_linearity": "min",
 }
-RUN_FILE = "varnext_run.json"  # beside Ray's state in <storage>/<name>: the MLflow run to continue
 
 
 @dataclass(frozen=True)
@@ -245,30 +244,14 @@ def best_checkpoint(result: Any, objective: str, mode: str) -> tuple[Any, dict] 
     return pick(scored, key=lambda cm: cm[1][objective])
 
 
-def _mlflow_run(uri: str, experiment: str, run_dir: Path, name: str, params: dict) -> str:
-    """The run to log to: the one recorded in ``run_dir`` (a resume), else a new one."""
-    record = run_dir / RUN_FILE
-    if record.exists():
-        run_id = json.loads(record.read_text())["run_id"]
-        try:
-            tracking.client(uri).update_run(run_id, status="RUNNING")
-            log.info("resuming MLflow run %s", run_id)
-            return run_id
-        except Exception:  # the run is gone (another tracking store): start a new one
-            log.warning("MLflow run %s not found at %s: starting a new run", run_id, uri)
-    run_id = tracking.start_run(
-        uri, experiment, run_name=name, params=params, tags={"varnext.kind": "train"}
-    )
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}) + "\n")
-    return run_id
-
-
 def connect_ray(address: str | None = None) -> None:
     """Connects to ``address`` or ``RAY_ADDRESS``; with neither, starts a local Ray on loopback.
 
     The local instance keeps the dashboard on (Train frees finished workers' placement groups
-    through it) and binds to 127.0.0.1.
+    through it) and binds to 127.0.0.1. Every worker of the job gets ``RAY_ADDRESS`` set to this
+    cluster's GCS address: Train's PlacementGroupCleaner looks the cluster up by that, and
+    without it fails ("Found multiple active Ray instances") whenever another Ray runs on the
+    same machine, leaving finished trials' workers reserved and the next trial waiting forever.
     """
     import ray
 
@@ -276,10 +259,34 @@ def connect_ray(address: str | None = None) -> None:
         return
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        env = {"RAY_ADDRESS": address} if _is_gcs_address(address) else {}
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    ray.init(include_dashboard=True, dashboard_host="127.0.0.1", log_to_driver=True)
+    port = _free_port()
+    os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local node that ray.init starts
+    try:
+        ray.init(
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            log_to_driver=True,
+            runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}},
+        )
+    finally:
+        del os.environ["RAY_GCS_SERVER_PORT"]
+
+
+def _is_gcs_address(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    return bool(host) and port.isdigit() and "://" not in address
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def train(
@@ -310,7 +317,9 @@ def train(
             "data": str(Path(data).resolve()),
         }
     )
-    run_id = _mlflow_run(uri, experiment, Path(str(storage)) / name, name, params)
+    run_id = tracking.run_for_directory(
+        uri, experiment, Path(str(storage)) / name, name, params, tags={"varnext.kind": "train"}
+    )
     tracking.log_artifact(uri, run_id, _write_arch(arch, Path(str(storage)) / name), "arch")
     trainer = build_trainer(
         arch=arch,
@@ -328,9 +337,6 @@ def train(
         tracking.end_run(uri, run_id, "FAILED", reason)
         raise TrainingFailed(reason, run_id) from None
     best = best_checkpoint(result, settings.objective, settings.mode)
-    if best is not None:
-        with best[0].as_directory() as directory:
-            tracking.log_artifact(uri, run_id, directory, "checkpoint")
     tracking.end_run(uri, run_id, "FINISHED")
     return TrainOutcome(
         run_id=run_id,

@@ -240,10 +240,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "epoch_seconds": time.perf_counter() - started,
         }
         objective = settings["objective"]
-        if _is_better(metrics.get(objective, math.nan), best, settings["mode"]):
+        improved = _is_better(metrics.get(objective, math.nan), best, settings["mode"])
+        if improved:
             best = metrics[objective]
         metrics[f"best_{objective}"] = best if best is not None else math.nan
-        _report(metrics, epoch, rank, vae, arch, optimizer, strip, best, config)
+        _report(metrics, epoch, rank, vae, arch, optimizer, strip, best, improved, config)
 
 
 def progress_line(metrics: dict[str, float], epochs: int) -> str:
@@ -267,9 +268,15 @@ def _report(
     optimizer: torch.optim.Optimizer,
     strip: np.ndarray | None,
     best: float | None,
+    improved: bool,
     config: dict[str, Any],
 ) -> None:
-    """Rank 0 writes the checkpoint, strip and MLflow metrics; every rank reports."""
+    """Rank 0 writes the checkpoint, strip and MLflow metrics; every rank reports.
+
+    A checkpoint that improves the objective is also uploaded to the MLflow run as its
+    ``checkpoint`` artifact right away, so the run holds its best model even if the trial is
+    stopped early (ASHA) or killed.
+    """
     import ray.train
 
     if rank != 0:
@@ -293,6 +300,8 @@ def _report(
                 path = Path(tmp) / f"strip_epoch_{epoch + 1:03d}.png"
                 save_png(strip, path)
                 tracking.log_artifact(run["uri"], run["run_id"], path, "strips")
+            if improved:
+                tracking.log_artifact(run["uri"], run["run_id"], directory, "checkpoint")
         ray.train.report(
             metrics,
             checkpoint=ray.train.Checkpoint.from_directory(directory),

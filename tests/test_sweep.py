@@ -1,0 +1,227 @@
+"""Sweeps on a local loopback Ray: trials in MLflow, an invalid point, best -> predict, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import REPO
+from varnext_ray.cli import main
+from varnext_ray.search_space import load_space
+from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+SMOKE = REPO / "search_spaces" / "smoke.json"
+OPTIONS = {"epochs": 2, "workers_per_trial": 2, "batch_size": 8, "val_triplets": 24}
+
+
+def _runs(uri: str, experiment: str) -> list:
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id]) if exp else []
+
+
+@pytest.fixture(scope="module")
+def sweep(ray_local, dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    tmp = tmp_path_factory.mktemp("sweep")
+    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    space, base = load_space(SMOKE)
+    outcome = run_sweep(
+        space=space,
+        base=base,
+        data=dataset_dir,
+        options=SweepOptions(samples=4, **OPTIONS),
+        experiment="smoke-sweep",
+        tracking_uri=uri,
+        storage=tmp / "ray",
+    )
+    return tmp, uri, outcome
+
+
+def test_four_trials_are_child_runs_with_metrics_and_artifacts(sweep) -> None:
+    _, uri, outcome = sweep
+    runs = _runs(uri, "smoke-sweep")
+    parents = [r for r in runs if r.data.tags.get("varnext.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("varnext.kind") == "trial"]
+    assert len(parents) == 1 and len(children) == 4 and len(outcome.rows) == 4
+    parent = parents[0]
+    assert parent.info.run_id == outcome.parent_run_id and parent.info.status == "FINISHED"
+    assert "best_extrap_psnr" in parent.data.metrics
+    client = mlflow.MlflowClient(uri)
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED"
+        for key in (
+            "extrap_psnr",
+            "copy_last_psnr",
+            "oracle_psnr",
+            "latent_linearity",
+            "best_extrap_psnr",
+            "val_loss",
+        ):
+            assert key in run.data.metrics, key
+        assert "arch.latent_dim" in run.data.params and "point.lr" in run.data.params
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"arch", "strips", "checkpoint"} <= artifacts
+    trial_ids = [r.data.tags["varnext.trial_id"] for r in children]
+    assert sorted(trial_ids) == sorted(row["trial_id"] for row in outcome.rows)
+    best = max(r.data.metrics["best_extrap_psnr"] for r in children)
+    assert parent.data.metrics["best_extrap_psnr"] == pytest.approx(best)
+    table = summary_table(outcome, "extrap_psnr")
+    assert table.count("\n") == 5 and "conv " in table
+
+
+def test_best_then_predict_writes_the_input_size(
+    sweep, synth_dir: Path, tmp_path: Path, capsys
+) -> None:
+    _, uri, _ = sweep
+    assert (
+        main(
+            [
+                "best",
+                "--experiment",
+                "smoke-sweep",
+                "--out",
+                str(tmp_path / "best"),
+                "--tracking-uri",
+                uri,
+            ]
+        )
+        == 0
+    )
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in (0, 1):  # 96x54 frames, larger than the 64x36 model
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (54, 96, 3), np.uint8)).save(
+            frames / f"{i}.png"
+        )
+    out = tmp_path / "pred.png"
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(tmp_path / "best"),
+                "--out",
+                str(out),
+                str(frames / "0.png"),
+                str(frames / "1.png"),
+            ]
+        )
+        == 0
+    )
+    assert Image.open(out).size == (96, 54)
+    capsys.readouterr()
+
+
+def test_an_invalid_point_ends_only_that_trial(
+    ray_local, dataset_dir: Path, tmp_path: Path
+) -> None:
+    space_file = tmp_path / "space.json"
+    space_file.write_text(
+        json.dumps(
+            {
+                "name": "invalid",
+                "base": str(REPO / "configs" / "smoke_64x36.json"),
+                "latent_dim": [0, 8],
+            }
+        )
+    )
+    space, base = load_space(space_file)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    outcome = run_sweep(
+        space=space,
+        base=base,
+        data=dataset_dir,
+        options=SweepOptions(samples=3, scheduler="fifo", **(OPTIONS | {"epochs": 1})),
+        experiment="invalid",
+        tracking_uri=uri,
+        storage=tmp_path / "ray",
+    )
+    errors = [r for r in outcome.rows if r["error"]]
+    assert errors and len(errors) < 3  # seed 0 samples latent_dim 8, 0, 8
+    assert all("latent_dim: must be >= 1 (got 0)" in r["error"] for r in errors)
+    failed = [r for r in _runs(uri, "invalid") if r.info.status == "FAILED"]
+    assert len(failed) == len(errors)
+    assert "latent_dim: must be >= 1" in failed[0].data.tags["failure_reason"]
+    assert outcome.best is not None
+
+
+def _sweep_cmd(data: Path, tmp: Path, head: dict) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "varnext_ray.cli",
+        "sweep",
+        "--space",
+        str(SMOKE),
+        "--data",
+        str(data),
+        "--samples",
+        "3",
+        "--epochs",
+        "2",
+        "--scheduler",
+        "fifo",
+        "--batch-size",
+        "8",
+        "--val-triplets",
+        "24",
+        "--experiment",
+        "resume",
+        "--tracking-uri",
+        f"sqlite:///{tmp / 'mlflow.db'}",
+        "--storage",
+        str(tmp / "ray"),
+        "--address",
+        head["address"],
+    ]
+
+
+def test_killed_driver_resumes_without_duplicate_runs(
+    ray_head, dataset_dir: Path, tmp_path: Path
+) -> None:
+    cmd = _sweep_cmd(dataset_dir, tmp_path, ray_head)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    log = open(tmp_path / "first.log", "w")  # noqa: SIM115
+    proc = subprocess.Popen(
+        cmd, env=ray_head["env"], stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path
+    )
+    deadline = time.monotonic() + 400
+    while not any(
+        r.info.status == "FINISHED" and r.data.tags.get("varnext.kind") == "trial"
+        for r in _runs(uri, "resume")
+    ):
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(2)
+    os.kill(proc.pid, signal.SIGKILL)  # mid-sweep: one trial done, the next one running
+    proc.wait()
+    log.close()
+    done = subprocess.run(
+        [*cmd, "--resume"],
+        env=ray_head["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    runs = _runs(uri, "resume")
+    parents = [r for r in runs if r.data.tags.get("varnext.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("varnext.kind") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [r.data.tags["varnext.trial_id"] for r in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 3  # one run per trial, none duplicated
+    assert all(r.info.status == "FINISHED" and r.data.metrics["epoch"] == 2 for r in children)

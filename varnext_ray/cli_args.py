@@ -1,0 +1,76 @@
+"""Shared pieces of the ``varnext`` command line: the parser class and common flags."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"error: {message} ({self.prog}): see '{self.prog} --help'\n")
+        raise SystemExit(2)
+
+
+def subcommand(
+    sub: argparse._SubParsersAction, name: str, help_text: str, example: str
+) -> argparse.ArgumentParser:
+    """Adds a subcommand whose --help ends with an example command line."""
+    return sub.add_parser(
+        name,
+        help=help_text,
+        description=help_text,
+        epilog=f"example:\n  {example}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def add_tracking_args(p: argparse.ArgumentParser, experiment_default: str | None) -> None:
+    """--experiment and --tracking-uri."""
+    if experiment_default is None:
+        p.add_argument("--experiment", required=True, metavar="NAME", help="MLflow experiment")
+    else:
+        p.add_argument(
+            "--experiment",
+            default=experiment_default,
+            metavar="NAME",
+            help=f"MLflow experiment (default {experiment_default})",
+        )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
+
+
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    """--storage and --address."""
+    p.add_argument(
+        "--storage",
+        type=Path,
+        default=Path("runs/ray"),
+        help="Ray Train/Tune storage for checkpoints (default runs/ray)",
+    )
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray address (default $RAY_ADDRESS, else a local Ray on 127.0.0.1)",
+    )
+
+
+def add_resource_args(p: argparse.ArgumentParser, workers_flag: str) -> None:
+    """Workers and what each holds."""
+    p.add_argument(
+        workers_flag, type=int, default=2, dest="workers", help="DDP workers per run (default 2)"
+    )
+    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument(
+        "--cpus-per-worker",
+        type=float,
+        default=None,
+        help="default: 1 with GPUs, else a share leaving 1 CPU for Ray Data",
+    )

@@ -1,0 +1,301 @@
+"""The ``varnext`` subcommands that run jobs on Ray: train, sweep, best, predict, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from varnext_ray import tracking
+from varnext_ray.cli_args import add_cluster_args, add_resource_args, add_tracking_args, subcommand
+from varnext_ray.errors import UserError
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = subcommand(
+        sub,
+        "train",
+        "Train one JSON architecture with DDP on Ray Train, tracked in MLflow.",
+        "varnext train --config configs/smoke_64x36.json --data runs/dataset --epochs 3",
+    )
+    p.add_argument("--config", type=Path, required=True, help="architecture JSON")
+    p.add_argument("--data", type=Path, required=True, help="frame dataset (varnext ingest)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32, help="per worker (default 32)")
+    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--stride", type=int, default=1, help="triplet stride s (default 1)")
+    p.add_argument(
+        "--val-triplets",
+        type=int,
+        default=512,
+        help="validation triplets per epoch, evenly spaced (default 512)",
+    )
+    p.add_argument(
+        "--objective",
+        default="extrap_psnr",
+        help="metric that picks the best checkpoint (default extrap_psnr)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument(
+        "--name",
+        default=None,
+        help="run name; the same --storage and --name resume (default <config>-<data>)",
+    )
+    add_resource_args(p, "--workers")
+    add_tracking_args(p, "varnext")
+    add_cluster_args(p)
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from varnext_ray.arch import load_arch
+    from varnext_ray.train import Resources, TrainingFailed, TrainSettings, connect_ray, train
+
+    arch = load_arch(args.config)
+    settings = TrainSettings(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        stride=args.stride,
+        val_triplets=args.val_triplets,
+        seed=args.seed,
+        compile=args.compile,
+        objective=args.objective,
+    )
+    settings.check()
+    name = args.name or f"{args.config.stem}-{args.data.resolve().name}"
+    connect_ray(args.address)
+    try:
+        outcome = train(
+            arch=arch,
+            data=args.data,
+            settings=settings,
+            resources=Resources(args.workers, args.gpus_per_worker, args.cpus_per_worker),
+            experiment=args.experiment,
+            tracking_uri=args.tracking_uri,
+            storage=args.storage,
+            name=name,
+        )
+    except TrainingFailed as err:
+        sys.stderr.write(f"error: {err}\n")
+        return 1
+    m = outcome.metrics
+    if not m:
+        print(
+            f"nothing to do: {name} already ran {args.epochs} epochs (raise --epochs to continue)"
+        )
+        return 0
+    print(
+        f"done: epoch {m.get('epoch')}: extrap_psnr {m.get('extrap_psnr', float('nan')):.2f} dB, "
+        f"copy_last_psnr {m.get('copy_last_psnr', float('nan')):.2f} dB, "
+        f"extrap_skill {m.get('extrap_skill', float('nan')):+.3f}"
+    )
+    print(f"best checkpoint: {outcome.best_checkpoint}")
+    print(
+        f"MLflow run {outcome.run_id}; view with: mlflow ui --backend-store-uri "
+        f"{tracking.resolve_tracking_uri(args.tracking_uri)}"
+    )
+    return 0
+
+
+def _add_best(sub: argparse._SubParsersAction) -> None:
+    p = subcommand(
+        sub,
+        "best",
+        "Download the best run's checkpoint of an MLflow experiment (train and sweep trials).",
+        "varnext best --experiment smoke --out runs/best --metric extrap_psnr",
+    )
+    p.add_argument("--experiment", required=True, metavar="NAME", help="experiment to search")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="new or empty directory")
+    p.add_argument(
+        "--metric",
+        default="extrap_psnr",
+        help="rank runs by best_<metric>, in its direction (default extrap_psnr)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)",
+    )
+    p.set_defaults(run=_run_best)
+
+
+def _run_best(args: argparse.Namespace) -> int:
+    from varnext_ray.best import RUN_FILE, download_best  # imports torch and mlflow
+
+    path = download_best(args.tracking_uri, args.experiment, args.out, args.metric)
+    run = json.loads((path / RUN_FILE).read_text())
+    print(
+        f"best run: {run['run_name']} ({run['run_id']}, {run['kind']}, {run['status']}) "
+        f"with {run['metric']} {run['value']:.4f}"
+    )
+    print(f"checkpoint: {path} (run details in {path / RUN_FILE})")
+    print(f"predict with: varnext predict --checkpoint {path} --out pred.png FRAME_A FRAME_B")
+    return 0
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = subcommand(
+        sub,
+        "predict",
+        "Predict frame t+2s from frames t and t+s (two images, or every triplet of a video).",
+        "varnext predict --checkpoint runs/best --out pred.png a.png b.png --steps 3\n"
+        "  varnext predict --checkpoint runs/best --video clip.mp4 --out pred.mp4",
+    )
+    p.add_argument(
+        "frames", type=Path, nargs="*", metavar="FRAME", help="FRAME_A FRAME_B: frames t and t+s"
+    )
+    p.add_argument(
+        "--checkpoint", type=Path, required=True, metavar="DIR", help="from varnext best"
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="a .png for two frames (steps K > 1: <stem>_k1.png...), a .mp4 or .gif for a video",
+    )
+    p.add_argument(
+        "--video", type=Path, default=None, metavar="IN", help="predict every triplet of a video"
+    )
+    p.add_argument(
+        "--steps", type=int, default=1, metavar="K", help="frames to roll out (default 1)"
+    )
+    p.add_argument(
+        "--stride", type=int, default=1, metavar="S", help="video frames from t to t+s (default 1)"
+    )
+    p.set_defaults(run=_run_predict)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    if len(args.frames) != (0 if args.video else 2):
+        got = f"{len(args.frames)} FRAME argument(s)" + (" and --video" if args.video else "")
+        fix = "pass two image files FRAME_A FRAME_B, or --video IN (not both)"
+        raise UserError(f"need two frames or a video (got {got})", "varnext predict", fix)
+    import torch
+
+    from varnext_ray import predict
+    from varnext_ray.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(args.checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
+    if args.video is None:
+        paths = predict.predict_image_files(ckpt, *args.frames, args.out, args.steps)
+        for k, path in enumerate(paths, start=1):
+            print(
+                f"wrote {path}: frame t+{k + 1}s predicted from {args.frames[0]} (t) and "
+                f"{args.frames[1]} (t+s)"
+            )
+        return 0
+    summary = predict.predict_video(ckpt, args.video, args.out, args.steps, args.stride)
+    w, h = summary["size"]
+    print(
+        f"wrote {summary['video']}: {summary['frames']} frames of {w}x{h} [truth | prediction], "
+        f"extrap_psnr {summary['extrap_psnr']:.2f} dB vs copy_last_psnr "
+        f"{summary['copy_last_psnr']:.2f} dB"
+    )
+    for k, path in enumerate(summary["rollout"], start=1):
+        print(f"wrote {path}: rollout step k={k} past the video's last frame")
+    return 0
+
+
+def _add_sweep(sub: argparse._SubParsersAction) -> None:
+    p = subcommand(
+        sub,
+        "sweep",
+        "Search architectures with Ray Tune + Optuna; one MLflow child run per trial.",
+        "varnext sweep --space search_spaces/smoke.json --data runs/dataset --samples 4 "
+        "--experiment smoke",
+    )
+    p.add_argument("--space", type=Path, required=True, help="search space JSON")
+    p.add_argument("--data", type=Path, required=True, help="frame dataset (varnext ingest)")
+    p.add_argument("--samples", type=int, default=8, help="trials (default 8)")
+    p.add_argument("--epochs", type=int, default=None, help="per trial (default: the space's)")
+    p.add_argument("--concurrency", type=int, default=1, help="trials at once (default 1)")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    p.add_argument("--batch-size", type=int, default=32, help="unless the space varies it")
+    p.add_argument("--val-triplets", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    add_resource_args(p, "--workers-per-trial")
+    add_tracking_args(p, "varnext-sweep")
+    add_cluster_args(p)
+    p.set_defaults(run=_run_sweep)
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from varnext_ray.search_space import load_space
+    from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
+    from varnext_ray.train import connect_ray
+
+    space, base = load_space(args.space)
+    options = SweepOptions(
+        samples=args.samples,
+        epochs=args.epochs,
+        workers_per_trial=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        concurrency=args.concurrency,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        val_triplets=args.val_triplets,
+    )
+    options.check()
+    connect_ray(args.address)
+    outcome = run_sweep(
+        space=space,
+        base=base,
+        data=args.data,
+        options=options,
+        experiment=args.experiment,
+        tracking_uri=args.tracking_uri,
+        storage=args.storage,
+        resume=args.resume,
+    )
+    print()
+    print(summary_table(outcome, space.objective))
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    print(
+        f"\nsweep {outcome.path}: MLflow parent run {outcome.parent_run_id} in experiment "
+        f"{args.experiment!r}; view with: mlflow ui --backend-store-uri {uri}"
+    )
+    return 0 if outcome.best is not None else 1
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = subcommand(
+        sub,
+        "demo",
+        "The whole pipeline on built-in synthetic data: synth, ingest, a 4-trial sweep, best, "
+        "predict.",
+        "varnext demo --workdir runs/demo",
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("runs/demo"),
+        help="where everything is written (default runs/demo)",
+    )
+    p.add_argument("--samples", type=int, default=4, help="sweep trials (default 4)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
+    p.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from varnext_ray.demo import run_demo
+
+    return run_demo(args.workdir, samples=args.samples, epochs=args.epochs, address=args.address)
+
+
+JOB_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_train,
+    _add_sweep,
+    _add_best,
+    _add_predict,
+    _add_demo,
+]

@@ -1,0 +1,386 @@
+"""Sweeps: Ray Tune + Optuna over JSON-generated architectures, one MLflow child run per trial.
+
+Each Tune trial is a small driver function that turns its sampled point into a full
+architecture JSON, validates it (an invalid point ends that trial, with the message recorded in
+its MLflow run, never the sweep), and trains it with the same
+:func:`~varnext_ray.train.build_trainer` as ``varnext train``. The sweep is an MLflow parent
+run; trials are nested child runs. Both are recorded beside Ray's state under
+``<storage>/<sweep name>`` so ``--resume`` (``Tuner.restore``) continues the same runs.
+
+Example:
+    >>> space, base = load_space("search_spaces/smoke.json")
+    >>> outcome = run_sweep(space=space, base=base, data=Path("runs/dataset"),
+    ...                     options=SweepOptions(samples=4), experiment="smoke",
+    ...                     tracking_uri=None, storage=Path("runs/ray"))
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from varnext_ray import tracking
+from varnext_ray.arch import count_params, parse_arch
+from varnext_ray.errors import UserError
+from varnext_ray.search_space import DefineByRun, SearchSpace, point_to_arch, short_arch
+from varnext_ray.train import Resources, TrainSettings, build_trainer, check_dataset
+
+log = logging.getLogger(__name__)
+
+SWEEP_FILE = "varnext_sweep.json"  # the parent MLflow run of a sweep, beside Tune's state
+DRIVER_CPUS = 0.1  # each trial's driver only waits on its Train run
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """How a sweep runs (the space says what it searches)."""
+
+    samples: int = 8
+    epochs: int | None = None  # default: the space's epochs
+    workers_per_trial: int = 2
+    gpus_per_worker: float = 0.0
+    cpus_per_worker: float | None = None
+    concurrency: int = 1
+    scheduler: str = "asha"  # or "fifo"
+    seed: int = 0
+    batch_size: int = 32
+    val_triplets: int = 256
+
+    def check(self) -> None:
+        """Raises a UserError for the first bad option."""
+        for name in ("samples", "workers_per_trial", "concurrency"):
+            if getattr(self, name) < 1:
+                raise UserError(
+                    f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})",
+                    f"--{name.replace('_', '-')}",
+                    "pass a positive integer",
+                )
+        if self.scheduler not in ("asha", "fifo"):
+            raise UserError(
+                f"unknown scheduler {self.scheduler!r}", "--scheduler", "use asha or fifo"
+            )
+
+
+@dataclass
+class SweepOutcome:
+    """What a finished sweep produced."""
+
+    parent_run_id: str
+    path: str
+    rows: list[dict[str, Any]] = field(default_factory=list)  # one per trial, best first
+    best: dict[str, Any] | None = None
+
+
+def sweep_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
+    """One Tune trial: sampled point -> validated architecture -> a Ray Train run.
+
+    Args:
+        config: The point Optuna sampled (``depth``, ``channels_0``, ``lr``, ...).
+        sweep: The sweep's constants (data, storage, tracking, base architecture, settings).
+    """
+    import ray.train
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    point = dict(config)
+    trial_id = ray.tune.get_context().get_trial_id()
+    name = f"trial-{trial_id}"  # deterministic: a restored trial resumes its Train run
+    run_dir = Path(sweep["storage"]) / sweep["name"] / "trials" / name
+    uri = sweep["uri"]
+    arch_dict = point_to_arch(sweep["base"], point)
+    params = tracking.flatten({"point": point, "arch": arch_dict})
+    run_id = tracking.run_for_directory(
+        uri,
+        sweep["experiment"],
+        run_dir,
+        name,
+        params,
+        tags={
+            "varnext.kind": "trial",
+            "varnext.trial_id": trial_id,
+            "mlflow.parentRunId": sweep["parent_run_id"],
+        },
+    )
+    tracking.log_dict(uri, run_id, arch_dict, "arch/arch.json")
+    try:
+        arch = parse_arch(arch_dict, f"trial {trial_id}")
+    except UserError as err:
+        tracking.end_run(uri, run_id, "FAILED", str(err))
+        raise
+    tracking.log_params(uri, run_id, {"arch_params": count_params(arch)})
+    overrides = {
+        k: cast(point[k]) for k, cast in (("lr", float), ("batch_size", int)) if k in point
+    }
+    settings = TrainSettings(**(sweep["settings"] | overrides))
+    trainer = build_trainer(
+        arch=arch,
+        data=Path(sweep["data"]),
+        settings=settings,
+        resources=Resources(**sweep["resources"]),
+        storage=Path(sweep["storage"]) / sweep["name"] / "trials",
+        name=name,
+        tracking_run={"uri": uri, "run_id": run_id},
+        callbacks=[TuneReportCallback()],
+    )
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        tracking.end_run(uri, run_id, "FAILED", str(err).strip().splitlines()[-1][:500])
+        raise
+    tracking.end_run(uri, run_id, "FINISHED")
+
+
+def _parent_run(
+    uri: str, experiment: str, sweep_dir: Path, name: str, params: dict, resume: bool
+) -> str:
+    record = sweep_dir / SWEEP_FILE
+    if resume and record.exists():
+        run_id = json.loads(record.read_text())["run_id"]
+        tracking.client(uri).update_run(run_id, status="RUNNING")
+        return run_id
+    run_id = tracking.start_run(
+        uri, experiment, run_name=name, params=params, tags={"varnext.kind": "sweep"}
+    )
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}) + "\n")
+    return run_id
+
+
+def _worker_cpus(options: SweepOptions, cluster_cpus: float) -> float:
+    """CPUs per Train worker, leaving one CPU for Ray Data and room for the trial drivers."""
+    if options.cpus_per_worker is not None:
+        return options.cpus_per_worker
+    if options.gpus_per_worker > 0:
+        return 1.0
+    free = cluster_cpus - 1 - DRIVER_CPUS * options.concurrency
+    return round(max(0.1, min(1.0, free / (options.workers_per_trial * options.concurrency))), 2)
+
+
+def _tuner(
+    space: SearchSpace, base: dict, options: SweepOptions, constants: dict, path: Path, resume: bool
+) -> Any:
+    """A new Tuner, or the restored one for ``--resume``."""
+    import optuna
+    import ray.tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    trainable = ray.tune.with_resources(
+        ray.tune.with_parameters(sweep_trial, sweep=constants), {"CPU": DRIVER_CPUS}
+    )
+    if resume:
+        if not ray.tune.Tuner.can_restore(str(path)):
+            raise UserError(
+                "no sweep to resume", str(path), "run the same command without --resume to start it"
+            )
+        return ray.tune.Tuner.restore(
+            str(path), trainable, resume_unfinished=True, resume_errored=False
+        )
+    epochs = constants["settings"]["epochs"]
+    sampler = optuna.samplers.TPESampler(
+        seed=options.seed, multivariate=True, n_startup_trials=min(10, max(2, options.samples // 2))
+    )
+    searcher = OptunaSearch(
+        space=DefineByRun(space, base),
+        metric=space.objective,
+        mode=space.direction,
+        sampler=sampler,
+    )
+    # max_t one past the last epoch: a trial that reaches it ends by itself (closing its MLflow
+    # run) rather than being stopped by the scheduler at its final report.
+    scheduler = (
+        ASHAScheduler(max_t=epochs + 1, grace_period=1, reduction_factor=2)
+        if options.scheduler == "asha"
+        else FIFOScheduler()
+    )
+    return ray.tune.Tuner(
+        trainable,
+        tune_config=ray.tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=options.samples,
+            max_concurrent_trials=options.concurrency,
+            **(
+                {"metric": space.objective, "mode": space.direction}
+                if options.scheduler == "asha"
+                else {}
+            ),
+        ),
+        run_config=ray.tune.RunConfig(
+            name=path.name,
+            storage_path=str(path.parent),
+            failure_config=ray.tune.FailureConfig(max_failures=0),
+            verbose=1,
+        ),
+    )
+
+
+def run_sweep(
+    *,
+    space: SearchSpace,
+    base: dict[str, Any],
+    data: Path,
+    options: SweepOptions,
+    experiment: str,
+    tracking_uri: str | None,
+    storage: Path,
+    resume: bool = False,
+) -> SweepOutcome:
+    """``varnext sweep``: the whole sweep, its MLflow parent run, and a summary of its trials."""
+    import ray
+
+    options.check()
+    epochs = options.epochs or space.epochs
+    settings = TrainSettings(
+        epochs=epochs,
+        batch_size=options.batch_size,
+        val_triplets=options.val_triplets,
+        seed=options.seed,
+        objective=space.objective,
+    )
+    settings.check()
+    check_dataset(data, settings, options.workers_per_trial)
+    uri = tracking.resolve_tracking_uri(tracking_uri)
+    tracking.check_reachable(uri)
+    storage = Path(storage).resolve()
+    name = f"sweep-{experiment}-{space.name}"
+    path = storage / name
+    if path.exists() and not resume:
+        raise UserError(
+            "a sweep of this experiment and space already exists",
+            str(path),
+            "pass --resume to continue it, or another --experiment or --storage",
+        )
+    cpus = _worker_cpus(options, ray.cluster_resources().get("CPU", 1))
+    resources = Resources(options.workers_per_trial, options.gpus_per_worker, cpus)
+    parent = _parent_run(
+        uri,
+        experiment,
+        path,
+        name,
+        tracking.flatten(
+            {"space": space.model_dump(), "sweep": asdict(options) | {"epochs": epochs}}
+        ),
+        resume,
+    )
+    constants = {
+        "name": name,
+        "storage": str(storage),
+        "uri": uri,
+        "experiment": experiment,
+        "parent_run_id": parent,
+        "base": base,
+        "data": str(Path(data).resolve()),
+        "settings": asdict(settings),
+        "resources": asdict(resources),
+    }
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    tuner = _tuner(space, base, options, constants, path, resume)
+    results = tuner.fit()
+    rows = _summarise(results, space, base)
+    _close_trial_runs(uri, experiment, parent, {r["trial_id"] for r in rows}, epochs)
+    best = next((r for r in rows if r["objective"] is not None), None)
+    if best is not None:
+        tracking.log_metrics(uri, parent, {f"best_{space.objective}": best["objective"]}, step=0)
+        tracking.set_tags(
+            uri,
+            parent,
+            {"best_trial_id": best["trial_id"], "best_run_id": best.get("run_id") or ""},
+        )
+    tracking.end_run(uri, parent, "FINISHED")
+    return SweepOutcome(parent_run_id=parent, path=str(path), rows=rows, best=best)
+
+
+def _summarise(results: Any, space: SearchSpace, base: dict) -> list[dict[str, Any]]:
+    """One row per trial (best objective first), errored trials last with their message."""
+    rows = []
+    key = f"best_{space.objective}"
+    for result in results:
+        config = dict(result.config or {})
+        point = config
+        metrics = result.metrics or {}
+        arch_dict = point_to_arch(base, point)
+        try:
+            params = count_params(parse_arch(arch_dict, "summary"))
+        except UserError:
+            params = None
+        value = metrics.get(key)
+        rows.append(
+            {
+                "trial_id": metrics.get("trial_id") or _trial_id(result),
+                "arch": short_arch(arch_dict),
+                "params": params,
+                "objective": value
+                if isinstance(value, int | float) and math.isfinite(value)
+                else None,
+                "extrap_skill": metrics.get("extrap_skill"),
+                "epochs": metrics.get("epoch"),
+                "error": _first_line(result.error) if result.error else None,
+            }
+        )
+    sign = -1 if space.direction == "max" else 1
+    return sorted(rows, key=lambda r: (r["objective"] is None, sign * (r["objective"] or 0.0)))
+
+
+def _trial_id(result: Any) -> str:
+    return Path(result.path).name.split("_")[-2] if result.path else "?"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    for line in text.splitlines():
+        if "UserError" in line or "invalid architecture" in line:
+            return line.split("UserError: ", 1)[-1].strip()[:300]
+    return (text.splitlines() or [type(error).__name__])[-1][:300]
+
+
+def _close_trial_runs(
+    uri: str, experiment: str, parent: str, trial_ids: set[str], epochs: int
+) -> None:
+    """Child runs still RUNNING after the sweep are closed.
+
+    A trial the scheduler stopped early is FINISHED and tagged ``varnext.stopped_early``. A run
+    whose trial the sweep no longer knows (its driver was killed before Tune saved the trial,
+    so ``--resume`` sampled a new one) is tagged with the reason and deleted (MLflow deletes
+    softly: it can be restored), so a resumed sweep holds exactly one run per trial.
+    """
+    c = tracking.client(uri)
+    exp = c.get_experiment_by_name(experiment)
+    runs = c.search_runs(
+        [exp.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        run_id = run.info.run_id
+        if run.data.tags.get("varnext.trial_id") in trial_ids:
+            if run.data.metrics.get("epoch", 0) < epochs:
+                c.set_tag(run_id, "varnext.stopped_early", "true")
+            c.set_terminated(run_id, status="FINISHED")
+        else:
+            c.set_tag(
+                run_id,
+                "varnext.orphaned",
+                "the sweep driver died before Tune saved this trial; --resume sampled a new one",
+            )
+            c.set_terminated(run_id, status="KILLED")
+            c.delete_run(run_id)
+
+
+def summary_table(outcome: SweepOutcome, objective: str) -> str:
+    """The final summary: trial, architecture in short, parameters, objective, extrap_skill."""
+    head = f"{'trial':<10} {'architecture':<40} {'params':>9} {objective:>12} {'skill':>8}  note"
+    lines = [head, "-" * len(head)]
+    for r in outcome.rows:
+        value = f"{r['objective']:.3f}" if r["objective"] is not None else "-"
+        skill = f"{r['extrap_skill']:+.3f}" if isinstance(r["extrap_skill"], float) else "-"
+        params = f"{r['params']:,}" if r["params"] is not None else "-"
+        note = r["error"] or (f"{r['epochs']} epochs" if r["epochs"] else "")
+        lines.append(
+            f"{r['trial_id']:<10} {r['arch']:<40.40} {params:>9} {value:>12} {skill:>8}  {note}"
+        )
+    return "\n".join(lines)
