@@ -45,7 +45,7 @@ def ray_local():
     from varnext_ray.train import connect_ray
 
     os.environ.pop("RAY_ADDRESS", None)
-    connect_ray()
+    connect_ray(num_cpus=2)
     yield ray
     ray.shutdown()
 
@@ -135,7 +135,11 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
     """A separate Ray head on loopback (``ray start --head --block``, token auth, dashboard on).
 
     Yields ``{"address", "dashboard", "env"}``; ``env`` is what a client process needs (token
-    mode). The head runs in its own process group and is stopped by that group's id.
+    mode, this Python's bin directory first on PATH so a job's entrypoint finds ``varnext``).
+    The dashboard agent, which runs submitted jobs, gets a free port: at its default (52365) it
+    fails to bind whenever another Ray runs on this machine, and every submission then answers
+    "No available agent to submit job". The head runs in its own process group and is stopped
+    by that group's id.
     """
     import signal
     import subprocess
@@ -146,6 +150,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
         "RAY_AUTH_MODE": "token",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
     }
     env.pop("RAY_ADDRESS", None)
     subprocess.run(
@@ -154,7 +159,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
         check=True,
         capture_output=True,
     )
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard, agent = _free_port(), _free_port(), _free_port()
     log = open(tmp_path_factory.mktemp("ray_head") / "head.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [
@@ -167,6 +172,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
             "--node-ip-address=127.0.0.1",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
+            f"--dashboard-agent-listen-port={agent}",
             "--include-dashboard=true",
             "--disable-usage-stats",
         ],
@@ -178,6 +184,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
     try:
         _wait_for_port(port, proc, 90, "ray head")
         _wait_for_port(dashboard, proc, 90, "ray dashboard")
+        _wait_for_port(agent, proc, 90, "ray dashboard agent")
         yield {
             "address": f"127.0.0.1:{port}",
             "dashboard": f"http://127.0.0.1:{dashboard}",

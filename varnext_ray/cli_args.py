@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 
 class Parser(argparse.ArgumentParser):
@@ -51,8 +50,7 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
     """--storage and --address."""
     p.add_argument(
         "--storage",
-        type=Path,
-        default=Path("runs/ray"),
+        default="runs/ray",
         help="Ray Train/Tune storage for checkpoints (default runs/ray)",
     )
     p.add_argument(

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -90,14 +89,14 @@ def sweep_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     point = dict(config)
     trial_id = ray.tune.get_context().get_trial_id()
     name = f"trial-{trial_id}"  # deterministic: a restored trial resumes its Train run
-    run_dir = Path(sweep["storage"]) / sweep["name"] / "trials" / name
+    trials = f"{sweep['storage']}/{sweep['name']}/trials"
     uri = sweep["uri"]
     arch_dict = point_to_arch(sweep["base"], point)
     params = tracking.flatten({"point": point, "arch": arch_dict})
     run_id = tracking.run_for_directory(
         uri,
         sweep["experiment"],
-        run_dir,
+        f"{trials}/{name}",
         name,
         params,
         tags={
@@ -122,7 +121,7 @@ def sweep_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
         data=Path(sweep["data"]),
         settings=settings,
         resources=Resources(**sweep["resources"]),
-        storage=Path(sweep["storage"]) / sweep["name"] / "trials",
+        storage=trials,
         name=name,
         tracking_run={"uri": uri, "run_id": run_id},
         callbacks=[TuneReportCallback()],
@@ -136,18 +135,17 @@ def sweep_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
 
 
 def _parent_run(
-    uri: str, experiment: str, sweep_dir: Path, name: str, params: dict, resume: bool
+    uri: str, experiment: str, sweep_dir: str, name: str, params: dict, resume: bool
 ) -> str:
-    record = sweep_dir / SWEEP_FILE
-    if resume and record.exists():
-        run_id = json.loads(record.read_text())["run_id"]
+    """The sweep's MLflow parent run: the recorded one on --resume, else a new one."""
+    run_id = tracking.read_record(sweep_dir, SWEEP_FILE) if resume else None
+    if run_id:
         tracking.client(uri).update_run(run_id, status="RUNNING")
         return run_id
     run_id = tracking.start_run(
         uri, experiment, run_name=name, params=params, tags={"varnext.kind": "sweep"}
     )
-    sweep_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}) + "\n")
+    tracking.write_record(sweep_dir, {"run_id": run_id, "tracking_uri": uri}, SWEEP_FILE)
     return run_id
 
 
@@ -162,7 +160,7 @@ def _worker_cpus(options: SweepOptions, cluster_cpus: float) -> float:
 
 
 def _tuner(
-    space: SearchSpace, base: dict, options: SweepOptions, constants: dict, path: Path, resume: bool
+    space: SearchSpace, base: dict, options: SweepOptions, constants: dict, path: str, resume: bool
 ) -> Any:
     """A new Tuner, or the restored one for ``--resume``."""
     import optuna
@@ -174,13 +172,11 @@ def _tuner(
         ray.tune.with_parameters(sweep_trial, sweep=constants), {"CPU": DRIVER_CPUS}
     )
     if resume:
-        if not ray.tune.Tuner.can_restore(str(path)):
+        if not ray.tune.Tuner.can_restore(path):
             raise UserError(
                 "no sweep to resume", str(path), "run the same command without --resume to start it"
             )
-        return ray.tune.Tuner.restore(
-            str(path), trainable, resume_unfinished=True, resume_errored=False
-        )
+        return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
     epochs = constants["settings"]["epochs"]
     sampler = optuna.samplers.TPESampler(
         seed=options.seed, multivariate=True, n_startup_trials=min(10, max(2, options.samples // 2))
@@ -212,8 +208,8 @@ def _tuner(
             ),
         ),
         run_config=ray.tune.RunConfig(
-            name=path.name,
-            storage_path=str(path.parent),
+            name=constants["name"],
+            storage_path=constants["storage"],
             failure_config=ray.tune.FailureConfig(max_failures=0),
             verbose=1,
         ),
@@ -228,7 +224,7 @@ def run_sweep(
     options: SweepOptions,
     experiment: str,
     tracking_uri: str | None,
-    storage: Path,
+    storage: Path | str,
     resume: bool = False,
 ) -> SweepOutcome:
     """``varnext sweep``: the whole sweep, its MLflow parent run, and a summary of its trials."""
@@ -247,10 +243,10 @@ def run_sweep(
     check_dataset(data, settings, options.workers_per_trial)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
-    storage = Path(storage).resolve()
+    storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
     name = f"sweep-{experiment}-{space.name}"
-    path = storage / name
-    if path.exists() and not resume:
+    path = f"{storage}/{name}"
+    if not resume and _exists(path):
         raise UserError(
             "a sweep of this experiment and space already exists",
             str(path),
@@ -270,7 +266,7 @@ def run_sweep(
     )
     constants = {
         "name": name,
-        "storage": str(storage),
+        "storage": storage,
         "uri": uri,
         "experiment": experiment,
         "parent_run_id": parent,
@@ -293,7 +289,15 @@ def run_sweep(
             {"best_trial_id": best["trial_id"], "best_run_id": best.get("run_id") or ""},
         )
     tracking.end_run(uri, parent, "FINISHED")
-    return SweepOutcome(parent_run_id=parent, path=str(path), rows=rows, best=best)
+    return SweepOutcome(parent_run_id=parent, path=path, rows=rows, best=best)
+
+
+def _exists(path: str) -> bool:
+    """Whether a sweep directory exists (a local path or a storage URI)."""
+    import pyarrow.fs
+
+    fs, inner = tracking.storage_path(path)
+    return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound
 
 
 def _summarise(results: Any, space: SearchSpace, base: dict) -> list[dict[str, Any]]:
@@ -332,11 +336,19 @@ def _trial_id(result: Any) -> str:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    for line in text.splitlines():
-        if "UserError" in line or "invalid architecture" in line:
-            return line.split("UserError: ", 1)[-1].strip()[:300]
-    return (text.splitlines() or [type(error).__name__])[-1][:300]
+    """The user-facing message of a trial's error: the UserError inside Ray's wrappers, if any."""
+    seen: BaseException | None = error
+    for _ in range(6):  # TuneError -> RayTaskError -> cause
+        if seen is None:
+            break
+        if isinstance(seen, UserError):
+            return str(seen)[:300]
+        seen = getattr(seen, "cause", None) or seen.__cause__
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error: " in line:
+            return line.split("Error: ", 1)[1][:300]
+    return (lines or [type(error).__name__])[-1][:300]
 
 
 def _close_trial_runs(

@@ -164,19 +164,20 @@ def log_dict(uri: str, run_id: str, data: dict[str, Any], artifact_file: str) ->
 def run_for_directory(
     uri: str,
     experiment: str,
-    run_dir: Path,
+    run_dir: str | Path,
     name: str,
     params: dict[str, Any],
     tags: dict[str, str] | None = None,
 ) -> str:
     """The MLflow run recorded in ``run_dir`` (a resumed run continues it), else a new one.
 
-    The record (``varnext_run.json``) sits beside Ray Train's own state for the run, so the
-    same storage and name give the same MLflow run, and a resumed sweep never duplicates runs.
+    The record (``varnext_run.json``) sits beside Ray Train's own state for the run, on the
+    same storage (a local path or a URI such as ``s3://bucket/runs``, through pyarrow's file
+    systems), so the same storage and name give the same MLflow run from any node, and a
+    resumed sweep never duplicates runs.
     """
-    record = run_dir / RUN_FILE
-    if record.exists():
-        run_id = json.loads(record.read_text())["run_id"]
+    run_id = read_record(run_dir)
+    if run_id:
         try:
             client(uri).update_run(run_id, status="RUNNING")
             log.info("continuing MLflow run %s", run_id)
@@ -184,6 +185,34 @@ def run_for_directory(
         except Exception:  # the run is gone (another tracking store): start a new one
             log.warning("MLflow run %s not found at %s: starting a new run", run_id, uri)
     run_id = start_run(uri, experiment, run_name=name, params=params, tags=tags)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"run_id": run_id, "tracking_uri": uri}) + "\n")
+    write_record(run_dir, {"run_id": run_id, "tracking_uri": uri})
     return run_id
+
+
+def storage_path(run_dir: str | Path) -> tuple[Any, str]:
+    """(pyarrow file system, path in it) for a local path or a storage URI."""
+    import pyarrow.fs
+
+    text = str(run_dir)
+    if "://" in text:
+        return pyarrow.fs.FileSystem.from_uri(text)
+    return pyarrow.fs.LocalFileSystem(), str(Path(text).resolve())
+
+
+def read_record(run_dir: str | Path, name: str = RUN_FILE) -> str | None:
+    """The run id recorded in ``run_dir/name`` (local path or storage URI), or None."""
+    import pyarrow.fs
+
+    fs, path = storage_path(run_dir)
+    if fs.get_file_info(f"{path}/{name}").type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(f"{path}/{name}") as stream:
+        return json.loads(stream.read().decode())["run_id"]
+
+
+def write_record(run_dir: str | Path, record: dict[str, str], name: str = RUN_FILE) -> None:
+    """Writes ``record`` as JSON to ``run_dir/name`` (local path or storage URI)."""
+    fs, path = storage_path(run_dir)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/{name}") as stream:
+        stream.write((json.dumps(record) + "\n").encode())

@@ -14,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -244,7 +243,7 @@ def best_checkpoint(result: Any, objective: str, mode: str) -> tuple[Any, dict] 
     return pick(scored, key=lambda cm: cm[1][objective])
 
 
-def connect_ray(address: str | None = None) -> None:
+def connect_ray(address: str | None = None, num_cpus: float | None = None) -> None:
     """Connects to ``address`` or ``RAY_ADDRESS``; with neither, starts a local Ray on loopback.
 
     The local instance keeps the dashboard on (Train frees finished workers' placement groups
@@ -267,6 +266,8 @@ def connect_ray(address: str | None = None) -> None:
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local node that ray.init starts
     try:
         ray.init(
+            address="local",  # a new instance, never one that `ray start` left recorded in /tmp
+            num_cpus=num_cpus,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             log_to_driver=True,
@@ -318,9 +319,9 @@ def train(
         }
     )
     run_id = tracking.run_for_directory(
-        uri, experiment, Path(str(storage)) / name, name, params, tags={"varnext.kind": "train"}
+        uri, experiment, f"{storage}/{name}", name, params, tags={"varnext.kind": "train"}
     )
-    tracking.log_artifact(uri, run_id, _write_arch(arch, Path(str(storage)) / name), "arch")
+    tracking.log_dict(uri, run_id, arch.to_dict(), "arch/arch.json")
     trainer = build_trainer(
         arch=arch,
         data=data,
@@ -362,10 +363,3 @@ def _failure_reason(err: BaseException) -> str:
         if "Error:" in line or "Error(" in line:
             return line.strip()[:500]
     return text.strip().splitlines()[-1][:500] if text.strip() else type(err).__name__
-
-
-def _write_arch(arch: ArchConfig, run_dir: Path) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / "arch.json"
-    path.write_text(json.dumps(arch.to_dict(), indent=2) + "\n")
-    return path

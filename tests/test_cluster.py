@@ -1,0 +1,387 @@
+"""cluster.yaml and .rayignore, checked offline; then a sweep submitted as a Ray job.
+
+The offline tests run Ray's own cluster-config validator and packaging code (no AWS call, no
+credentials). The integration test is the user's flow on one machine: a token-auth Ray head on
+loopback, `ray job submit --working-dir` of this repository, an `mlflow server` over HTTP,
+then `varnext best` through that server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+
+CLUSTER_YAML = REPO / "cluster.yaml"
+RAYIGNORE = REPO / ".rayignore"
+BIN = Path(sys.executable).parent
+INTERNET = {"0.0.0.0/0", "::/0"}
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict[str, Any]:
+    return yaml.safe_load(CLUSTER_YAML.read_text())
+
+
+def _all_commands(cfg: dict[str, Any]) -> list[str]:
+    keys = (
+        "initialization_commands",
+        "setup_commands",
+        "head_setup_commands",
+        "worker_setup_commands",
+        "head_start_ray_commands",
+        "worker_start_ray_commands",
+    )
+    cmds = [c for k in keys for c in cfg.get(k) or []]
+    for node_type in cfg["available_node_types"].values():
+        cmds += [c for k in keys for c in node_type.get(k) or []]
+    return cmds
+
+
+def _ray_starts(cfg: dict[str, Any]) -> dict[str, list[str]]:
+    """The `ray start` commands of the head and of the workers."""
+    return {
+        role: [c for c in cfg[f"{role}_start_ray_commands"] if "ray start" in c]
+        for role in ("head", "worker")
+    }
+
+
+def _env_before_ray_start(command: str) -> dict[str, str]:
+    """The VAR=value assignments that prefix `ray start` in a shell command."""
+    words = shlex.split(command.split("ray start")[0].split(";")[-1])
+    return dict(w.split("=", 1) for w in words if "=" in w)
+
+
+# ---- cluster.yaml -----------------------------------------------------------------------------
+
+
+def test_cluster_yaml_passes_rays_own_validator(raw: dict[str, Any]) -> None:
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    cfg = prepare_config(yaml.safe_load(CLUSTER_YAML.read_text()))
+    validate_config(cfg)  # raises on any schema error
+    assert cfg["provider"]["type"] == "aws"
+    head = raw["available_node_types"][raw["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0, "the head is a CPU node"
+    gpu = [t for t in raw["available_node_types"].values() if t["resources"].get("GPU", 0) > 0]
+    assert len(gpu) == 1 and gpu[0]["min_workers"] == 0 and gpu[0]["max_workers"] >= 1
+
+
+def test_every_ray_start_uses_token_auth(raw: dict[str, Any]) -> None:
+    starts = _ray_starts(raw)
+    assert starts["head"] and starts["worker"]
+    mount = next(remote for remote in raw["file_mounts"] if "token" in remote)
+    for command in starts["head"] + starts["worker"]:
+        env = _env_before_ray_start(command)
+        assert env.get("RAY_AUTH_MODE") == "token", command
+        # The token comes from the file_mounts copy of the laptop's token, not the repo.
+        assert env["RAY_AUTH_TOKEN_PATH"].startswith("$HOME/" + mount.removeprefix("~/")), command
+    local = raw["file_mounts"][mount]
+    assert local.startswith("~/") and not (REPO / local.removeprefix("~/")).exists()
+
+
+def test_dashboard_and_jobs_api_listen_on_loopback_only(raw: dict[str, Any]) -> None:
+    (head,) = _ray_starts(raw)["head"]
+    assert "--dashboard-host=127.0.0.1" in head.split()
+    assert "--include-dashboard=true" in head.split()  # Train frees placement groups through it
+    for command in _all_commands(raw):
+        assert "0.0.0.0" not in command and "::/0" not in command, command
+    for command in _ray_starts(raw)["worker"]:
+        assert "--dashboard-host" not in command  # workers serve no dashboard
+
+
+def _effective_inbound_rules(extra: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rules `ray up` gives a security group it creates (Ray's code where importable)."""
+    try:  # the AWS module needs boto3, which is not a project dependency
+        from ray.autoscaler._private.aws.config import _create_default_inbound_rules
+    except ImportError:
+        same_group = {"IpProtocol": "-1", "UserIdGroupPairs": [{"GroupId": "sg-self"}]}
+        ssh = {"FromPort": 22, "ToPort": 22, "IpProtocol": "tcp"}
+        return [same_group, ssh | {"IpRanges": [{"CidrIp": "0.0.0.0/0"}]}, *extra]
+    return _create_default_inbound_rules({"sg-self"}, extra)
+
+
+def test_security_group_opens_only_ssh_to_the_internet(raw: dict[str, Any]) -> None:
+    group = raw["provider"]["security_group"]
+    assert group["GroupName"]  # created by `ray up` with the rules below
+    rules = _effective_inbound_rules(group.get("IpPermissions", []))
+    open_to_internet = [
+        r
+        for r in rules
+        if {i["CidrIp"] for i in r.get("IpRanges", [])} & INTERNET
+        or {i["CidrIpv6"] for i in r.get("Ipv6Ranges", [])} & INTERNET
+    ]
+    assert open_to_internet, "expected SSH to be reachable"
+    for rule in open_to_internet:
+        assert (rule["IpProtocol"], rule["FromPort"], rule["ToPort"]) == ("tcp", 22, 22), rule
+    # Everything else is between members of the group (node-to-node traffic).
+    others = [r for r in rules if r not in open_to_internet]
+    assert others and all(r.get("UserIdGroupPairs") and not r.get("IpRanges") for r in others)
+    for node_type in raw["available_node_types"].values():
+        assert "SecurityGroupIds" not in node_type["node_config"]
+
+
+def test_image_is_ray_2_60_not_ray_ml(raw: dict[str, Any]) -> None:
+    docker = raw["docker"]
+    images = [docker[k] for k in ("image", "head_image", "worker_image") if k in docker]
+    for node_type in raw["available_node_types"].values():
+        images += [v for k, v in node_type.get("docker", {}).items() if k.endswith("image")]
+    assert images
+    for image in images:
+        assert re.fullmatch(r"rayproject/ray:2\.60\.0-py3\d+-(gpu|cu\d+|cpu)", image), image
+    assert "ray-ml" not in json.dumps(raw)
+    assert any("pip install" in c and "~/varnext" in c for c in raw["setup_commands"])
+    assert raw["file_mounts"]["~/varnext"] == "."  # the repository, on every node
+
+
+def _mlflow_command(raw: dict[str, Any]) -> str:
+    (command,) = [c for c in _all_commands(raw) if "mlflow server" in c]
+    return command
+
+
+def test_mlflow_server_is_private_with_a_database_and_s3_artifacts(raw: dict[str, Any]) -> None:
+    command = _mlflow_command(raw)
+    assert command in raw["head_start_ray_commands"]  # on the head only
+    args = shlex.split(command.split("mlflow server", 1)[1].split(")")[0])
+    opts = dict(zip(args[::2], args[1::2], strict=True))
+    assert opts["--host"] in ("127.0.0.1", "$VARNEXT_HEAD_IP"), opts["--host"]
+    assert opts["--backend-store-uri"].startswith("sqlite:////home/ray/mlflow/")
+    # ... on the head's EBS volume, mounted into the container.
+    assert (
+        "--volume=/home/ubuntu/varnext-mlflow:/home/ray/mlflow" in raw["docker"]["head_run_options"]
+    )
+    assert opts["--artifacts-destination"].startswith("$VARNEXT_S3/")
+    # The SSH tunnel's end (`ray attach -p 5000` forwards to the head's localhost:5000).
+    assert "TCP-LISTEN:5000,bind=127.0.0.1," in command
+
+
+def _run_env_setup(raw: dict[str, Any], home: Path) -> dict[str, str]:
+    """Runs the setup commands that write ~/varnext.env, as Ray does, and returns that env."""
+    home.mkdir()
+    env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+    for command in raw["setup_commands"]:
+        if "varnext.env" in command:
+            subprocess.run(["bash", "-c", command], env=env, check=True)
+    shown = subprocess.run(
+        ["bash", "-c", "source ~/.bashrc && env -0"],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return dict(line.split("=", 1) for line in shown.split("\0") if "=" in line)
+
+
+def test_storage_is_set_in_one_place_for_every_node(raw: dict[str, Any], tmp_path: Path) -> None:
+    commands = _all_commands(raw)
+    s3 = [m for c in commands for m in re.findall(r"s3://[^\s'\"]*", c)]
+    assert len(s3) == 1, f"the bucket is named once, got {s3}"
+    assert sum("VARNEXT_STORAGE=" in c for c in commands) == 1
+    env = _run_env_setup(raw, tmp_path / "home")
+    assert env["VARNEXT_S3"] == s3[0]
+    assert env["VARNEXT_STORAGE"] == s3[0] + "/ray"
+    assert env["VARNEXT_AUTOSCALING"] == "1"  # varnext skips its resource pre-check
+    assert env["RAY_AUTH_MODE"] == "token"  # every shell on the cluster is a token client
+    assert env["RAY_AUTH_TOKEN_PATH"] == str(tmp_path / "home/.varnext/cluster-token/auth_token")
+    assert ".rayignore" in raw["rsync_filter"]  # `ray up` syncs what the job upload sends
+
+
+# ---- .rayignore -------------------------------------------------------------------------------
+
+KEPT = [
+    "varnext_ray/__init__.py",
+    "search_spaces/smoke.json",
+    "configs/smoke_64x36.json",
+    "benchmarks/data_path.py",
+    "pyproject.toml",
+    "cluster.yaml",
+]
+DROPPED = [
+    "runs/dataset/dataset.json",
+    "runs/dataset/train-0000.parquet",
+    "runs/ray/sweep-x/trials/trial-1/checkpoint_000001/model.safetensors",
+    "data/clip.mp4",
+    "datasets/street/frames.parquet",
+    "footage/cam1.avi",
+    "mlflow.db",
+    "mlruns/1/meta.yaml",
+    "benchmarks/mlruns/1/meta.yaml",
+    "mlartifacts/1/abc/artifacts/checkpoint/meta.json",
+    "benchmarks/results/train_overhead.json",
+    ".git/HEAD",
+    "varnext_ray/__pycache__/cli.cpython-311.pyc",
+    ".pytest_cache/v/cache/lastfailed",
+    ".ruff_cache/CACHEDIR.TAG",
+    ".hypothesis/examples/x",
+    "varnext_ray.egg-info/PKG-INFO",
+    "auth_token",
+]
+
+
+def test_rayignore_keeps_code_and_drops_data_results_and_caches(tmp_path: Path) -> None:
+    from ray._private.runtime_env.packaging import create_package
+
+    tree = tmp_path / "repo"
+    for name in KEPT + DROPPED:
+        (tree / name).parent.mkdir(parents=True, exist_ok=True)
+        (tree / name).write_text("x")
+    (tree / ".rayignore").write_text(RAYIGNORE.read_text())
+    package = tmp_path / "package.zip"
+    # What `ray job submit --working-dir` uploads, with .gitignore switched off: .rayignore alone.
+    create_package(str(tree), package, include_gitignore=False)
+    uploaded = set(zipfile.ZipFile(package).namelist())
+    assert set(KEPT) <= uploaded
+    assert not uploaded & set(DROPPED), sorted(uploaded & set(DROPPED))
+
+
+def test_this_repository_uploads_only_code_and_docs() -> None:
+    from ray._private.runtime_env import packaging
+
+    files: list[Path] = []
+    packaging._dir_travel(
+        REPO,
+        [packaging._get_excludes(REPO, [])],
+        lambda p: files.append(p) if p.is_file() else None,
+        include_gitignore=False,
+    )
+    rel = [f.relative_to(REPO) for f in files]
+    tops = {p.parts[0] for p in rel}
+    assert not tops & {".git", "runs", "mlruns", "mlartifacts", "mlflow.db", ".pytest_cache"}
+    assert not [p for p in rel if p.parts[:2] == ("benchmarks", "results")]
+    assert sum(f.stat().st_size for f in files) < 20 * 2**20  # far below Ray's 512 MiB cap
+
+
+# ---- a sweep as a Ray job, on a local token-auth head -----------------------------------------
+
+
+def _ray(
+    head: dict[str, Any], *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "ray"), *args],
+        env=env or head["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _submit(head: dict[str, Any], submission_id: str, entrypoint: list[str]) -> None:
+    cmd = ["job", "submit", "--address", head["dashboard"], "--working-dir", str(REPO)]
+    cmd += ["--no-wait", "--submission-id", submission_id, "--", *entrypoint]
+    deadline = time.monotonic() + 60
+    while True:
+        done = _ray(head, *cmd)
+        if done.returncode == 0:
+            return
+        # The agent registers a few seconds after its port opens.
+        if "No available agent" not in done.stderr or time.monotonic() > deadline:
+            raise AssertionError(f"ray job submit failed:\n{done.stdout}\n{done.stderr}")
+        time.sleep(2)
+
+
+def _wait_for_job(head: dict[str, Any], submission_id: str, timeout_s: float) -> str:
+    """The job's final state, polled with `ray job status` (or TIMEOUT)."""
+    final = {"succeeded": "SUCCEEDED", "failed": "FAILED", "was stopped": "STOPPED"}
+    pattern = re.compile(rf"Job '{re.escape(submission_id)}' ({'|'.join(final)})")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        done = _ray(head, "job", "status", "--address", head["dashboard"], submission_id)
+        state = pattern.search(done.stdout + done.stderr)
+        if state:
+            return final[state.group(1)]
+        time.sleep(3)
+    return "TIMEOUT"
+
+
+def _get(url: str, headers: dict[str, str]) -> tuple[int, str]:
+    request = urllib.request.Request(url, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_sweep_as_a_ray_job_then_best_checkpoint_over_http(
+    ray_head: dict[str, Any], mlflow_server: str, dataset_dir: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
+    from varnext_ray.checkpoint import load_checkpoint
+
+    job = f"varnext-sweep-{uuid.uuid4().hex[:8]}"
+    sweep = ["varnext", "sweep", "--space", "search_spaces/smoke.json"]  # from the working dir
+    sweep += ["--data", str(dataset_dir), "--samples", "2", "--epochs", "1"]
+    sweep += ["--scheduler", "fifo", "--batch-size", "8", "--val-triplets", "24"]
+    sweep += ["--experiment", "jobs", "--tracking-uri", mlflow_server]
+    sweep += ["--storage", str(tmp_path / "ray")]
+    _submit(ray_head, job, sweep)
+    state = _wait_for_job(ray_head, job, timeout_s=480)
+    logs = _ray(ray_head, "job", "logs", "--address", ray_head["dashboard"], job).stdout
+    assert state == "SUCCEEDED", f"job {job}: {state}\n{logs[-6000:]}"
+    assert "MLflow parent run" in logs
+
+    # The sweep's runs, read over HTTP from the tracking server.
+    client = mlflow.MlflowClient(mlflow_server)
+    runs = client.search_runs([client.get_experiment_by_name("jobs").experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("varnext.kind") == "sweep"]
+    children = [r for r in runs if r.data.tags.get("varnext.kind") == "trial"]
+    assert parent.info.status == "FINISHED" and len(children) == 2
+    for run in children:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED" and "best_extrap_psnr" in run.data.metrics
+
+    # The laptop's step: pull the best checkpoint through the server, then load it.
+    best = tmp_path / "best"
+    pull = ["best", "--tracking-uri", mlflow_server, "--experiment", "jobs", "--out", str(best)]
+    pulled = subprocess.run(
+        [str(BIN / "varnext"), *pull],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert pulled.returncode == 0, pulled.stdout + pulled.stderr
+    checkpoint = load_checkpoint(best)
+    assert checkpoint.arch.latent_dim > 0
+    run = json.loads((best / "run.json").read_text())
+    assert run["run_id"] in {r.info.run_id for r in children}
+
+    # The Jobs API answers only with the cluster's token.
+    token = _ray(ray_head, "get-auth-token").stdout.strip()
+    url = f"{ray_head['dashboard']}/api/jobs/"
+    assert _get(url, {})[0] == 401
+    assert _get(url, {"Authorization": "Bearer not-the-token"})[0] == 403
+    status, body = _get(url, {"Authorization": f"Bearer {token}"})
+    assert status == 200 and job in {j["submission_id"] for j in json.loads(body)}
+    # ... and a client without token mode (no Authorization header) cannot submit.
+    refused = _ray(
+        ray_head,
+        "job",
+        "submit",
+        "--address",
+        ray_head["dashboard"],
+        "--",
+        "echo",
+        "hi",
+        env=ray_head["env"] | {"RAY_AUTH_MODE": "disabled"},
+    )
+    assert refused.returncode != 0
+    assert "401" in refused.stderr + refused.stdout or "nauthorized" in refused.stderr
