@@ -172,13 +172,13 @@ def save_checkpoint(
         directory: Where the checkpoint goes.
         model: The VAE, possibly wrapped in DDP (its unwrapped weights are saved).
         arch_cfg: The architecture the model was built from.
-        epoch: The epoch just finished (from 0).
+        epoch: Epochs completed (1 after the first epoch), as in the ``epoch`` metric.
         metrics: Metric name -> value, stored in meta.json.
         optimizer: Its state is saved for resuming when given.
         extra: More JSON-serialisable metadata (run id, hyperparameters).
 
     Example:
-        >>> save_checkpoint("ckpt", model=vae, arch_cfg=cfg, epoch=0, metrics={"val_loss": 1.0})
+        >>> save_checkpoint("ckpt", model=vae, arch_cfg=cfg, epoch=1, metrics={"val_loss": 1.0})
     """
     directory = Path(directory)
     _prepare_target(directory)

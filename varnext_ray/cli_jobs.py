@@ -83,11 +83,6 @@ def _run_train(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: {err}\n")
         return 1
     m = outcome.metrics
-    if not m:
-        print(
-            f"nothing to do: {name} already ran {args.epochs} epochs (raise --epochs to continue)"
-        )
-        return 0
     print(
         f"done: epoch {m.get('epoch')}: extrap_psnr {m.get('extrap_psnr', float('nan')):.2f} dB, "
         f"copy_last_psnr {m.get('copy_last_psnr', float('nan')):.2f} dB, "

@@ -338,12 +338,16 @@ def _trial_id(result: Any) -> str:
 def _first_line(error: BaseException) -> str:
     """The user-facing message of a trial's error: the UserError inside Ray's wrappers, if any."""
     seen: BaseException | None = error
-    for _ in range(6):  # TuneError -> RayTaskError -> cause
+    for _ in range(6):  # TuneError -> RayTaskError(UserError) -> its cause
         if seen is None:
             break
+        cause = getattr(seen, "cause", None)  # Ray's task errors wrap the original here
+        if isinstance(cause, BaseException) and cause is not seen:
+            seen = cause
+            continue
         if isinstance(seen, UserError):
-            return str(seen)[:300]
-        seen = getattr(seen, "cause", None) or seen.__cause__
+            return f"{seen.what} ({seen.where}): {seen.fix}"[:300]
+        seen = seen.__cause__
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     for line in reversed(lines):
         if "Error: " in line:

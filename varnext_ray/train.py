@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +106,6 @@ class TrainOutcome:
     metrics: dict[str, float]
     best_checkpoint: str | None
     path: str
-    epochs_run: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
 
 
 def check_dataset(data: Path, settings: TrainSettings, workers: int = 1) -> None:
@@ -192,11 +190,14 @@ def build_trainer(
     ray.data.DataContext.get_current().enable_progress_bars = False
     cpus = resources.cpus(ray.cluster_resources().get("CPU", 1))
     check_resources(resources, cpus)
+    train_frames = frames_dataset(data, "train")
+    if _fits_in_object_store(data):  # read and decode once, not every epoch
+        train_frames = train_frames.materialize()
     worker_resources = {"CPU": cpus} | (
         {"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {}
     )
     datasets = {
-        "train": frames_dataset(data, "train").randomize_block_order(seed=settings.seed),
+        "train": train_frames.randomize_block_order(seed=settings.seed),
         "val": triplets_dataset(data, "val", stride=settings.stride, limit=settings.val_triplets),
     }
     config = {
@@ -228,6 +229,21 @@ def build_trainer(
             ),
         ),
     )
+
+
+def _fits_in_object_store(data: Path, share: float = 0.25) -> bool:
+    """Whether the decoded training frames take at most ``share`` of the object store.
+
+    Then the training dataset is materialised once: Ray Data otherwise re-reads and decodes
+    the split every epoch (benchmarks/train_overhead.py measured that as the main gap between
+    Ray Train and a plain loop).
+    """
+    import ray
+
+    manifest = load_manifest(data)
+    width, height = manifest.size
+    needed = manifest.data["splits"]["train"] * width * height * 3
+    return needed <= share * ray.cluster_resources().get("object_store_memory", 0)
 
 
 def best_checkpoint(result: Any, objective: str, mode: str) -> tuple[Any, dict] | None:
@@ -302,6 +318,7 @@ def train(
     name: str,
 ) -> TrainOutcome:
     """``varnext train``: one architecture, trained with DDP on Ray, recorded in one MLflow run."""
+    import ray
     import ray.train
 
     settings.check()
@@ -309,6 +326,7 @@ def train(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
     storage = Path(storage).resolve() if "://" not in str(storage) else storage
+    check_resources(resources, resources.cpus(ray.cluster_resources().get("CPU", 1)))
     params = tracking.flatten(
         {
             "arch": arch.to_dict(),

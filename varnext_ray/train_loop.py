@@ -216,7 +216,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             saved = load_checkpoint(Path(directory))
             vae.load_state_dict(saved.model.state_dict())
             load_optimizer_state(Path(directory), optimizer)
-        start_epoch, best = saved.meta["epoch"] + 1, saved.meta.get("best")
+        start_epoch, best = saved.meta["epoch"], saved.meta.get("best")  # epochs completed
     model = ray.train.torch.prepare_model(vae)
     if settings["compile"]:
         model = torch.compile(model)
@@ -289,7 +289,7 @@ def _report(
             Path(tmp) / "checkpoint",
             model=vae,
             arch_cfg=arch,
-            epoch=epoch,
+            epoch=epoch + 1,
             metrics=metrics,
             optimizer=optimizer,
             extra={"best": best, "objective": config["settings"]["objective"]},
