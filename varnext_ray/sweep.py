@@ -260,7 +260,10 @@ def run_sweep(
         path,
         name,
         tracking.flatten(
-            {"space": space.model_dump(), "sweep": asdict(options) | {"epochs": epochs}}
+            {
+                "space": space.model_dump(mode="json", warnings=False),
+                "sweep": asdict(options) | {"epochs": epochs},
+            }
         ),
         resume,
     )
