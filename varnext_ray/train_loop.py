@@ -216,7 +216,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             saved = load_checkpoint(Path(directory))
             vae.load_state_dict(saved.model.state_dict())
             load_optimizer_state(Path(directory), optimizer)
-        start_epoch, best = saved.meta["epoch"], saved.meta.get("best")  # epochs completed
+        start_epoch = saved.meta["epoch"]  # epochs completed
+        best = (saved.meta.get("extra") or {}).get("best")
     model = ray.train.torch.prepare_model(vae)
     if settings["compile"]:
         model = torch.compile(model)

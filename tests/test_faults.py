@@ -1,0 +1,181 @@
+"""Faults survived on a local loopback Ray: a killed Train worker, a trial whose loss turns NaN.
+
+See docs/reliability.md for the whole table of what survives what and which test shows it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+
+from tests.conftest import REPO
+from varnext_ray.arch import load_arch
+from varnext_ray.search_space import load_space
+from varnext_ray.sweep import SweepOptions, run_sweep
+from varnext_ray.train import Resources, TrainSettings, train
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+SMOKE = REPO / "configs" / "smoke_64x36.json"
+SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
+
+
+def _wait(what: str, check: Any, deadline: float, alive: threading.Thread | None = None) -> Any:
+    """Polls ``check()`` until it returns something truthy; fails at the deadline."""
+    while True:
+        value = check()
+        if value:
+            return value
+        if alive is not None and not alive.is_alive():
+            pytest.fail(f"training ended before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):  # not there yet, or being written
+        return None
+
+
+def _registered_epoch(run_dir: Path) -> int:
+    """The epoch of the latest checkpoint Ray Train has registered (0: none yet)."""
+    snapshot = _read_json(run_dir / SNAPSHOT) or {}
+    latest = snapshot.get("latest_checkpoint_result") or {}
+    return int(latest.get("metrics", {}).get("epoch", 0))
+
+
+def _train_workers(ray: Any, state: str | None = None) -> list[Any]:
+    """RayTrainWorker actors of this test's Ray (by its GCS address, never another local Ray)."""
+    from ray.util.state import list_actors
+
+    filters = [("class_name", "=", "RayTrainWorker")]
+    if state:
+        filters.append(("state", "=", state))
+    address = ray.get_runtime_context().gcs_address
+    return list_actors(
+        address=address, filters=filters, limit=10_000, raise_on_missing_output=False
+    )
+
+
+def test_a_killed_train_worker_is_restarted_from_the_last_checkpoint(
+    ray_local, dataset_dir: Path, tmp_path: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_dir = tmp_path / "ray" / "killed"
+    workers_before = {a.actor_id for a in _train_workers(ray_local)}
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["result"] = train(
+                arch=load_arch(SMOKE),
+                data=dataset_dir,
+                settings=TrainSettings(epochs=3, batch_size=8, val_triplets=24),
+                resources=Resources(workers=2),
+                experiment="faults",
+                tracking_uri=uri,
+                storage=tmp_path / "ray",
+                name="killed",
+            )
+        except BaseException as err:  # re-raised in the test's thread below
+            outcome["error"] = err
+
+    thread = threading.Thread(target=run, name="train", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    record = _wait(
+        "the MLflow run record", lambda: _read_json(run_dir / "varnext_run.json"), deadline, thread
+    )
+    run_id = record["run_id"]
+    client = mlflow.MlflowClient(uri)
+    _wait("epoch 1 in MLflow", lambda: client.get_metric_history(run_id, "epoch"), deadline, thread)
+    # Kill once epoch 1's checkpoint is registered, so the restart has a checkpoint to resume.
+    registered = _wait("epoch 1's checkpoint", lambda: _registered_epoch(run_dir), deadline, thread)
+    alive = _wait("a live RayTrainWorker", lambda: _train_workers(ray_local, "ALIVE"), deadline)
+    assert registered < 3, "training finished before a worker could be killed"
+    victim = alive[0].pid
+    os.kill(victim, signal.SIGKILL)  # mid-epoch `registered + 1`
+
+    thread.join(timeout=400)
+    assert not thread.is_alive(), "train() did not return after the worker was killed"
+    if "error" in outcome:
+        raise outcome["error"]
+    result = outcome["result"]
+    assert result.metrics["epoch"] == 3 and result.run_id == run_id
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    history = sorted(client.get_metric_history(run_id, "epoch"), key=lambda m: m.timestamp)
+    steps = [m.step for m in history]
+    assert set(steps) == {1, 2, 3} and steps[-1] == 3, steps
+    # Resumed from the checkpoint of epoch `registered`: no epoch up to it was trained twice
+    # (only the epoch that was running when the worker died may appear twice).
+    for step in range(1, registered + 1):
+        assert steps.count(step) == 1, (step, steps)
+    new_workers = {a.actor_id for a in _train_workers(ray_local)} - workers_before
+    assert len(new_workers) >= 4, "no new worker group was started after the kill"
+
+
+def _sweep_space(tmp_path: Path) -> Path:
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps({"name": "nan", "base": str(SMOKE), "lr": [1e30, 0.005]}))
+    return path
+
+
+def test_a_nan_trial_fails_alone_and_the_sweep_goes_on(
+    ray_local, dataset_dir: Path, tmp_path: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    space, base = load_space(_sweep_space(tmp_path))
+    outcome = run_sweep(
+        space=space,
+        base=base,
+        data=dataset_dir,
+        # Seed 0: Optuna's TPE (multivariate, 2 random start-up trials) samples lr 0.005, 1e30,
+        # then 0.005 (checked below through the MLflow params).
+        options=SweepOptions(
+            samples=3,
+            epochs=1,
+            scheduler="fifo",
+            seed=0,
+            workers_per_trial=2,
+            batch_size=8,
+            val_triplets=24,
+        ),
+        experiment="nan-sweep",
+        tracking_uri=uri,
+        storage=tmp_path / "ray",
+    )
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("nan-sweep")
+    trials = [
+        r
+        for r in client.search_runs([exp.experiment_id])
+        if r.data.tags.get("varnext.kind") == "trial"
+    ]
+    lrs = sorted(float(r.data.params["point.lr"]) for r in trials)
+    assert len(trials) == 3 and lrs[0] == 0.005 and lrs[-1] == 1e30, lrs
+    failed = [r for r in outcome.rows if r["error"]]
+    assert failed and all("non-finite loss" in r["error"] for r in failed), outcome.rows
+    assert outcome.best is not None and outcome.best["objective"] is not None
+    by_status = {
+        status: [r for r in trials if r.info.status == status] for status in ("FAILED", "FINISHED")
+    }
+    assert len(by_status["FAILED"]) == len(failed)
+    assert all(float(r.data.params["point.lr"]) == 1e30 for r in by_status["FAILED"])
+    assert all("non-finite" in r.data.tags["failure_reason"] for r in by_status["FAILED"])
+    assert by_status["FINISHED"] and all(
+        r.data.metrics["epoch"] == 1 for r in by_status["FINISHED"]
+    )
+    parent = client.get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED" and "best_extrap_psnr" in parent.data.metrics
