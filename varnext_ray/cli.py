@@ -126,7 +126,7 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
         "--encoding",
         choices=ENCODINGS,
         default="raw",
-        help="image bytes in Parquet (default raw: fastest to train from)",
+        help="image bytes in Parquet (default raw: the fastest lossless one to train from)",
     )
     p.set_defaults(run=_run_ingest)
 
