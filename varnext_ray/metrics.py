@@ -48,31 +48,21 @@ LINEARITY_EPS = 1e-6  # floor of ||mu3 - mu2|| in latent_linearity
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # torchmetrics' defaults
 ERROR_GAIN = 4.0  # error map in the prediction strip: |pred - truth| * gain, then a heat map
 
+# Averaged over all triplets (sum / count) by finalize.
+_MEANS = (
+    "extrap_mse",
+    "extrap_psnr",
+    "extrap_ssim",
+    "copy_last_mse",
+    "copy_last_psnr",
+    "pixel_linear_psnr",
+    "oracle_psnr",
+    "latent_linearity",
+)
+# Averaged over the samples with a moving pixel (sum / motion_count).
+_MOTION_MEANS = ("extrap_psnr_motion", "copy_last_psnr_motion")
 # Every key triplet_sums returns, in a fixed order (all ranks stack them the same way).
-SUM_KEYS = (
-    "count",
-    "extrap_mse",
-    "extrap_psnr",
-    "extrap_ssim",
-    "copy_last_mse",
-    "copy_last_psnr",
-    "pixel_linear_psnr",
-    "oracle_psnr",
-    "latent_linearity",
-    "motion_count",  # samples with at least one moving pixel
-    "extrap_psnr_motion",
-    "copy_last_psnr_motion",
-)
-_MEANS = (  # finalized as sum / count
-    "extrap_mse",
-    "extrap_psnr",
-    "extrap_ssim",
-    "copy_last_mse",
-    "copy_last_psnr",
-    "pixel_linear_psnr",
-    "oracle_psnr",
-    "latent_linearity",
-)
+SUM_KEYS = ("count", *_MEANS, "motion_count", *_MOTION_MEANS)
 
 
 # ---- pure functions ---------------------------------------------------------------------------
@@ -250,7 +240,7 @@ def finalize(sums: dict[str, torch.Tensor]) -> dict[str, float]:
         out["extrap_skill"] = 1.0 - out["extrap_mse"] / out["copy_last_mse"]
     moved = float(sums["motion_count"])
     if moved > 0:
-        for key in ("extrap_psnr_motion", "copy_last_psnr_motion"):
+        for key in _MOTION_MEANS:
             out[key] = float(sums[key]) / moved
     return out
 
