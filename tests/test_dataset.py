@@ -15,6 +15,8 @@ from varnext_ray.dataset import (
     encode_image,
     frames_dataset,
     load_manifest,
+    sequence_index,
+    sequences_dataset,
     to_model_input,
     triplet_index,
     triplets_dataset,
@@ -73,6 +75,23 @@ def test_triplets_match_the_clip_frames(ray_local, dataset_dir: Path) -> None:
         np.testing.assert_array_equal(row["x1"], frames[t])
         np.testing.assert_array_equal(row["x2"], frames[t + stride])
         np.testing.assert_array_equal(row["x3"], frames[t + 2 * stride])
+
+
+def test_sequences_hold_every_step_of_one_clip(ray_local, dataset_dir: Path) -> None:
+    manifest = load_manifest(dataset_dir)
+    stride, length = 2, 5
+    rows = sequences_dataset(dataset_dir, "val", stride, length=length, chunk=3).take_all()
+    index = sequence_index(manifest, "val", stride, length)
+    assert len(rows) == len(index) > 0
+    assert sorted((manifest.clips()[r["clip"]]["id"], r["t"]) for r in rows) == sorted(index)
+    clips = manifest.clips()
+    for row in rows[:: max(1, len(rows) // 6)]:
+        frames = _clip_frames(dataset_dir, clips[row["clip"]])
+        for i in range(length):
+            np.testing.assert_array_equal(row[f"x{i + 1}"], frames[row["t"] + i * stride])
+    longest = max(c["frames"] for c in manifest.clips("val"))
+    with pytest.raises(UserError, match=f"no sequences of {longest + 1} frames"):
+        sequences_dataset(dataset_dir, "val", 1, length=longest + 1)
 
 
 def test_triplet_limit_and_errors(ray_local, dataset_dir: Path) -> None:

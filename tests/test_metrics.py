@@ -18,12 +18,17 @@ from varnext_ray.metrics import (
     add_sums,
     all_reduce_sums,
     finalize,
+    finalize_rollout,
     latent_linearity,
     motion_mask,
     mse_per_sample,
     prediction_strip,
     prediction_sums,
     psnr,
+    rollout_frames,
+    rollout_keys,
+    rollout_sums,
+    save_gif,
     save_png,
     ssim_per_sample,
     ssim_window,
@@ -174,3 +179,37 @@ def test_prediction_strip_shape_and_png(vae: VAE, tmp_path: Path) -> None:
     assert np.array_equal(np.asarray(Image.open(path)), strip)
     with pytest.raises(ValueError, match="uint8"):
         save_png(strip.astype(np.float32), tmp_path / "bad.png")
+
+
+def test_rollout_horizon_one_is_the_triplet_metrics(vae: VAE) -> None:
+    x = [frames(5, seed) for seed in range(5)]  # t .. t+4s: horizons 1..3
+    sums = rollout_sums(vae, x)
+    assert sums.shape == (1 + 3 * 3,) and sums.dtype == torch.float64
+    rolled = finalize_rollout(sums, 3)
+    assert list(rolled) == list(rollout_keys(3))
+    single = finalize(triplet_sums(vae, *x[:3]))
+    for name in ("extrap_psnr", "copy_last_psnr", "pixel_linear_psnr"):
+        assert rolled[f"{name}_h1"] == pytest.approx(single[name], rel=1e-5), name
+    # horizon k is scored on frame t+(k+1)s from the latent k steps along the line
+    with torch.no_grad():
+        mu1, mu2 = vae.encode(x[0])[0], vae.encode(x[1])[0]
+        far = vae.decode(extrapolate(mu1, mu2, k=3)).clamp(0, 1)
+    assert rolled["extrap_psnr_h3"] == pytest.approx(psnr(far, x[4]).mean().item(), rel=1e-5)
+    assert rolled["copy_last_psnr_h3"] == pytest.approx(psnr(x[1], x[4]).mean().item(), rel=1e-5)
+    # sums over two halves add up to the sums of the whole batch
+    halves = rollout_sums(vae, [f[:2] for f in x]) + rollout_sums(vae, [f[2:] for f in x])
+    torch.testing.assert_close(halves, sums)
+    assert finalize_rollout(torch.zeros(10, dtype=torch.float64), 3) == {}
+
+
+def test_rollout_gif_has_one_picture_per_step(vae: VAE, tmp_path: Path) -> None:
+    x = [frames(3, seed) for seed in range(6)]
+    pictures = rollout_frames(vae, x, n=2)
+    assert len(pictures) == 6 and pictures[0].shape == (2 * H, 2 * W, 3)
+    # left tiles are the truth, as uint8
+    np.testing.assert_array_equal(
+        pictures[4][:H, :W], (x[4][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    )
+    path = save_gif(pictures, tmp_path / "r" / "rollout.gif")
+    with Image.open(path) as gif:
+        assert gif.n_frames == 6 and gif.size == (2 * W * 4, 2 * H * 4)  # 64 px wide -> x4

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,14 @@ from hypothesis import given, settings
 from torch import nn
 
 from varnext_ray.arch import LossConfig, count_params, layer_table, load_arch, parse_arch
+from varnext_ray.errors import UserError
 from varnext_ray.model import (
     build_vae,
     elbo_loss,
     extrapolate,
     kl_per_dim,
     kl_weight,
+    linearity_loss,
     rollout,
 )
 
@@ -145,3 +148,26 @@ def test_extrapolate_stays_on_the_line() -> None:
         assert torch.allclose(path[k - 1], a + (k + 1) * d)
     with pytest.raises(ValueError, match="steps must be >= 1"):
         rollout(z1, z2, steps=0)
+
+
+def test_linearity_loss_is_zero_on_a_line_and_its_gradient_straightens() -> None:
+    g = torch.Generator().manual_seed(0)
+    mu1, d = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
+    assert linearity_loss(mu1, mu1 + d, mu1 + 2 * d).item() == pytest.approx(0.0, abs=1e-10)
+    bend = torch.randn(4, 6, generator=g)
+    mu3 = (mu1 + 2 * d + bend).requires_grad_(True)
+    # the second difference is `bend`: ||bend||^2 summed over D, averaged over the batch
+    loss = linearity_loss(mu1, mu1 + d, mu3)
+    assert loss.item() == pytest.approx(bend.pow(2).sum(1).mean().item(), rel=1e-5)
+    loss.backward()
+    torch.testing.assert_close(mu3.grad, 2 * bend / 4)
+
+
+def test_linearity_weight_is_an_architecture_field() -> None:
+    cfg = json.loads((REPO / "configs" / "smoke_64x36.json").read_text())
+    assert parse_arch(cfg, "smoke").loss.linearity == 0.0
+    cfg["loss"]["linearity"] = 3.5
+    assert parse_arch(cfg, "smoke").loss.linearity == 3.5
+    cfg["loss"]["linearity"] = -1
+    with pytest.raises(UserError, match=r"loss\.linearity"):
+        parse_arch(cfg, "smoke")

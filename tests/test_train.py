@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
+from PIL import Image
 
 from tests.conftest import REPO
-from varnext_ray.arch import load_arch
+from varnext_ray.arch import load_arch, parse_arch
 from varnext_ray.checkpoint import load_checkpoint
+from varnext_ray.dataset import load_manifest, sequence_index, triplet_index
 from varnext_ray.errors import UserError
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.train import Resources, TrainingFailed, TrainSettings, check_dataset, train
@@ -38,9 +41,17 @@ CONTRACT = [
 ]
 
 
-def _train(data: Path, tmp: Path, uri: str, epochs: int, name: str = "smoke", **kw) -> object:
+def _horizons(data: Path, most: int = 4) -> int:
+    """The rollout horizon the training scores on this dataset's validation clips."""
+    manifest = load_manifest(data)
+    return next(k for k in range(most, 0, -1) if sequence_index(manifest, "val", 1, k + 2))
+
+
+def _train(
+    data: Path, tmp: Path, uri: str, epochs: int, name: str = "smoke", arch=None, **kw
+) -> object:
     return train(
-        arch=load_arch(SMOKE),
+        arch=arch or load_arch(SMOKE),
         data=data,
         settings=TrainSettings(epochs=epochs, batch_size=8, val_triplets=24, **kw),
         resources=Resources(workers=2),
@@ -62,28 +73,38 @@ def test_two_ranks_step_and_report_the_contract(first_run, dataset_dir: Path) ->
     _, uri, outcome = first_run
     m = outcome.metrics
     assert m["world_size"] == 2 and m["epoch"] == 2
-    from varnext_ray.dataset import load_manifest
-
     train_frames = load_manifest(dataset_dir).data["splits"]["train"]
     # Both shards were consumed: all frames but at most one dropped to make the shards equal.
     assert train_frames - 1 <= m["train_frames"] <= train_frames
     assert m["train_steps"] == -(-(m["train_frames"] // 2) // 8)  # ceil(per-rank frames / 8)
     run = mlflow.MlflowClient(uri).get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
-    for key in CONTRACT:
+    horizons = _horizons(dataset_dir)
+    assert horizons >= 2
+    rollout = [f"{m}_h{k}" for m in ("extrap_psnr", "copy_last_psnr") for k in range(1, 5)]
+    for key in CONTRACT + rollout[:horizons] + rollout[4 : 4 + horizons]:
         history = mlflow.MlflowClient(uri).get_metric_history(outcome.run_id, key)
         assert [h.step for h in history] == [1, 2], key
+    assert f"extrap_psnr_h{horizons + 1}" not in run.data.metrics
+    assert "train_linearity" not in run.data.metrics  # trained on frames
     assert run.data.params["arch.latent_dim"] == "8"
     assert run.data.params["train.batch_size"] == "8"
 
 
-def test_artifacts_and_checkpoint_reload(first_run, tmp_path: Path) -> None:
+def test_artifacts_and_checkpoint_reload(first_run, dataset_dir: Path, tmp_path: Path) -> None:
     _, uri, outcome = first_run
     client = mlflow.MlflowClient(uri)
     names = {a.path for a in client.list_artifacts(outcome.run_id)}
-    assert {"arch", "strips", "checkpoint"} <= names
+    assert {"arch", "strips", "checkpoint", "rollouts"} <= names
     strips = [a.path for a in client.list_artifacts(outcome.run_id, "strips")]
     assert strips == ["strips/strip_epoch_001.png", "strips/strip_epoch_002.png"]
+    gifs = [a.path for a in client.list_artifacts(outcome.run_id, "rollouts")]
+    assert gifs == ["rollouts/rollout_epoch_001.gif", "rollouts/rollout_epoch_002.gif"]
+    gif = mlflow.artifacts.download_artifacts(
+        run_id=outcome.run_id, artifact_path=gifs[1], dst_path=str(tmp_path), tracking_uri=uri
+    )
+    with Image.open(gif) as picture:  # t, t+s, then one picture per horizon
+        assert picture.n_frames == 2 + _horizons(dataset_dir)
     local = mlflow.artifacts.download_artifacts(
         run_id=outcome.run_id, artifact_path="checkpoint", dst_path=str(tmp_path), tracking_uri=uri
     )
@@ -114,6 +135,23 @@ def test_real_mlflow_server_records_the_same(
     assert run.info.status == "FINISHED"
     assert set(CONTRACT) <= set(run.data.metrics)
     assert {a.path for a in client.list_artifacts(outcome.run_id)} >= {"strips", "checkpoint"}
+
+
+def test_linearity_term_trains_on_triplets(ray_local, dataset_dir: Path, tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = json.loads(SMOKE.read_text())
+    config["loss"]["linearity"] = 5.0
+    arch = parse_arch(config, "linear")
+    bent = _train(dataset_dir, tmp_path, uri, epochs=1, name="lin", arch=arch, rollout_steps=0)
+    manifest = load_manifest(dataset_dir)
+    triplets = len(triplet_index(manifest, "train", 1))
+    # each rank reads triplets: three frames a sample, at most one triplet dropped to even out
+    assert 3 * (triplets - 1) <= bent.metrics["train_frames"] <= 3 * triplets
+    assert bent.metrics["train_linearity"] >= 0
+    assert not any(k.startswith("extrap_psnr_h") for k in bent.metrics)  # rollout_steps=0
+    run = mlflow.MlflowClient(uri).get_run(bent.run_id)
+    assert run.data.params["arch.loss.linearity"] == "5.0"
+    assert run.data.metrics["train_linearity"] == pytest.approx(bent.metrics["train_linearity"])
 
 
 def test_nan_loss_fails_the_run_with_its_reason(

@@ -161,13 +161,18 @@ class DecoderConfig(BaseModel):
 
 
 class LossConfig(BaseModel):
-    """ELBO weights: reconstruction + beta * KL, with optional warm-up and free bits."""
+    """ELBO weights: reconstruction + beta * KL, with optional warm-up and free bits.
+
+    ``linearity`` is lambda of the optional temporal-linearity term on training triplets:
+    lambda * ||mu(t+2s) - 2 mu(t+s) + mu(t)||^2 (see :func:`varnext_ray.model.linearity_loss`).
+    """
 
     model_config = _STRICT
     reconstruction: Annotated[str, Strict(), _one_of(RECONSTRUCTIONS)] = "mse"
     beta: NonNegFloat = 1.0
     kl_warmup_epochs: NonNegInt = 0
     free_bits: NonNegFloat = 0.0
+    linearity: NonNegFloat = 0.0
 
 
 def _decoder_kind(value: Any) -> str | None:

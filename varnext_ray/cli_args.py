@@ -46,6 +46,23 @@ def add_tracking_args(p: argparse.ArgumentParser, experiment_default: str | None
     )
 
 
+def add_rollout_args(p: argparse.ArgumentParser) -> None:
+    """--rollout-steps and --train-on (what each epoch scores, what training reads)."""
+    p.add_argument(
+        "--rollout-steps",
+        type=int,
+        default=4,
+        metavar="K",
+        help="score extrapolations 1..K steps ahead each epoch, with a GIF (default 4; 0: off)",
+    )
+    p.add_argument(
+        "--train-on",
+        choices=("auto", "frames", "triplets"),
+        default="auto",
+        help="training input (default auto: triplets when the loss's linearity > 0)",
+    )
+
+
 def add_cluster_args(p: argparse.ArgumentParser) -> None:
     """--storage and --address."""
     p.add_argument(

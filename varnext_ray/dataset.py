@@ -127,13 +127,18 @@ def load_manifest(path: str | Path) -> Manifest:
 
 def triplet_index(manifest: Manifest, split: str, stride: int = 1) -> list[tuple[str, int]]:
     """Every (clip_id, t) whose frames t, t+s, t+2s lie in one clip of the split."""
+    return sequence_index(manifest, split, stride, length=3)
+
+
+def sequence_index(
+    manifest: Manifest, split: str, stride: int = 1, length: int = 3
+) -> list[tuple[str, int]]:
+    """Every (clip_id, t) whose frames t, t+s, ..., t+(length-1)s lie in one clip of the split."""
     if stride < 1:
         raise UserError(f"triplet stride must be >= 1 (got {stride})", "stride", "use 1 or more")
-    return [
-        (clip["id"], t)
-        for clip in manifest.clips(split)
-        for t in range(clip["frames"] - 2 * stride)
-    ]
+    reach = (length - 1) * stride
+    clips = manifest.clips(split)
+    return [(clip["id"], t) for clip in clips for t in range(clip["frames"] - reach)]
 
 
 def info(manifest: Manifest, stride: int = 1) -> dict[str, Any]:
@@ -201,24 +206,26 @@ def frames_dataset(path: str | Path, split: str) -> ray.data.Dataset:
     )
 
 
-class _TripletReader:
-    """Reads the frames of triplet ranges from a split's Parquet files (one Ray task each)."""
+class _SequenceReader:
+    """Reads the frames of sequence ranges from a split's Parquet files (one Ray task each)."""
 
-    def __init__(self, manifest: Manifest, stride: int) -> None:
+    def __init__(self, manifest: Manifest, stride: int, length: int) -> None:
         self.manifest = manifest
         self.stride = stride
+        self.length = length
         self.files = [[str(manifest.root / f) for f in c["files"]] for c in manifest.clips()]
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        s = self.stride
-        out: dict[str, list] = {"x1": [], "x2": [], "x3": [], "clip": [], "t": []}
+        s, reach = self.stride, (self.length - 1) * self.stride
+        keys = sequence_keys(self.length)
+        out: dict[str, list] = {k: [] for k in (*keys, "clip", "t")}
         for clip, start, stop in zip(batch["clip"], batch["start"], batch["stop"], strict=True):
             table = (
                 pq.ParquetDataset(
                     self.files[int(clip)],
                     filters=[
                         ("frame_index", ">=", int(start)),
-                        ("frame_index", "<", int(stop) + 2 * s),
+                        ("frame_index", "<", int(stop) + reach),
                     ],
                 )
                 .read(columns=["frame_index", "image"])
@@ -228,14 +235,18 @@ class _TripletReader:
                 table.column("image").to_pylist(), self.manifest.encoding, self.manifest.size
             )
             n = int(stop) - int(start)
-            out["x1"].append(frames[:n])
-            out["x2"].append(frames[s : s + n])
-            out["x3"].append(frames[2 * s : 2 * s + n])
+            for i, key in enumerate(keys):
+                out[key].append(frames[i * s : i * s + n])
             out["clip"].extend([int(clip)] * n)
             out["t"].extend(range(int(start), int(stop)))
         return {
             k: np.concatenate(v) if k.startswith("x") else np.asarray(v) for k, v in out.items()
         }
+
+
+def sequence_keys(length: int) -> tuple[str, ...]:
+    """Column names of a sequence's frames: ``x1`` .. ``x{length}``."""
+    return tuple(f"x{i}" for i in range(1, length + 1))
 
 
 def triplets_dataset(
@@ -246,16 +257,34 @@ def triplets_dataset(
     Columns: ``x1``, ``x2``, ``x3`` uint8 (H, W, 3), ``clip`` (index in the manifest), ``t``.
     ``limit`` keeps an evenly spaced subset of at most that many triplets.
     """
+    return sequences_dataset(path, split, stride, length=3, limit=limit, chunk=chunk)
+
+
+def sequences_dataset(
+    path: str | Path,
+    split: str = "val",
+    stride: int = 1,
+    length: int = 3,
+    limit: int | None = None,
+    chunk: int = 32,
+) -> ray.data.Dataset:
+    """A Ray Dataset of frames t, t+s, ..., t+(length-1)s that never cross a clip boundary.
+
+    Columns: ``x1`` .. ``x{length}`` uint8 (H, W, 3), ``clip`` (index in the manifest), ``t``.
+    ``limit`` keeps an evenly spaced subset of at most that many sequences. Multi-step
+    rollouts are scored on these (length = horizons + 2).
+    """
     import ray.data
 
     manifest = load_manifest(path)
-    index = triplet_index(manifest, split, stride)
+    index = sequence_index(manifest, split, stride, length)
     if not index:
+        what = "triplets" if length == 3 else f"sequences of {length} frames"
         raise UserError(
-            f"the {split!r} split has no triplets of stride {stride}",
+            f"the {split!r} split has no {what} of stride {stride}",
             str(path),
             f"use a smaller stride, or re-ingest so {split!r} clips hold more than "
-            f"{2 * stride} frames",
+            f"{(length - 1) * stride} frames",
         )
     if limit is not None and len(index) > limit:
         keep = np.linspace(0, len(index) - 1, limit).round().astype(int)
@@ -263,7 +292,8 @@ def triplets_dataset(
     numbers = {c["id"]: i for i, c in enumerate(manifest.clips())}
     ranges = _ranges(index, chunk)
     items = ray.data.from_items([{"clip": numbers[c], "start": a, "stop": b} for c, a, b in ranges])
-    return items.map_batches(_TripletReader(manifest, stride), batch_size=1, batch_format="numpy")
+    reader = _SequenceReader(manifest, stride, length)
+    return items.map_batches(reader, batch_size=1, batch_format="numpy")
 
 
 def _ranges(index: list[tuple[str, int]], chunk: int) -> list[tuple[str, int, int]]:

@@ -39,7 +39,7 @@ from PIL import Image
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from varnext_ray.model import extrapolate
+from varnext_ray.model import extrapolate, rollout
 
 MSE_FLOOR = 1e-10  # MSE is clamped here before the log
 PSNR_CAP_DB = 100.0  # = 10 * log10(1 / MSE_FLOOR): the PSNR of identical frames
@@ -288,4 +288,87 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array).save(path, format="PNG")
+    return path
+
+
+# ---- multi-step rollouts ----------------------------------------------------------------------
+
+
+def rollout_keys(horizons: int) -> tuple[str, ...]:
+    """The metric names of a rollout to ``horizons`` steps, in :func:`rollout_sums`' order."""
+    return tuple(
+        f"{name}_h{k}"
+        for name in ("extrap_psnr", "copy_last_psnr", "pixel_linear_psnr")
+        for k in range(1, horizons + 1)
+    )
+
+
+def rollout_sums(model: nn.Module, frames: list[torch.Tensor]) -> torch.Tensor:
+    """Per-horizon PSNR sums of a rollout from the first two of ``frames``; float64 (1 + 3K,).
+
+    ``frames`` are K + 2 batches (B, C, H, W) in [0, 1] at t, t+s, ..., t+(K+1)s. The latents
+    of the first two are extrapolated k = 1..K steps (z2 + k (z2 - z1)) and decoded; horizon k
+    is scored against frame t+(k+1)s, beside copy-last (frame t+s) and pixel-linear
+    (x2 + k (x2 - x1), clipped). Element 0 is the sample count, then the sums in
+    :func:`rollout_keys` order; add them over batches and ranks, then :func:`finalize_rollout`.
+    """
+    vae = getattr(model, "module", model)
+    x1, x2, truths = frames[0], frames[1], frames[2:]
+    with torch.no_grad():
+        mu1, mu2 = vae.encode(x1)[0], vae.encode(x2)[0]  # (B, D) each
+        latents = rollout(mu1, mu2, len(truths))  # (K, B, D)
+        columns: dict[str, list[torch.Tensor]] = {"extrap": [], "copy": [], "pixel": []}
+        for k, truth in enumerate(truths, start=1):
+            pred = vae.decode(latents[k - 1]).to(truth.dtype).clamp(0, 1)  # (B, C, H, W)
+            columns["extrap"].append(psnr(pred, truth).sum())
+            columns["copy"].append(psnr(x2, truth).sum())
+            columns["pixel"].append(psnr((x2 + k * (x2 - x1)).clamp(0, 1), truth).sum())
+    count = torch.tensor([float(x1.shape[0])])
+    values = torch.stack(columns["extrap"] + columns["copy"] + columns["pixel"]).cpu()
+    return torch.cat([count, values.to(torch.float64)]).to(torch.float64)
+
+
+def finalize_rollout(sums: torch.Tensor, horizons: int) -> dict[str, float]:
+    """``{extrap_psnr_h1: ..., copy_last_psnr_h1: ..., pixel_linear_psnr_h1: ...}`` averages."""
+    count = float(sums[0])
+    if count <= 0:
+        return {}
+    return {key: float(v) / count for key, v in zip(rollout_keys(horizons), sums[1:], strict=True)}
+
+
+def rollout_frames(model: nn.Module, frames: list[torch.Tensor], n: int = 2) -> list[np.ndarray]:
+    """The pictures of a rollout GIF: one per time step, for the first ``n`` sequences.
+
+    Each picture has a row per sequence with two tiles, the true frame and the model's frame:
+    at the first two steps the model's tiles are its reconstructions of its inputs, after that
+    the decoded extrapolation k steps ahead. Returns uint8 arrays (n * H, 2 * W, 3).
+    """
+    vae = getattr(model, "module", model)
+    frames = [f[:n] for f in frames]  # each (n, C, H, W)
+    with torch.no_grad():
+        mu1, mu2 = vae.encode(frames[0])[0], vae.encode(frames[1])[0]
+        latents = torch.cat([torch.stack([mu1, mu2]), rollout(mu1, mu2, len(frames) - 2)])
+        pictures = []
+        for truth, z in zip(frames, latents, strict=True):
+            model_frame = vae.decode(z).to(truth.dtype).clamp(0, 1)  # (n, C, H, W)
+            grid = torch.cat([truth, model_frame], dim=3)  # (n, C, H, 2W)
+            grid = torch.cat(list(grid), dim=1)  # (C, n*H, 2W)
+            array = (grid.permute(1, 2, 0).float().cpu().numpy() * 255).round()
+            pictures.append(array.astype(np.uint8))
+    return pictures
+
+
+def save_gif(pictures: list[np.ndarray], path: str | Path, frame_ms: int = 300) -> Path:
+    """Writes uint8 (H, W, 3) pictures as a looping GIF, small ones scaled up (nearest)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = pictures[0].shape[:2]
+    scale = max(1, 256 // max(width, 1))
+    images = [
+        Image.fromarray(p).resize((width * scale, height * scale), Image.Resampling.NEAREST)
+        for p in pictures
+    ]
+    images[0].save(
+        path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0
+    )
     return path

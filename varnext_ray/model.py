@@ -204,6 +204,16 @@ def elbo_loss(
     return {"loss": loss, "recon": recon_term, "kl": kl}
 
 
+def linearity_loss(mu1: torch.Tensor, mu2: torch.Tensor, mu3: torch.Tensor) -> torch.Tensor:
+    """The temporal-linearity penalty ||mu3 - 2 mu2 + mu1||^2, summed over D, batch mean.
+
+    The latent second difference of frames t, t+s, t+2s: zero exactly when the three means lie
+    on a straight line at constant speed, which is what :func:`extrapolate` assumes.
+    (B, D) x 3 -> scalar.
+    """
+    return (mu3 - 2 * mu2 + mu1).pow(2).sum(1).mean()
+
+
 def extrapolate(z1: torch.Tensor, z2: torch.Tensor, k: int = 1) -> torch.Tensor:
     """The latent k steps past z2 on the line through z1 and z2: z2 + k * (z2 - z1)."""
     return z2 + k * (z2 - z1)

@@ -121,6 +121,7 @@ class SearchSpace(_Strict):
     linear: Annotated[list[list[int]], AfterValidator(_choices)] | None = None  # hidden sizes
     latent_dim: IntSpec | None = None
     beta: FloatSpec | None = None
+    linearity: FloatSpec | None = None  # lambda of the temporal-linearity loss term
     lr: FloatSpec | None = None
     batch_size: IntChoices | None = None
 
@@ -215,7 +216,7 @@ class DefineByRun:
         for name in ("kernel_size", "stride"):
             if getattr(enc, name) is not None:
                 _suggest(trial, name, getattr(enc, name))
-        for name in ("linear", "latent_dim", "beta", "lr", "batch_size"):
+        for name in ("linear", "latent_dim", "beta", "linearity", "lr", "batch_size"):
             if getattr(space, name) is not None:
                 _suggest(trial, name, getattr(space, name))
 
@@ -242,8 +243,9 @@ def point_to_arch(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]
         arch["encoder"]["linear"] = json.loads(value) if isinstance(value, str) else list(value)
     if "latent_dim" in point:
         arch["latent_dim"] = int(point["latent_dim"])
-    if "beta" in point:
-        arch["loss"]["beta"] = float(point["beta"])
+    for name in ("beta", "linearity"):
+        if name in point:
+            arch.setdefault("loss", {})[name] = float(point[name])
     arch["decoder"] = "mirror"
     return arch
 

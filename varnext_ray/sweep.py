@@ -46,9 +46,12 @@ class SweepOptions:
     cpus_per_worker: float | None = None
     concurrency: int = 1
     scheduler: str = "asha"  # or "fifo"
+    search: str = "tpe"  # Optuna's sampler: "tpe" or "random"
     seed: int = 0
     batch_size: int = 32
     val_triplets: int = 256
+    rollout_steps: int = 4
+    train_on: str = "auto"
 
     def check(self) -> None:
         """Raises a UserError for the first bad option."""
@@ -63,6 +66,8 @@ class SweepOptions:
             raise UserError(
                 f"unknown scheduler {self.scheduler!r}", "--scheduler", "use asha or fifo"
             )
+        if self.search not in ("tpe", "random"):
+            raise UserError(f"unknown search {self.search!r}", "--search", "use tpe or random")
 
 
 @dataclass
@@ -159,14 +164,42 @@ def _worker_cpus(options: SweepOptions, cluster_cpus: float) -> float:
     return round(max(0.1, min(1.0, free / (options.workers_per_trial * options.concurrency))), 2)
 
 
+def make_searcher(space: SearchSpace, base: dict[str, Any], options: SweepOptions) -> Any:
+    """Tune's OptunaSearch over the space: seeded multivariate TPE, or seeded random search."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    if options.search == "random":
+        sampler = optuna.samplers.RandomSampler(seed=options.seed)
+    else:
+        startup = min(10, max(2, options.samples // 2))
+        sampler = optuna.samplers.TPESampler(
+            seed=options.seed, multivariate=True, n_startup_trials=startup
+        )
+    return OptunaSearch(
+        space=DefineByRun(space, base),
+        metric=space.objective,
+        mode=space.direction,
+        sampler=sampler,
+    )
+
+
+def make_scheduler(options: SweepOptions, epochs: int) -> Any:
+    """ASHA (grace 1 epoch, halving) or FIFO; trials report once per epoch."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    # max_t one past the last epoch: a trial that reaches it ends by itself (closing its MLflow
+    # run) rather than being stopped by the scheduler at its final report.
+    if options.scheduler == "asha":
+        return ASHAScheduler(max_t=epochs + 1, grace_period=1, reduction_factor=2)
+    return FIFOScheduler()
+
+
 def _tuner(
     space: SearchSpace, base: dict, options: SweepOptions, constants: dict, path: str, resume: bool
 ) -> Any:
     """A new Tuner, or the restored one for ``--resume``."""
-    import optuna
     import ray.tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(sweep_trial, sweep=constants), {"CPU": DRIVER_CPUS}
@@ -177,28 +210,11 @@ def _tuner(
                 "no sweep to resume", str(path), "run the same command without --resume to start it"
             )
         return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
-    epochs = constants["settings"]["epochs"]
-    sampler = optuna.samplers.TPESampler(
-        seed=options.seed, multivariate=True, n_startup_trials=min(10, max(2, options.samples // 2))
-    )
-    searcher = OptunaSearch(
-        space=DefineByRun(space, base),
-        metric=space.objective,
-        mode=space.direction,
-        sampler=sampler,
-    )
-    # max_t one past the last epoch: a trial that reaches it ends by itself (closing its MLflow
-    # run) rather than being stopped by the scheduler at its final report.
-    scheduler = (
-        ASHAScheduler(max_t=epochs + 1, grace_period=1, reduction_factor=2)
-        if options.scheduler == "asha"
-        else FIFOScheduler()
-    )
     return ray.tune.Tuner(
         trainable,
         tune_config=ray.tune.TuneConfig(
-            search_alg=searcher,
-            scheduler=scheduler,
+            search_alg=make_searcher(space, base, options),
+            scheduler=make_scheduler(options, constants["settings"]["epochs"]),
             num_samples=options.samples,
             max_concurrent_trials=options.concurrency,
             **(
@@ -238,6 +254,8 @@ def run_sweep(
         val_triplets=options.val_triplets,
         seed=options.seed,
         objective=space.objective,
+        rollout_steps=options.rollout_steps,
+        train_on=options.train_on,
     )
     settings.check()
     check_dataset(data, settings, options.workers_per_trial)

@@ -23,7 +23,14 @@ from typing import Any
 
 from varnext_ray import tracking
 from varnext_ray.arch import ArchConfig
-from varnext_ray.dataset import frames_dataset, load_manifest, triplet_index, triplets_dataset
+from varnext_ray.dataset import (
+    frames_dataset,
+    load_manifest,
+    sequence_index,
+    sequences_dataset,
+    triplet_index,
+    triplets_dataset,
+)
 from varnext_ray.errors import UserError
 from varnext_ray.train_loop import train_loop_per_worker
 
@@ -57,6 +64,15 @@ class TrainSettings:
     compile: bool = False  # torch.compile the model
     objective: str = "extrap_psnr"
     torch_threads: int = 1
+    rollout_steps: int = 4  # score extrapolations 1..K steps ahead each epoch (0: off)
+    rollout_sequences: int = 64  # at most this many validation sequences for the rollouts
+    train_on: str = "auto"  # "frames", "triplets", or auto: triplets when loss.linearity > 0
+
+    def trains_on_triplets(self, arch: ArchConfig) -> bool:
+        """Whether training reads (t, t+s, t+2s) triplets rather than single frames."""
+        if self.train_on == "auto":
+            return arch.loss.linearity > 0
+        return self.train_on == "triplets"
 
     @property
     def mode(self) -> str:
@@ -71,6 +87,18 @@ class TrainSettings:
                     f"--{name.replace('_', '-')}",
                     "pass a positive integer",
                 )
+        if self.rollout_steps < 0:
+            raise UserError(
+                f"rollout steps must be >= 0 (got {self.rollout_steps})",
+                "--rollout-steps",
+                "pass 0 to turn rollouts off, or a number of steps",
+            )
+        if self.train_on not in ("auto", "frames", "triplets"):
+            raise UserError(
+                f"unknown training input {self.train_on!r}",
+                "--train-on",
+                "use auto, frames or triplets",
+            )
         if not self.lr > 0:
             raise UserError(f"learning rate must be > 0 (got {self.lr})", "--lr", "e.g. 1e-3")
         if self.objective not in OBJECTIVES:
@@ -108,9 +136,19 @@ class TrainOutcome:
     path: str
 
 
-def check_dataset(data: Path, settings: TrainSettings, workers: int = 1) -> None:
+def check_dataset(
+    data: Path, settings: TrainSettings, workers: int = 1, arch: ArchConfig | None = None
+) -> None:
     """A clear error before training when the dataset cannot train or validate."""
     manifest = load_manifest(data)
+    on_triplets = settings.trains_on_triplets(arch) if arch else settings.train_on == "triplets"
+    if on_triplets and len(triplet_index(manifest, "train", settings.stride)) < workers:
+        raise UserError(
+            f"training on triplets (loss.linearity > 0 or --train-on triplets) needs at least "
+            f"{workers} training triplets of stride {settings.stride}",
+            str(data),
+            "lower --stride, re-ingest longer clips, or set loss.linearity to 0",
+        )
     if manifest.data["splits"]["train"] < workers:
         raise UserError(
             f"the dataset has {manifest.data['splits']['train']} training frames "
@@ -190,8 +228,13 @@ def build_trainer(
     ray.data.DataContext.get_current().enable_progress_bars = False
     cpus = resources.cpus(ray.cluster_resources().get("CPU", 1))
     check_resources(resources, cpus)
-    train_frames = frames_dataset(data, "train")
-    if _fits_in_object_store(data):  # read and decode once, not every epoch
+    triplets = settings.trains_on_triplets(arch)
+    train_frames = (
+        triplets_dataset(data, "train", stride=settings.stride)
+        if triplets
+        else frames_dataset(data, "train")
+    )
+    if _fits_in_object_store(data, copies=3 if triplets else 1):  # decode once, not every epoch
         train_frames = train_frames.materialize()
     worker_resources = {"CPU": cpus} | (
         {"GPU": resources.gpus_per_worker} if resources.gpus_per_worker else {}
@@ -200,9 +243,16 @@ def build_trainer(
         "train": train_frames.randomize_block_order(seed=settings.seed),
         "val": triplets_dataset(data, "val", stride=settings.stride, limit=settings.val_triplets),
     }
+    horizons = _rollout_horizons(data, settings)
+    if horizons:
+        datasets["rollout"] = sequences_dataset(
+            data, "val", settings.stride, length=horizons + 2, limit=settings.rollout_sequences
+        )
     config = {
         "arch": arch.to_dict(),
-        "settings": asdict(settings) | {"mode": settings.mode},
+        "settings": asdict(settings)
+        | {"mode": settings.mode, "train_on": "triplets" if triplets else "frames"}
+        | {"rollout_steps": horizons},
         "tracking": tracking_run,
     }
     return TorchTrainer(
@@ -214,7 +264,7 @@ def build_trainer(
             resources_per_worker=worker_resources,
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=["train", "val"]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets)),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(storage),
@@ -231,8 +281,28 @@ def build_trainer(
     )
 
 
-def _fits_in_object_store(data: Path, share: float = 0.25) -> bool:
-    """Whether the decoded training frames take at most ``share`` of the object store.
+def _rollout_horizons(data: Path, settings: TrainSettings) -> int:
+    """The rollout horizon K to score: ``settings.rollout_steps``, shortened to fit the clips.
+
+    The validation clips must hold K + 2 frames s apart; with shorter clips K shrinks (to 0,
+    no rollout metrics, when not even one step fits), with a warning.
+    """
+    manifest = load_manifest(data)
+    for horizons in range(settings.rollout_steps, 0, -1):
+        if sequence_index(manifest, "val", settings.stride, horizons + 2):
+            if horizons < settings.rollout_steps:
+                log.warning(
+                    "validation clips are too short for %d rollout steps; scoring %d",
+                    settings.rollout_steps,
+                    horizons,
+                )
+            return horizons
+    return 0
+
+
+def _fits_in_object_store(data: Path, share: float = 0.25, copies: int = 1) -> bool:
+    """Whether the decoded training frames (``copies`` times) take at most ``share`` of the
+    object store.
 
     Then the training dataset is materialised once: Ray Data otherwise re-reads and decodes
     the split every epoch (benchmarks/train_overhead.py measured that as the main gap between
@@ -242,7 +312,7 @@ def _fits_in_object_store(data: Path, share: float = 0.25) -> bool:
 
     manifest = load_manifest(data)
     width, height = manifest.size
-    needed = manifest.data["splits"]["train"] * width * height * 3
+    needed = manifest.data["splits"]["train"] * width * height * 3 * copies
     return needed <= share * ray.cluster_resources().get("object_store_memory", 0)
 
 
@@ -322,7 +392,7 @@ def train(
     import ray.train
 
     settings.check()
-    check_dataset(data, settings, resources.workers)
+    check_dataset(data, settings, resources.workers, arch)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
     storage = Path(storage).resolve() if "://" not in str(storage) else storage

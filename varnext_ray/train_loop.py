@@ -1,10 +1,12 @@
 """The per-worker training loop that Ray Train runs on every DDP rank.
 
-Each epoch: one pass over this rank's shard of the training frames, then the validation ELBO
-and the extrapolation metrics (:mod:`varnext_ray.metrics`) on this rank's shard of the
-validation triplets, summed and all-reduced across ranks so every rank reports the same
-averages. Rank 0 saves the checkpoint, the prediction strip and the MLflow metrics; every rank
-calls ``ray.train.report`` (a barrier), with ``checkpoint=None`` on ranks other than 0.
+Each epoch: one pass over this rank's shard of the training frames (or triplets, when the
+architecture's temporal-linearity term is on), then the validation ELBO and the extrapolation
+metrics (:mod:`varnext_ray.metrics`) on this rank's shard of the validation triplets, and the
+multi-step rollout metrics on its shard of the validation sequences, summed and all-reduced
+across ranks so every rank reports the same averages. Rank 0 saves the checkpoint, the
+prediction strip, the rollout GIF and the MLflow metrics; every rank calls
+``ray.train.report`` (a barrier), with ``checkpoint=None`` on ranks other than 0.
 
 Equal steps: every step starts with a one-integer all-reduce of "I still have a batch", so all
 ranks stop together even if their shards differ in length (uneven shards would hang DDP).
@@ -27,16 +29,20 @@ import torch.distributed as dist
 from varnext_ray import tracking
 from varnext_ray.arch import parse_arch
 from varnext_ray.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
-from varnext_ray.dataset import to_model_input
+from varnext_ray.dataset import sequence_keys, to_model_input
 from varnext_ray.metrics import (
     add_sums,
     all_reduce_sums,
     finalize,
+    finalize_rollout,
     prediction_strip,
+    rollout_frames,
+    rollout_sums,
+    save_gif,
     save_png,
     triplet_sums,
 )
-from varnext_ray.model import VAE, build_vae, elbo_loss
+from varnext_ray.model import VAE, build_vae, elbo_loss, linearity_loss
 
 
 class NonFiniteLossError(RuntimeError):
@@ -93,14 +99,20 @@ def train_epoch(
 ) -> dict[str, float]:
     """One pass over this rank's training shard.
 
+    On triplets (``settings["train_on"] == "triplets"``) the three frames go through the model
+    as one batch of 3B; the loss is their ELBO plus ``loss.linearity`` times
+    :func:`~varnext_ray.model.linearity_loss` of their means.
+
     Returns ``train_loss`` (mean over all ranks' frames), ``train_frames`` (frames seen by all
-    ranks together), ``train_steps`` (optimizer steps, the same on every rank) and
-    ``train_seconds`` (wall time of the pass, data loading included).
+    ranks together), ``train_steps`` (optimizer steps, the same on every rank),
+    ``train_seconds`` (wall time of the pass, data loading included) and, on triplets,
+    ``train_linearity`` (the mean linearity penalty, whether or not it is weighted in).
     """
     started = time.perf_counter()
     model.train()
     loss_cfg = _unwrap(model).config.loss
-    total = torch.zeros(2, dtype=torch.float64)  # (sum of loss * batch, frames)
+    keys = ("x1", "x2", "x3") if settings["train_on"] == "triplets" else ("image",)
+    total = torch.zeros(4, dtype=torch.float64)  # loss * frames, frames, penalty * B, B
     steps = 0
     batches = shard.iter_torch_batches(
         batch_size=settings["batch_size"],
@@ -108,11 +120,15 @@ def train_epoch(
         local_shuffle_seed=settings["seed"] + 1000 * epoch + _rank(),
         device="cpu",
     )
-    for step, (x,) in enumerate(_batches(batches, device, ("image",))):
+    for step, frames in enumerate(_batches(batches, device, keys)):
+        x = torch.cat(frames)  # (B or 3B, C, H, W)
         with _autocast(device, settings["amp"]):
             recon, mu, logvar = model(x)
         parts = elbo_loss(recon.float(), x, mu.float(), logvar.float(), loss_cfg, epoch)
         loss = parts["loss"]
+        penalty = linearity_loss(*mu.float().chunk(3)) if len(frames) == 3 else None
+        if penalty is not None and loss_cfg.linearity > 0:
+            loss = loss + loss_cfg.linearity * penalty
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}: "
@@ -121,15 +137,20 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64)
+        b = len(frames[0])
+        penalty_sum = 0.0 if penalty is None else penalty.item() * b
+        total += torch.tensor([loss.item() * len(x), len(x), penalty_sum, b], dtype=torch.float64)
         steps = step + 1
     total = _all_reduce(total)
-    return {
+    out = {
         "train_loss": float(total[0] / total[1]) if total[1] > 0 else math.nan,
         "train_frames": float(total[1]),
         "train_steps": float(steps),
         "train_seconds": time.perf_counter() - started,
     }
+    if len(keys) == 3 and total[3] > 0:
+        out["train_linearity"] = float(total[2] / total[3])
+    return out
 
 
 def _rank() -> int:
@@ -187,6 +208,28 @@ def evaluate(
     }, strip
 
 
+@torch.no_grad()
+def evaluate_rollout(
+    model: torch.nn.Module, shard: Any, *, settings: dict[str, Any], device: torch.device
+) -> tuple[dict[str, float], list[np.ndarray] | None]:
+    """``extrap_psnr_h{k}`` (with copy-last and pixel-linear) for k = 1..K, rank-averaged.
+
+    Returns the metrics and, on rank 0, the pictures of a rollout GIF of its first batch.
+    """
+    vae = _unwrap(model)
+    vae.eval()
+    horizons = settings["rollout_steps"]
+    sums = torch.zeros(1 + 3 * horizons, dtype=torch.float64)
+    pictures = None
+    batches = shard.iter_torch_batches(batch_size=settings["batch_size"], device="cpu")
+    for frames in _batches(batches, device, sequence_keys(horizons + 2)):
+        with _autocast(device, settings["amp"]):
+            sums += rollout_sums(vae, list(frames))
+            if pictures is None and _rank() == 0:
+                pictures = rollout_frames(vae, list(frames))
+    return finalize_rollout(_all_reduce(sums), horizons), pictures
+
+
 def _is_better(value: float, best: float | None, mode: str) -> bool:
     if not math.isfinite(value):
         return False
@@ -235,6 +278,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics, strip = evaluate(
             model, ray.train.get_dataset_shard("val"), settings=settings, epoch=epoch, device=device
         )
+        gif = None
+        if settings["rollout_steps"]:
+            rollout, gif = evaluate_rollout(
+                model, ray.train.get_dataset_shard("rollout"), settings=settings, device=device
+            )
+            metrics |= rollout
         metrics |= train | {
             "epoch": epoch + 1,
             "world_size": _world_size(),
@@ -245,7 +294,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if improved:
             best = metrics[objective]
         metrics[f"best_{objective}"] = best if best is not None else math.nan
-        _report(metrics, epoch, rank, vae, arch, optimizer, strip, best, improved, config)
+        pictures = {"strip": strip, "gif": gif}
+        _report(metrics, epoch, rank, vae, arch, optimizer, pictures, best, improved, config)
 
 
 def progress_line(metrics: dict[str, float], epochs: int) -> str:
@@ -267,7 +317,7 @@ def _report(
     vae: VAE,
     arch: Any,
     optimizer: torch.optim.Optimizer,
-    strip: np.ndarray | None,
+    pictures: dict[str, Any],
     best: float | None,
     improved: bool,
     config: dict[str, Any],
@@ -297,10 +347,14 @@ def _report(
         )
         if run:
             tracking.log_metrics(run["uri"], run["run_id"], metrics, step=epoch + 1)
-            if strip is not None:
+            if pictures["strip"] is not None:
                 path = Path(tmp) / f"strip_epoch_{epoch + 1:03d}.png"
-                save_png(strip, path)
+                save_png(pictures["strip"], path)
                 tracking.log_artifact(run["uri"], run["run_id"], path, "strips")
+            if pictures["gif"]:
+                path = Path(tmp) / f"rollout_epoch_{epoch + 1:03d}.gif"
+                save_gif(pictures["gif"], path)
+                tracking.log_artifact(run["uri"], run["run_id"], path, "rollouts")
             if improved:
                 tracking.log_artifact(run["uri"], run["run_id"], directory, "checkpoint")
         ray.train.report(
