@@ -132,6 +132,8 @@ def test_sums_have_every_key_as_float64_scalars(vae: VAE) -> None:
         "latent_linearity",
         "extrap_psnr_motion",
         "copy_last_psnr_motion",
+        "pixel_linear_psnr_motion",
+        "oracle_psnr_motion",
     }
     assert set(finalize(sums)) == expected
 
@@ -147,7 +149,9 @@ def test_motion_psnr_scores_only_changed_pixels() -> None:
     metrics = finalize(prediction_sums(x2, x2, x3, pred=pred, oracle=pred))
     # copy-last misses 0.5 in one of 3 channels on the moving pixels: MSE 0.25 / 3
     assert metrics["copy_last_psnr_motion"] == pytest.approx(10 * math.log10(12), rel=1e-5)
-    assert metrics["extrap_psnr_motion"] == PSNR_CAP_DB
+    assert metrics["extrap_psnr_motion"] == metrics["oracle_psnr_motion"] == PSNR_CAP_DB
+    # x1 = x2: pixel-linear is copy-last here
+    assert metrics["pixel_linear_psnr_motion"] == pytest.approx(10 * math.log10(12), rel=1e-5)
 
 
 def test_a_static_set_finalizes_without_nan_or_undefined_keys() -> None:

@@ -60,7 +60,12 @@ _MEANS = (
     "latent_linearity",
 )
 # Averaged over the samples with a moving pixel (sum / motion_count).
-_MOTION_MEANS = ("extrap_psnr_motion", "copy_last_psnr_motion")
+_MOTION_MEANS = (
+    "extrap_psnr_motion",
+    "copy_last_psnr_motion",
+    "pixel_linear_psnr_motion",
+    "oracle_psnr_motion",
+)
 # Every key triplet_sums returns, in a fixed order (all ranks stack them the same way).
 SUM_KEYS = ("count", *_MEANS, "motion_count", *_MOTION_MEANS)
 
@@ -170,6 +175,8 @@ def prediction_sums(
         "motion_count": moved,
         "extrap_psnr_motion": masked_psnr(pred, x3, mask),
         "copy_last_psnr_motion": masked_psnr(x2, x3, mask),
+        "pixel_linear_psnr_motion": masked_psnr(pixel_linear, x3, mask),
+        "oracle_psnr_motion": masked_psnr(oracle, x3, mask),
     }
     sums = {"count": torch.tensor(float(x3.shape[0]), dtype=torch.float64, device=x3.device)}
     for key, values in per_sample.items():
