@@ -1,4 +1,4 @@
-"""The ``varnext`` subcommands that run jobs on Ray: train, sweep, best, predict, demo."""
+"""The ``varnext`` subcommands that run jobs on Ray: train, sweep, best, report, predict, demo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from varnext_ray import tracking
-from varnext_ray.cli_args import add_cluster_args, add_resource_args, add_tracking_args, subcommand
+from varnext_ray.cli_args import (
+    add_cluster_args,
+    add_resource_args,
+    add_rollout_args,
+    add_tracking_args,
+    subcommand,
+)
 from varnext_ray.errors import UserError
 
 
@@ -39,6 +45,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_rollout_args(p)
     p.add_argument(
         "--name",
         default=None,
@@ -64,6 +71,8 @@ def _run_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         compile=args.compile,
         objective=args.objective,
+        rollout_steps=args.rollout_steps,
+        train_on=args.train_on,
     )
     settings.check()
     name = args.name or f"{args.config.stem}-{args.data.resolve().name}"
@@ -140,6 +149,33 @@ def _run_best(args: argparse.Namespace) -> int:
     )
     print(f"checkpoint: {path} (run details in {path / RUN_FILE})")
     print(f"predict with: varnext predict --checkpoint {path} --out pred.png FRAME_A FRAME_B")
+    return 0
+
+
+def _add_report(sub: argparse._SubParsersAction) -> None:
+    p = subcommand(
+        sub,
+        "report",
+        "Write a self-contained HTML page of a sweep and log it to the sweep's MLflow run.",
+        "varnext report --experiment smoke --top 10 --out runs/report_smoke.html",
+    )
+    add_tracking_args(p, None)
+    p.add_argument("--sweep", default=None, metavar="RUN_ID", help="default: the latest sweep")
+    p.add_argument("--top", type=int, default=10, metavar="N", help="best trials shown (10)")
+    p.add_argument(
+        "--out", type=Path, default=None, metavar="PATH", help="default report_<experiment>.html"
+    )
+    p.set_defaults(run=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from varnext_ray.report import write_report  # imports mlflow
+
+    path, artifact = write_report(
+        args.tracking_uri, args.experiment, sweep_id=args.sweep, top=args.top, out=args.out
+    )
+    print(f"wrote {path}")
+    print(f"logged to the sweep's MLflow run as {artifact}")
     return 0
 
 
@@ -221,10 +257,14 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=None, help="per trial (default: the space's)")
     p.add_argument("--concurrency", type=int, default=1, help="trials at once (default 1)")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
+    p.add_argument(
+        "--search", choices=("tpe", "random"), default="tpe", help="Optuna sampler (default tpe)"
+    )
     p.add_argument("--batch-size", type=int, default=32, help="unless the space varies it")
     p.add_argument("--val-triplets", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    add_rollout_args(p)
     add_resource_args(p, "--workers-per-trial")
     add_tracking_args(p, "varnext-sweep")
     add_cluster_args(p)
@@ -245,9 +285,12 @@ def _run_sweep(args: argparse.Namespace) -> int:
         cpus_per_worker=args.cpus_per_worker,
         concurrency=args.concurrency,
         scheduler=args.scheduler,
+        search=args.search,
         seed=args.seed,
         batch_size=args.batch_size,
         val_triplets=args.val_triplets,
+        rollout_steps=args.rollout_steps,
+        train_on=args.train_on,
     )
     options.check()
     _preflight(args.data, TrainSettings(), args.workers, args.tracking_uri)
@@ -302,6 +345,7 @@ JOB_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_sweep,
     _add_best,
+    _add_report,
     _add_predict,
     _add_demo,
 ]

@@ -1,0 +1,359 @@
+"""Sweep report: one self-contained HTML page for a sweep recorded in MLflow.
+
+The sweep's parent run and its trial child runs come from one ``search_runs`` over the
+experiment; the page (:mod:`varnext_ray.report_page`) shows a summary, the best trials, the
+objective against each searched hyperparameter, latent size against ``extrap_skill`` and the
+top trials' latest prediction strips (and rollout GIFs, where a trial logged them). Plots are
+inline SVG and images ``data:`` URIs, so the page makes no request. It is written locally
+(atomically) and logged to the sweep's parent run as ``report/report.html``.
+
+Example:
+    >>> path, artifact = write_report(None, "smoke", top=10, out=Path("report_smoke.html"))
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from varnext_ray import tracking
+from varnext_ray.errors import UserError
+from varnext_ray.report_page import STRIPS, render_page
+
+log = logging.getLogger(__name__)
+
+ARTIFACT_DIR, ARTIFACT_FILE = "report", "report.html"
+MAX_IMAGE_BYTES = 20 * 2**20  # larger images are named, not embedded
+_PNG = re.compile(r"strip_epoch_(\d+)\.png$")
+_GIF = re.compile(r"rollout_epoch_(\d+)\.gif$")
+# where a point's name sits in the sweep's flattened ``space.*`` params
+_SPACE_KEY = {name: f"encoder.{name}" for name in ("depth", "kernel_size", "stride")}
+
+
+@dataclass
+class Trial:
+    """One trial child run, as the page shows it."""
+
+    run_id: str
+    name: str
+    status: str  # finished, stopped early, failed, killed, running
+    metrics: dict[str, float]
+    point: dict[str, Any]  # the sampled hyperparameters
+    objective: float | None  # best_<objective> (best over epochs), if finite
+    latent_dim: int | None
+    params: int | None
+    failure: str = ""
+    images: list[tuple[str, str]] = field(default_factory=list)  # (caption, data: URI)
+
+
+@dataclass
+class SweepReport:
+    """A sweep and its trials, best first (trials without an objective value last)."""
+
+    experiment: str
+    run_id: str
+    name: str
+    started: str
+    objective: str
+    direction: str  # max or min
+    scales: dict[str, str]  # hyperparameter -> log, linear or choices (its search range)
+    trials: list[Trial]
+    tracking_uri: str
+
+
+# ---- gather -----------------------------------------------------------------------------------
+
+
+def _all_runs(client: Any, experiment_id: str) -> list[Any]:
+    """Every active run of the experiment: one search, page by page."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _pick_sweep(runs: list[Any], experiment: str, sweep_id: str | None) -> Any:
+    """The sweep parent run: ``sweep_id`` if given, else the latest one."""
+    sweeps = sorted(
+        (r for r in runs if r.data.tags.get("varnext.kind") == "sweep"),
+        key=lambda r: r.info.start_time or 0,
+        reverse=True,
+    )
+    if sweep_id is not None:
+        found = [r for r in sweeps if r.info.run_id == sweep_id]
+        if found:
+            return found[0]
+        known = ", ".join(f"{r.info.run_id} ({r.info.run_name})" for r in sweeps[:5])
+        raise UserError(
+            f"run {sweep_id!r} is not a sweep of experiment {experiment!r}",
+            "--sweep",
+            f"pass one of: {known}, or leave --sweep out for the latest"
+            if known
+            else "leave --sweep out (this experiment holds no sweep)",
+        )
+    if not sweeps:
+        raise UserError(
+            f"experiment {experiment!r} holds no sweep ({len(runs)} runs, none tagged "
+            "varnext.kind=sweep)",
+            "--experiment",
+            "pass the experiment a `varnext sweep` logged to, or run one",
+        )
+    return sweeps[0]
+
+
+def _number(text: str) -> Any:
+    """A param's value as an int or float where it is one, else the text."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def _point(params: dict[str, str]) -> dict[str, Any]:
+    """The sampled point from ``point.*`` params; a list (``linear``) comes back as ``[a, b]``."""
+    point: dict[str, Any] = {}
+    lists: dict[str, dict[str, str]] = {}
+    for key, text in params.items():
+        if key.startswith("point."):
+            name, _, index = key.removeprefix("point.").partition(".")
+            if index:
+                lists.setdefault(name, {})[index] = text
+            else:
+                point[name] = _number(text)
+    for name, items in lists.items():
+        order = sorted(items, key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else 0, i))
+        point[name] = "[" + ", ".join(items[i] for i in order) + "]"
+    return point
+
+
+def _scale(space: dict[str, str], name: str) -> str:
+    """``log``/``linear`` for a range, ``choices`` for a list, ``""`` if the space is unknown."""
+    key = "space." + (
+        "encoder.channels" if name.startswith("channels_") else _SPACE_KEY.get(name, name)
+    )
+    if f"{key}.low" in space:
+        return "log" if space.get(f"{key}.log") == "True" else "linear"
+    return "choices" if any(k == key or k.startswith(f"{key}.") for k in space) else ""
+
+
+def _objective(params: dict[str, str], trials: list[Any]) -> tuple[str, str]:
+    """The sweep's objective and direction, from its ``space.*`` params."""
+    from varnext_ray.train import OBJECTIVES
+
+    objective = params.get("space.objective")
+    if objective is None:  # not a varnext sweep's params: the metric its trials kept best_ of
+        kept = {m for t in trials for m in t.data.metrics if m.startswith("best_")}
+        objective = min(kept)[5:] if kept else "extrap_psnr"
+    mode = params.get("space.mode")
+    return objective, mode if mode in ("max", "min") else OBJECTIVES.get(objective, "max")
+
+
+def _int(text: str | None) -> int | None:
+    value = _number(text) if text is not None else None
+    return value if isinstance(value, int) else None
+
+
+def _trial(run: Any, objective: str) -> Trial:
+    status = run.info.status
+    if status == "FINISHED" and run.data.tags.get("varnext.stopped_early") == "true":
+        status = "stopped early"
+    value = run.data.metrics.get(f"best_{objective}", run.data.metrics.get(objective))
+    return Trial(
+        run_id=run.info.run_id,
+        name=run.info.run_name or run.info.run_id,
+        status=status.lower(),
+        metrics={k: v for k, v in run.data.metrics.items() if math.isfinite(v)},
+        point=_point(run.data.params),
+        objective=value if value is not None and math.isfinite(value) else None,
+        latent_dim=_int(run.data.params.get("arch.latent_dim")),
+        params=_int(run.data.params.get("arch_params")),
+        failure=run.data.tags.get("failure_reason", ""),
+    )
+
+
+def gather(uri: str | None, experiment: str, sweep_id: str | None = None) -> SweepReport:
+    """The sweep (``sweep_id``, else the experiment's latest) and its trials, best first.
+
+    Raises:
+        UserError: The store is unreachable, or the experiment or the sweep is unknown.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from varnext_ray.best import _experiment, _open_store
+
+    uri, client = _open_store(uri)
+    try:
+        exp = _experiment(client, experiment, uri)
+        runs = _all_runs(client, exp.experiment_id)
+    except MlflowException as err:
+        raise UserError(
+            f"the tracking store did not answer ({str(err).splitlines()[0][:200]})",
+            uri,
+            "check --tracking-uri (or MLFLOW_TRACKING_URI) and that the server is up",
+        ) from None
+    parent = _pick_sweep(runs, experiment, sweep_id)
+    children = [
+        r
+        for r in runs
+        if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id
+        and r.data.tags.get("varnext.kind") == "trial"
+    ]
+    params = parent.data.params
+    objective, direction = _objective(params, children)
+    trials = sorted(
+        (_trial(r, objective) for r in sorted(children, key=lambda r: r.info.start_time or 0)),
+        key=lambda t: (
+            t.objective is None,
+            (-1 if direction == "max" else 1) * (t.objective or 0.0),
+        ),
+    )
+    names = {name for t in trials for name in t.point}
+    started = datetime.fromtimestamp((parent.info.start_time or 0) / 1000, tz=timezone.utc)
+    return SweepReport(
+        experiment=experiment,
+        run_id=parent.info.run_id,
+        name=parent.info.run_name or parent.info.run_id,
+        started=started.strftime("%Y-%m-%d %H:%M UTC"),
+        objective=objective,
+        direction=direction,
+        scales={name: _scale(params, name) for name in names},
+        trials=trials,
+        tracking_uri=uri,
+    )
+
+
+def _latest(client: Any, run_id: str, folder: str, pattern: re.Pattern) -> str | None:
+    """The artifact path of the highest-epoch file in ``folder`` matching ``pattern``."""
+    found = [
+        (int(m[1]), f.path)
+        for f in client.list_artifacts(run_id, folder)
+        if (m := pattern.search(f.path))
+    ]
+    return max(found)[1] if found else None
+
+
+def _data_uri(client: Any, run_id: str, path: str, mime: str, tmp: str) -> str | None:
+    local = Path(client.download_artifacts(run_id, path, tmp))
+    if local.stat().st_size > MAX_IMAGE_BYTES:
+        log.warning("%s of run %s is over %d bytes: not embedded", path, run_id, MAX_IMAGE_BYTES)
+        return None
+    return f"data:{mime};base64,{base64.b64encode(local.read_bytes()).decode('ascii')}"
+
+
+def add_images(report: SweepReport, count: int = STRIPS) -> None:
+    """Embeds the latest strip (and rollout GIF, if logged) of the top ``count`` trials."""
+    from mlflow.exceptions import MlflowException
+
+    client = tracking.client(report.tracking_uri)
+    ranked = [t for t in report.trials if t.objective is not None][:count]
+    with tempfile.TemporaryDirectory(prefix="varnext-report-") as tmp:
+        for trial in ranked:
+            for folder, pattern, mime in (
+                ("strips", _PNG, "image/png"),
+                ("rollouts", _GIF, "image/gif"),
+            ):
+                try:
+                    path = _latest(client, trial.run_id, folder, pattern)
+                    data = path and _data_uri(client, trial.run_id, path, mime, tmp)
+                except (MlflowException, OSError) as err:
+                    log.warning("could not fetch %s of run %s: %s", folder, trial.run_id, err)
+                    continue
+                if data:
+                    trial.images.append((path, data))
+
+
+# ---- write ------------------------------------------------------------------------------------
+
+
+def default_out(experiment: str) -> Path:
+    """``report_<experiment>.html`` in the working directory (unsafe characters as ``_``)."""
+    return Path(f"report_{re.sub(r'[^A-Za-z0-9_.-]', '_', experiment)}.html")
+
+
+def check_out(out: Path) -> None:
+    """A UserError unless ``out`` can be written: a file path in a writable directory."""
+    if out.is_dir():
+        raise UserError("--out is a directory", str(out), "pass a file path such as report.html")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(
+            "--out is not in a writable directory",
+            str(parent),
+            "pass an --out path in a directory you can write to",
+        )
+
+
+def _write_atomic(text: str, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as stream:
+            stream.write(text)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_report(
+    uri: str | None,
+    experiment: str,
+    *,
+    sweep_id: str | None = None,
+    top: int = 10,
+    out: Path | None = None,
+) -> tuple[Path, str]:
+    """Builds the page of a sweep, writes it to ``out`` and logs it to the sweep's parent run.
+
+    Args:
+        uri: Tracking URI; None means ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``.
+        experiment: The MLflow experiment the sweep logged to.
+        sweep_id: The sweep's parent run id; None means the experiment's latest sweep.
+        top: Rows of the best trials table.
+        out: The HTML file; None means :func:`default_out`.
+
+    Returns:
+        The local path and the artifact's URI (``<parent run artifacts>/report/report.html``).
+    """
+    from mlflow.exceptions import MlflowException
+
+    if top < 1:
+        raise UserError(f"--top must be >= 1 (got {top})", "--top", "pass a positive integer")
+    out = out if out is not None else default_out(experiment)
+    check_out(out)
+    report = gather(uri, experiment, sweep_id)
+    add_images(report)
+    text = render_page(report, top=top)
+    _write_atomic(text, out)
+    tmp = tempfile.mkdtemp(prefix="varnext-report-")
+    try:
+        (Path(tmp) / ARTIFACT_FILE).write_text(text, encoding="utf-8")
+        tracking.log_artifact(
+            report.tracking_uri, report.run_id, Path(tmp) / ARTIFACT_FILE, ARTIFACT_DIR
+        )
+        base = tracking.client(report.tracking_uri).get_run(report.run_id).info.artifact_uri
+    except MlflowException as err:
+        raise UserError(
+            f"logging the report failed ({str(err).splitlines()[0][:200]})",
+            f"run {report.run_id}",
+            f"the page is written at {out}; check the artifact store is writable",
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out, f"{base.rstrip('/')}/{ARTIFACT_DIR}/{ARTIFACT_FILE}"
