@@ -1,0 +1,205 @@
+"""Runs every benchmark, one after another, then writes the summary table of docs/benchmarks.md.
+
+Each benchmark is its own script (run alone with ``python benchmarks/<name>.py``) that writes
+``benchmarks/results/<name>.json`` and its own section of docs/benchmarks.md. This command runs
+them in a fixed order, each in a fresh process (each starts and stops its own local Ray), and
+then rebuilds the page's ``## Summary``: every goal beside its measured value, read back from
+the JSON results.
+
+Usage:
+    python benchmarks/run_all.py                        # everything at default size: ~30 min
+    python benchmarks/run_all.py --only gpu_step quality
+    python benchmarks/run_all.py --summary-only         # rebuild the table from the JSON files
+    python benchmarks/run_all.py --quick --results /tmp/bench   # smoke run of each, no docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+
+from benchmarks._report import replace_section
+
+REPO = Path(__file__).resolve().parent.parent
+HERE = REPO / "benchmarks"
+SECTION = "## Summary"
+# name -> extra flags of the full run (the issue asks for both frame sizes in the data path)
+BENCHMARKS: dict[str, list[str]] = {
+    "data_path": ["--sizes", "640x360", "160x90"],
+    "train_overhead": [],
+    "gpu_step": [],
+    "sweep_efficiency": [],
+    "quality": [],
+}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog=__doc__[__doc__.index("Usage:") :],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--only", nargs="+", choices=list(BENCHMARKS), help="run just these")
+    p.add_argument("--summary-only", action="store_true", help="run nothing, rebuild the table")
+    p.add_argument("--quick", action="store_true", help="each script's --quick smoke run")
+    p.add_argument("--results", type=Path, help="folder of the JSON results (default results/)")
+    p.add_argument("--docs", type=Path, help="page to write (default docs/benchmarks.md)")
+    args = p.parse_args(argv)
+    args.results = args.results or HERE / "results"
+    if args.docs is None and not args.quick:
+        args.docs = REPO / "docs" / "benchmarks.md"
+    return args
+
+
+def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Runs one benchmark script in its own process; returns how it went."""
+    out = args.results / f"{name}.json"
+    flags = ["--quick"] if args.quick else BENCHMARKS[name]
+    command = [sys.executable, str(HERE / f"{name}.py"), *flags, "--out", str(out)]
+    if args.docs is not None:
+        command += ["--docs", str(args.docs)]
+    print(f"== {name}: {' '.join(command[1:])}", flush=True)
+    started = time.perf_counter()
+    code = subprocess.run(command, cwd=REPO).returncode
+    seconds = round(time.perf_counter() - started, 1)
+    print(f"== {name}: exit {code} after {seconds} s", flush=True)
+    return {"name": name, "exit": code, "seconds": seconds}
+
+
+# ---- the summary table: one function per benchmark, reading its JSON ---------------------------
+
+
+def _data_path(r: dict) -> list[str]:
+    goal = r["goal"]
+    best = goal["best"]
+    return [
+        "Data path: frames/s per CPU core into `iter_torch_batches` at "
+        f"{goal['size'][0]}x{goal['size'][1]}",
+        ">= 1,000",
+        f"{best['fps_per_core']:.0f} ({best['encoding']}, {best['cpus']} CPU)",
+        "met" if goal["met"] else "not met",
+    ]
+
+
+def _train_overhead(r: dict) -> list[str]:
+    o = r["summary"]["overhead"]
+    return [
+        "Training overhead: Ray Train 1 worker / plain PyTorch loop, steps/s",
+        f">= {o['goal_ratio']}",
+        f"{o['ratio']:.2f}x",
+        "met" if o["met"] else "not met",
+    ]
+
+
+def _gpu_step(r: dict) -> list[str]:
+    rows = r.get("results") or r.get("runs") or []
+    ok = [x for x in rows if isinstance(x, dict) and x.get("tflops")]
+    best = max(ok, key=lambda x: x["tflops"], default=None)
+    device = r.get("machine", {}).get("device_name") or r.get("machine", {}).get("device")
+    measured = (
+        f"{best['tflops']:.3f} TFLOP/s ({best.get('variant')}, {best.get('config')})"
+        if best
+        else "—"
+    )
+    return ["GPU step: best achieved TFLOP/s", "(no goal; % of peak on CUDA)", measured, device]
+
+
+def _sweep_efficiency(r: dict) -> list[str]:
+    s = r["summary"]
+    ratio = s["median_ratio"]
+    return [
+        "Sweep efficiency: TPE+ASHA compute to reach random search's best -2 %, / random+FIFO's "
+        f"(median of {len(r['comparison'])} seeds)",
+        f"<= {s['goal']}",
+        "—" if ratio is None else f"{ratio:.2f}",
+        "met" if ratio is not None and ratio <= s["goal"] else "not met",
+    ]
+
+
+def _quality(r: dict) -> list[str]:
+    parts = []
+    for arm in r["arms"]:
+        m = arm["metrics"]
+        parts.append(
+            f"{arm['dataset']} lambda {arm['linearity']:g}: {m['extrap_psnr']:.1f} vs "
+            f"{m['copy_last_psnr']:.1f} dB"
+        )
+    return [
+        "Quality: latent extrapolation vs copy-last PSNR (test split)",
+        "beat copy-last",
+        "; ".join(parts),
+        "see section",
+    ]
+
+
+SUMMARISE: dict[str, Callable[[dict], list[str]]] = {
+    "data_path": _data_path,
+    "train_overhead": _train_overhead,
+    "gpu_step": _gpu_step,
+    "sweep_efficiency": _sweep_efficiency,
+    "quality": _quality,
+}
+
+
+def summary(results: Path, runs: list[dict[str, Any]]) -> str:
+    """The ``## Summary`` section: a row per benchmark whose JSON result exists."""
+    lines = [
+        SECTION,
+        "",
+        "Every goal beside its measured value; the sections below hold the details, the machine "
+        "and the exact command of each. `python benchmarks/run_all.py` reruns them all.",
+        "",
+        "| benchmark | goal | measured | verdict | measured at |",
+        "|---|---|---|---|---|",
+    ]
+    for name, summarise in SUMMARISE.items():
+        path = results / f"{name}.json"
+        if not path.exists():
+            lines.append(f"| {name} | | not run | | |")
+            continue
+        report = json.loads(path.read_text())
+        try:
+            cells = summarise(report)
+        except (KeyError, TypeError, ValueError) as err:
+            cells = [name, "", f"unreadable result ({type(err).__name__}: {err})", ""]
+        lines.append(f"| {' | '.join(str(c) for c in cells)} | {report.get('timestamp', '')} |")
+    failed = [r for r in runs if r["exit"] != 0]
+    if failed:
+        lines += ["", "Failed in the last run: " + ", ".join(r["name"] for r in failed) + "."]
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(docs: Path, section: str) -> None:
+    """Writes the summary section right under the page's title (replacing an older one)."""
+    text = docs.read_text() if docs.exists() else "# Benchmarks\n"
+    if SECTION in text.splitlines():
+        replace_section(docs, SECTION, section)
+        return
+    title, _, rest = text.partition("\n")
+    docs.write_text(f"{title}\n\n{section}\n{rest.lstrip(chr(10))}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.results.mkdir(parents=True, exist_ok=True)
+    runs = []
+    if not args.summary_only:
+        for name in args.only or list(BENCHMARKS):
+            runs.append(run(name, args))
+    section = summary(args.results, runs)
+    print(section)
+    if args.docs is not None:
+        write_summary(args.docs, section)
+    return 1 if any(r["exit"] != 0 for r in runs) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Smoke tests of benchmarks/sweep_efficiency.py and benchmarks/quality.py, and the arithmetic
+that turns a sweep's reports into "compute to reach random search's best".
+
+The scripts run in child processes: each starts (and shuts down) its own local Ray instance,
+which must not meet the session's ``ray_local`` instance in this process. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.sweep_efficiency import compare, compute_to_reach
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _run(script: str, args: list[str]) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / script), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=420,  # 60-110 s measured on a 2-core machine shared with other jobs
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_compute_to_reach_counts_trial_epochs_in_order() -> None:
+    assert compute_to_reach([10.0, 12.0, 11.0, 15.0], 12.0, "max") == 2
+    assert compute_to_reach([10.0, 12.0], 13.0, "max") is None
+    assert compute_to_reach([5.0, 3.0, 1.0], 3.0, "min") == 2
+
+
+def test_compare_takes_the_target_from_random_search_per_seed() -> None:
+    runs = [
+        {"method": "random_fifo", "seed": 0, "trial_epochs": 8, "best": 20.0,
+         "objective_by_trial_epoch": [10, 12, 14, 15, 16, 18, 19.7, 20]},
+        {"method": "tpe_asha", "seed": 0, "trial_epochs": 5, "best": 19.8,
+         "objective_by_trial_epoch": [11, 19.8, 13, 14, 15]},
+    ]  # fmt: skip
+    (row,) = compare(runs, "max")
+    assert row["target"] == pytest.approx(19.6)  # 2 % below random search's best
+    assert row["compute_to_target"] == {"tpe_asha": 2, "random_fifo": 7}
+    assert row["ratio"] == pytest.approx(2 / 7, abs=1e-3)
+    runs[1]["objective_by_trial_epoch"] = [11, 12]
+    (row,) = compare(runs, "max")
+    assert row["compute_to_target"]["tpe_asha"] is None and row["ratio"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_sweep_efficiency_quick_run(tmp_path: Path) -> None:
+    out = tmp_path / "se.json"
+    proc = _run("sweep_efficiency.py", ["--quick", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["machine"]["cores"] >= 1 and "ray" in report["machine"]["versions"]
+    assert report["settings"]["seeds"] == [0] and report["settings"]["samples"] == 4
+    runs = {r["method"]: r for r in report["runs"]}
+    assert set(runs) == {"tpe_asha", "random_fifo"}
+    # random search with FIFO trains every trial to the end; ASHA may stop some early
+    assert runs["random_fifo"]["trial_epochs"] == 4 * 2
+    assert 4 <= runs["tpe_asha"]["trial_epochs"] <= 4 * 2
+    for run in runs.values():
+        assert run["trials"] == 4 and len(run["objective_by_trial_epoch"]) == run["trial_epochs"]
+    (row,) = report["comparison"]
+    assert row["compute_to_target"]["random_fifo"] <= 8
+    assert "## Sweep efficiency" in proc.stdout and not (REPO / "se.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_quality_quick_run(tmp_path: Path) -> None:
+    out, docs = tmp_path / "q.json", tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n## Data path\n\nkept\n")
+    proc = _run("quality.py", ["--quick", "--out", str(out), "--docs", str(docs)])
+    report = json.loads(out.read_text())
+    arms = report["arms"]
+    assert [(a["dataset"], a["linearity"]) for a in arms] == [
+        ("synthetic", 0.0),
+        ("synthetic", 30.0),
+    ]
+    for arm in arms:
+        m = arm["metrics"]
+        assert m["split"] == "test" and m["triplets"] > 0
+        for key in ("extrap_psnr", "copy_last_psnr", "pixel_linear_psnr", "oracle_psnr"):
+            assert 0 < m[key] <= 100, key
+        assert m["latent_linearity"] >= 0 and "extrap_psnr_h1" in m
+        assert arm["train_linearity_last_epoch"] is not None  # trained on triplets
+    page = docs.read_text()
+    assert "## Data path\n\nkept" in page and "| latent extrapolation, lambda 30 |" in page
+    assert "## Extrapolation quality" in proc.stdout
