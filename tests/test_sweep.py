@@ -69,11 +69,16 @@ def test_four_trials_are_child_runs_with_metrics_and_artifacts(sweep) -> None:
             "latent_linearity",
             "best_extrap_psnr",
             "val_loss",
+            "extrap_psnr_h1",
+            "extrap_psnr_h2",
+            "copy_last_psnr_h2",
         ):
             assert key in run.data.metrics, key
         assert "arch.latent_dim" in run.data.params and "point.lr" in run.data.params
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-        assert {"arch", "strips", "checkpoint"} <= artifacts
+        assert {"arch", "strips", "checkpoint", "rollouts"} <= artifacts
+        gifs = [a.path for a in client.list_artifacts(run.info.run_id, "rollouts")]
+        assert gifs and all(g.endswith(".gif") for g in gifs)
     trial_ids = [r.data.tags["varnext.trial_id"] for r in children]
     assert sorted(trial_ids) == sorted(row["trial_id"] for row in outcome.rows)
     best = max(r.data.metrics["best_extrap_psnr"] for r in children)
