@@ -100,16 +100,23 @@ def _train_overhead(r: dict) -> list[str]:
 
 
 def _gpu_step(r: dict) -> list[str]:
-    rows = r.get("results") or r.get("runs") or []
-    ok = [x for x in rows if isinstance(x, dict) and x.get("tflops")]
-    best = max(ok, key=lambda x: x["tflops"], default=None)
-    device = r.get("machine", {}).get("device_name") or r.get("machine", {}).get("device")
+    ok = [x for x in r["results"] if x.get("achieved_tflops")]
+    best = max(ok, key=lambda x: x["achieved_tflops"], default=None)
+    device = r["device"]
+    where = device.get("name") if isinstance(device, dict) else device
     measured = (
-        f"{best['tflops']:.3f} TFLOP/s ({best.get('variant')}, {best.get('config')})"
+        f"{best['achieved_tflops']:.3f} TFLOP/s, {best['frames_per_s']:.0f} frames/s "
+        f"({best['config']}, {best['variant']}, batch {best['batch']}) on {where}"
         if best
         else "—"
     )
-    return ["GPU step: best achieved TFLOP/s", "(no goal; % of peak on CUDA)", measured, device]
+    pct = None if best is None else best.get("pct_of_peak")
+    return [
+        "GPU step: best achieved TFLOP/s of one training step (FLOPs by torch.utils.flop_counter)",
+        "(no goal; % of the device's peak)",
+        measured,
+        "n/a (no peak on CPU)" if pct is None else f"{pct:.1f} % of peak",
+    ]
 
 
 def _sweep_efficiency(r: dict) -> list[str]:

@@ -95,3 +95,27 @@ def test_quality_quick_run(tmp_path: Path) -> None:
     page = docs.read_text()
     assert "## Data path\n\nkept" in page and "| latent extrapolation, lambda 30 |" in page
     assert "## Extrapolation quality" in proc.stdout
+
+
+def test_run_all_summary_puts_goals_beside_results_under_the_title(tmp_path: Path) -> None:
+    from benchmarks.run_all import summary, write_summary
+
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in ("train_overhead", "gpu_step"):  # results as the scripts wrote them
+        source = REPO / "benchmarks" / "results" / f"{name}.json"
+        (results / f"{name}.json").write_text(source.read_text())
+    section = summary(results, [{"name": "quality", "exit": 1, "seconds": 3.0}])
+    rows = [line for line in section.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 5
+    overhead = json.loads((results / "train_overhead.json").read_text())["summary"]["overhead"]
+    assert f"| >= 0.95 | {overhead['ratio']:.2f}x |" in rows[1]
+    assert "not run" in rows[0] and "not run" in rows[4]
+    assert "Failed in the last run: quality." in section
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n## Data path\n\nkept\n")
+    write_summary(docs, section)
+    write_summary(docs, section)  # replaced, not added twice
+    page = docs.read_text()
+    assert page.startswith("# Benchmarks\n\n## Summary\n") and page.count("## Summary") == 1
+    assert page.rstrip().endswith("## Data path\n\nkept")
