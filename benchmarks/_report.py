@@ -1,7 +1,8 @@
 """Helpers shared by the benchmark scripts: docs sections and CPU-contention accounting.
 
 - :func:`replace_section` writes one ``## Heading`` section of a markdown page (such as
-  docs/benchmarks.md), leaving every other section as it was.
+  docs/benchmarks.md), leaving every other section as it was; :func:`publish` prints a
+  benchmark's section and writes its JSON results and that section.
 - :class:`CpuMeter` measures how much CPU this process tree and every other process on the
   machine used during a measurement, so that a result taken on a busy machine says so.
 
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -43,6 +45,18 @@ def replace_section(path: Path, heading: str, section: str) -> None:
         text = text.rstrip("\n") + "\n\n" + "\n".join(body) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def publish(
+    report: dict[str, Any], section: str, heading: str, out: Path, docs: Path | None
+) -> None:
+    """Prints a benchmark's section, writes its JSON results to ``out`` and, with ``docs``,
+    replaces its ``heading`` section of that page (:func:`replace_section`)."""
+    print(section)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    if docs is not None:
+        replace_section(docs, heading, section)
 
 
 def _system_busy_seconds() -> float | None:

@@ -30,7 +30,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -47,11 +46,13 @@ from typing import Any
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
+from benchmarks._report import publish
 from varnext_ray.dataset import (
     ENCODINGS,
     decode_images,
@@ -585,24 +586,6 @@ def _goal_line(g: dict[str, Any]) -> str:
     return text + "."
 
 
-def write_docs(path: Path, section: str) -> None:
-    """Writes ``section`` into ``path``, replacing only an existing "## Data path" section."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    lines = text.splitlines()
-    if SECTION in lines:
-        start = lines.index(SECTION)
-        end = next(
-            (i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines)
-        )
-        tail = lines[end:]
-        lines = lines[:start] + section.rstrip("\n").splitlines() + (["", *tail] if tail else [])
-        text = "\n".join(lines) + "\n"
-    else:
-        text = text.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark, prints the table, writes the JSON (and the docs section)."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -623,11 +606,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             shutil.rmtree(workdir, ignore_errors=True)
     report = _report(args, argv, machine, clock, data, blocks)
     section = markdown(report)
-    print(section)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.docs is not None:
-        write_docs(args.docs, section)
+    publish(report, section, SECTION, args.out, args.docs)
     return report
 
 

@@ -20,7 +20,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -40,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks._report import CpuMeter, replace_section
+from benchmarks._report import CpuMeter, publish
 from benchmarks.data_path import machine_info
 from varnext_ray.arch import ArchConfig, load_arch
 from varnext_ray.model import build_vae, elbo_loss
@@ -422,11 +421,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - clock, 1),
     }
     section = markdown(report)
-    print(section)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.docs is not None:
-        replace_section(args.docs, SECTION, section)
+    publish(report, section, SECTION, args.out, args.docs)
     return report
 
 

@@ -26,7 +26,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -47,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import ray
 import torch
 
-from benchmarks._report import replace_section
+from benchmarks._report import publish
 from benchmarks.data_path import machine_info
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
 from varnext_ray.checkpoint import load_checkpoint
@@ -316,11 +315,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - clock, 1),
     }
     section = markdown(report)
-    print(section)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.docs is not None:
-        replace_section(args.docs, SECTION, section)
+    publish(report, section, SECTION, args.out, args.docs)
     return report
 
 

@@ -33,7 +33,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import shlex
@@ -58,7 +57,7 @@ import ray
 import ray.tune
 import torch
 
-from benchmarks._report import CpuMeter, replace_section
+from benchmarks._report import CpuMeter, publish
 from benchmarks.data_path import machine_info
 from benchmarks.train_overhead import load_train_frames
 from varnext_ray.arch import parse_arch
@@ -366,11 +365,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - clock, 1),
     }
     section = markdown(report)
-    print(section)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.docs is not None:
-        replace_section(args.docs, SECTION, section)
+    publish(report, section, SECTION, args.out, args.docs)
     return report
 
 

@@ -53,7 +53,7 @@ import ray
 import ray.train
 import torch
 
-from benchmarks._report import CpuMeter, replace_section
+from benchmarks._report import CpuMeter, publish
 from benchmarks.data_path import machine_info
 from varnext_ray.arch import ArchConfig, load_arch
 from varnext_ray.dataset import decode_images, load_manifest, to_model_input
@@ -478,11 +478,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     report = _report(args, argv, started, clock, machine, arch, settings, len(frames), rounds)
     section = markdown(report)
-    print(section)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
-    if args.docs is not None:
-        replace_section(args.docs, SECTION, section)
+    publish(report, section, SECTION, args.out, args.docs)
     return report
 
 
