@@ -251,8 +251,57 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{_fmt(m.get('extrap_skill'), '+.3f')} | {m['extrap_ssim']:.3f} | "
                 f"{arm['train_seconds']:.0f} |"
             )
-        lines.append("")
+        lines += [*_effect(arms), *_reading(arms), ""]
     return "\n".join(lines)
+
+
+def _effect(arms: list[dict[str, Any]]) -> list[str]:
+    """One line per lambda > 0: its change against lambda 0 (one seed: read as indicative)."""
+    base = next((a["metrics"] for a in arms if a["linearity"] == 0), None)
+    if base is None:
+        return []
+    out = []
+    for arm in arms:
+        if arm["linearity"] == 0:
+            continue
+        m = arm["metrics"]
+        horizon = len(_h_headers(m))
+        out.append(
+            f"Linearity term, lambda {arm['linearity']:g} vs 0: latent_linearity "
+            f"{base['latent_linearity']:.3f} -> {m['latent_linearity']:.3f}, extrap_psnr "
+            f"{m['extrap_psnr'] - base['extrap_psnr']:+.2f} dB (motion "
+            f"{_fmt(_diff(m, base, 'extrap_psnr_motion'), '+.2f')} dB, h{horizon} "
+            f"{_fmt(_diff(m, base, f'extrap_psnr_h{horizon}'), '+.2f')} dB), oracle_psnr "
+            f"{m['oracle_psnr'] - base['oracle_psnr']:+.2f} dB (one training seed per arm)."
+        )
+    return ["", *out] if out else []
+
+
+def _reading(arms: list[dict[str, Any]]) -> list[str]:
+    """What limits the prediction, and where it beats copy-last, read off the numbers."""
+    out = []
+    for arm in arms:
+        m, lam = arm["metrics"], f"{arm['linearity']:g}"
+        gap = m["oracle_psnr"] - m["extrap_psnr"]
+        limit = (
+            "the decoder (the oracle is no better), not the straight line, limits it"
+            if gap < 0.5
+            else "the straight line costs that much against the oracle"
+        )
+        wins = [
+            f"h{k}"
+            for k in range(1, len(_h_headers(m)) + 1)
+            if m[f"extrap_psnr_h{k}"] > m[f"copy_last_psnr_h{k}"]
+        ]
+        out.append(
+            f"lambda {lam}: extrap_psnr is {gap:.2f} dB below the oracle: {limit}; it beats "
+            f"copy-last at {', '.join(wins) if wins else 'no horizon'}."
+        )
+    return ["", *out]
+
+
+def _diff(m: dict[str, Any], base: dict[str, Any], key: str) -> float | None:
+    return m[key] - base[key] if key in m and key in base else None
 
 
 def _h_headers(metrics: dict[str, Any]) -> list[str]:
