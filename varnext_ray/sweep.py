@@ -300,7 +300,7 @@ def run_sweep(
     tuner = _tuner(space, base, options, constants, path, resume)
     results = tuner.fit()
     rows = _summarise(results, space, base)
-    _close_trial_runs(uri, experiment, parent, {r["trial_id"] for r in rows}, epochs)
+    _close_trial_runs(uri, experiment, parent, {r["trial_id"]: r["error"] for r in rows}, epochs)
     best = next((r for r in rows if r["objective"] is not None), None)
     if best is not None:
         tracking.log_metrics(uri, parent, {f"best_{space.objective}": best["objective"]}, step=0)
@@ -377,14 +377,16 @@ def _first_line(error: BaseException) -> str:
 
 
 def _close_trial_runs(
-    uri: str, experiment: str, parent: str, trial_ids: set[str], epochs: int
+    uri: str, experiment: str, parent: str, trial_ids: dict[str, str | None], epochs: int
 ) -> None:
-    """Child runs still RUNNING after the sweep are closed.
+    """Child runs still RUNNING after the sweep are closed (``trial_ids``: id -> error or None).
 
-    A trial the scheduler stopped early is FINISHED and tagged ``varnext.stopped_early``. A run
-    whose trial the sweep no longer knows (its driver was killed before Tune saved the trial,
-    so ``--resume`` sampled a new one) is tagged with the reason and deleted (MLflow deletes
-    softly: it can be restored), so a resumed sweep holds exactly one run per trial.
+    A trial that errored without closing its run (its driver's node was lost) is FAILED with
+    the error as ``failure_reason``. A trial the scheduler stopped early is FINISHED and tagged
+    ``varnext.stopped_early``. A run whose trial the sweep no longer knows (its driver was
+    killed before Tune saved the trial, so ``--resume`` sampled a new one) is tagged with the
+    reason and deleted (MLflow deletes softly: it can be restored), so a resumed sweep holds
+    exactly one run per trial.
     """
     c = tracking.client(uri)
     exp = c.get_experiment_by_name(experiment)
@@ -394,7 +396,10 @@ def _close_trial_runs(
     )
     for run in runs:
         run_id = run.info.run_id
-        if run.data.tags.get("varnext.trial_id") in trial_ids:
+        trial_id = run.data.tags.get("varnext.trial_id")
+        if trial_ids.get(trial_id):
+            tracking.end_run(uri, run_id, "FAILED", trial_ids[trial_id])
+        elif trial_id in trial_ids:
             if run.data.metrics.get("epoch", 0) < epochs:
                 c.set_tag(run_id, "varnext.stopped_early", "true")
             c.set_terminated(run_id, status="FINISHED")
