@@ -21,6 +21,11 @@ REPO = Path(__file__).resolve().parent.parent
 REAL_CLIP = REPO.parent / "shared" / "data" / "traffic_overpass.avi"
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Runs tests/test_multinode.py last: it shuts the session's local Ray down first."""
+    items.sort(key=lambda item: item.path.name == "test_multinode.py")  # stable sort
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four 48-frame synthetic mp4 clips at 96x54; at least one has a camera bump."""

@@ -45,6 +45,14 @@ SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registere
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[LocalCluster]:
     """One three-node cluster for this module (the node-loss test runs last: it kills one)."""
+    # This module runs last (conftest.py orders it so) and shuts the session's in-process Ray
+    # down first: in full runs the session's local instance lost its GCS around the time
+    # this 3-node cluster stopped (cause not found), and its driver, pytest itself, then
+    # exits about 60 s later. No test after this module needs the session's Ray.
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
     with local_cluster(head_cpus=HEAD_CPUS, worker_cpus=WORKER_CPUS) as running:
         yield running
 
