@@ -43,32 +43,6 @@ def _direction(metric: str) -> str:
     return OBJECTIVES[name]
 
 
-def _open_store(uri: str | None) -> tuple[str, Any]:
-    """The resolved tracking URI and a client for it; refuses a missing SQLite file."""
-    uri = tracking.resolve_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
-        raise UserError(
-            "no MLflow database at this path",
-            uri,
-            "pass the --tracking-uri your runs were logged to (or set MLFLOW_TRACKING_URI)",
-        )
-    tracking.check_reachable(uri)
-    return uri, tracking.client(uri)
-
-
-def _experiment(client: Any, name: str, uri: str) -> Any:
-    """The experiment called ``name``; a UserError listing the experiments that exist."""
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found
-    names = sorted(e.name for e in client.search_experiments())
-    raise UserError(
-        f"no experiment named {name!r}",
-        uri,
-        f"pass --experiment with one of: {', '.join(names) or '(none: nothing was logged yet)'}",
-    )
-
-
 def _runs(client: Any, experiment_id: str, order_by: str) -> Iterator[Any]:
     """Every run of the experiment that did not fail, in ``order_by`` order, page by page."""
     token = None
@@ -108,8 +82,8 @@ def find_best_run(uri: str | None, experiment: str, metric: str = "extrap_psnr")
     """
     direction = _direction(metric)
     key = f"best_{metric.removeprefix('best_')}"
-    uri, client = _open_store(uri)
-    exp = _experiment(client, experiment, uri)
+    uri, client = tracking.open_store(uri)
+    exp = tracking.existing_experiment(client, experiment, uri)
     order = f"metrics.{key} {'DESC' if direction == 'max' else 'ASC'}"
     seen, logged = 0, set()
     for run in _runs(client, exp.experiment_id, order):

@@ -193,11 +193,9 @@ def gather(uri: str | None, experiment: str, sweep_id: str | None = None) -> Swe
     """
     from mlflow.exceptions import MlflowException
 
-    from varnext_ray.best import _experiment, _open_store
-
-    uri, client = _open_store(uri)
+    uri, client = tracking.open_store(uri)
     try:
-        exp = _experiment(client, experiment, uri)
+        exp = tracking.existing_experiment(client, experiment, uri)
         runs = _all_runs(client, exp.experiment_id)
     except MlflowException as err:
         raise UserError(

@@ -60,6 +60,32 @@ def client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
+def open_store(uri: str | None) -> tuple[str, Any]:
+    """The resolved tracking URI and a client for it; refuses a missing SQLite file."""
+    uri = resolve_tracking_uri(uri)
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///") :]).is_file():
+        raise UserError(
+            "no MLflow database at this path",
+            uri,
+            "pass the --tracking-uri your runs were logged to (or set MLFLOW_TRACKING_URI)",
+        )
+    check_reachable(uri)
+    return uri, client(uri)
+
+
+def existing_experiment(store: Any, name: str, uri: str) -> Any:
+    """The experiment called ``name``; a UserError listing the experiments that exist."""
+    found = store.get_experiment_by_name(name)
+    if found is not None:
+        return found
+    names = sorted(e.name for e in store.search_experiments())
+    raise UserError(
+        f"no experiment named {name!r}",
+        uri,
+        f"pass --experiment with one of: {', '.join(names) or '(none: nothing was logged yet)'}",
+    )
+
+
 def experiment_id(uri: str, name: str) -> str:
     """The id of experiment ``name``, created if it does not exist."""
     c = client(uri)
