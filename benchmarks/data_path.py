@@ -32,27 +32,31 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import platform
-import shlex
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+
+from benchmarks.harness import (  # sets the local Ray env
+    CpuMeter,
+    begin,
+    default_outputs,
+    machine_info,
+    publish,
+    report_head,
+)
+
+# isort: split
 
 import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from benchmarks._report import publish
 from varnext_ray.dataset import (
     ENCODINGS,
     decode_images,
@@ -65,7 +69,6 @@ from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.sources import parse_size
 from varnext_ray.synth import write_synthetic
 
-REPO = Path(__file__).resolve().parent.parent
 GOAL_FPS_PER_CORE = 1000
 GOAL_SIZE = (640, 360)
 BATCH = 32
@@ -116,125 +119,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.repeats = args.repeats or (1 if quick else 2)
     args.warmup = 0 if quick else 1
     args.retries = (0 if quick else 2) if args.retries is None else args.retries
-    if args.out is None:  # a smoke run never overwrites the kept results
-        folder = Path(tempfile.gettempdir()) if quick else REPO / "benchmarks" / "results"
-        args.out = folder / ("data_path_quick.json" if quick else "data_path.json")
-    if args.docs is None and not quick:
-        args.docs = REPO / "docs" / "benchmarks.md"
+    default_outputs(args, "data_path", quick_to_tmp=True)
     if min(args.cpus) < 1 or args.repeats < 1 or args.frames < 3 or args.clips < 1:
         p.error("--cpus, --repeats, --clips must be >= 1 and --frames >= 3")
     return args
-
-
-def machine_info() -> dict[str, Any]:
-    """Cores, CPU model, load and the versions that the numbers depend on."""
-    import av
-    import PIL
-    import pyarrow
-    import ray
-
-    import varnext_ray
-
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        names = [
-            ln.split(":", 1)[1].strip()
-            for ln in cpuinfo.read_text().splitlines()
-            if ln.startswith("model name")
-        ]
-        model = names[0] if names else model
-    return {
-        "cores": os.cpu_count(),
-        "cpu_model": model,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "versions": {
-            "ray": ray.__version__,
-            "torch": torch.__version__,
-            "pyarrow": pyarrow.__version__,
-            "numpy": np.__version__,
-            "pillow": PIL.__version__,
-            "av": av.__version__,
-            "varnext_ray": varnext_ray.__version__,
-        },
-    }
-
-
-def _proc_cpu(pid: int) -> float | None:
-    """CPU seconds (user + system) that process ``pid`` used so far, or None if it is gone."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) "
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for task in Path(f"/proc/{pid}/task").glob("*/children"):
-        try:
-            out += [int(c) for c in task.read_text().split()]
-        except OSError:
-            continue
-    return out
-
-
-def _machine_busy() -> float:
-    jiffies = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-    return (sum(jiffies) - jiffies[3] - jiffies[4]) / os.sysconf("SC_CLK_TCK")  # not idle/iowait
-
-
-class CpuMeter:
-    """CPU seconds used by this process tree, and by everything else, during a ``with`` block.
-
-    A thread walks the tree below this process (Ray's raylet, GCS, workers) every ``interval``
-    seconds; each process counts what it used between its first and last sighting (from 0 if it
-    started inside the block), so the worker processes Ray starts and ends within a pass count
-    as ours. Processes shorter than ``interval`` are missed. ``own`` and ``other`` stay None
-    where /proc is missing (not Linux).
-    """
-
-    def __init__(self, interval: float = 0.2) -> None:
-        self.interval = interval
-        self.own: float | None = None
-        self.other: float | None = None
-        self._first: dict[int, float] = {}
-        self._last: dict[int, float] = {}
-        self._linux = Path("/proc/self/task").is_dir()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _sample(self, first: bool = False) -> None:
-        stack = [os.getpid()]
-        while stack:
-            pid = stack.pop()
-            cpu = _proc_cpu(pid)
-            if cpu is not None:
-                self._first.setdefault(pid, cpu if first else 0.0)
-                self._last[pid] = cpu
-                stack += _children(pid)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._sample()
-
-    def __enter__(self) -> CpuMeter:
-        if self._linux:
-            self._busy = _machine_busy()
-            self._sample(first=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._linux:
-            self._stop.set()
-            self._thread.join()
-            self._sample()
-            self.own = sum(self._last[p] - self._first[p] for p in self._last)
-            self.other = max(0.0, _machine_busy() - self._busy - self.own)
 
 
 def prepare(
@@ -250,11 +138,11 @@ def prepare(
     for encoding in encodings:
         path = workdir / f"ds-{tag}-{encoding}"
         opts = IngestOptions(size=size, val=0.0, test=0.0, encoding=encoding)
-        with CpuMeter() as meter:
+        with CpuMeter(interval_s=0.2) as meter:
             start = time.perf_counter()
             manifest = ingest([synth], path, opts)
             seconds = time.perf_counter() - start
-        other = meter.other
+        other = meter.result()["cpu_s_others"]
         out[encoding] = {
             "path": str(path),
             "frames": manifest["frames"],
@@ -275,7 +163,7 @@ def baseline_pass(path: str) -> dict[str, float]:
     """One single-threaded pass: pyarrow read, decode_images, to_model_input, batches of 32."""
     manifest = load_manifest(path)
     frames = 0
-    with CpuMeter() as meter:
+    with CpuMeter(interval_s=0.2) as meter:
         start, cpu = time.perf_counter(), time.process_time()
         for file in manifest.files("train"):
             batches = pq.ParquetFile(file).iter_batches(
@@ -288,7 +176,7 @@ def baseline_pass(path: str) -> dict[str, float]:
                 frames += x.shape[0]
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     result = _pass(frames, seconds, cpu)  # this process only: Ray idles meanwhile
-    result["other_cpu_seconds"] = None if meter.other is None else round(meter.other, 3)
+    result["other_cpu_seconds"] = meter.result()["cpu_s_others"]
     return result
 
 
@@ -320,7 +208,7 @@ def make_dataset(path: str, variant: str) -> Any:
 def ray_pass(ds: Any, variant: str) -> dict[str, float]:
     """One epoch of ``iter_torch_batches(batch_size=32)``, converting on the consumer if asked."""
     frames, first = 0, None
-    with CpuMeter() as meter:
+    with CpuMeter(interval_s=0.2) as meter:
         start = time.perf_counter()
         for batch in ds.iter_torch_batches(batch_size=BATCH):
             x = batch["image"]
@@ -330,8 +218,9 @@ def ray_pass(ds: Any, variant: str) -> dict[str, float]:
             if first is None:
                 first = time.perf_counter() - start
         seconds = time.perf_counter() - start
-    result = _pass(frames, seconds, meter.own)
-    result["other_cpu_seconds"] = None if meter.other is None else round(meter.other, 3)
+    cpu = meter.result()
+    result = _pass(frames, seconds, cpu["cpu_s_ours"])
+    result["other_cpu_seconds"] = cpu["cpu_s_others"]
     result["first_batch_s"] = round(first or 0.0, 3)
     return result
 
@@ -588,12 +477,10 @@ def _goal_line(g: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark, prints the table, writes the JSON (and the docs section)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, started, clock = begin(argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     torch.set_num_threads(1)  # the consumer converts on one thread, as the baseline does
-    machine = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **machine_info()}
-    clock = time.perf_counter()
+    machine = {"started": started, **machine_info()}
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="varnext-bench-"))
     try:
         data = {}
@@ -633,9 +520,7 @@ def _report(
 ) -> dict[str, Any]:
     results = summarise(data, blocks)
     return {
-        "benchmark": "data_path",
-        "timestamp": machine.pop("started"),
-        "command": shlex.join(["python", "benchmarks/data_path.py", *argv]),
+        **report_head("data_path", machine.pop("started"), argv),
         "machine": machine,
         "settings": {
             "quick": args.quick,

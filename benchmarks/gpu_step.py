@@ -23,10 +23,8 @@ import argparse
 import logging
 import os
 import re
-import shlex
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -36,15 +34,25 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
+from benchmarks.harness import (  # sets the local Ray env
+    REPO,
+    CpuMeter,
+    begin,
+    default_outputs,
+    machine_info,
+    publish,
+    repo_relative,
+    report_head,
+)
+
+# isort: split
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks._report import CpuMeter, publish
-from benchmarks.data_path import machine_info
 from varnext_ray.arch import ArchConfig, load_arch
 from varnext_ray.model import build_vae, elbo_loss
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## GPU step"
 log = logging.getLogger("benchmarks.gpu_step")
 
@@ -121,11 +129,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.variants = args.variants or [v for v in VARIANTS if v != "all" or on_cuda]
     args.threads = args.threads or os.cpu_count() or 1
     args.repeats = args.repeats or (1 if args.quick else 3)
-    if args.out is None:
-        results = Path(tempfile.gettempdir()) if args.quick else REPO / "benchmarks" / "results"
-        args.out = results / ("gpu_step_quick.json" if args.quick else "gpu_step.json")
-    if args.docs is None and not args.quick:
-        args.docs = REPO / "docs" / "benchmarks.md"
+    default_outputs(args, "gpu_step", quick_to_tmp=True)
     if min(args.batch or 1, args.steps or 1, args.warmup or 1, args.threads, args.repeats) < 1:
         p.error("--batch, --steps, --warmup, --repeats and --threads must be >= 1")
     return args
@@ -244,7 +248,7 @@ def run_config(
     path: Path, batch: int, steps: int, warmup: int, args: argparse.Namespace, info: dict
 ) -> list[dict[str, Any]]:
     """Every variant of one config, timed in ``args.repeats`` rounds of alternating order."""
-    arch, dev, name = load_arch(path), torch.device(args.device), _rel(path)
+    arch, dev, name = load_arch(path), torch.device(args.device), repo_relative(path)
     torch._dynamo.reset()
     rows: dict[str, dict[str, Any]] = {}
     steps_of: dict[str, Callable[[], torch.Tensor]] = {}
@@ -272,11 +276,6 @@ def run_config(
         if "error" not in row:
             row["ratio_vs_fp32"] = round(row["steps_per_s"] / base, 3) if base else None
     return list(rows.values())
-
-
-def _rel(path: Path) -> str:
-    full = path.resolve()
-    return str(full.relative_to(REPO) if full.is_relative_to(REPO) else path)
 
 
 @contextmanager
@@ -389,21 +388,16 @@ def _notes(report: dict[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark, prints the section, writes the JSON (and the docs section)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, started, clock = begin(argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    clock = time.perf_counter()
     torch.set_num_threads(args.threads)
     machine = machine_info()  # before the run: its load average is the one at the start
     info = device_info(args.device, machine["cpu_model"])
     results = [row for plan in args.plan for row in run_config(*plan, args, info)]
     keys = ("config", "batch", "steps", "warmup")
-    plan = [dict(zip(keys, (_rel(c), *rest), strict=True)) for c, *rest in args.plan]
+    plan = [dict(zip(keys, (repo_relative(c), *rest), strict=True)) for c, *rest in args.plan]
     report = {
-        "benchmark": "gpu_step",
-        "timestamp": started,
-        "command": shlex.join(["python", "benchmarks/gpu_step.py", *argv]),
+        **report_head("gpu_step", started, argv),
         "machine": machine | {"torch_threads": torch.get_num_threads(), "device": info["name"]},
         "device": info,
         "settings": {

@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shlex
 import shutil
 import sys
 import tempfile
@@ -37,19 +35,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+
+from benchmarks.harness import (  # sets the local Ray env
+    REPO,
+    begin,
+    default_outputs,
+    machine_info,
+    publish,
+    repo_relative,
+    report_head,
+)
+
+# isort: split
 
 import ray
 import torch
 
-from benchmarks._report import publish
-from benchmarks.data_path import machine_info
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
 from varnext_ray.checkpoint import load_checkpoint
+from varnext_ray.cluster import Resources, connect_ray
 from varnext_ray.dataset import (
     load_manifest,
     sequence_index,
@@ -60,10 +65,10 @@ from varnext_ray.dataset import (
 )
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.metrics import add_sums, finalize, finalize_rollout, rollout_sums, triplet_sums
+from varnext_ray.settings import TrainSettings
 from varnext_ray.synth import write_synthetic
-from varnext_ray.train import Resources, TrainSettings, connect_ray, train
+from varnext_ray.train import train
 
-REPO = Path(__file__).resolve().parent.parent
 REAL_CLIP = REPO.parent / "shared" / "data" / "traffic_overpass.avi"
 SECTION = "## Extrapolation quality"
 PREDICTORS = ("extrap", "oracle", "copy_last", "pixel_linear")
@@ -109,11 +114,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args.linearity = args.linearity or [0.0, 30.0]
     args.epochs = args.epochs or (1 if quick else 12)
-    if args.out is None:
-        name = "quality_quick.json" if quick else "quality.json"
-        args.out = REPO / "benchmarks" / "results" / name
-    if args.docs is None and not quick:
-        args.docs = REPO / "docs" / "benchmarks.md"
+    default_outputs(args, "quality")
     if min(args.epochs, args.batch_size, args.threads) < 1 or args.horizons < 0:
         p.error("--epochs, --batch-size, --threads must be >= 1 and --horizons >= 0")
     if any(v < 0 for v in args.linearity):
@@ -175,7 +176,7 @@ def run_arm(
 ) -> dict[str, Any]:
     """Trains one (dataset, lambda) arm and scores its best checkpoint."""
     config = arch.to_dict()
-    config["loss"]["linearity"] = lam
+    config["loss"]["linearity_weight"] = lam
     if args.beta >= 0:
         config["loss"]["beta"] = args.beta
     settings = TrainSettings(
@@ -205,7 +206,7 @@ def run_arm(
         "linearity": lam,
         "train_seconds": round(seconds, 1),
         "best_epoch_val": {k: outcome.metrics.get(k) for k in ("epoch", "extrap_psnr")},
-        "train_linearity_last_epoch": outcome.metrics.get("train_linearity"),
+        "train_curvature_last_epoch": outcome.metrics.get("train_curvature"),
         "metrics": metrics,
     }
 
@@ -323,11 +324,8 @@ def _fmt(value: float | None, spec: str = ".2f") -> str:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Trains and scores every (dataset, lambda) arm, prints the section, writes JSON (docs)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, started, clock = begin(argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    clock = time.perf_counter()
     machine = machine_info()
     arch = load_arch(args.config)
     workdir = Path(tempfile.mkdtemp(prefix="varnext-quality-bench-"))
@@ -342,15 +340,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     finally:
         ray.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-    config = Path(args.config).resolve()
     report = {
-        "benchmark": "quality",
-        "timestamp": started,
-        "command": shlex.join(["python", "benchmarks/quality.py", *argv]),
+        **report_head("quality", started, argv),
         "machine": machine,
         "settings": {
             "quick": args.quick,
-            "config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
+            "config": repo_relative(args.config),
             "data": args.data,
             "linearity": args.linearity,
             "epochs": args.epochs,

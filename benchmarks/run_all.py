@@ -26,9 +26,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
 
-from benchmarks._report import replace_section
+from benchmarks.harness import REPO, replace_section, repo_relative  # sets the local Ray env
 
-REPO = Path(__file__).resolve().parent.parent
+# isort: split
+
+
 HERE = REPO / "benchmarks"
 SECTION = "## Summary"
 # name -> extra flags of the full run (the issue asks for both frame sizes in the data path)
@@ -63,21 +65,15 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """Runs one benchmark script in its own process; returns how it went."""
     out = args.results / f"{name}.json"
     flags = ["--quick"] if args.quick else BENCHMARKS[name]
-    command = [sys.executable, f"benchmarks/{name}.py", *flags, "--out", _short(out)]
+    command = [sys.executable, f"benchmarks/{name}.py", *flags, "--out", repo_relative(out)]
     if args.docs is not None:
-        command += ["--docs", _short(args.docs)]
+        command += ["--docs", repo_relative(args.docs)]
     print(f"== {name}: {' '.join(command[1:])}", flush=True)
     started = time.perf_counter()
     code = subprocess.run(command, cwd=REPO).returncode
     seconds = round(time.perf_counter() - started, 1)
     print(f"== {name}: exit {code} after {seconds} s", flush=True)
     return {"name": name, "exit": code, "seconds": seconds}
-
-
-def _short(path: Path) -> str:
-    """``path`` relative to the repository when it is inside it (the results record commands)."""
-    path = path.resolve()
-    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
 
 
 # ---- the summary table: one function per benchmark, reading its JSON ---------------------------

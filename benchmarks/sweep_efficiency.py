@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import shlex
 import shutil
 import statistics
 import sys
@@ -45,20 +43,26 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
-os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+
+from benchmarks.harness import (  # sets the local Ray env
+    REPO,
+    CpuMeter,
+    begin,
+    default_outputs,
+    machine_info,
+    publish,
+    repo_relative,
+    report_head,
+)
+
+# isort: split
 
 import numpy as np
 import ray
 import ray.tune
 import torch
 
-from benchmarks._report import CpuMeter, publish
-from benchmarks.data_path import machine_info
 from benchmarks.train_overhead import load_train_frames
 from varnext_ray.arch import parse_arch
 from varnext_ray.dataset import to_model_input, triplets_dataset
@@ -70,7 +74,6 @@ from varnext_ray.search_space import SearchSpace, load_space, point_to_arch
 from varnext_ray.sweep import SweepOptions, make_scheduler, make_searcher
 from varnext_ray.synth import write_synthetic
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Sweep efficiency"
 GOAL_RATIO = 0.25  # the issue's goal: TPE+ASHA needs at most 25 % of random search's compute
 WITHIN = 0.02  # "within 2 % of the best objective random search found"
@@ -103,11 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.samples = args.samples or (4 if quick else 16)
     args.epochs = args.epochs or (2 if quick else 4)
     args.frames = args.frames or (30 if quick else 120)
-    if args.out is None:
-        name = "sweep_efficiency_quick.json" if quick else "sweep_efficiency.json"
-        args.out = REPO / "benchmarks" / "results" / name
-    if args.docs is None and not quick:
-        args.docs = REPO / "docs" / "benchmarks.md"
+    default_outputs(args, "sweep_efficiency")
     if min(args.samples, args.epochs, args.batch_size, args.clips) < 1:
         p.error("--samples, --epochs, --batch-size and --clips must be >= 1")
     return args
@@ -314,11 +313,8 @@ def summarise(rows: list[dict], runs: list[dict]) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs both methods for every seed, prints the section, writes the JSON (and docs)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, started, clock = begin(argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    clock = time.perf_counter()
     machine = machine_info()
     space, base = load_space(args.space)
     size = (base["input"]["width"], base["input"]["height"])
@@ -342,13 +338,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     rows = compare(runs, space.direction)
     report = {
-        "benchmark": "sweep_efficiency",
-        "timestamp": started,
-        "command": shlex.join(["python", "benchmarks/sweep_efficiency.py", *argv]),
+        **report_head("sweep_efficiency", started, argv),
         "machine": machine,
         "settings": {
             "quick": args.quick,
-            "space": _relative(args.space),
+            "space": repo_relative(args.space),
             "objective": space.objective,
             "direction": space.direction,
             "seeds": args.seeds,
@@ -367,11 +361,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     section = markdown(report)
     publish(report, section, SECTION, args.out, args.docs)
     return report
-
-
-def _relative(path: Path) -> str:
-    path = Path(path).resolve()
-    return str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
 
 
 if __name__ == "__main__":

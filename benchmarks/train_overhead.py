@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import shutil
 import statistics
 import sys
@@ -41,11 +40,20 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
-os.environ.setdefault("RAY_AUTH_MODE", "token")
-os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
+
+from benchmarks.harness import (  # sets the local Ray env
+    REPO,
+    CpuMeter,
+    begin,
+    default_outputs,
+    machine_info,
+    publish,
+    repo_relative,
+    report_head,
+)
+
+# isort: split
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -53,17 +61,16 @@ import ray
 import ray.train
 import torch
 
-from benchmarks._report import CpuMeter, publish
-from benchmarks.data_path import machine_info
 from varnext_ray.arch import ArchConfig, load_arch
+from varnext_ray.cluster import Resources
 from varnext_ray.dataset import decode_images, load_manifest, to_model_input
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.model import build_vae, elbo_loss
+from varnext_ray.settings import TrainSettings
 from varnext_ray.sources import parse_size
 from varnext_ray.synth import write_synthetic
-from varnext_ray.train import Resources, TrainSettings, build_trainer
+from varnext_ray.train import build_trainer
 
-REPO = Path(__file__).resolve().parent.parent
 SECTION = "## Training overhead"
 GOAL_RATIO = 0.95  # the issue's goal: Ray Train (1 worker) steps/s >= 0.95 x the plain loop
 RUNS = ("plain", "ray_1", "ray_2")
@@ -103,11 +110,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.batch_size = args.batch_size or (8 if quick else 32)
     args.repeats = args.repeats or (1 if quick else 2)
     args.val_triplets = args.val_triplets or (8 if quick else 32)
-    if args.out is None:
-        name = "train_overhead_quick.json" if quick else "train_overhead.json"
-        args.out = REPO / "benchmarks" / "results" / name
-    if args.docs is None and not quick:
-        args.docs = REPO / "docs" / "benchmarks.md"
+    default_outputs(args, "train_overhead")
     if args.epochs < 2 or min(args.repeats, args.threads, args.batch_size, args.clips) < 1:
         p.error("--epochs must be >= 2 (one warm-up); --repeats, --threads, --batch-size >= 1")
     return args
@@ -443,11 +446,8 @@ def _notes(report: dict[str, Any]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs the benchmark, prints the section, writes the JSON (and the docs section)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, started, clock = begin(argv)
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    clock = time.perf_counter()
     machine = machine_info()  # before the run: its load average is the one at the start
     arch = load_arch(args.config)
     settings = TrainSettings(
@@ -493,15 +493,12 @@ def _report(
     train_frames: int,
     rounds: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    config = Path(args.config).resolve()
     return {
-        "benchmark": "train_overhead",
-        "timestamp": started,
-        "command": shlex.join(["python", "benchmarks/train_overhead.py", *argv]),
+        **report_head("train_overhead", started, argv),
         "machine": machine,
         "settings": {
             "quick": args.quick,
-            "config": str(config.relative_to(REPO) if config.is_relative_to(REPO) else config),
+            "config": repo_relative(args.config),
             "size": [arch.input.width, arch.input.height],
             "clips": args.clips,
             "frames_per_clip": args.frames,

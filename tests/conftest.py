@@ -47,7 +47,7 @@ def ray_local():
     """A local Ray instance on loopback (token auth, dashboard on), shut down after the session."""
     import ray
 
-    from varnext_ray.train import connect_ray
+    from varnext_ray.cluster import connect_ray
 
     os.environ.pop("RAY_ADDRESS", None)
     connect_ray(num_cpus=2)
@@ -219,3 +219,24 @@ def _kill_group_leftovers(pgid: int) -> None:
         time.sleep(0.5)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def smoke_checkpoint(directory: Path, name: str, seed: int) -> Path:
+    """A checkpoint of the smoke architecture with weights from ``seed``, at ``directory/name``
+    (``meta.extra.name`` is ``name``)."""
+    import torch
+
+    from varnext_ray.arch import load_arch
+    from varnext_ray.checkpoint import save_checkpoint
+    from varnext_ray.model import build_vae
+
+    torch.manual_seed(seed)
+    cfg = load_arch(REPO / "configs" / "smoke_64x36.json")
+    return save_checkpoint(
+        directory / name,
+        model=build_vae(cfg),
+        arch_cfg=cfg,
+        epoch=0,
+        metrics={"extrap_psnr": 1.0},
+        extra={"name": name},
+    )

@@ -9,11 +9,16 @@ there too) and checks the contract of DESIGN.md and docs/reliability.md:
 - nothing new or changed under the test's folder (inputs are made before the snapshot);
 - no pickle ran (a payload would create ``PWNED``);
 - no Ray: ``ray.init`` is replaced by a function that raises :class:`RayStarted`, so a command
-  that would start Ray before noticing the mistake fails at once instead of after a minute.
+  that would start Ray before noticing the mistake fails at once instead of after a minute;
+- no hang: a case that blocks (a FIFO opened by mistake) fails after 60 s.
+
+The data and file side of the corpus (file kinds, hostile JSON, hand-edited manifests and
+checkpoints, images and options, size bounds, one-line messages, nothing left behind) lives in
+tests/bad_inputs_data.py and is merged into ``CASES`` below.
 
 Neighbouring corpora, not repeated here: tests/test_cli_data.py (ingest and data info basics),
-tests/test_predict.py (predict and best arguments), and the validators' own tests in
-tests/test_arch.py, tests/test_search_space.py and tests/test_checkpoint.py.
+tests/test_predict.py and tests/test_best.py (predict and best arguments), and the validators'
+own tests in tests/test_arch.py, tests/test_search_space.py and tests/test_checkpoint.py.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any, NamedTuple
 import pytest
 from PIL import Image
 
+from tests.bad_inputs_data import DATA_CASES
 from tests.conftest import REPO
 from varnext_ray.cli import main
 
@@ -347,6 +353,10 @@ CASES: dict[str, Case] = {
         "the frames differ in size (64x36 and 32x18)",
     ),
 }
+# The data and file side, one group per cause: file kinds, hostile JSON, hand-edited manifests
+# and checkpoint metadata, images and options, size bounds, one line, nothing left behind.
+assert not set(CASES) & set(DATA_CASES), "a case name is used twice"
+CASES |= {name: Case(*raw) for name, raw in DATA_CASES.items()}
 
 
 # ---- the check --------------------------------------------------------------------------------
@@ -374,6 +384,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.mark.timeout(60)  # a FIFO opened by mistake, or a hang: fail, do not block the suite
 @pytest.mark.parametrize("case", [pytest.param(c, id=i) for i, c in CASES.items()])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     case: Case,
@@ -411,5 +422,17 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert elapsed < 30, f"took {elapsed:.0f} s: a bad input must be refused quickly"
 
 
-def test_the_corpus_is_large_enough() -> None:
-    assert len(CASES) >= 25
+# The commands that read a user's files or stores (report's are in tests/test_report.py).
+READS_USER_INPUT = {"arch", "best", "data", "ingest", "predict", "sweep", "train"}
+
+
+def test_every_command_that_reads_user_input_has_bad_inputs() -> None:
+    import argparse
+
+    from varnext_ray.cli import build_parser
+
+    parser = build_parser()
+    (commands,) = (a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    covered = {case.argv.split()[0] for case in CASES.values()}
+    assert covered <= set(commands), f"cases for unknown commands: {covered - set(commands)}"
+    assert covered >= READS_USER_INPUT, f"no bad input for {READS_USER_INPUT - covered}"

@@ -62,8 +62,9 @@ def test_peak_lookup_by_device_name(name: str, bf16: float) -> None:
     assert peak is not None and peak["bf16"] == bf16 and peak["fp32"] < peak["tf32"] < bf16
 
 
-def test_unknown_device_has_no_peak() -> None:
-    assert peak_tflops("NVIDIA L40S") is None and peak_tflops("Tesla T4") is None
+def test_a_device_the_table_does_not_name_has_no_peak() -> None:
+    assert peak_tflops("Acme Tensor Engine 9000") is None
+    assert peak_tflops("") is None
 
 
 def _gpu_section() -> str | None:

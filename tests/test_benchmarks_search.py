@@ -91,7 +91,7 @@ def test_quality_quick_run(tmp_path: Path) -> None:
         for key in ("extrap_psnr", "copy_last_psnr", "pixel_linear_psnr", "oracle_psnr"):
             assert 0 < m[key] <= 100, key
         assert m["latent_linearity"] >= 0 and "extrap_psnr_h1" in m
-        assert arm["train_linearity_last_epoch"] is not None  # trained on triplets
+        assert arm["train_curvature_last_epoch"] is not None  # trained on triplets
     page = docs.read_text()
     assert "## Data path\n\nkept" in page and "| latent extrapolation, lambda 30 |" in page
     assert "## Extrapolation quality" in proc.stdout

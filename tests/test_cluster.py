@@ -386,3 +386,44 @@ def test_sweep_as_a_ray_job_then_best_checkpoint_over_http(
     assert refused.returncode != 0
     said = refused.stderr + refused.stdout
     assert any(word in said for word in ("401", "nauthorized", "nauthenticated")), said
+
+
+# ---- varnext_ray.cluster: what a run asks of the cluster (offline) --------------------------
+
+
+def test_cpus_per_worker_share_leaves_one_cpu_and_the_trial_drivers() -> None:
+    from varnext_ray.cluster import Resources
+
+    assert Resources(workers=2).cpus(2) == 0.5  # (2 - 1) / 2
+    assert Resources(workers=2).cpus(16) == 1.0  # at most one each
+    assert Resources(workers=4).cpus(1) == 0.1  # at least 0.1
+    assert Resources(workers=2).cpus(4, runs=2, driver_cpus=0.1) == 0.7  # (4-1-0.2) / 4
+    assert Resources(workers=2, gpus_per_worker=1).cpus(2) == 1.0
+    assert Resources(workers=2, cpus_per_worker=3).cpus(2) == 3
+    assert Resources(workers=1, gpus_per_worker=0.5).per_worker(1.0) == {"CPU": 1.0, "GPU": 0.5}
+    assert Resources(workers=1).per_worker(0.5) == {"CPU": 0.5}
+
+
+@pytest.mark.parametrize(
+    ("resources", "expected"),
+    [
+        ({"workers": 3, "cpus_per_worker": 1}, r"3 workers x 1 CPU need 3 CPUs; the cluster has 2"),
+        ({"workers": 2, "gpus_per_worker": 1}, r"2 workers x 1 GPU need 2 GPUs; the cluster has 0"),
+    ],
+)
+def test_a_cluster_too_small_is_a_clear_error_unless_autoscaling(
+    resources: dict[str, Any], expected: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    from varnext_ray.cluster import Resources, check_resources
+    from varnext_ray.errors import UserError
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    monkeypatch.delenv("VARNEXT_AUTOSCALING", raising=False)
+    asked = Resources(**resources)
+    with pytest.raises(UserError, match=expected):
+        check_resources(asked, asked.cpus(2))
+    monkeypatch.setenv("VARNEXT_AUTOSCALING", "1")  # nodes may still be coming
+    check_resources(asked, asked.cpus(2))
+    check_resources(Resources(workers=2, cpus_per_worker=1), 1.0)  # fits

@@ -18,9 +18,11 @@ import pytest
 
 from tests.conftest import REPO
 from varnext_ray.arch import load_arch
+from varnext_ray.cluster import Resources
 from varnext_ray.search_space import load_space
+from varnext_ray.settings import TrainSettings
 from varnext_ray.sweep import SweepOptions, run_sweep
-from varnext_ray.train import Resources, TrainSettings, train
+from varnext_ray.train import train
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -145,12 +147,10 @@ def test_a_nan_trial_fails_alone_and_the_sweep_goes_on(
         # then 0.005 (checked below through the MLflow params).
         options=SweepOptions(
             samples=3,
-            epochs=1,
             scheduler="fifo",
             seed=0,
             workers_per_trial=2,
-            batch_size=8,
-            val_triplets=24,
+            train=TrainSettings(epochs=1, batch_size=8, val_triplets=24),
         ),
         experiment="nan-sweep",
         tracking_uri=uri,

@@ -1,4 +1,4 @@
-"""Ingest: clip and frame counts, cut detection, splits, atomic writes, bad inputs."""
+"""Ingest: clip and frame counts, cut detection, split fractions, atomic writes, bad inputs."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from tests.conftest import REAL_CLIP
 from varnext_ray.dataset import load_manifest, triplet_index
 from varnext_ray.errors import UserError
 from varnext_ray.ingest import IngestOptions, ingest
-from varnext_ray.splits import plan_splits
-from varnext_ray.synth import plan_clip, render_clip, scene_background, write_video
+from varnext_ray.media import write_video
+from varnext_ray.synth import plan_clip, render_clip, scene_background
 
 
 def test_clips_and_frames_match_synthetic_truth(synth_dir: Path, dataset_dir: Path) -> None:
@@ -92,16 +92,6 @@ def test_real_clip_time_blocks_with_guard(tmp_path: Path) -> None:
     assert pieces["val"][0] - pieces["train"][1] == 11  # 10 guard frames between the blocks
     assert pieces["test"][0] - pieces["val"][1] == 11
     assert 0.08 < m["splits"]["val"] / m["frames"] < 0.12
-
-
-def test_split_plan_never_splits_frames_randomly() -> None:
-    opts = IngestOptions(val=0.2, test=0.2, guard=2, seed=1)
-    plan = plan_splits([50] * 10, opts)
-    assert all(len(pieces) == 1 for pieces in plan)  # whole clips
-    assert sorted(p[0][0] for p in plan).count("val") == 2
-    one = plan_splits([100], opts)[0]
-    assert one == [("train", 0, 58), ("val", 60, 79), ("test", 81, 100)]
-    assert plan_splits([5], opts)[0] == [("train", 0, 5)]  # too short to block
 
 
 def test_existing_output_is_never_touched(dataset_dir: Path, synth_dir: Path) -> None:

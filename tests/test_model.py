@@ -21,8 +21,9 @@ from varnext_ray.model import (
     extrapolate,
     kl_per_dim,
     kl_weight,
-    linearity_loss,
+    latent_curvature_penalty,
     rollout,
+    vae_loss,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,6 +125,24 @@ def test_elbo_parts_are_per_sample_means() -> None:
     assert float(bce["recon"]) == pytest.approx(4 * math.log(2.0), rel=1e-6)
 
 
+def test_vae_loss_adds_the_weighted_curvature_only_on_triplets() -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 1, 2, 2, generator=g)  # 2 triplets stacked as [x1; x2; x3]
+    recon = torch.rand(6, 1, 2, 2, generator=g)
+    mu, logvar = torch.randn(6, 3, generator=g), torch.zeros(6, 3)
+    cfg = LossConfig(beta=0.5, linearity_weight=4.0)
+    elbo = elbo_loss(recon, x, mu, logvar, cfg, epoch=0)
+    frames = vae_loss(recon, x, mu, logvar, cfg, 0, triplets=False)
+    assert float(frames["loss"]) == pytest.approx(float(elbo["loss"]))
+    assert "curvature" not in frames
+    triplets = vae_loss(recon, x, mu, logvar, cfg, 0, triplets=True)
+    curvature = latent_curvature_penalty(*mu.chunk(3))
+    assert float(triplets["curvature"]) == pytest.approx(float(curvature))
+    assert float(triplets["loss"]) == pytest.approx(float(elbo["loss"]) + 4.0 * float(curvature))
+    unweighted = vae_loss(recon, x, mu, logvar, LossConfig(beta=0.5), 0, triplets=True)
+    assert float(unweighted["loss"]) == pytest.approx(float(elbo["loss"]))  # reported, not added
+
+
 def test_kl_warmup_and_free_bits() -> None:
     warm = LossConfig(beta=2.0, kl_warmup_epochs=4)
     assert [kl_weight(warm, e) for e in range(6)] == [0.5, 1.0, 1.5, 2.0, 2.0, 2.0]
@@ -150,14 +169,16 @@ def test_extrapolate_stays_on_the_line() -> None:
         rollout(z1, z2, steps=0)
 
 
-def test_linearity_loss_is_zero_on_a_line_and_its_gradient_straightens() -> None:
+def test_latent_curvature_penalty_is_zero_on_a_line_and_its_gradient_straightens() -> None:
     g = torch.Generator().manual_seed(0)
     mu1, d = torch.randn(4, 6, generator=g), torch.randn(4, 6, generator=g)
-    assert linearity_loss(mu1, mu1 + d, mu1 + 2 * d).item() == pytest.approx(0.0, abs=1e-10)
+    assert latent_curvature_penalty(mu1, mu1 + d, mu1 + 2 * d).item() == pytest.approx(
+        0.0, abs=1e-10
+    )
     bend = torch.randn(4, 6, generator=g)
     mu3 = (mu1 + 2 * d + bend).requires_grad_(True)
     # the second difference is `bend`: ||bend||^2 summed over D, averaged over the batch
-    loss = linearity_loss(mu1, mu1 + d, mu3)
+    loss = latent_curvature_penalty(mu1, mu1 + d, mu3)
     assert loss.item() == pytest.approx(bend.pow(2).sum(1).mean().item(), rel=1e-5)
     loss.backward()
     torch.testing.assert_close(mu3.grad, 2 * bend / 4)
@@ -165,9 +186,17 @@ def test_linearity_loss_is_zero_on_a_line_and_its_gradient_straightens() -> None
 
 def test_linearity_weight_is_an_architecture_field() -> None:
     cfg = json.loads((REPO / "configs" / "smoke_64x36.json").read_text())
-    assert parse_arch(cfg, "smoke").loss.linearity == 0.0
-    cfg["loss"]["linearity"] = 3.5
-    assert parse_arch(cfg, "smoke").loss.linearity == 3.5
-    cfg["loss"]["linearity"] = -1
-    with pytest.raises(UserError, match=r"loss\.linearity"):
+    assert parse_arch(cfg, "smoke").loss.linearity_weight == 0.0
+    cfg["loss"]["linearity_weight"] = 3.5
+    assert parse_arch(cfg, "smoke").loss.linearity_weight == 3.5
+    cfg["loss"]["linearity_weight"] = -1
+    with pytest.raises(UserError, match=r"loss\.linearity_weight: must be >= 0"):
         parse_arch(cfg, "smoke")
+
+
+def test_linearity_key_of_older_files_still_loads_as_the_weight() -> None:
+    cfg = json.loads((REPO / "configs" / "smoke_64x36.json").read_text())
+    cfg["loss"]["linearity"] = 2.0
+    arch = parse_arch(cfg, "old")
+    assert arch.loss.linearity_weight == 2.0
+    assert arch.to_dict()["loss"]["linearity_weight"] == 2.0  # saved under the new key

@@ -290,7 +290,7 @@ def test_a_trial_whose_driver_node_was_lost_is_failed_in_mlflow(tmp_path: Path) 
     the trial is ERROR with "RPC error: Socket closed" and its run was left RUNNING at epoch 1.
     """
     from varnext_ray import tracking
-    from varnext_ray.sweep import _close_trial_runs
+    from varnext_ray.sweep import close_trial_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.start_run(uri, "lost-driver", run_name="sweep", params={})
@@ -302,7 +302,7 @@ def test_a_trial_whose_driver_node_was_lost_is_failed_in_mlflow(tmp_path: Path) 
         )
         tracking.log_metrics(uri, runs[trial_id], {"epoch": 1}, step=1)
     error = "RPC error: Socket closed rpc_code: 14."
-    _close_trial_runs(uri, "lost-driver", parent, {"lost": error, "done": None}, epochs=2)
+    close_trial_runs(uri, "lost-driver", parent, {"lost": error, "done": None}, epochs=2)
     client = mlflow.MlflowClient(uri)
     lost, done = (client.get_run(runs[t]) for t in ("lost", "done"))
     assert lost.info.status == "FAILED" and lost.data.tags["failure_reason"] == error

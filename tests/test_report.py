@@ -29,7 +29,7 @@ from PIL import Image
 from tests.conftest import REPO
 from varnext_ray import tracking
 from varnext_ray.cli import main
-from varnext_ray.metrics import save_png
+from varnext_ray.media import save_png
 from varnext_ray.search_space import load_space
 
 EXP = "report-test"

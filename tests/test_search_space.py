@@ -35,11 +35,11 @@ def test_shipped_space_samples_valid_architectures(path: Path) -> None:
 def test_channels_are_conditional_on_depth() -> None:
     _, base = load_space(REPO / "search_spaces" / "smoke.json")
     point = {"depth": 2, "channels_0": 16, "channels_1": 8, "latent_dim": 32, "beta": 0.5}
-    point["linearity"] = 3.0
+    point["linearity_weight"] = 3.0
     arch = point_to_arch(base, point)
     assert [c["out_channels"] for c in arch["encoder"]["conv"]] == [16, 8]
     assert arch["latent_dim"] == 32 and arch["loss"]["beta"] == 0.5
-    assert arch["loss"]["linearity"] == 3.0
+    assert arch["loss"]["linearity_weight"] == 3.0
     assert short_arch(arch) == "conv 16-8 k3s2 | lin [] | z32"
 
 

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -18,12 +19,13 @@ from PIL import Image
 from tests.conftest import REPO
 from varnext_ray.cli import main
 from varnext_ray.search_space import load_space
+from varnext_ray.settings import TrainSettings
 from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 SMOKE = REPO / "search_spaces" / "smoke.json"
-OPTIONS = {"epochs": 2, "workers_per_trial": 2, "batch_size": 8, "val_triplets": 24}
+TRAIN = TrainSettings(epochs=2, batch_size=8, val_triplets=24)
 
 
 def _runs(uri: str, experiment: str) -> list:
@@ -41,7 +43,7 @@ def sweep(ray_local, dataset_dir: Path, tmp_path_factory: pytest.TempPathFactory
         space=space,
         base=base,
         data=dataset_dir,
-        options=SweepOptions(samples=4, **OPTIONS),
+        options=SweepOptions(samples=4, workers_per_trial=2, train=TRAIN),
         experiment="smoke-sweep",
         tracking_uri=uri,
         storage=tmp / "ray",
@@ -133,13 +135,17 @@ def test_best_then_predict_writes_the_input_size(
 def test_an_invalid_point_ends_only_that_trial(
     ray_local, dataset_dir: Path, tmp_path: Path
 ) -> None:
+    # Every point of this space is invalid (latent_dim 0), whatever Optuna draws: each trial
+    # fails alone with the validation message in its MLflow run, and the sweep goes on to the
+    # next trial and finishes instead of raising.
     space_file = tmp_path / "space.json"
     space_file.write_text(
         json.dumps(
             {
                 "name": "invalid",
                 "base": str(REPO / "configs" / "smoke_64x36.json"),
-                "latent_dim": [0, 8],
+                "latent_dim": [0],
+                "lr": {"low": 0.002, "high": 0.01, "log": True},
             }
         )
     )
@@ -149,18 +155,22 @@ def test_an_invalid_point_ends_only_that_trial(
         space=space,
         base=base,
         data=dataset_dir,
-        options=SweepOptions(samples=3, scheduler="fifo", **(OPTIONS | {"epochs": 1})),
+        options=SweepOptions(
+            samples=2, scheduler="fifo", workers_per_trial=2, train=replace(TRAIN, epochs=1)
+        ),
         experiment="invalid",
         tracking_uri=uri,
         storage=tmp_path / "ray",
     )
-    errors = [r for r in outcome.rows if r["error"]]
-    assert errors and len(errors) < 3  # seed 0 samples latent_dim 8, 0, 8
-    assert all("latent_dim: must be >= 1 (got 0)" in r["error"] for r in errors)
-    failed = [r for r in _runs(uri, "invalid") if r.info.status == "FAILED"]
-    assert len(failed) == len(errors)
-    assert "latent_dim: must be >= 1" in failed[0].data.tags["failure_reason"]
-    assert outcome.best is not None
+    assert len(outcome.rows) == 2 and outcome.best is None
+    assert all("latent_dim: must be >= 1 (got 0)" in r["error"] for r in outcome.rows)
+    trials = [r for r in _runs(uri, "invalid") if r.data.tags.get("varnext.kind") == "trial"]
+    assert len(trials) == 2 and {r.info.status for r in trials} == {"FAILED"}
+    for run in trials:
+        assert "latent_dim: must be >= 1" in run.data.tags["failure_reason"]
+        assert "epoch" not in run.data.metrics  # no training started
+    parent = mlflow.MlflowClient(uri).get_run(outcome.parent_run_id)
+    assert parent.info.status == "FINISHED"
 
 
 def _sweep_cmd(data: Path, tmp: Path, head: dict) -> list[str]:

@@ -14,10 +14,12 @@ from PIL import Image
 from tests.conftest import REPO
 from varnext_ray.arch import load_arch, parse_arch
 from varnext_ray.checkpoint import load_checkpoint
+from varnext_ray.cluster import Resources
 from varnext_ray.dataset import load_manifest, sequence_index, triplet_index
 from varnext_ray.errors import UserError
 from varnext_ray.ingest import IngestOptions, ingest
-from varnext_ray.train import Resources, TrainingFailed, TrainSettings, check_dataset, train
+from varnext_ray.settings import TrainSettings
+from varnext_ray.train import TrainingFailed, check_dataset, train
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -86,7 +88,7 @@ def test_two_ranks_step_and_report_the_contract(first_run, dataset_dir: Path) ->
         history = mlflow.MlflowClient(uri).get_metric_history(outcome.run_id, key)
         assert [h.step for h in history] == [1, 2], key
     assert f"extrap_psnr_h{horizons + 1}" not in run.data.metrics
-    assert "train_linearity" not in run.data.metrics  # trained on frames
+    assert "train_curvature" not in run.data.metrics  # trained on frames
     assert run.data.params["arch.latent_dim"] == "8"
     assert run.data.params["train.batch_size"] == "8"
 
@@ -137,21 +139,27 @@ def test_real_mlflow_server_records_the_same(
     assert {a.path for a in client.list_artifacts(outcome.run_id)} >= {"strips", "checkpoint"}
 
 
-def test_linearity_term_trains_on_triplets(ray_local, dataset_dir: Path, tmp_path: Path) -> None:
+def test_linearity_weight_trains_on_triplets(ray_local, dataset_dir: Path, tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = json.loads(SMOKE.read_text())
-    config["loss"]["linearity"] = 5.0
+    config["loss"]["linearity_weight"] = 5.0
     arch = parse_arch(config, "linear")
     bent = _train(dataset_dir, tmp_path, uri, epochs=1, name="lin", arch=arch, rollout_steps=0)
     manifest = load_manifest(dataset_dir)
     triplets = len(triplet_index(manifest, "train", 1))
     # each rank reads triplets: three frames a sample, at most one triplet dropped to even out
     assert 3 * (triplets - 1) <= bent.metrics["train_frames"] <= 3 * triplets
-    assert bent.metrics["train_linearity"] >= 0
+    assert bent.metrics["train_curvature"] >= 0
+    # val_loss is the same objective as train_loss: the weighted curvature is in both
+    assert bent.metrics["val_curvature"] >= 0
+    assert (
+        bent.metrics["val_loss"]
+        >= bent.metrics["val_recon"] + 5.0 * bent.metrics["val_curvature"] - 1e-6
+    )
     assert not any(k.startswith("extrap_psnr_h") for k in bent.metrics)  # rollout_steps=0
     run = mlflow.MlflowClient(uri).get_run(bent.run_id)
-    assert run.data.params["arch.loss.linearity"] == "5.0"
-    assert run.data.metrics["train_linearity"] == pytest.approx(bent.metrics["train_linearity"])
+    assert run.data.params["arch.loss.linearity_weight"] == "5.0"
+    assert run.data.metrics["train_curvature"] == pytest.approx(bent.metrics["train_curvature"])
 
 
 def test_nan_loss_fails_the_run_with_its_reason(

@@ -23,14 +23,13 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
+import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from varnext_ray._arch_messages import problems_from_validation
 from varnext_ray.arch_schema import (
     ACTIVATIONS,
     NORMS,
@@ -52,10 +51,14 @@ from varnext_ray.arch_schema import (
     fmt_shape,
     resolve_decoder,
 )
+from varnext_ray.config_errors import problems_from_validation
 from varnext_ray.errors import UserError
+from varnext_ray.safe_io import CONFIG_LIMIT, parse_json, read_bounded, size_text
 
 __all__ = [
     "ACTIVATIONS",
+    "MAX_ACTIVATION_BYTES",
+    "MAX_PARAMS",
     "NORMS",
     "OUTPUT_ACTIVATIONS",
     "RECONSTRUCTIONS",
@@ -67,6 +70,8 @@ __all__ = [
     "InputShape",
     "LossConfig",
     "Row",
+    "activation_bytes",
+    "check_bounds",
     "check_report",
     "conv_out",
     "conv_t_out",
@@ -77,6 +82,7 @@ __all__ = [
     "layer_table",
     "load_arch",
     "parse_arch",
+    "parse_arch_json",
     "resolve_decoder",
 ]
 
@@ -178,15 +184,90 @@ def format_table(report: dict[str, Any]) -> str:
 _FIX = "fix each field named above; docs/architectures.md lists every key and its default"
 
 
-def parse_arch(data: dict[str, Any], where: str) -> ArchConfig:
-    """Validates a JSON-shaped dict, reporting every problem at once.
+# What an architecture may imply before anything is built (raise them with the keywords of
+# parse_arch / load_arch, the CLI's --max-params / --max-activation-bytes, or the environment
+# variables below, which also reach Ray workers). The seed 640x360 model has 19M parameters
+# and 37 MB of activations per frame.
+MAX_PARAMS = 1_000_000_000  # 4 GB of float32 weights, 16 GB with Adam's state
+MAX_ACTIVATION_BYTES = 4 * 1024**3  # float32 layer outputs of one frame's forward pass
+ENV_MAX_PARAMS = "VARNEXT_MAX_PARAMS"
+ENV_MAX_ACTIVATION_BYTES = "VARNEXT_MAX_ACTIVATION_BYTES"
+
+
+def activation_bytes(rows: list[Row]) -> int:
+    """Bytes of float32 layer outputs one frame's forward pass holds (every row's output)."""
+    return 4 * sum(math.prod(row.shape) for row in rows)
+
+
+def _limit(value: float | None, env: str, default: int) -> float:
+    if value is not None:
+        return value
+    text = os.environ.get(env, "").strip().replace("_", "")
+    if not text:
+        return default
+    try:
+        return float(int(float(text))) if text.lower() not in ("inf", "infinity") else math.inf
+    except (ValueError, OverflowError):
+        raise UserError(
+            f"{env} must be a number (got {text[:40]!r})", env, f"unset it or set e.g. {default}"
+        ) from None
+
+
+def check_bounds(
+    cfg: ArchConfig,
+    where: str,
+    *,
+    max_params: float | None = None,
+    max_activation_bytes: float | None = None,
+) -> None:
+    """Refuses (UserError) an architecture whose size would exhaust memory, before any tensor.
+
+    Limits default to :data:`MAX_PARAMS` and :data:`MAX_ACTIVATION_BYTES` (or the environment
+    variables ``VARNEXT_MAX_PARAMS`` / ``VARNEXT_MAX_ACTIVATION_BYTES``); ``math.inf`` disables.
+    """
+    max_params = _limit(max_params, ENV_MAX_PARAMS, MAX_PARAMS)
+    max_act = _limit(max_activation_bytes, ENV_MAX_ACTIVATION_BYTES, MAX_ACTIVATION_BYTES)
+    rows = layer_table(cfg)
+    params = sum(row.params for row in rows)
+    if params > max_params:
+        biggest = max(rows, key=lambda row: row.params)
+        raise UserError(
+            f"the architecture has {params:,} parameters, over the limit of {int(max_params):,} "
+            f"(largest: {biggest.name} with {biggest.params:,})",
+            where,
+            "use fewer channels, a smaller latent_dim or linear layers, or raise the limit "
+            f"with --max-params (or {ENV_MAX_PARAMS})",
+        )
+    act = activation_bytes(rows)
+    if act > max_act:
+        raise UserError(
+            f"the architecture needs {size_text(act)} of activations per frame (float32), over "
+            f"the limit of {size_text(int(max_act))} (input {fmt_shape(cfg.input.shape)})",
+            where,
+            "use a smaller input size or fewer channels, or raise the limit with "
+            f"--max-activation-bytes (or {ENV_MAX_ACTIVATION_BYTES})",
+        )
+
+
+def parse_arch(
+    data: dict[str, Any],
+    where: str,
+    *,
+    max_params: float | None = None,
+    max_activation_bytes: float | None = None,
+) -> ArchConfig:
+    """Validates a JSON-shaped dict, reporting every problem at once, then its size bounds.
 
     Args:
         data: The decoded JSON object.
         where: What to name in errors (a file path, a trial id).
+        max_params: Most parameters allowed (default :data:`MAX_PARAMS`; ``math.inf``: none).
+        max_activation_bytes: Most float32 activation bytes per frame (default
+            :data:`MAX_ACTIVATION_BYTES`).
 
     Raises:
-        UserError: ``invalid architecture: <path>: <problem> (got <value>); ...``.
+        UserError: ``invalid architecture: <path>: <problem> (got <value>); ...``, or a size
+            over a bound (see :func:`check_bounds`).
 
     Example:
         >>> cfg = parse_arch({"input": {"height": 36, "width": 64}, "latent_dim": 8}, "demo")
@@ -195,40 +276,55 @@ def parse_arch(data: dict[str, Any], where: str) -> ArchConfig:
         got = type(data).__name__
         raise UserError(f"architecture must be a JSON object (got {got})", where, _FIX)
     try:
-        return ArchConfig.model_validate(data)
+        cfg = ArchConfig.model_validate(data)
     except ValidationError as err:
         problems = problems_from_validation(err, SECTIONS)
+    except (RecursionError, ValueError) as err:  # absurd nesting or numbers pydantic gave up on
+        raise UserError(f"invalid architecture ({type(err).__name__})", where, _FIX) from None
+    else:
+        check_bounds(cfg, where, max_params=max_params, max_activation_bytes=max_activation_bytes)
+        return cfg
     head = "invalid architecture" + (f", {len(problems)} problems" if len(problems) > 1 else "")
     raise UserError(f"{head}: {'; '.join(problems)}", where, _FIX)
 
 
-def load_arch(path: str | Path) -> ArchConfig:
-    """Reads and validates an architecture file.
+def parse_arch_json(data: bytes | str, where: str, **limits: float | None) -> ArchConfig:
+    """Parses architecture JSON text (bytes or str): syntax, duplicate keys, then
+    :func:`parse_arch` (``limits``: its ``max_params`` and ``max_activation_bytes``)."""
+    duplicates: list[str] = []
+    data = parse_json(
+        data,
+        where,
+        allow_nan=True,  # the schema names the field: "must be a finite number (got NaN)"
+        object_pairs_hook=lambda pairs: _no_duplicates(pairs, duplicates),
+    )
+    if duplicates:
+        keys = ", ".join(f'"{k}"' for k in duplicates)
+        raise UserError(f"duplicate key {keys} in one object", where, "keep one of each")
+    return parse_arch(data, where, **limits)
+
+
+def load_arch(
+    path: str | Path,
+    *,
+    max_params: float | None = None,
+    max_activation_bytes: float | None = None,
+) -> ArchConfig:
+    """Reads and validates an architecture file (at most 1 MiB, a regular file).
 
     Raises:
-        UserError: The file is missing, not JSON (with line and column), or not a valid
-            architecture (every problem, see :func:`parse_arch`).
+        UserError: The file is missing, not a regular file, too large, not UTF-8, not JSON
+            (with line and column), not a valid architecture (every problem, see
+            :func:`parse_arch`), or over a size bound (:func:`check_bounds`).
 
     Example:
         >>> cfg = load_arch("configs/smoke_64x36.json")
     """
     where = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise UserError("architecture file not found", where, "check the path") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"cannot read the file ({err})", where, "pass a UTF-8 JSON file") from None
-    duplicates: list[str] = []
-    try:
-        data = json.loads(text, object_pairs_hook=lambda pairs: _no_duplicates(pairs, duplicates))
-    except json.JSONDecodeError as err:
-        what = f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}"
-        raise UserError(what, where, "fix the JSON syntax there") from None
-    if duplicates:
-        keys = ", ".join(f'"{k}"' for k in duplicates)
-        raise UserError(f"duplicate key {keys} in one object", where, "keep one of each")
-    return parse_arch(data, where)
+    data = read_bounded(path, CONFIG_LIMIT, "architecture file", "pass an architecture JSON file")
+    return parse_arch_json(
+        data, where, max_params=max_params, max_activation_bytes=max_activation_bytes
+    )
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:

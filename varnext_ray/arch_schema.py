@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 import torch.nn.functional as F
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -71,8 +72,9 @@ def _pair(value: Any) -> Any:
     return (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
-PosInt = Annotated[int, Strict(), Field(ge=1)]
-NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+INT_MAX = 2**31 - 1  # what torch's conv and linear layers accept for a size
+PosInt = Annotated[int, Strict(), Field(ge=1, le=INT_MAX)]
+NonNegInt = Annotated[int, Strict(), Field(ge=0, le=INT_MAX)]
 NonNegFloat = Annotated[float, Strict(), Field(ge=0.0)]
 Dropout = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
 Activation = Annotated[str, Strict(), _one_of(ACTIVATIONS)]
@@ -115,14 +117,29 @@ class ConvLayer(BaseModel):
                 {"field": "padding"},
             )
         if self.norm == "group" and self.out_channels % self.groups:
-            divisors = [d for d in range(1, self.out_channels + 1) if self.out_channels % d == 0]
             raise PydanticCustomError(
                 "arch",
                 f"must divide out_channels {self.out_channels} for group norm (got "
-                f"{self.groups}); use one of {', '.join(map(str, divisors))}",
+                f"{self.groups}); use one of {divisor_hint(self.out_channels)}",
                 {"field": "groups"},
             )
         return self
+
+
+def divisor_hint(n: int, most: int = 12) -> str:
+    """Up to ``most`` divisors of ``n``, small first, in O(sqrt(n)) steps (n < 2**31: < 50k)."""
+    small, large = [], []
+    d = 1
+    while d * d <= n:
+        if n % d == 0:
+            small.append(d)
+            if d != n // d:
+                large.append(n // d)
+        d += 1
+    divisors = small + large[::-1]
+    if len(divisors) <= most:
+        return ", ".join(map(str, divisors))
+    return ", ".join(map(str, divisors[: most - 1])) + f", ..., {divisors[-1]}"
 
 
 class ConvTransposeLayer(ConvLayer):
@@ -163,8 +180,10 @@ class DecoderConfig(BaseModel):
 class LossConfig(BaseModel):
     """ELBO weights: reconstruction + beta * KL, with optional warm-up and free bits.
 
-    ``linearity`` is lambda of the optional temporal-linearity term on training triplets:
-    lambda * ||mu(t+2s) - 2 mu(t+s) + mu(t)||^2 (see :func:`varnext_ray.model.linearity_loss`).
+    ``linearity_weight`` (JSON key ``linearity_weight``, or ``linearity`` as older files spell
+    it) is lambda of the optional term on training triplets that pulls their latent means onto
+    a line: lambda * ||mu(t+2s) - 2 mu(t+s) + mu(t)||^2
+    (:func:`varnext_ray.model.latent_curvature_penalty`).
     """
 
     model_config = _STRICT
@@ -172,7 +191,9 @@ class LossConfig(BaseModel):
     beta: NonNegFloat = 1.0
     kl_warmup_epochs: NonNegInt = 0
     free_bits: NonNegFloat = 0.0
-    linearity: NonNegFloat = 0.0
+    linearity_weight: NonNegFloat = Field(
+        0.0, validation_alias=AliasChoices("linearity_weight", "linearity")
+    )
 
 
 def _decoder_kind(value: Any) -> str | None:

@@ -3,8 +3,9 @@
 Best run: among the runs of an experiment tagged ``varnext.kind`` = ``train`` or ``trial``
 (never the ``sweep`` parent, which holds no model) that are not FAILED, have a finite
 ``best_<metric>`` and a ``checkpoint/`` artifact, the one with the best value in the metric's
-direction (:data:`varnext_ray.train.OBJECTIVES`). ``best_<metric>`` is the best value so far, so
-the latest logged value ranks the run by its best epoch, the one whose checkpoint was uploaded.
+direction (:data:`varnext_ray.objectives.OBJECTIVES`). ``best_<metric>`` is the best value so
+far, so the latest logged value ranks the run by its best epoch, the one whose checkpoint was
+uploaded.
 
 Example:
     >>> path = download_best(None, "smoke", "runs/best", "extrap_psnr")
@@ -16,12 +17,10 @@ import json
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from varnext_ray import tracking
-from varnext_ray.checkpoint import load_checkpoint
+from varnext_ray import objectives, tracking
 from varnext_ray.errors import UserError
 
 RUN_FILE = "run.json"  # written beside the checkpoint's files by download_best
@@ -29,35 +28,6 @@ KIND_TAG, KINDS = "varnext.kind", ("train", "trial")
 
 
 # ---- the best run -----------------------------------------------------------------------------
-
-
-def _direction(metric: str) -> str:
-    """``"max"`` or ``"min"`` for a metric name, with or without its ``best_`` prefix."""
-    from varnext_ray.train import OBJECTIVES
-
-    name = metric.removeprefix("best_")
-    if name not in OBJECTIVES:
-        raise UserError(
-            f"unknown metric {metric!r}", "--metric", f"use one of {', '.join(sorted(OBJECTIVES))}"
-        )
-    return OBJECTIVES[name]
-
-
-def _runs(client: Any, experiment_id: str, order_by: str) -> Iterator[Any]:
-    """Every run of the experiment that did not fail, in ``order_by`` order, page by page."""
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string="attributes.status != 'FAILED'",
-            order_by=[order_by],
-            max_results=500,
-            page_token=token,
-        )
-        yield from page
-        token = page.token
-        if not token:
-            return
 
 
 def _has_checkpoint(client: Any, run_id: str) -> bool:
@@ -71,7 +41,7 @@ def find_best_run(uri: str | None, experiment: str, metric: str = "extrap_psnr")
     Args:
         uri: Tracking URI; None means ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``.
         experiment: The MLflow experiment (``--experiment`` of train and sweep).
-        metric: An objective of :data:`varnext_ray.train.OBJECTIVES` (``best_`` prefix optional).
+        metric: An objective of :data:`~varnext_ray.objectives.OBJECTIVES` (``best_`` optional).
 
     Returns:
         ``run_id``, ``run_name``, ``status``, ``kind``, ``metric`` (``best_<name>``), ``value``,
@@ -80,13 +50,17 @@ def find_best_run(uri: str | None, experiment: str, metric: str = "extrap_psnr")
     Raises:
         UserError: Unknown metric or experiment, unreachable store, or no run qualifies.
     """
-    direction = _direction(metric)
+    direction = objectives.direction(metric)
     key = f"best_{metric.removeprefix('best_')}"
     uri, client = tracking.open_store(uri)
     exp = tracking.existing_experiment(client, experiment, uri)
     order = f"metrics.{key} {'DESC' if direction == 'max' else 'ASC'}"
     seen, logged = 0, set()
-    for run in _runs(client, exp.experiment_id, order):
+    not_failed = "attributes.status != 'FAILED'"
+    runs = tracking.search_all_runs(
+        client, exp.experiment_id, filter_string=not_failed, order_by=order, page_size=500
+    )
+    for run in runs:
         seen += 1
         logged |= {m for m in run.data.metrics if m.startswith("best_")}
         value = run.data.metrics.get(key)
@@ -139,6 +113,8 @@ def download_best(
             fails or does not load.
     """
     from mlflow.exceptions import MlflowException
+
+    from varnext_ray.checkpoint import load_checkpoint  # imports torch
 
     out = Path(out)
     _check_empty_dir(out)

@@ -25,7 +25,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +42,16 @@ from torch import nn
 from varnext_ray import __version__
 from varnext_ray.arch import ArchConfig, parse_arch
 from varnext_ray.errors import UserError
-from varnext_ray.model import VAE, build_vae
+from varnext_ray.model import VAE, build_vae, unwrap_model
+from varnext_ray.safe_io import (
+    CONFIG_LIMIT,
+    META_LIMIT,
+    check_new_dir,
+    kind_of,
+    parse_json,
+    path_stat,
+    read_bounded,
+)
 
 FORMAT = "varnext-checkpoint"
 FORMAT_VERSION = 1
@@ -61,17 +72,6 @@ class Checkpoint:
 
 
 # ---- saving -----------------------------------------------------------------------------------
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The plain model inside DDP (``.module``) and/or torch.compile (``._orig_mod``)."""
-    while True:
-        inner = getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            inner = getattr(model, "_orig_mod", None)
-        if not isinstance(inner, nn.Module):
-            return model
-        model = inner
 
 
 def _write(path: Path, data: bytes) -> str:
@@ -112,12 +112,18 @@ def optimizer_files(optimizer: torch.optim.Optimizer) -> tuple[bytes, bytes]:
 
 
 def _prepare_target(directory: Path) -> None:
-    """Refuses to replace a non-empty directory that is not a checkpoint."""
-    if directory.exists() and not (directory / META).is_file() and any(directory.iterdir()):
+    """Refuses to replace anything but an empty directory or a checkpoint (a file, a FIFO, a
+    non-empty directory without meta.json), and a path under a file."""
+    fix = "choose an empty or new directory for the checkpoint"
+    st = path_stat(directory, "checkpoint directory", fix)
+    if st is None:
+        check_new_dir(directory, "checkpoint directory")  # its parents: folders, writable
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        raise UserError(f"path exists and is {kind_of(st.st_mode)}", str(directory), fix)
+    if not (directory / META).is_file() and any(directory.iterdir()):
         raise UserError(
-            "directory exists and is not a checkpoint (no meta.json)",
-            str(directory),
-            "choose an empty or new directory for the checkpoint",
+            "directory exists and is not a checkpoint (no meta.json)", str(directory), fix
         )
 
 
@@ -183,7 +189,9 @@ def save_checkpoint(
     directory = Path(directory)
     _prepare_target(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
+    weights = {
+        k: v.detach().cpu().contiguous() for k, v in unwrap_model(model).state_dict().items()
+    }
     files = {ARCH: _json_bytes(arch_cfg.to_dict()), MODEL: st_save(weights, {"format": "pt"})}
     if optimizer is not None:
         files[OPT_TENSORS], files[OPT_JSON] = optimizer_files(optimizer)
@@ -204,40 +212,86 @@ def save_checkpoint(
 
 def _read_json(path: Path, data: bytes) -> Any:
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"not valid JSON ({err})", str(path), _RESAVE) from None
+        # NaN is allowed: a failed epoch's metrics may hold it (json.dumps writes it)
+        return parse_json(data, str(path), _RESAVE, allow_nan=True)
+    except UserError as err:
+        raise UserError(f"not valid JSON ({err.what})", str(path), _RESAVE) from None
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _check_meta(meta: dict[str, Any], path: Path) -> None:
+    """The keys readers rely on, with their types (a hand-edited meta.json is refused)."""
+
+    def bad(key: str, want: str, got: Any) -> UserError:
+        shown = json.dumps(got)[:60] if isinstance(got, (str, int, float, list, dict)) else got
+        return UserError(f"meta.json: {key} must be {want} (got {shown})", str(path), _RESAVE)
+
+    files = meta.get("files")
+    if not isinstance(files, dict):
+        raise UserError('meta.json has no "files" table of sha256 hashes', str(path), _RESAVE)
+    for name, digest in files.items():
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise bad(f"files.{name}", "a sha256 hex digest", digest)
+    epoch = meta.get("epoch", 0)
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+        raise bad("epoch", "an integer >= 0", epoch)
+    for key in ("metrics", "extra"):
+        if not isinstance(meta.get(key, {}), dict):
+            raise bad(key, "an object {...}", meta.get(key))
+    metrics = meta.get("metrics", {})
+    for key, value in metrics.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise bad(f"metrics.{key}", "a number", value)
+    size = meta.get("image_size", [1, 1])
+    if not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+    ):
+        raise bad("image_size", "[width, height]", size)
 
 
 def read_meta(directory: str | Path) -> dict[str, Any]:
-    """meta.json of a checkpoint directory, checked for its format and file hashes."""
+    """meta.json of a checkpoint directory, checked for its format, keys and file hashes."""
     directory = Path(directory)
-    if not directory.is_dir():
-        fix = "pass the directory that save_checkpoint wrote (it holds meta.json)"
-        raise UserError("checkpoint directory not found", str(directory), fix)
+    fix = "pass the directory that save_checkpoint wrote (it holds meta.json)"
+    st = path_stat(directory, "checkpoint directory", fix)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        what = "checkpoint directory not found"
+        if st is not None:
+            what = f"checkpoint is {kind_of(st.st_mode)}, not a directory"
+        raise UserError(what, str(directory), fix)
     path = directory / META
-    if not path.is_file():
-        raise UserError("checkpoint file is missing", str(path), _RESAVE)
-    meta = _read_json(path, path.read_bytes())
+    meta = _read_json(path, _file_bytes(path, META_LIMIT))
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        got = got if isinstance(got, str) and len(got) < 60 else type(got).__name__
         raise UserError(
             f'not a varnext checkpoint (format {got!r}, want "{FORMAT}")', str(path), _RESAVE
         )
-    if not isinstance(meta.get("files"), dict):
-        raise UserError('meta.json has no "files" table of sha256 hashes', str(path), _RESAVE)
+    _check_meta(meta, path)
     return meta
 
 
-def _verified_bytes(directory: Path, meta: dict[str, Any], name: str) -> bytes:
-    """The bytes of one checkpoint file, after checking them against meta.json's sha256."""
+def _file_bytes(path: Path, limit: int) -> bytes:
+    """A checkpoint file's bytes: a regular file (never a FIFO) of at most ``limit`` bytes."""
+    st = path_stat(path, "checkpoint file", _RESAVE)
+    if st is None:
+        raise UserError("checkpoint file is missing", str(path), _RESAVE)
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"checkpoint file is {kind_of(st.st_mode)}", str(path), _RESAVE)
+    return read_bounded(path, limit, "checkpoint file", _RESAVE)
+
+
+def _verified_bytes(directory: Path, meta: dict[str, Any], name: str, limit: int) -> bytes:
+    """The bytes of one checkpoint file (at most ``limit``), checked against meta.json's sha256."""
     path = directory / name
     want = meta["files"].get(name)
     if want is None:
         raise UserError(f"meta.json lists no sha256 for {name}", str(directory / META), _RESAVE)
-    if not path.is_file():
-        raise UserError("checkpoint file is missing", str(path), _RESAVE)
-    data = path.read_bytes()
+    data = _file_bytes(path, limit)
     got = hashlib.sha256(data).hexdigest()
     if got != want:
         what = f"file was altered: sha256 {got[:12]}... does not match meta.json ({want[:12]}...)"
@@ -245,13 +299,117 @@ def _verified_bytes(directory: Path, meta: dict[str, Any], name: str) -> bytes:
     return data
 
 
+_NOT_ST = "checkpoints hold weights as safetensors (pickled .pt files are refused); re-save it"
+_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+HEADER_LIMIT = 16 * 1024 * 1024  # a safetensors JSON header (ours are a few KB)
+
+
+def expected_tensors(arch: ArchConfig) -> dict[str, tuple[str, tuple[int, ...], int]]:
+    """name -> (safetensors dtype, shape, bytes) of the model ``arch`` builds, allocating nothing
+    (the model is built on PyTorch's ``meta`` device)."""
+    with torch.device("meta"):
+        model = build_vae(arch)
+    return {
+        name: (_DTYPES.get(t.dtype, str(t.dtype)), tuple(t.shape), t.numel() * t.element_size())
+        for name, t in model.state_dict().items()
+    }
+
+
+def safetensors_header(path: Path, data: bytes) -> dict[str, Any]:
+    """The JSON header of safetensors bytes (names, dtypes, shapes, offsets), validated for
+    layout: every tensor's bytes lie in the file, without gaps or overlaps."""
+
+    def refuse(why: str) -> UserError:
+        return UserError(f"not a safetensors file ({why})", str(path), _NOT_ST)
+
+    if len(data) < 8:
+        raise refuse(f"{len(data)} bytes")
+    size = int.from_bytes(data[:8], "little")
+    if size > min(HEADER_LIMIT, len(data) - 8):
+        raise refuse(f"header length {size} does not fit the {len(data)}-byte file")
+    try:
+        header = parse_json(data[8 : 8 + size], str(path), _NOT_ST)
+    except UserError as err:
+        raise refuse(f"header: {err.what}") from None
+    if not isinstance(header, dict):
+        raise refuse("header is not a JSON object")
+    header.pop("__metadata__", None)
+    spans = []
+    for name, info in header.items():
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if not (
+            isinstance(offsets, list)
+            and len(offsets) == 2
+            and all(isinstance(v, int) and v >= 0 for v in offsets)
+            and offsets[0] <= offsets[1]
+            and isinstance(info.get("shape"), list)
+            and all(isinstance(v, int) and v >= 0 for v in info["shape"])
+            and isinstance(info.get("dtype"), str)
+        ):
+            raise refuse(f"bad entry for tensor {str(name)[:60]!r}")
+        spans.append(tuple(offsets))
+    position = 0
+    for begin, end in sorted(spans):
+        if begin != position:
+            raise refuse("tensor data overlaps or leaves gaps")
+        position = end
+    if 8 + size + position != len(data):
+        raise refuse(
+            f"the header describes {position} data bytes, the file holds {len(data) - 8 - size}"
+        )
+    return header
+
+
+def _check_header(
+    header: dict[str, Any], expected: dict[str, tuple[str, tuple[int, ...], int]], path: Path
+) -> None:
+    """Compares tensor names, dtypes, shapes and sizes with what arch.json implies."""
+    if header and all(key.startswith("module.") for key in header):
+        header = {key.removeprefix("module."): value for key, value in header.items()}
+    problems = []
+    missing = sorted(set(expected) - set(header))
+    extra = sorted(set(header) - set(expected))
+    if missing:
+        problems.append(f"missing {', '.join(missing[:4])}" + (" ..." if len(missing) > 4 else ""))
+    if extra:
+        names = ", ".join(n[:60] for n in extra[:4])
+        problems.append(f"unexpected {names}" + (" ..." if len(extra) > 4 else ""))
+    for name in sorted(set(expected) & set(header)):
+        dtype, shape, nbytes = expected[name]
+        info = header[name]
+        begin, end = info["data_offsets"]
+        if tuple(info["shape"]) != shape:
+            problems.append(
+                f"size mismatch for {name}: {info['shape']} in the file, {list(shape)} in arch.json"
+            )
+        elif info["dtype"] != dtype:
+            problems.append(f"{name} is {info['dtype'][:12]}, arch.json implies {dtype}")
+        elif end - begin != nbytes:
+            problems.append(f"{name} holds {end - begin} bytes, not {nbytes}")
+    if problems:
+        fix = "save arch.json and the weights together from the same model"
+        detail = "; ".join(problems[:4])
+        raise UserError(f"weights do not match arch.json: {detail}", str(path), fix)
+
+
 def _safetensors(path: Path, data: bytes) -> dict[str, torch.Tensor]:
     """Parses safetensors bytes; anything else (a pickle, a zip from torch.save) is refused."""
+    safetensors_header(path, data)
     try:
         return st_load(data)
-    except (SafetensorError, ValueError, RuntimeError) as err:
-        fix = "checkpoints hold weights as safetensors (pickled .pt files are refused); re-save it"
-        raise UserError(f"not a safetensors file ({err})", str(path), fix) from None
+    except (SafetensorError, ValueError, RuntimeError, OverflowError) as err:
+        raise UserError(f"not a safetensors file ({err})", str(path), _NOT_ST) from None
 
 
 def _load_weights(model: VAE, weights: dict[str, torch.Tensor], path: Path) -> None:
@@ -266,14 +424,25 @@ def _load_weights(model: VAE, weights: dict[str, torch.Tensor], path: Path) -> N
         raise UserError(f"weights do not match arch.json: {detail}", str(path), fix) from None
 
 
-def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu") -> Checkpoint:
-    """Loads a checkpoint: validates arch.json, builds the VAE, loads its weights (strict).
+def load_checkpoint(
+    directory: str | Path,
+    *,
+    device: str | torch.device = "cpu",
+    max_params: float | None = None,
+    max_activation_bytes: float | None = None,
+) -> Checkpoint:
+    """Loads a checkpoint: validates arch.json, checks the weights' safetensors header against
+    it, then builds the VAE and loads its weights (strict).
 
-    The model comes back on ``device`` in train mode, as built; call ``.eval()`` to predict.
+    Nothing is allocated for the model before its size is known to be within bounds
+    (``max_params`` / ``max_activation_bytes``, see :func:`varnext_ray.arch.check_bounds`) and
+    the weights file to hold exactly the tensors (names, dtypes, shapes) arch.json implies. The
+    model comes back on ``device`` in train mode, as built; call ``.eval()`` to predict.
 
     Raises:
-        UserError: The directory or a file is missing, a file was altered (sha256), the weights
-            are not safetensors or do not fit the architecture, or arch.json does not validate.
+        UserError: The directory or a file is missing or not a regular file, a file was altered
+            (sha256), the weights are not safetensors or do not fit the architecture, or
+            arch.json does not validate or is too large.
 
     Example:
         >>> ckpt = load_checkpoint("runs/best", device="cuda")
@@ -282,8 +451,19 @@ def load_checkpoint(directory: str | Path, *, device: str | torch.device = "cpu"
     directory = Path(directory)
     meta = read_meta(directory)
     arch_path, model_path = directory / ARCH, directory / MODEL
-    arch = parse_arch(_read_json(arch_path, _verified_bytes(directory, meta, ARCH)), str(arch_path))
-    weights = _safetensors(model_path, _verified_bytes(directory, meta, MODEL))
+    arch_data = _read_json(arch_path, _verified_bytes(directory, meta, ARCH, CONFIG_LIMIT))
+    arch = parse_arch(
+        arch_data,
+        str(arch_path),
+        max_params=max_params,
+        max_activation_bytes=max_activation_bytes,
+    )
+    expected = expected_tensors(arch)
+    limit = 8 + HEADER_LIMIT + sum(nbytes for _, _, nbytes in expected.values())
+    data = _verified_bytes(directory, meta, MODEL, limit)
+    header = safetensors_header(model_path, data)
+    _check_header(header, expected, model_path)
+    weights = _safetensors(model_path, data)
     model = build_vae(arch)
     _load_weights(model, weights, model_path)
     return Checkpoint(arch=arch, model=model.to(device), meta=meta, path=directory)
@@ -319,8 +499,11 @@ def load_optimizer_state(directory: str | Path, optimizer: torch.optim.Optimizer
     if OPT_TENSORS not in meta["files"]:
         fix = "save the checkpoint with optimizer=... to resume, or start a fresh optimizer"
         raise UserError("checkpoint has no optimizer state", str(directory), fix)
-    tensors = _safetensors(directory / OPT_TENSORS, _verified_bytes(directory, meta, OPT_TENSORS))
-    doc = _read_json(directory / OPT_JSON, _verified_bytes(directory, meta, OPT_JSON))
+    params = sum(p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"])
+    limit = 8 + HEADER_LIMIT + 4 * params + 1024 * 1024  # Adam: two moments (+ fp64 slack)
+    data = _verified_bytes(directory, meta, OPT_TENSORS, limit)
+    tensors = _safetensors(directory / OPT_TENSORS, data)
+    doc = _read_json(directory / OPT_JSON, _verified_bytes(directory, meta, OPT_JSON, META_LIMIT))
     try:
         state_dict = _optimizer_state_dict(tensors, doc)
         for live, saved in zip(optimizer.param_groups, state_dict["param_groups"], strict=False):
@@ -328,7 +511,7 @@ def load_optimizer_state(directory: str | Path, optimizer: torch.optim.Optimizer
                 if isinstance(live.get(name), tuple) and isinstance(value, list):
                     saved[name] = tuple(value)
         optimizer.load_state_dict(state_dict)
-    except (KeyError, ValueError, IndexError, TypeError) as err:
+    except (KeyError, ValueError, IndexError, TypeError, AttributeError) as err:
         fix = "build the same optimizer type over the checkpoint's model.parameters()"
         what = f"optimizer state does not fit this optimizer ({err})"
         raise UserError(what, str(directory / OPT_JSON), fix) from None

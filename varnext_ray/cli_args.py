@@ -59,7 +59,7 @@ def add_rollout_args(p: argparse.ArgumentParser) -> None:
         "--train-on",
         choices=("auto", "frames", "triplets"),
         default="auto",
-        help="training input (default auto: triplets when the loss's linearity > 0)",
+        help="training input (default auto: triplets when loss.linearity_weight > 0)",
     )
 
 

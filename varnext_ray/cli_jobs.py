@@ -1,4 +1,8 @@
-"""The ``varnext`` subcommands that run jobs on Ray: train, sweep, best, report, predict, demo."""
+"""The ``varnext`` subcommands of the model stages: train, sweep, best, report, predict, demo.
+
+Each imports what it runs (Ray, torch, MLflow) only when it runs, so ``varnext --help`` and the
+data-stage commands of :mod:`varnext_ray.cli` never load them.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from varnext_ray.cli_args import (
     subcommand,
 )
 from varnext_ray.errors import UserError
+from varnext_ray.settings import TrainSettings
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
@@ -59,7 +64,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 def _run_train(args: argparse.Namespace) -> int:
     from varnext_ray.arch import load_arch
-    from varnext_ray.train import Resources, TrainingFailed, TrainSettings, connect_ray, train
+    from varnext_ray.cluster import Resources, connect_ray
+    from varnext_ray.train import TrainingFailed, train
 
     arch = load_arch(args.config)
     settings = TrainSettings(
@@ -106,10 +112,10 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preflight(data: Path, settings: object, workers: int, tracking_uri: str | None) -> None:
+def _preflight(data: Path, settings: TrainSettings, workers: int, tracking_uri: str | None) -> None:
     """The checks that need no Ray, before Ray starts: a bad dataset or an unreachable MLflow
     server is one error line within a second, not after a cluster start-up."""
-    from varnext_ray.train import check_dataset
+    from varnext_ray.train import check_dataset  # imports torch
 
     check_dataset(data, settings, workers)
     tracking.check_reachable(tracking.resolve_tracking_uri(tracking_uri))
@@ -122,24 +128,18 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
         "Download the best run's checkpoint of an MLflow experiment (train and sweep trials).",
         "varnext best --experiment smoke --out runs/best --metric extrap_psnr",
     )
-    p.add_argument("--experiment", required=True, metavar="NAME", help="experiment to search")
+    add_tracking_args(p, None)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="new or empty directory")
     p.add_argument(
         "--metric",
         default="extrap_psnr",
         help="rank runs by best_<metric>, in its direction (default extrap_psnr)",
     )
-    p.add_argument(
-        "--tracking-uri",
-        default=None,
-        metavar="URI",
-        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or ./mlflow.db)",
-    )
     p.set_defaults(run=_run_best)
 
 
 def _run_best(args: argparse.Namespace) -> int:
-    from varnext_ray.best import RUN_FILE, download_best  # imports torch and mlflow
+    from varnext_ray.best import RUN_FILE, download_best  # mlflow; torch when it downloads
 
     path = download_best(args.tracking_uri, args.experiment, args.out, args.metric)
     run = json.loads((path / RUN_FILE).read_text())
@@ -272,14 +272,13 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    from varnext_ray.cluster import connect_ray
     from varnext_ray.search_space import load_space
     from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
-    from varnext_ray.train import TrainSettings, connect_ray
 
     space, base = load_space(args.space)
     options = SweepOptions(
         samples=args.samples,
-        epochs=args.epochs,
         workers_per_trial=args.workers,
         gpus_per_worker=args.gpus_per_worker,
         cpus_per_worker=args.cpus_per_worker,
@@ -287,10 +286,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         search=args.search,
         seed=args.seed,
-        batch_size=args.batch_size,
-        val_triplets=args.val_triplets,
-        rollout_steps=args.rollout_steps,
-        train_on=args.train_on,
+        train=TrainSettings(
+            epochs=args.epochs or space.epochs,
+            batch_size=args.batch_size,
+            val_triplets=args.val_triplets,
+            seed=args.seed,
+            rollout_steps=args.rollout_steps,
+            train_on=args.train_on,
+        ),
     )
     options.check()
     _preflight(args.data, TrainSettings(), args.workers, args.tracking_uri)

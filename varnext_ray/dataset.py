@@ -18,17 +18,23 @@ Example:
 from __future__ import annotations
 
 import io
-import json
+import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
+from varnext_ray.config_errors import problems_from_validation
 from varnext_ray.errors import UserError
+from varnext_ray.safe_io import MANIFEST_LIMIT, kind_of, path_stat, read_json
 
 if TYPE_CHECKING:
     import ray.data
@@ -53,18 +59,136 @@ def encode_image(frame: np.ndarray, encoding: str) -> bytes:
 
 
 def decode_images(blobs: Sequence[bytes], encoding: str, size: tuple[int, int]) -> np.ndarray:
-    """Decodes image bytes to (N, H, W, 3) uint8; ``size`` is (W, H)."""
+    """Decodes image bytes to (N, H, W, 3) uint8; ``size`` is (W, H).
+
+    Raises:
+        UserError: A stored image is not ``size`` (a manifest edited by hand, or files from
+            another dataset) or does not decode.
+    """
     width, height = size
     out = np.empty((len(blobs), height, width, 3), np.uint8)
+    fix = "re-run 'varnext ingest': the Parquet files do not match dataset.json"
     if encoding == "raw":  # one copy, into a writable array that torch can share
         flat = out.reshape(len(blobs), -1)
         for i, blob in enumerate(blobs):
+            if len(blob) != flat.shape[1]:
+                what = f"a stored frame has {len(blob)} bytes, not {width}x{height}x3"
+                raise UserError(what, "dataset image column", fix)
             flat[i] = np.frombuffer(blob, dtype=np.uint8)
         return out
     for i, blob in enumerate(blobs):
-        with Image.open(io.BytesIO(blob)) as image:
-            out[i] = np.asarray(image.convert("RGB"))
+        try:
+            with Image.open(io.BytesIO(blob)) as image:
+                if image.size != (width, height):
+                    what = (
+                        f"a stored frame is {image.size[0]}x{image.size[1]}, not {width}x{height}"
+                    )
+                    raise UserError(what, "dataset image column", fix)
+                out[i] = np.asarray(image.convert("RGB"))
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+            raise UserError(f"a stored frame does not decode ({err})", "dataset", fix) from None
     return out
+
+
+# ---- the manifest's schema: what readers rely on (other keys are kept, not checked) ----------
+
+_COUNT = Annotated[int, Field(ge=0, le=10**10)]
+_SIDE = Annotated[int, Field(ge=1, le=8192)]
+Split = Literal["train", "val", "test"]
+
+
+class _Loose(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True, frozen=True)
+
+
+class _ClipRecord(_Loose):
+    id: Annotated[str, Field(min_length=1, max_length=400)]
+    split: Split
+    frames: _COUNT
+    files: list[Annotated[str, Field(min_length=1, max_length=4096)]]
+
+
+class _SplitRecord(_Loose):
+    policy: str
+    seed: int
+
+
+class _ManifestSchema(_Loose):
+    size: Annotated[list[_SIDE], Field(min_length=2, max_length=2)]
+    encoding: Literal["raw", "png", "jpeg"]
+    frames: _COUNT
+    splits: dict[Split, _COUNT]
+    clips: list[_ClipRecord]
+    sources: list[dict[str, Any]]
+    skipped: list[dict[str, Any]]
+    split: _SplitRecord
+    bytes: _COUNT | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> _ManifestSchema:
+        total = sum(c.frames for c in self.clips)
+        if total != self.frames:
+            raise PydanticCustomError(
+                "arch",
+                f"is {self.frames} but the clips hold {total} frames",
+                {"field": "frames"},
+            )
+        for split in SPLITS:
+            held = sum(c.frames for c in self.clips if c.split == split)
+            if self.splits.get(split, 0) != held:
+                raise PydanticCustomError(
+                    "arch",
+                    f"says {self.splits.get(split, 0)} but its clips hold {held} frames",
+                    {"field": f"splits.{split}"},
+                )
+        seen: set[str] = set()
+        for clip in self.clips:
+            if clip.id in seen:
+                dup = clip.id
+                raise PydanticCustomError("arch", f"repeat the id {dup!r}", {"field": "clips"})
+            seen.add(clip.id)
+        return self
+
+
+_MANIFEST_FIX = "re-run 'varnext ingest' to rewrite the dataset (never edit dataset.json)"
+
+
+def _check_files(root: Path, schema: _ManifestSchema, where: str) -> None:
+    """Every clip file is a relative path inside the dataset, a regular Parquet file whose row
+    count is the clip's frame count (footers only: cheap)."""
+    for n, clip in enumerate(schema.clips):
+        rows = 0
+        for file in clip.files:
+            name = f"clips[{n}].files"
+            parts = PurePosixPath(file).parts
+            if PurePosixPath(file).is_absolute() or ".." in parts or "\\" in file:
+                what = f"{name}: {file!r} is not a path inside the dataset"
+                raise UserError(what, where, _MANIFEST_FIX)
+            path = root / file
+            st = path_stat(path, f"{name}: {file!r}", _MANIFEST_FIX)
+            if st is None:
+                raise UserError(f"{name}: {file!r} is missing", where, _MANIFEST_FIX)
+            if not stat.S_ISREG(st.st_mode):
+                what = f"{name}: {file!r} is {kind_of(st.st_mode)}"
+                raise UserError(what, where, _MANIFEST_FIX)
+            try:
+                rows += pq.read_metadata(path).num_rows
+            except (OSError, pa.ArrowException, ValueError) as err:
+                what = f"{name}: {file!r} is not a readable Parquet file ({err})"
+                raise UserError(what, where, _MANIFEST_FIX) from None
+        if rows != clip.frames:
+            what = f"clips[{n}].frames: is {clip.frames} but its files hold {rows} rows"
+            raise UserError(what, where, _MANIFEST_FIX)
+
+
+def validate_manifest(data: Any, where: str) -> _ManifestSchema:
+    """Checks a decoded ``dataset.json`` against what readers rely on (UserError naming the key)."""
+    try:
+        return _ManifestSchema.model_validate(data)
+    except ValidationError as err:
+        problems = problems_from_validation(err, {(): _ManifestSchema})
+        head = "invalid manifest" + (f", {len(problems)} problems" if len(problems) > 1 else "")
+        raise UserError(f"{head}: {'; '.join(problems[:5])}", where, _MANIFEST_FIX) from None
 
 
 @dataclass(frozen=True)
@@ -92,36 +216,46 @@ class Manifest:
         return [str(self.root / f) for c in self.clips(split) for f in c["files"]]
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Reads a dataset's manifest, with a UserError for anything that is not a dataset."""
-    root = Path(path).resolve()
-    if not root.is_dir():
-        raise UserError(
-            "dataset not found", str(path), "pass a directory written by 'varnext ingest'"
-        )
-    file = root / MANIFEST
+def load_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
+    """Reads a dataset's manifest, with a UserError for anything that is not a dataset.
+
+    The manifest is read bounded (64 MiB), validated key by key (types, counts that add up)
+    and, with ``check_files``, its Parquet files are checked to exist inside the dataset and to
+    hold as many rows as it says (their footers only).
+    """
+    fix = "pass a directory written by 'varnext ingest'"
+    st = path_stat(path, "dataset", fix)
+    if st is None or not stat.S_ISDIR(st.st_mode):
+        what = "dataset not found" if st is None else f"dataset is {kind_of(st.st_mode)}"
+        what += ", not a directory" if st is not None else ""
+        raise UserError(what, str(path), fix)
     try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
+        root = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError) as err:
+        raise UserError(f"dataset path does not resolve ({err})", str(path), fix) from None
+    file = root / MANIFEST
+    if path_stat(file, "manifest", fix) is None and not os.path.islink(file):
         raise UserError(
             f"not a frame dataset (no {MANIFEST})",
             str(path),
             "pass a directory written by 'varnext ingest' (an interrupted ingest leaves none)",
-        ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(
-            f"unreadable manifest ({err})",
-            str(file),
-            "re-run 'varnext ingest' to rewrite the dataset",
-        ) from None
+        )
+    try:
+        data = read_json(file, what="manifest", limit=MANIFEST_LIMIT, fix=_MANIFEST_FIX)
+    except UserError as err:
+        raise UserError(f"unreadable manifest: {err.what}", str(file), _MANIFEST_FIX) from None
     if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        version = data.get("format_version") if isinstance(data, dict) else None
         raise UserError(
-            f"unsupported dataset format {data.get('format_version')!r}"
+            f"unsupported dataset format {str(version)[:40]!r}"
             if isinstance(data, dict)
             else "manifest is not a JSON object",
             str(file),
             f"re-ingest with this version (format {FORMAT_VERSION})",
         )
+    schema = validate_manifest(data, str(file))
+    if check_files:
+        _check_files(root, schema, str(file))
     return Manifest(root, data)
 
 
@@ -141,6 +275,14 @@ def sequence_index(
     return [(clip["id"], t) for clip in clips for t in range(clip["frames"] - reach)]
 
 
+def sequence_count(manifest: Manifest, split: str, stride: int = 1, length: int = 3) -> int:
+    """``len(sequence_index(...))`` without building the list."""
+    if stride < 1:
+        raise UserError(f"triplet stride must be >= 1 (got {stride})", "stride", "use 1 or more")
+    reach = (length - 1) * stride
+    return sum(max(0, clip["frames"] - reach) for clip in manifest.clips(split))
+
+
 def info(manifest: Manifest, stride: int = 1) -> dict[str, Any]:
     """A summary for ``varnext data info``: frames, clips, splits, size, skipped and more."""
     data = manifest.data
@@ -150,7 +292,7 @@ def info(manifest: Manifest, stride: int = 1) -> dict[str, Any]:
         "clips": len(data["clips"]),
         "splits": {s: data["splits"].get(s, 0) for s in SPLITS},
         "clips_per_split": {s: len(manifest.clips(s)) for s in SPLITS},
-        "triplets": {s: len(triplet_index(manifest, s, stride)) for s in SPLITS},
+        "triplets": {s: sequence_count(manifest, s, stride) for s in SPLITS},
         "stride": stride,
         "size": list(manifest.size),
         "encoding": manifest.encoding,

@@ -32,7 +32,8 @@ SHOWN = (
 )
 
 
-def _prepare_data(workdir: Path) -> Path:
+def prepare_data(workdir: Path) -> Path:
+    """Synthetic clips at 128x72 ingested at 64x36 under ``workdir``; existing ones are kept."""
     from varnext_ray.ingest import IngestOptions, ingest
     from varnext_ray.synth import write_synthetic
 
@@ -50,11 +51,12 @@ def _prepare_data(workdir: Path) -> Path:
     return data
 
 
-def _test_strip(checkpoint: Path, data: Path, out: Path) -> Path:
+def write_test_strip(checkpoint: Path, data: Path, out: Path) -> Path:
     """A prediction strip from the first test clip's frames t, t+1, t+2 (no Ray needed)."""
     from varnext_ray.checkpoint import load_checkpoint
     from varnext_ray.dataset import decode_images, load_manifest
-    from varnext_ray.metrics import prediction_strip, save_png
+    from varnext_ray.media import save_png
+    from varnext_ray.metrics import prediction_strip
 
     manifest = load_manifest(data)
     clip = max(manifest.clips("test") or manifest.clips("val"), key=lambda c: c["frames"])
@@ -75,9 +77,10 @@ def run_demo(
     """Runs the demo in ``workdir``; returns the exit status."""
     from varnext_ray.best import download_best
     from varnext_ray.checkpoint import read_meta
+    from varnext_ray.cluster import connect_ray
     from varnext_ray.search_space import load_space
+    from varnext_ray.settings import TrainSettings
     from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
-    from varnext_ray.train import connect_ray
 
     workdir = workdir.resolve()
     if (workdir / "ray").exists():
@@ -93,7 +96,7 @@ def run_demo(
             "run the demo from a clone of the repository (pip install -e .)",
         )
     workdir.mkdir(parents=True, exist_ok=True)
-    data = _prepare_data(workdir)
+    data = prepare_data(workdir)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     connect_ray(address)
     space, base = load_space(DEMO_SPACE)
@@ -105,7 +108,9 @@ def run_demo(
         tracking_uri=uri,
         storage=workdir / "ray",
         options=SweepOptions(
-            samples=samples, epochs=epochs, workers_per_trial=2, batch_size=16, val_triplets=128
+            samples=samples,
+            workers_per_trial=2,
+            train=TrainSettings(epochs=epochs, batch_size=16, val_triplets=128),
         ),
     )
     print("\n" + summary_table(outcome, space.objective))
@@ -114,12 +119,15 @@ def run_demo(
         return 1
     best_dir = download_best(uri, EXPERIMENT, workdir / "best", space.objective)
     metrics = read_meta(best_dir)["metrics"]
-    strip = _test_strip(best_dir, data, workdir / "prediction_strip.png")
-    _print_report(metrics, workdir, best_dir, strip, uri)
+    strip = write_test_strip(best_dir, data, workdir / "prediction_strip.png")
+    print_report(metrics, workdir, best_dir, strip, uri)
     return 0
 
 
-def _print_report(metrics: dict, workdir: Path, best_dir: Path, strip: Path, uri: str) -> None:
+def print_report(
+    metrics: dict[str, float], workdir: Path, best_dir: Path, strip: Path, uri: str
+) -> None:
+    """The best trial's metrics beside the baselines, where the files are, how to open MLflow."""
     print("\nbest trial, at its best epoch (validation triplets):")
     for key in SHOWN:
         value = metrics.get(key)

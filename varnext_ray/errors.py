@@ -6,9 +6,36 @@ dataset) is raised as a :class:`UserError`; the CLI prints it as one line and ex
 
 from __future__ import annotations
 
+import unicodedata
+
+# Control characters (newline, escape, ...), format characters (bidi overrides), line and
+# paragraph separators and lone surrogates (undecodable file names): printed escaped.
+_UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
+
+
+def escape(text: str) -> str:
+    """``text`` with every control or invisible formatting character escaped (``\\n``, ``\\x1b``).
+
+    A file name holding a newline then cannot start a second ``error:`` line, and a terminal
+    escape sequence in a path is printed, not obeyed.
+    """
+    text = str(text)
+    if all(ch.isprintable() or ch == " " for ch in text):
+        return text
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in _UNSAFE:
+            out.append(ch.encode("unicode_escape", "backslashreplace").decode("ascii"))
+        else:
+            out.append(ch)
+    return "".join(out)
+
 
 class UserError(Exception):
     """A problem with the user's input, reported as ``<what> (<where>): <how to fix>``.
+
+    Control characters in any part are escaped (see :func:`escape`), so the message is always
+    exactly one line.
 
     Args:
         what: What is wrong, with the value received.
@@ -20,11 +47,35 @@ class UserError(Exception):
     """
 
     def __init__(self, what: str, where: str, fix: str) -> None:
-        self.what = what
-        self.where = where
-        self.fix = fix
-        super().__init__(f"{what} ({where}): {fix}")
+        self.what = escape(what)
+        self.where = escape(where)
+        self.fix = escape(fix)
+        super().__init__(f"{self.what} ({self.where}): {self.fix}")
 
     def __reduce__(self) -> tuple:
         # Ray pickles exceptions across processes; rebuild from the three parts, not args.
         return (type(self), (self.what, self.where, self.fix))
+
+
+def failure_summary(error: BaseException, limit: int = 500) -> str:
+    """One line saying why a Ray Train run or Tune trial failed, for MLflow and the terminal.
+
+    The :class:`UserError` inside Ray's wrappers (``TuneError -> RayTaskError -> cause``) if
+    there is one, as ``what (where): fix``; else the innermost line naming an exception.
+    """
+    seen: BaseException | None = error
+    for _ in range(6):
+        if seen is None:
+            break
+        cause = getattr(seen, "cause", None)  # Ray's task errors wrap the original here
+        if isinstance(cause, BaseException) and cause is not seen:
+            seen = cause
+            continue
+        if isinstance(seen, UserError):
+            return str(seen)[:limit]
+        seen = seen.__cause__
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    for line in reversed(lines):
+        if "Error:" in line or "Error(" in line:
+            return line[:limit]
+    return (lines or [type(error).__name__])[-1][:limit]

@@ -31,15 +31,12 @@ Example:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from varnext_ray.model import extrapolate, rollout
+from varnext_ray.model import extrapolate, rollout, unwrap_model
 
 MSE_FLOOR = 1e-10  # MSE is clamped here before the log
 PSNR_CAP_DB = 100.0  # = 10 * log10(1 / MSE_FLOOR): the PSNR of identical frames
@@ -203,7 +200,7 @@ def triplet_sums(
         >>> sums = triplet_sums(vae.eval(), x1, x2, x3)
         >>> finalize(sums)["extrap_psnr"]
     """
-    vae = getattr(model, "module", model)
+    vae = unwrap_model(model)
     with torch.no_grad():
         mu1, mu2, mu3 = (vae.encode(x)[0] for x in (x1, x2, x3))  # (B, D) each
         z3_hat = extrapolate(mu1, mu2)  # (B, D)
@@ -275,7 +272,7 @@ def prediction_strip(
     Returns:
         uint8 array (rows * H, 7 * W, 3).
     """
-    vae = getattr(model, "module", model)
+    vae = unwrap_model(model)
     x1, x2, x3 = x1[:n], x2[:n], x3[:n]  # (n, C, H, W)
     with torch.no_grad():
         mu1, mu2, mu3 = (vae.encode(x)[0] for x in (x1, x2, x3))  # (n, D) each
@@ -286,16 +283,6 @@ def prediction_strip(
         grid = torch.cat([t.expand(-1, 3, -1, -1) for t in tiles], dim=3)  # (n, 3, H, 7W)
         grid = torch.cat(list(grid), dim=1)  # (3, n*H, 7W)
     return (grid.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
-
-
-def save_png(array: np.ndarray, path: str | Path) -> Path:
-    """Writes a uint8 (H, W, 3) array as a PNG (parent folders created); returns the path."""
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
-        raise ValueError(f"expected a uint8 (H, W, 3) array (got {array.dtype} {array.shape})")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
-    return path
 
 
 # ---- multi-step rollouts ----------------------------------------------------------------------
@@ -319,7 +306,7 @@ def rollout_sums(model: nn.Module, frames: list[torch.Tensor]) -> torch.Tensor:
     (x2 + k (x2 - x1), clipped). Element 0 is the sample count, then the sums in
     :func:`rollout_keys` order; add them over batches and ranks, then :func:`finalize_rollout`.
     """
-    vae = getattr(model, "module", model)
+    vae = unwrap_model(model)
     x1, x2, truths = frames[0], frames[1], frames[2:]
     with torch.no_grad():
         mu1, mu2 = vae.encode(x1)[0], vae.encode(x2)[0]  # (B, D) each
@@ -350,7 +337,7 @@ def rollout_frames(model: nn.Module, frames: list[torch.Tensor], n: int = 2) -> 
     at the first two steps the model's tiles are its reconstructions of its inputs, after that
     the decoded extrapolation k steps ahead. Returns uint8 arrays (n * H, 2 * W, 3).
     """
-    vae = getattr(model, "module", model)
+    vae = unwrap_model(model)
     frames = [f[:n] for f in frames]  # each (n, C, H, W)
     with torch.no_grad():
         mu1, mu2 = vae.encode(frames[0])[0], vae.encode(frames[1])[0]
@@ -363,19 +350,3 @@ def rollout_frames(model: nn.Module, frames: list[torch.Tensor], n: int = 2) -> 
             array = (grid.permute(1, 2, 0).float().cpu().numpy() * 255).round()
             pictures.append(array.astype(np.uint8))
     return pictures
-
-
-def save_gif(pictures: list[np.ndarray], path: str | Path, frame_ms: int = 300) -> Path:
-    """Writes uint8 (H, W, 3) pictures as a looping GIF, small ones scaled up (nearest)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    height, width = pictures[0].shape[:2]
-    scale = max(1, 256 // max(width, 1))
-    images = [
-        Image.fromarray(p).resize((width * scale, height * scale), Image.Resampling.NEAREST)
-        for p in pictures
-    ]
-    images[0].save(
-        path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0
-    )
-    return path

@@ -1,4 +1,4 @@
-"""The VAE built from a JSON architecture, its ELBO loss, and latent extrapolation.
+"""The VAE built from a JSON architecture, its loss, and latent extrapolation.
 
 Plain builder functions wire ``nn`` modules from an :class:`~varnext_ray.arch.ArchConfig`;
 layer shapes and parameter counts match :func:`varnext_ray.arch.layer_table` exactly (a test
@@ -8,7 +8,7 @@ Example:
     >>> cfg = load_arch("configs/smoke_64x36.json")
     >>> vae = build_vae(cfg)
     >>> recon, mu, logvar = vae(torch.rand(2, 3, 36, 64))
-    >>> parts = elbo_loss(recon, x, mu, logvar, cfg.loss, epoch=0)
+    >>> parts = vae_loss(recon, x, mu, logvar, cfg.loss, epoch=0, triplets=False)
 """
 
 from __future__ import annotations
@@ -204,14 +204,56 @@ def elbo_loss(
     return {"loss": loss, "recon": recon_term, "kl": kl}
 
 
-def linearity_loss(mu1: torch.Tensor, mu2: torch.Tensor, mu3: torch.Tensor) -> torch.Tensor:
-    """The temporal-linearity penalty ||mu3 - 2 mu2 + mu1||^2, summed over D, batch mean.
+def latent_curvature_penalty(
+    mu1: torch.Tensor, mu2: torch.Tensor, mu3: torch.Tensor
+) -> torch.Tensor:
+    """The latent curvature ||mu3 - 2 mu2 + mu1||^2, summed over D, batch mean.
 
     The latent second difference of frames t, t+s, t+2s: zero exactly when the three means lie
     on a straight line at constant speed, which is what :func:`extrapolate` assumes.
     (B, D) x 3 -> scalar.
     """
     return (mu3 - 2 * mu2 + mu1).pow(2).sum(1).mean()
+
+
+def vae_loss(
+    recon: torch.Tensor,
+    x: torch.Tensor,
+    mu: torch.Tensor,
+    logvar: torch.Tensor,
+    loss_cfg: LossConfig,
+    epoch: int,
+    *,
+    triplets: bool,
+) -> dict[str, torch.Tensor]:
+    """The whole objective, the same quantity for training and validation.
+
+    ``loss`` is the negative ELBO (:func:`elbo_loss`, same arguments) plus, when ``triplets``
+    is set, ``loss.linearity_weight`` times :func:`latent_curvature_penalty` of the means. With
+    ``triplets``, ``x`` (and so ``recon``, ``mu``, ``logvar``) stacks the frames t, t+s and t+2s
+    of B triplets: (3B, C, H, W) as [x(t); x(t+s); x(t+2s)].
+
+    Returns:
+        ``{"loss", "recon", "kl"}`` per frame, and with ``triplets`` the ``curvature`` per
+        triplet (reported whether or not it is weighted in).
+    """
+    parts = elbo_loss(recon, x, mu, logvar, loss_cfg, epoch)
+    if triplets:
+        parts["curvature"] = latent_curvature_penalty(*mu.chunk(3))  # (B, D) x 3 -> scalar
+        if loss_cfg.linearity_weight > 0:
+            parts["loss"] = parts["loss"] + loss_cfg.linearity_weight * parts["curvature"]
+    return parts
+
+
+def unwrap_model(model: nn.Module) -> VAE:
+    """The VAE inside DDP (``.module``) and/or torch.compile (``._orig_mod``)."""
+    while True:
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def extrapolate(z1: torch.Tensor, z2: torch.Tensor, k: int = 1) -> torch.Tensor:

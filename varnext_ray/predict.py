@@ -27,9 +27,9 @@ from PIL import Image
 
 from varnext_ray.checkpoint import Checkpoint
 from varnext_ray.errors import UserError
+from varnext_ray.media import FPS, save_gif, save_png, write_video
 from varnext_ray.model import extrapolate, rollout
 from varnext_ray.sources import Skipped, Source, decode_source, fit_frame
-from varnext_ray.synth import FPS, write_video
 
 VIDEO_OUTPUTS = (".mp4", ".gif")
 _CHUNK = 32  # video frames encoded per batch
@@ -147,10 +147,7 @@ def predict_image_files(
 
 
 def _save_pngs(images: list[np.ndarray], paths: list[Path]) -> list[Path]:
-    for image, path in zip(images, paths, strict=True):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(path)
-    return paths
+    return [save_png(image, path) for image, path in zip(images, paths, strict=True)]
 
 
 # ---- videos -----------------------------------------------------------------------------------
@@ -237,20 +234,6 @@ def _side_by_side(
         yield frame
 
 
-def _write_gif(path: Path, frames: Iterator[np.ndarray], fps: float) -> int:
-    """Writes an animated GIF with Pillow (every frame is held in memory); returns the count."""
-    images = [Image.fromarray(frame) for frame in frames]
-    images[0].save(
-        path,
-        format="GIF",
-        save_all=True,
-        append_images=images[1:],
-        duration=max(20, round(1000 / fps)),
-        loop=0,
-    )
-    return len(images)
-
-
 def predict_video(
     checkpoint: Checkpoint, video: str | Path, out: str | Path, steps: int = 1, stride: int = 1
 ) -> dict[str, Any]:
@@ -311,7 +294,9 @@ def _write_video_file(out: Path, frames: Iterator[np.ndarray], fps: float) -> in
     tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}{out.suffix.lower()}")
     try:
         if out.suffix.lower() == ".gif":
-            count = _write_gif(tmp, frames, fps)
+            pictures = list(frames)
+            save_gif(pictures, tmp, frame_ms=max(20, round(1000 / fps)))
+            count = len(pictures)
         else:
             count = write_video(tmp, frames, fps=max(1, round(fps)))
         tmp.replace(out)

@@ -20,14 +20,14 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from varnext_ray import tracking
 from varnext_ray.errors import UserError
-from varnext_ray.report_page import STRIPS, render_page
+from varnext_ray.objectives import OBJECTIVES
+from varnext_ray.report_page import STRIPS, SweepReport, Trial, render_page
 
 log = logging.getLogger(__name__)
 
@@ -39,49 +39,7 @@ _GIF = re.compile(r"rollout_epoch_(\d+)\.gif$")
 _SPACE_KEY = {name: f"encoder.{name}" for name in ("depth", "kernel_size", "stride")}
 
 
-@dataclass
-class Trial:
-    """One trial child run, as the page shows it."""
-
-    run_id: str
-    name: str
-    status: str  # finished, stopped early, failed, killed, running
-    metrics: dict[str, float]
-    point: dict[str, Any]  # the sampled hyperparameters
-    objective: float | None  # best_<objective> (best over epochs), if finite
-    latent_dim: int | None
-    params: int | None
-    failure: str = ""
-    images: list[tuple[str, str]] = field(default_factory=list)  # (caption, data: URI)
-
-
-@dataclass
-class SweepReport:
-    """A sweep and its trials, best first (trials without an objective value last)."""
-
-    experiment: str
-    run_id: str
-    name: str
-    started: str
-    objective: str
-    direction: str  # max or min
-    scales: dict[str, str]  # hyperparameter -> log, linear or choices (its search range)
-    trials: list[Trial]
-    tracking_uri: str
-
-
 # ---- gather -----------------------------------------------------------------------------------
-
-
-def _all_runs(client: Any, experiment_id: str) -> list[Any]:
-    """Every active run of the experiment: one search, page by page."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs([experiment_id], max_results=1000, page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
 
 
 def _pick_sweep(runs: list[Any], experiment: str, sweep_id: str | None) -> Any:
@@ -152,8 +110,6 @@ def _scale(space: dict[str, str], name: str) -> str:
 
 def _objective(params: dict[str, str], trials: list[Any]) -> tuple[str, str]:
     """The sweep's objective and direction, from its ``space.*`` params."""
-    from varnext_ray.train import OBJECTIVES
-
     objective = params.get("space.objective")
     if objective is None:  # not a varnext sweep's params: the metric its trials kept best_ of
         kept = {m for t in trials for m in t.data.metrics if m.startswith("best_")}
@@ -196,7 +152,7 @@ def gather(uri: str | None, experiment: str, sweep_id: str | None = None) -> Swe
     uri, client = tracking.open_store(uri)
     try:
         exp = tracking.existing_experiment(client, experiment, uri)
-        runs = _all_runs(client, exp.experiment_id)
+        runs = list(tracking.search_all_runs(client, exp.experiment_id))
     except MlflowException as err:
         raise UserError(
             f"the tracking store did not answer ({str(err).splitlines()[0][:200]})",

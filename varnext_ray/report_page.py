@@ -1,4 +1,5 @@
-"""The HTML of a sweep report: tables, inline SVG scatter plots and embedded images.
+"""The HTML of a sweep report (:class:`SweepReport`, gathered by :mod:`varnext_ray.report`):
+tables, inline SVG scatter plots and embedded images.
 
 Everything is escaped with :func:`html.escape`; the page loads nothing (no script, no external
 stylesheet, font or image). A missing value (a failed trial's metrics) shows as ``—``.
@@ -12,11 +13,9 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
 from html import escape
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from varnext_ray.report import SweepReport
+from typing import Any
 
 MISSING = "—"
 STRIPS = 3  # trials whose prediction strips are shown
@@ -39,6 +38,37 @@ figure{margin:0 0 16px}figcaption{font-size:12px;color:#555}svg{background:#fff}
 svg text{font-size:11px;fill:#333}.axis{stroke:#333}.grid{stroke:#eee}
 .pt{fill:#2a6fdb;fill-opacity:.75;stroke:#fff}.pt.best{fill:#e4572e}
 img{max-width:100%;image-rendering:pixelated;border:1px solid #ccc;margin-right:8px}"""
+
+
+@dataclass
+class Trial:
+    """One trial child run, as the page shows it."""
+
+    run_id: str
+    name: str
+    status: str  # finished, stopped early, failed, killed, running
+    metrics: dict[str, float]
+    point: dict[str, Any]  # the sampled hyperparameters
+    objective: float | None  # best_<objective> (best over epochs), if finite
+    latent_dim: int | None
+    params: int | None
+    failure: str = ""
+    images: list[tuple[str, str]] = field(default_factory=list)  # (caption, data: URI)
+
+
+@dataclass
+class SweepReport:
+    """A sweep and its trials, best first (trials without an objective value last)."""
+
+    experiment: str
+    run_id: str
+    name: str
+    started: str
+    objective: str
+    direction: str  # max or min
+    scales: dict[str, str]  # hyperparameter -> log, linear or choices (its search range)
+    trials: list[Trial]
+    tracking_uri: str
 
 
 def fmt(value: Any, digits: int = 4) -> str:

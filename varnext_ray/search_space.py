@@ -23,19 +23,21 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
+    AliasChoices,
     BaseModel,
     ConfigDict,
     Discriminator,
+    Field,
     Tag,
     ValidationError,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from varnext_ray._arch_messages import problems_from_validation
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
+from varnext_ray.config_errors import problems_from_validation
 from varnext_ray.errors import UserError
-from varnext_ray.train import OBJECTIVES
+from varnext_ray.objectives import OBJECTIVES
 
 
 class _Strict(BaseModel):
@@ -121,7 +123,9 @@ class SearchSpace(_Strict):
     linear: Annotated[list[list[int]], AfterValidator(_choices)] | None = None  # hidden sizes
     latent_dim: IntSpec | None = None
     beta: FloatSpec | None = None
-    linearity: FloatSpec | None = None  # lambda of the temporal-linearity loss term
+    linearity_weight: FloatSpec | None = Field(  # the loss's linearity weight (lambda)
+        None, validation_alias=AliasChoices("linearity_weight", "linearity")
+    )
     lr: FloatSpec | None = None
     batch_size: IntChoices | None = None
 
@@ -150,14 +154,15 @@ _FIX = "fix each field named above; docs/sweeps.md lists every key"
 
 def load_space(path: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
     """Reads and validates a space file; returns it and its base architecture as a dict."""
+    from varnext_ray.safe_io import read_json  # (kept local: the import block is shared)
+
     where = str(path)
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError("search space file not found", where, "check the path") from None
-    except json.JSONDecodeError as err:
-        what = f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}"
-        raise UserError(what, where, "fix the JSON syntax there") from None
+    data = read_json(
+        path,
+        what="search space file",
+        fix="pass a search space JSON file",
+        refuse_duplicates=True,
+    )
     space = parse_space(data, where)
     if isinstance(space.base, str):
         base = load_arch(Path(path).parent / space.base).to_dict()
@@ -216,7 +221,7 @@ class DefineByRun:
         for name in ("kernel_size", "stride"):
             if getattr(enc, name) is not None:
                 _suggest(trial, name, getattr(enc, name))
-        for name in ("linear", "latent_dim", "beta", "linearity", "lr", "batch_size"):
+        for name in ("linear", "latent_dim", "beta", "linearity_weight", "lr", "batch_size"):
             if getattr(space, name) is not None:
                 _suggest(trial, name, getattr(space, name))
 
@@ -243,7 +248,7 @@ def point_to_arch(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]
         arch["encoder"]["linear"] = json.loads(value) if isinstance(value, str) else list(value)
     if "latent_dim" in point:
         arch["latent_dim"] = int(point["latent_dim"])
-    for name in ("beta", "linearity"):
+    for name in ("beta", "linearity_weight"):
         if name in point:
             arch.setdefault("loss", {})[name] = float(point[name])
     arch["decoder"] = "mirror"

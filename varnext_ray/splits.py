@@ -12,23 +12,35 @@ Neighbouring frames are near-copies, so frames are never split at random:
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from varnext_ray.ingest import IngestOptions
+
+@dataclass(frozen=True)
+class SplitShares:
+    """The shares of frames held out for val and test, the guard and the shuffle seed."""
+
+    val: float
+    test: float
+    guard: int  # frames dropped at each boundary between time blocks
+    seed: int
 
 
-def plan_splits(lengths: list[int], opts: IngestOptions) -> list[list[tuple[str, int, int]]]:
-    """For each clip, its pieces as (split, start, stop) frame ranges; see the module docstring."""
+def plan_splits(lengths: list[int], opts: SplitShares) -> list[list[tuple[str, int, int]]]:
+    """For each clip, its pieces as (split, start, stop) frame ranges; see the module docstring.
+
+    Example:
+        >>> plan_splits([100], SplitShares(val=0.2, test=0.2, guard=2, seed=1))
+        [[('train', 0, 58), ('val', 60, 79), ('test', 81, 100)]]
+    """
     by_clip = _split_by_clip(lengths, opts)
     if by_clip is not None:
         return [[(split, 0, n)] for split, n in zip(by_clip, lengths, strict=True)]
     return [_time_blocks(n, opts) for n in lengths]
 
 
-def _split_by_clip(lengths: list[int], opts: IngestOptions) -> list[str] | None:
+def _split_by_clip(lengths: list[int], opts: SplitShares) -> list[str] | None:
     """Whole clips, in seeded random order, go to val or test while that brings the split
     closer to its target frame count; None when a requested split would get no clip."""
     total = sum(lengths)
@@ -48,7 +60,7 @@ def _split_by_clip(lengths: list[int], opts: IngestOptions) -> list[str] | None:
     return splits
 
 
-def _time_blocks(n: int, opts: IngestOptions) -> list[tuple[str, int, int]]:
+def _time_blocks(n: int, opts: SplitShares) -> list[tuple[str, int, int]]:
     held = [(split, f) for split, f in (("val", opts.val), ("test", opts.test)) if f > 0]
     usable = n - opts.guard * len(held)
     counts = [(split, round(f * usable)) for split, f in held]

@@ -19,15 +19,17 @@ from __future__ import annotations
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from varnext_ray import tracking
 from varnext_ray.arch import count_params, parse_arch
-from varnext_ray.errors import UserError
+from varnext_ray.cluster import Resources, cluster_cpus
+from varnext_ray.errors import UserError, failure_summary
 from varnext_ray.search_space import DefineByRun, SearchSpace, point_to_arch, short_arch
-from varnext_ray.train import Resources, TrainSettings, build_trainer, check_dataset
+from varnext_ray.settings import TrainSettings
+from varnext_ray.train import build_trainer, check_dataset
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +39,33 @@ DRIVER_CPUS = 0.1  # each trial's driver only waits on its Train run
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """How a sweep runs (the space says what it searches)."""
+    """How a sweep runs (the space says what it searches).
+
+    ``train`` holds every trial's training settings (a point may override ``lr`` and
+    ``batch_size``); None means the defaults with the space's epochs and 256 validation
+    triplets. Its ``objective`` is always the space's.
+    """
 
     samples: int = 8
-    epochs: int | None = None  # default: the space's epochs
     workers_per_trial: int = 2
     gpus_per_worker: float = 0.0
     cpus_per_worker: float | None = None
     concurrency: int = 1
     scheduler: str = "asha"  # or "fifo"
     search: str = "tpe"  # Optuna's sampler: "tpe" or "random"
-    seed: int = 0
-    batch_size: int = 32
-    val_triplets: int = 256
-    rollout_steps: int = 4
-    train_on: str = "auto"
+    seed: int = 0  # the sampler's seed (and the training seed when ``train`` is None)
+    train: TrainSettings | None = None
+
+    def settings(self, space: SearchSpace) -> TrainSettings:
+        """Every trial's training settings, before a point's overrides."""
+        base = self.train or TrainSettings(epochs=space.epochs, val_triplets=256, seed=self.seed)
+        return replace(base, objective=space.objective)
+
+    def resources(self, cluster_cpus: float) -> Resources:
+        """Each trial's workers, sharing the cluster's CPUs with the other running trials."""
+        per_trial = Resources(self.workers_per_trial, self.gpus_per_worker, self.cpus_per_worker)
+        cpus = per_trial.cpus(cluster_cpus, runs=self.concurrency, driver_cpus=DRIVER_CPUS)
+        return replace(per_trial, cpus_per_worker=cpus)
 
     def check(self) -> None:
         """Raises a UserError for the first bad option."""
@@ -80,12 +94,26 @@ class SweepOutcome:
     best: dict[str, Any] | None = None
 
 
-def sweep_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
+@dataclass(frozen=True)
+class SweepConstants:
+    """What every trial of a sweep shares (passed to each trial's driver)."""
+
+    name: str  # the sweep's name: Tune's directory under ``storage``
+    storage: str
+    experiment: str
+    parent: tracking.TrackingRun  # the sweep's MLflow parent run
+    base: dict[str, Any]  # the space's base architecture JSON
+    data: str  # the frame dataset, absolute
+    settings: TrainSettings
+    resources: Resources
+
+
+def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
     """One Tune trial: sampled point -> validated architecture -> a Ray Train run.
 
     Args:
         config: The point Optuna sampled (``depth``, ``channels_0``, ``lr``, ...).
-        sweep: The sweep's constants (data, storage, tracking, base architecture, settings).
+        sweep: The sweep's constants.
     """
     import ray.train
     import ray.tune
@@ -94,20 +122,20 @@ def sweep_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     point = dict(config)
     trial_id = ray.tune.get_context().get_trial_id()
     name = f"trial-{trial_id}"  # deterministic: a restored trial resumes its Train run
-    trials = f"{sweep['storage']}/{sweep['name']}/trials"
-    uri = sweep["uri"]
-    arch_dict = point_to_arch(sweep["base"], point)
+    trials = f"{sweep.storage}/{sweep.name}/trials"
+    uri = sweep.parent.uri
+    arch_dict = point_to_arch(sweep.base, point)
     params = tracking.flatten({"point": point, "arch": arch_dict})
     run_id = tracking.run_for_directory(
         uri,
-        sweep["experiment"],
+        sweep.experiment,
         f"{trials}/{name}",
         name,
         params,
         tags={
             "varnext.kind": "trial",
             "varnext.trial_id": trial_id,
-            "mlflow.parentRunId": sweep["parent_run_id"],
+            "mlflow.parentRunId": sweep.parent.run_id,
         },
     )
     tracking.log_dict(uri, run_id, arch_dict, "arch/arch.json")
@@ -120,21 +148,20 @@ def sweep_trial(config: dict[str, Any], sweep: dict[str, Any]) -> None:
     overrides = {
         k: cast(point[k]) for k, cast in (("lr", float), ("batch_size", int)) if k in point
     }
-    settings = TrainSettings(**(sweep["settings"] | overrides))
     trainer = build_trainer(
         arch=arch,
-        data=Path(sweep["data"]),
-        settings=settings,
-        resources=Resources(**sweep["resources"]),
+        data=Path(sweep.data),
+        settings=replace(sweep.settings, **overrides),
+        resources=sweep.resources,
         storage=trials,
         name=name,
-        tracking_run={"uri": uri, "run_id": run_id},
+        tracking_run=tracking.TrackingRun(uri, run_id),
         callbacks=[TuneReportCallback()],
     )
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as err:
-        tracking.end_run(uri, run_id, "FAILED", str(err).strip().splitlines()[-1][:500])
+        tracking.end_run(uri, run_id, "FAILED", failure_summary(err))
         raise
     tracking.end_run(uri, run_id, "FINISHED")
 
@@ -152,16 +179,6 @@ def _parent_run(
     )
     tracking.write_record(sweep_dir, {"run_id": run_id, "tracking_uri": uri}, SWEEP_FILE)
     return run_id
-
-
-def _worker_cpus(options: SweepOptions, cluster_cpus: float) -> float:
-    """CPUs per Train worker, leaving one CPU for Ray Data and room for the trial drivers."""
-    if options.cpus_per_worker is not None:
-        return options.cpus_per_worker
-    if options.gpus_per_worker > 0:
-        return 1.0
-    free = cluster_cpus - 1 - DRIVER_CPUS * options.concurrency
-    return round(max(0.1, min(1.0, free / (options.workers_per_trial * options.concurrency))), 2)
 
 
 def make_searcher(space: SearchSpace, base: dict[str, Any], options: SweepOptions) -> Any:
@@ -196,7 +213,7 @@ def make_scheduler(options: SweepOptions, epochs: int) -> Any:
 
 
 def _tuner(
-    space: SearchSpace, base: dict, options: SweepOptions, constants: dict, path: str, resume: bool
+    space: SearchSpace, options: SweepOptions, constants: SweepConstants, path: str, resume: bool
 ) -> Any:
     """A new Tuner, or the restored one for ``--resume``."""
     import ray.tune
@@ -213,8 +230,8 @@ def _tuner(
     return ray.tune.Tuner(
         trainable,
         tune_config=ray.tune.TuneConfig(
-            search_alg=make_searcher(space, base, options),
-            scheduler=make_scheduler(options, constants["settings"]["epochs"]),
+            search_alg=make_searcher(space, constants.base, options),
+            scheduler=make_scheduler(options, constants.settings.epochs),
             num_samples=options.samples,
             max_concurrent_trials=options.concurrency,
             **(
@@ -224,8 +241,8 @@ def _tuner(
             ),
         ),
         run_config=ray.tune.RunConfig(
-            name=constants["name"],
-            storage_path=constants["storage"],
+            name=constants.name,
+            storage_path=constants.storage,
             failure_config=ray.tune.FailureConfig(max_failures=0),
             verbose=1,
         ),
@@ -244,19 +261,8 @@ def run_sweep(
     resume: bool = False,
 ) -> SweepOutcome:
     """``varnext sweep``: the whole sweep, its MLflow parent run, and a summary of its trials."""
-    import ray
-
     options.check()
-    epochs = options.epochs or space.epochs
-    settings = TrainSettings(
-        epochs=epochs,
-        batch_size=options.batch_size,
-        val_triplets=options.val_triplets,
-        seed=options.seed,
-        objective=space.objective,
-        rollout_steps=options.rollout_steps,
-        train_on=options.train_on,
-    )
+    settings = options.settings(space)
     settings.check()
     check_dataset(data, settings, options.workers_per_trial)
     uri = tracking.resolve_tracking_uri(tracking_uri)
@@ -270,37 +276,26 @@ def run_sweep(
             str(path),
             "pass --resume to continue it, or another --experiment or --storage",
         )
-    cpus = _worker_cpus(options, ray.cluster_resources().get("CPU", 1))
-    resources = Resources(options.workers_per_trial, options.gpus_per_worker, cpus)
-    parent = _parent_run(
-        uri,
-        experiment,
-        path,
-        name,
-        tracking.flatten(
-            {
-                "space": space.model_dump(mode="json", warnings=False),
-                "sweep": asdict(options) | {"epochs": epochs},
-            }
-        ),
-        resume,
+    sweep = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "train"}
+    space_params = space.model_dump(mode="json", warnings=False)
+    params = tracking.flatten({"space": space_params, "sweep": sweep | asdict(settings)})
+    parent = _parent_run(uri, experiment, path, name, params, resume)
+    constants = SweepConstants(
+        name=name,
+        storage=storage,
+        experiment=experiment,
+        parent=tracking.TrackingRun(uri, parent),
+        base=base,
+        data=str(Path(data).resolve()),
+        settings=settings,
+        resources=options.resources(cluster_cpus()),
     )
-    constants = {
-        "name": name,
-        "storage": storage,
-        "uri": uri,
-        "experiment": experiment,
-        "parent_run_id": parent,
-        "base": base,
-        "data": str(Path(data).resolve()),
-        "settings": asdict(settings),
-        "resources": asdict(resources),
-    }
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    tuner = _tuner(space, base, options, constants, path, resume)
+    tuner = _tuner(space, options, constants, path, resume)
     results = tuner.fit()
     rows = _summarise(results, space, base)
-    _close_trial_runs(uri, experiment, parent, {r["trial_id"]: r["error"] for r in rows}, epochs)
+    errors = {r["trial_id"]: r["error"] for r in rows}
+    close_trial_runs(uri, experiment, parent, errors, settings.epochs)
     best = next((r for r in rows if r["objective"] is not None), None)
     if best is not None:
         tracking.log_metrics(uri, parent, {f"best_{space.objective}": best["objective"]}, step=0)
@@ -326,8 +321,7 @@ def _summarise(results: Any, space: SearchSpace, base: dict) -> list[dict[str, A
     rows = []
     key = f"best_{space.objective}"
     for result in results:
-        config = dict(result.config or {})
-        point = config
+        point = dict(result.config or {})
         metrics = result.metrics or {}
         arch_dict = point_to_arch(base, point)
         try:
@@ -345,7 +339,7 @@ def _summarise(results: Any, space: SearchSpace, base: dict) -> list[dict[str, A
                 else None,
                 "extrap_skill": metrics.get("extrap_skill"),
                 "epochs": metrics.get("epoch"),
-                "error": _first_line(result.error) if result.error else None,
+                "error": failure_summary(result.error, 300) if result.error else None,
             }
         )
     sign = -1 if space.direction == "max" else 1
@@ -356,27 +350,7 @@ def _trial_id(result: Any) -> str:
     return Path(result.path).name.split("_")[-2] if result.path else "?"
 
 
-def _first_line(error: BaseException) -> str:
-    """The user-facing message of a trial's error: the UserError inside Ray's wrappers, if any."""
-    seen: BaseException | None = error
-    for _ in range(6):  # TuneError -> RayTaskError(UserError) -> its cause
-        if seen is None:
-            break
-        cause = getattr(seen, "cause", None)  # Ray's task errors wrap the original here
-        if isinstance(cause, BaseException) and cause is not seen:
-            seen = cause
-            continue
-        if isinstance(seen, UserError):
-            return f"{seen.what} ({seen.where}): {seen.fix}"[:300]
-        seen = seen.__cause__
-    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
-    for line in reversed(lines):
-        if "Error: " in line:
-            return line.split("Error: ", 1)[1][:300]
-    return (lines or [type(error).__name__])[-1][:300]
-
-
-def _close_trial_runs(
+def close_trial_runs(
     uri: str, experiment: str, parent: str, trial_ids: dict[str, str | None], epochs: int
 ) -> None:
     """Child runs still RUNNING after the sweep are closed (``trial_ids``: id -> error or None).
@@ -390,10 +364,8 @@ def _close_trial_runs(
     """
     c = tracking.client(uri)
     exp = c.get_experiment_by_name(experiment)
-    runs = c.search_runs(
-        [exp.experiment_id],
-        filter_string=f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'",
-    )
+    running = f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
+    runs = list(tracking.search_all_runs(c, exp.experiment_id, filter_string=running))
     for run in runs:
         run_id = run.info.run_id
         trial_id = run.data.tags.get("varnext.trial_id")

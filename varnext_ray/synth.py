@@ -21,13 +21,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from varnext_ray.errors import UserError
+from varnext_ray.media import FPS, write_png_folder, write_video
 
-FPS = 30
 SHAPES = ("circle", "ellipse", "rect", "triangle")
 FORMATS = ("mp4", "png")
 
@@ -194,35 +193,6 @@ def render_clip(
         light = 1.0 + 0.18 * np.sin(2 * np.pi * t / plan.light_period + plan.light_phase)
         noise = rng.normal(0.0, plan.noise_sigma, size=view.shape).astype(np.float32)
         yield np.clip(view * light + noise, 0, 255).astype(np.uint8)
-
-
-def write_video(path: Path, frames: Iterator[np.ndarray], fps: int = FPS) -> int:
-    """Encodes frames to an H.264 mp4 with PyAV; returns the number written."""
-    count = 0
-    with av.open(str(path), mode="w") as container:
-        stream = None
-        for frame in frames:
-            if stream is None:
-                stream = container.add_stream("libx264", rate=fps)
-                stream.height, stream.width = frame.shape[:2]
-                stream.pix_fmt = "yuv420p"
-                stream.options = {"crf": "16", "preset": "veryfast"}
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-            count += 1
-        if stream is not None:
-            for packet in stream.encode():
-                container.mux(packet)
-    return count
-
-
-def write_png_folder(folder: Path, frames: Iterator[np.ndarray]) -> int:
-    """Writes frames as ``frame_00001.png``... (ffmpeg's dump naming); returns the count."""
-    folder.mkdir(parents=True)
-    count = 0
-    for count, frame in enumerate(frames, start=1):
-        Image.fromarray(frame).save(folder / f"frame_{count:05d}.png", compress_level=1)
-    return count
 
 
 def write_synthetic(

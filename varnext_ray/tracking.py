@@ -15,6 +15,8 @@ import logging
 import math
 import os
 import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -24,6 +26,14 @@ from varnext_ray.errors import UserError
 log = logging.getLogger(__name__)
 
 RUN_FILE = "varnext_run.json"  # in a run's Ray storage directory: the MLflow run to continue
+
+
+@dataclass(frozen=True)
+class TrackingRun:
+    """The MLflow run a training run logs to (rank 0 or a trial driver)."""
+
+    uri: str
+    run_id: str
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
@@ -71,6 +81,30 @@ def open_store(uri: str | None) -> tuple[str, Any]:
         )
     check_reachable(uri)
     return uri, client(uri)
+
+
+def search_all_runs(
+    store: Any,
+    experiment_id: str,
+    *,
+    filter_string: str = "",
+    order_by: str | None = None,
+    page_size: int = 1000,
+) -> Iterator[Any]:
+    """Every run of the experiment matching ``filter_string``, page by page, in ``order_by``."""
+    token = None
+    while True:
+        page = store.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            order_by=[order_by] if order_by else None,
+            max_results=page_size,
+            page_token=token,
+        )
+        yield from page
+        token = page.token
+        if not token:
+            return
 
 
 def existing_experiment(store: Any, name: str, uri: str) -> Any:

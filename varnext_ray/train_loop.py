@@ -1,7 +1,7 @@
 """The per-worker training loop that Ray Train runs on every DDP rank.
 
 Each epoch: one pass over this rank's shard of the training frames (or triplets, when the
-architecture's temporal-linearity term is on), then the validation ELBO and the extrapolation
+architecture's linearity weight is on), then the validation loss and the extrapolation
 metrics (:mod:`varnext_ray.metrics`) on this rank's shard of the validation triplets, and the
 multi-step rollout metrics on its shard of the validation sequences, summed and all-reduced
 across ranks so every rank reports the same averages. Rank 0 saves the checkpoint, the
@@ -19,6 +19,7 @@ import random
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from varnext_ray import tracking
 from varnext_ray.arch import parse_arch
 from varnext_ray.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
 from varnext_ray.dataset import sequence_keys, to_model_input
+from varnext_ray.media import save_gif, save_png
 from varnext_ray.metrics import (
     add_sums,
     all_reduce_sums,
@@ -38,15 +40,37 @@ from varnext_ray.metrics import (
     prediction_strip,
     rollout_frames,
     rollout_sums,
-    save_gif,
-    save_png,
     triplet_sums,
 )
-from varnext_ray.model import VAE, build_vae, elbo_loss, linearity_loss
+from varnext_ray.model import VAE, build_vae, unwrap_model, vae_loss
+from varnext_ray.settings import TrainSettings
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """What every Ray Train worker is given (the one value of ``train_loop_config``)."""
+
+    arch: dict[str, Any]  # the validated architecture JSON
+    settings: TrainSettings
+    on_triplets: bool  # training reads (t, t+s, t+2s) triplets rather than single frames
+    rollout_steps: int  # horizons K scored each epoch (settings', shortened to fit; 0: off)
+    tracking: tracking.TrackingRun | None = None  # the MLflow run rank 0 logs to
+
+
+@dataclass(frozen=True)
+class EpochReport:
+    """One finished epoch, as rank 0 records it and every rank reports it to Ray Train."""
+
+    epoch: int  # completed epochs, from 1
+    metrics: dict[str, float]
+    best: float | None  # the best objective value so far
+    improved: bool  # this epoch set ``best``
+    strip: np.ndarray | None = None  # rank 0's prediction strip
+    gif: list[np.ndarray] | None = None  # rank 0's rollout pictures
 
 
 def _seed_everything(seed: int) -> None:
@@ -93,42 +117,41 @@ def train_epoch(
     optimizer: torch.optim.Optimizer,
     shard: Any,
     *,
-    settings: dict[str, Any],
+    loop: LoopConfig,
     epoch: int,
     device: torch.device,
 ) -> dict[str, float]:
     """One pass over this rank's training shard.
 
-    On triplets (``settings["train_on"] == "triplets"``) the three frames go through the model
-    as one batch of 3B; the loss is their ELBO plus ``loss.linearity`` times
-    :func:`~varnext_ray.model.linearity_loss` of their means.
+    On triplets (``loop.on_triplets``) the three frames go through the model as one batch of
+    3B; the loss is :func:`~varnext_ray.model.vae_loss`, the same quantity as ``val_loss``.
 
     Returns ``train_loss`` (mean over all ranks' frames), ``train_frames`` (frames seen by all
     ranks together), ``train_steps`` (optimizer steps, the same on every rank),
     ``train_seconds`` (wall time of the pass, data loading included) and, on triplets,
-    ``train_linearity`` (the mean linearity penalty, whether or not it is weighted in).
+    ``train_curvature`` (the mean latent curvature penalty, whether or not it is weighted in).
     """
     started = time.perf_counter()
+    settings = loop.settings
     model.train()
-    loss_cfg = _unwrap(model).config.loss
-    keys = ("x1", "x2", "x3") if settings["train_on"] == "triplets" else ("image",)
-    total = torch.zeros(4, dtype=torch.float64)  # loss * frames, frames, penalty * B, B
+    loss_cfg = unwrap_model(model).config.loss
+    keys = ("x1", "x2", "x3") if loop.on_triplets else ("image",)
+    total = torch.zeros(4, dtype=torch.float64)  # loss * frames, frames, curvature * B, B
     steps = 0
     batches = shard.iter_torch_batches(
-        batch_size=settings["batch_size"],
-        local_shuffle_buffer_size=settings["shuffle_buffer"] or None,
-        local_shuffle_seed=settings["seed"] + 1000 * epoch + _rank(),
+        batch_size=settings.batch_size,
+        local_shuffle_buffer_size=settings.shuffle_buffer or None,
+        local_shuffle_seed=settings.seed + 1000 * epoch + _rank(),
         device="cpu",
     )
     for step, frames in enumerate(_batches(batches, device, keys)):
         x = torch.cat(frames)  # (B or 3B, C, H, W)
-        with _autocast(device, settings["amp"]):
+        with _autocast(device, settings.amp):
             recon, mu, logvar = model(x)
-        parts = elbo_loss(recon.float(), x, mu.float(), logvar.float(), loss_cfg, epoch)
+        parts = vae_loss(
+            recon.float(), x, mu.float(), logvar.float(), loss_cfg, epoch, triplets=len(keys) == 3
+        )
         loss = parts["loss"]
-        penalty = linearity_loss(*mu.float().chunk(3)) if len(frames) == 3 else None
-        if penalty is not None and loss_cfg.linearity > 0:
-            loss = loss + loss_cfg.linearity * penalty
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step {step + 1}: "
@@ -138,8 +161,8 @@ def train_epoch(
         loss.backward()
         optimizer.step()
         b = len(frames[0])
-        penalty_sum = 0.0 if penalty is None else penalty.item() * b
-        total += torch.tensor([loss.item() * len(x), len(x), penalty_sum, b], dtype=torch.float64)
+        curvature = parts["curvature"].item() * b if "curvature" in parts else 0.0
+        total += torch.tensor([loss.item() * len(x), len(x), curvature, b], dtype=torch.float64)
         steps = step + 1
     total = _all_reduce(total)
     out = {
@@ -149,7 +172,7 @@ def train_epoch(
         "train_seconds": time.perf_counter() - started,
     }
     if len(keys) == 3 and total[3] > 0:
-        out["train_linearity"] = float(total[2] / total[3])
+        out["train_curvature"] = float(total[2] / total[3])
     return out
 
 
@@ -157,73 +180,78 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
-def _unwrap(model: torch.nn.Module) -> VAE:
-    inner = getattr(model, "module", model)  # DDP
-    return getattr(inner, "_orig_mod", inner)  # torch.compile
-
-
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
     shard: Any,
     *,
-    settings: dict[str, Any],
+    loop: LoopConfig,
     epoch: int,
     device: torch.device,
 ) -> tuple[dict[str, float], np.ndarray | None]:
-    """Validation ELBO (on the triplets' middle frames) and extrapolation metrics, rank-averaged.
+    """Validation loss and extrapolation metrics on the validation triplets, rank-averaged.
+
+    ``val_loss`` is the training objective (:func:`~varnext_ray.model.vae_loss`) on what
+    training reads: all three frames of each triplet and their curvature (``val_curvature``)
+    when training reads triplets, else the middle frames.
 
     Returns the metrics and, on rank 0, a prediction strip of its first validation batch.
     """
-    vae = _unwrap(model)
+    vae = unwrap_model(model)
     vae.eval()
     sums = None
-    elbo = torch.zeros(4, dtype=torch.float64)  # sums of loss, recon, kl; frames
+    totals = torch.zeros(6, dtype=torch.float64)  # loss, recon, kl per frame; frames; curv., B
     strip = None
     rng_state = torch.get_rng_state()
-    torch.manual_seed(settings["seed"] + 7919 * epoch)  # the same ELBO samples every run
-    batches = shard.iter_torch_batches(batch_size=settings["batch_size"], device="cpu")
+    torch.manual_seed(loop.settings.seed + 7919 * epoch)  # the same ELBO samples every run
+    batches = shard.iter_torch_batches(batch_size=loop.settings.batch_size, device="cpu")
     for x1, x2, x3 in _batches(batches, device, ("x1", "x2", "x3")):
-        with _autocast(device, settings["amp"]):
-            recon, mu, logvar = vae(x2)
+        x = torch.cat((x1, x2, x3)) if loop.on_triplets else x2  # (3B or B, C, H, W)
+        with _autocast(device, loop.settings.amp):
+            recon, mu, logvar = vae(x)
             sums = add_sums(sums, triplet_sums(vae, x1, x2, x3))
-        parts = elbo_loss(recon.float(), x2, mu.float(), logvar.float(), vae.config.loss, epoch)
-        n = len(x2)
-        elbo += torch.tensor(
-            [parts["loss"].item() * n, parts["recon"].item() * n, parts["kl"].item() * n, n],
+        parts = vae_loss(
+            recon.float(), x, mu.float(), logvar.float(), vae.config.loss, epoch,
+            triplets=loop.on_triplets,
+        )  # fmt: skip
+        n, b = len(x), len(x2)
+        curvature = parts["curvature"].item() * b if "curvature" in parts else 0.0
+        totals += torch.tensor(
+            [*(parts[k].item() * n for k in ("loss", "recon", "kl")), n, curvature, b],
             dtype=torch.float64,
         )
         if strip is None and _rank() == 0:
-            strip = prediction_strip(vae, x1, x2, x3, n=min(4, n))
+            strip = prediction_strip(vae, x1, x2, x3, n=min(4, b))
     torch.set_rng_state(rng_state)
     if sums is None:
         raise RuntimeError("no validation batch reached this rank")
     metrics = finalize(all_reduce_sums(sums))
-    elbo = _all_reduce(elbo)
-    frames = max(float(elbo[3]), 1.0)
-    return metrics | {
-        "val_loss": float(elbo[0]) / frames,
-        "val_recon": float(elbo[1]) / frames,
-        "val_kl": float(elbo[2]) / frames,
-    }, strip
+    totals = _all_reduce(totals)
+    frames = max(float(totals[3]), 1.0)
+    metrics |= {
+        f"val_{k}": float(totals[i]) / frames for i, k in enumerate(("loss", "recon", "kl"))
+    }
+    if loop.on_triplets:
+        metrics["val_curvature"] = float(totals[4]) / max(float(totals[5]), 1.0)
+    return metrics, strip
 
 
 @torch.no_grad()
 def evaluate_rollout(
-    model: torch.nn.Module, shard: Any, *, settings: dict[str, Any], device: torch.device
+    model: torch.nn.Module, shard: Any, *, loop: LoopConfig, device: torch.device
 ) -> tuple[dict[str, float], list[np.ndarray] | None]:
     """``extrap_psnr_h{k}`` (with copy-last and pixel-linear) for k = 1..K, rank-averaged.
 
     Returns the metrics and, on rank 0, the pictures of a rollout GIF of its first batch.
     """
-    vae = _unwrap(model)
+    vae = unwrap_model(model)
     vae.eval()
-    horizons = settings["rollout_steps"]
+    horizons = loop.rollout_steps
     sums = torch.zeros(1 + 3 * horizons, dtype=torch.float64)
     pictures = None
-    batches = shard.iter_torch_batches(batch_size=settings["batch_size"], device="cpu")
+    batches = shard.iter_torch_batches(batch_size=loop.settings.batch_size, device="cpu")
     for frames in _batches(batches, device, sequence_keys(horizons + 2)):
-        with _autocast(device, settings["amp"]):
+        with _autocast(device, loop.settings.amp):
             sums += rollout_sums(vae, list(frames))
             if pictures is None and _rank() == 0:
                 pictures = rollout_frames(vae, list(frames))
@@ -236,66 +264,67 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
     return best is None or (value > best if mode == "max" else value < best)
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train's per-worker function: ``config`` holds ``arch``, ``settings``, ``tracking``."""
-    import ray.train
-    import ray.train.torch
+def _start(
+    loop: LoopConfig, device: torch.device
+) -> tuple[VAE, torch.optim.Optimizer, int, float | None]:
+    """The model and optimizer, restored from Ray Train's checkpoint when resuming.
 
-    settings = config["settings"]
-    arch = parse_arch(config["arch"], "arch")
-    _seed_everything(settings["seed"])
-    torch.set_num_threads(max(1, int(settings.get("torch_threads", 1))))
-    device = ray.train.torch.get_device()
-    vae = build_vae(arch)
+    Returns them with the epochs already completed and the best objective value so far.
+    """
+    import ray.train
+
+    vae = build_vae(parse_arch(loop.arch, "arch"))
     if device.type == "cuda":
         vae = vae.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
-        vae.parameters(), lr=settings["lr"], weight_decay=settings["weight_decay"]
+        vae.parameters(), lr=loop.settings.lr, weight_decay=loop.settings.weight_decay
     )
-    start_epoch, best = 0, None
     resume = ray.train.get_checkpoint()
-    if resume is not None:
-        with resume.as_directory() as directory:
-            saved = load_checkpoint(Path(directory))
-            vae.load_state_dict(saved.model.state_dict())
-            load_optimizer_state(Path(directory), optimizer)
-        start_epoch = saved.meta["epoch"]  # epochs completed
-        best = (saved.meta.get("extra") or {}).get("best")
+    if resume is None:
+        return vae, optimizer, 0, None
+    with resume.as_directory() as directory:
+        saved = load_checkpoint(Path(directory))
+        vae.load_state_dict(saved.model.state_dict())
+        load_optimizer_state(Path(directory), optimizer)
+    return vae, optimizer, saved.meta["epoch"], (saved.meta.get("extra") or {}).get("best")
+
+
+def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
+    """Ray Train's per-worker function; ``config["loop"]`` says what to train and how."""
+    import ray.train
+    import ray.train.torch
+
+    loop = config["loop"]
+    settings = loop.settings
+    _seed_everything(settings.seed)
+    torch.set_num_threads(max(1, settings.torch_threads))
+    device = ray.train.torch.get_device()
+    vae, optimizer, start_epoch, best = _start(loop, device)
     model = ray.train.torch.prepare_model(vae)
-    if settings["compile"]:
+    if settings.compile:
         model = torch.compile(model)
     rank = ray.train.get_context().get_world_rank()
-    for epoch in range(start_epoch, settings["epochs"]):
+    shard = ray.train.get_dataset_shard
+    for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
-        train = train_epoch(
-            model,
-            optimizer,
-            ray.train.get_dataset_shard("train"),
-            settings=settings,
-            epoch=epoch,
-            device=device,
-        )
-        metrics, strip = evaluate(
-            model, ray.train.get_dataset_shard("val"), settings=settings, epoch=epoch, device=device
-        )
+        train = train_epoch(model, optimizer, shard("train"), loop=loop, epoch=epoch, device=device)
+        metrics, strip = evaluate(model, shard("val"), loop=loop, epoch=epoch, device=device)
         gif = None
-        if settings["rollout_steps"]:
-            rollout, gif = evaluate_rollout(
-                model, ray.train.get_dataset_shard("rollout"), settings=settings, device=device
-            )
+        if loop.rollout_steps:
+            rollout, gif = evaluate_rollout(model, shard("rollout"), loop=loop, device=device)
             metrics |= rollout
         metrics |= train | {
             "epoch": epoch + 1,
             "world_size": _world_size(),
             "epoch_seconds": time.perf_counter() - started,
         }
-        objective = settings["objective"]
-        improved = _is_better(metrics.get(objective, math.nan), best, settings["mode"])
+        objective = settings.objective
+        improved = _is_better(metrics.get(objective, math.nan), best, settings.mode)
         if improved:
             best = metrics[objective]
         metrics[f"best_{objective}"] = best if best is not None else math.nan
-        pictures = {"strip": strip, "gif": gif}
-        _report(metrics, epoch, rank, vae, arch, optimizer, pictures, best, improved, config)
+        report = EpochReport(epoch + 1, metrics, best, improved, strip=strip, gif=gif)
+        _report(report, rank=rank, vae=vae, optimizer=optimizer, loop=loop)
 
 
 def progress_line(metrics: dict[str, float], epochs: int) -> str:
@@ -311,16 +340,12 @@ def progress_line(metrics: dict[str, float], epochs: int) -> str:
 
 
 def _report(
-    metrics: dict[str, float],
-    epoch: int,
+    report: EpochReport,
+    *,
     rank: int,
     vae: VAE,
-    arch: Any,
     optimizer: torch.optim.Optimizer,
-    pictures: dict[str, Any],
-    best: float | None,
-    improved: bool,
-    config: dict[str, Any],
+    loop: LoopConfig,
 ) -> None:
     """Rank 0 writes the checkpoint, strip and MLflow metrics; every rank reports.
 
@@ -331,34 +356,38 @@ def _report(
     import ray.train
 
     if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
+        ray.train.report(report.metrics, checkpoint=None)
         return
-    print(progress_line(metrics, config["settings"]["epochs"]), flush=True)
-    run = config.get("tracking")
+    print(progress_line(report.metrics, loop.settings.epochs), flush=True)
     with tempfile.TemporaryDirectory() as tmp:
         directory = save_checkpoint(
             Path(tmp) / "checkpoint",
             model=vae,
-            arch_cfg=arch,
-            epoch=epoch + 1,
-            metrics=metrics,
+            arch_cfg=vae.config,
+            epoch=report.epoch,
+            metrics=report.metrics,
             optimizer=optimizer,
-            extra={"best": best, "objective": config["settings"]["objective"]},
+            extra={"best": report.best, "objective": loop.settings.objective},
         )
-        if run:
-            tracking.log_metrics(run["uri"], run["run_id"], metrics, step=epoch + 1)
-            if pictures["strip"] is not None:
-                path = Path(tmp) / f"strip_epoch_{epoch + 1:03d}.png"
-                save_png(pictures["strip"], path)
-                tracking.log_artifact(run["uri"], run["run_id"], path, "strips")
-            if pictures["gif"]:
-                path = Path(tmp) / f"rollout_epoch_{epoch + 1:03d}.gif"
-                save_gif(pictures["gif"], path)
-                tracking.log_artifact(run["uri"], run["run_id"], path, "rollouts")
-            if improved:
-                tracking.log_artifact(run["uri"], run["run_id"], directory, "checkpoint")
+        if loop.tracking:
+            _log_epoch(report, loop.tracking, directory, Path(tmp))
         ray.train.report(
-            metrics,
+            report.metrics,
             checkpoint=ray.train.Checkpoint.from_directory(directory),
-            checkpoint_dir_name=f"epoch_{epoch + 1:04d}",
+            checkpoint_dir_name=f"epoch_{report.epoch:04d}",
         )
+
+
+def _log_epoch(report: EpochReport, run: tracking.TrackingRun, checkpoint: Path, tmp: Path) -> None:
+    """Rank 0's MLflow record of an epoch: metrics, pictures, and an improved checkpoint."""
+    tracking.log_metrics(run.uri, run.run_id, report.metrics, step=report.epoch)
+    if report.strip is not None:
+        path = tmp / f"strip_epoch_{report.epoch:03d}.png"
+        save_png(report.strip, path)
+        tracking.log_artifact(run.uri, run.run_id, path, "strips")
+    if report.gif:
+        path = tmp / f"rollout_epoch_{report.epoch:03d}.gif"
+        save_gif(report.gif, path, min_width=256)
+        tracking.log_artifact(run.uri, run.run_id, path, "rollouts")
+    if report.improved:
+        tracking.log_artifact(run.uri, run.run_id, checkpoint, "checkpoint")

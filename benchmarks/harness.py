@@ -1,4 +1,10 @@
-"""Helpers shared by the benchmark scripts: docs sections and CPU-contention accounting.
+"""The harness every benchmark script shares: its environment, machine facts, CPU-contention
+accounting and where results go.
+
+- Importing this module sets the environment a benchmark's local Ray needs (loopback only,
+  token auth, no usage stats, no progress bars) unless already set, so scripts import it
+  before Ray (``# isort: split`` after the import keeps it first).
+- :func:`machine_info` records cores, CPU model, load and the versions the numbers depend on.
 
 - :func:`replace_section` writes one ``## Heading`` section of a markdown page (such as
   docs/benchmarks.md), leaving every other section as it was; :func:`publish` prints a
@@ -15,13 +21,66 @@ Example:
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
+import platform
+import shlex
+import sys
+import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs" / "benchmarks.md"
+
+
+def begin(argv: Sequence[str] | None) -> tuple[list[str], str, float]:
+    """A script's start: its arguments as a list, the UTC start time and a ``perf_counter``
+    clock; INFO logging goes to stderr."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return argv, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.perf_counter()
+
+
+def default_outputs(args: argparse.Namespace, name: str, *, quick_to_tmp: bool = False) -> None:
+    """Fills unset ``args.out`` and ``args.docs``: ``results/<name>.json`` and
+    docs/benchmarks.md; with ``--quick`` ``<name>_quick.json`` (in the temp folder if
+    ``quick_to_tmp``, so a smoke run never overwrites kept results) and no docs."""
+    if args.out is None:
+        results = REPO / "benchmarks" / "results"
+        folder = Path(tempfile.gettempdir()) if args.quick and quick_to_tmp else results
+        args.out = folder / f"{name}{'_quick' if args.quick else ''}.json"
+    if args.docs is None and not args.quick:
+        args.docs = DOCS
+
+
+def report_head(benchmark: str, started: str, argv: Sequence[str]) -> dict[str, str]:
+    """The first keys of every results JSON: the benchmark, its start time and its command."""
+    command = shlex.join(["python", f"benchmarks/{benchmark}.py", *argv])
+    return {"benchmark": benchmark, "timestamp": started, "command": command}
+
+
+def repo_relative(path: str | Path) -> str:
+    """``path`` relative to the repository when it is inside it (results record commands)."""
+    full = Path(path).resolve()
+    return str(full.relative_to(REPO) if full.is_relative_to(REPO) else full)
+
+
+LOCAL_RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # Ray binds to 127.0.0.1
+    "RAY_AUTH_MODE": "token",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+    "TUNE_DISABLE_STRICT_METRIC_CHECKING": "1",
+}
+for _name, _value in LOCAL_RAY_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 def replace_section(path: Path, heading: str, section: str) -> None:
@@ -162,3 +221,41 @@ class CpuMeter:
             "others_share": round(others / span, 3),
             "machine_busy_share": None if self.busy_s is None else round(self.busy_s / span, 3),
         }
+
+
+def machine_info() -> dict[str, Any]:
+    """Cores, CPU model, load and the versions that the numbers depend on."""
+    import av
+    import numpy as np
+    import PIL
+    import pyarrow
+    import ray
+    import torch
+
+    import varnext_ray
+
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            ln.split(":", 1)[1].strip()
+            for ln in cpuinfo.read_text().splitlines()
+            if ln.startswith("model name")
+        ]
+        model = names[0] if names else model
+    return {
+        "cores": os.cpu_count(),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "load_average_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "versions": {
+            "ray": ray.__version__,
+            "torch": torch.__version__,
+            "pyarrow": pyarrow.__version__,
+            "numpy": np.__version__,
+            "pillow": PIL.__version__,
+            "av": av.__version__,
+            "varnext_ray": varnext_ray.__version__,
+        },
+    }

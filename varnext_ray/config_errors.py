@@ -1,4 +1,5 @@
-"""Turns pydantic validation errors into the project's one-line messages.
+"""Config errors: pydantic validation errors of architectures and search spaces as one-line
+messages.
 
 Each problem reads ``<JSON path>: <what it must be> (got <value>)``, e.g.
 ``encoder.conv[2].stride: must be >= 1 (got 0)``; an unknown key suggests the closest valid

@@ -1,0 +1,171 @@
+"""best: picking the best run of an MLflow experiment (SQLite and HTTP stores) and pulling
+its checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from tests.conftest import smoke_checkpoint
+from varnext_ray import tracking
+from varnext_ray.best import download_best, find_best_run
+from varnext_ray.checkpoint import load_checkpoint
+from varnext_ray.cli import main
+from varnext_ray.errors import UserError
+from varnext_ray.synth import write_synthetic
+
+EXPERIMENT = "best-test"
+# name: (varnext.kind, best_extrap_psnr, best_val_loss, has a checkpoint, final status)
+RUNS = {
+    "train-low": ("train", 12.0, 0.5, True, "FINISHED"),
+    "trial-best": ("trial", 20.0, 0.9, True, "FINISHED"),
+    "trial-failed": ("trial", 30.0, 0.1, True, "FAILED"),
+    "trial-no-checkpoint": ("trial", 25.0, 0.2, False, "FINISHED"),
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A SQLite MLflow store: the runs of RUNS nested under a sweep parent, and an experiment
+    whose only run logged no best_ metric."""
+    root = tmp_path_factory.mktemp("mlflow")
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    client = tracking.client(uri)
+    for name in (EXPERIMENT, "no-metric"):
+        client.create_experiment(name, artifact_location=str(root / "artifacts" / name))
+    # The sweep parent logs a better value and even a checkpoint: it must still never be picked.
+    parent = tracking.start_run(uri, EXPERIMENT, run_name="sweep", tags={"varnext.kind": "sweep"})
+    tracking.log_metrics(uri, parent, {"best_extrap_psnr": 40.0}, step=1)
+    tracking.log_artifact(uri, parent, smoke_checkpoint(root, "sweep", 9), "checkpoint")
+    for seed, (name, (kind, psnr, loss, has_ckpt, status)) in enumerate(RUNS.items()):
+        run_id = tracking.start_run(
+            uri,
+            EXPERIMENT,
+            run_name=name,
+            tags={"varnext.kind": kind},
+            parent_run_id=parent if kind == "trial" else None,
+        )
+        for step in range(2):  # best_* only improves; the latest is the best
+            metrics = {"best_extrap_psnr": psnr - 1 + step, "best_val_loss": loss + 1 - step}
+            tracking.log_metrics(uri, run_id, metrics, step=step)
+        if has_ckpt:
+            tracking.log_artifact(uri, run_id, smoke_checkpoint(root, name, seed), "checkpoint")
+        tracking.end_run(uri, run_id, status)
+    tracking.end_run(uri, parent)
+    other = tracking.start_run(uri, "no-metric", run_name="bare", tags={"varnext.kind": "train"})
+    tracking.log_metrics(uri, other, {"val_loss": 1.0}, step=0)
+    return uri
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_find_best_run_skips_failed_uncheckpointed_and_sweep_runs(store: str) -> None:
+    best = find_best_run(store, EXPERIMENT)
+    assert (best["run_name"], best["value"], best["status"]) == ("trial-best", 20.0, "FINISHED")
+    assert (best["metric"], best["kind"], best["tracking_uri"]) == (
+        "best_extrap_psnr",
+        "trial",
+        store,
+    )
+    # val_loss is minimised; the FAILED run's 0.1 and the checkpoint-less 0.2 do not count
+    low = find_best_run(store, EXPERIMENT, "best_val_loss")
+    assert (low["run_name"], low["value"]) == ("train-low", 0.5)
+
+
+def test_download_best_writes_a_loadable_checkpoint(store: str, tmp_path: Path) -> None:
+    out = download_best(store, EXPERIMENT, tmp_path / "best", "extrap_psnr")
+    ckpt = load_checkpoint(out)
+    assert ckpt.meta["extra"]["name"] == "trial-best"
+    run = json.loads((out / "run.json").read_text())
+    assert run["run_id"] == find_best_run(store, EXPERIMENT)["run_id"]
+    assert (run["metric"], run["value"], run["experiment"]) == (
+        "best_extrap_psnr",
+        20.0,
+        EXPERIMENT,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]  # no temp dir left behind
+
+
+def test_cli_best_then_predict_two_frames(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    write_synthetic(tmp_path / "png", clips=1, frames=3, size=(96, 54), seed=5, fmt="png")
+    a, b = sorted((tmp_path / "png" / "clip_000").glob("*.png"))[:2]
+    best = tmp_path / "best"
+    code, out, _ = _run(
+        ["best", "--experiment", EXPERIMENT, "--out", best, "--tracking-uri", store], capsys
+    )
+    assert code == 0, out
+    assert "trial-best" in out and "best_extrap_psnr 20.0000" in out and str(best) in out
+    pred = tmp_path / "pred.png"
+    code, out, _ = _run(["predict", "--checkpoint", best, "--out", pred, a, b], capsys)
+    assert code == 0 and str(pred) in out
+    with Image.open(pred) as image:
+        assert (image.size, image.mode) == ((96, 54), "RGB")
+    code, out, _ = _run(
+        ["predict", "--checkpoint", best, "--out", pred, a, b, "--steps", "3"],
+        capsys,
+    )
+    assert code == 0
+    for k in (1, 2, 3):
+        with Image.open(tmp_path / f"pred_k{k}.png") as image:
+            assert image.size == (96, 54)
+        assert f"pred_k{k}.png" in out
+
+
+BAD = [  # (argv with {placeholders}, text the error line must contain)
+    ("best --experiment nope --out {tmp}/o --tracking-uri {store}", "no experiment named 'nope'"),
+    ("best --experiment nope --out {tmp}/o --tracking-uri {store}", EXPERIMENT),
+    ("best --experiment no-metric --out {tmp}/o --tracking-uri {store}", "no train/trial run"),
+    (
+        f"best --experiment {EXPERIMENT} --metric psnr --out {{tmp}}/o --tracking-uri {{store}}",
+        "unknown metric 'psnr'",
+    ),
+    (f"best --experiment {EXPERIMENT} --out {{tmp}} --tracking-uri {{store}}", "not an empty"),
+    (
+        f"best --experiment {EXPERIMENT} --out {{tmp}}/o --tracking-uri sqlite:///{{tmp}}/x.db",
+        "no MLflow database",
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "expected"), BAD, ids=[f"{i:02d}" for i in range(len(BAD))])
+def test_bad_inputs_exit_2_with_one_line(
+    argv: str, expected: str, store: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "occupied").write_text("x")  # makes {tmp} a non-empty directory
+    code, _, err = _run(argv.format(tmp=tmp_path, store=store).split(), capsys)
+    lines = err.strip().splitlines()
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert expected in lines[0] and "Traceback" not in err
+    assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_find_best_run_errors_name_the_fix(store: str) -> None:
+    with pytest.raises(UserError, match=r"use one of .*extrap_psnr.*val_loss"):
+        find_best_run(store, EXPERIMENT, "bogus")
+    with pytest.raises(UserError, match=r"one of: Default, best-test, no-metric"):
+        find_best_run(store, "missing")
+    with pytest.raises(UserError, match=r"runs log no best_ metric|no run logged"):
+        find_best_run(store, "no-metric")
+
+
+@pytest.mark.slow  # starts an mlflow server unless another test module already did
+def test_best_over_an_http_tracking_server(mlflow_server: str, tmp_path: Path) -> None:
+    run_id = tracking.start_run(
+        mlflow_server, "predict-http", run_name="only", tags={"varnext.kind": "train"}
+    )
+    tracking.log_metrics(mlflow_server, run_id, {"best_extrap_ssim": 0.5}, step=0)
+    ckpt = smoke_checkpoint(tmp_path, "http", 3)
+    tracking.log_artifact(mlflow_server, run_id, ckpt, "checkpoint")
+    out = download_best(mlflow_server, "predict-http", tmp_path / "best", "extrap_ssim")
+    assert load_checkpoint(out).meta["extra"]["name"] == "http"
+    assert json.loads((out / "run.json").read_text())["tracking_uri"] == mlflow_server

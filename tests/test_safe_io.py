@@ -1,0 +1,198 @@
+"""The shared readers and writers (varnext_ray.safe_io) and the edges that use them: atomic
+writes, staged folders, image modes, repeated sources, size bounds and checkpoint headers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from varnext_ray import safe_io
+from varnext_ray.errors import UserError, escape
+from varnext_ray.safe_io import read_json, staged_dir, write_atomic
+from varnext_ray.sources import discover_sources, read_image, to_rgb
+
+SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke_64x36.json"
+
+
+# ---- errors -----------------------------------------------------------------------------------
+
+
+def test_user_error_is_always_one_line() -> None:
+    err = UserError("bad\nerror: forged", "a\r\nb\x1b[2K\u202e", "fix\tit")
+    assert "\n" not in str(err) and "\r" not in str(err) and "\x1b" not in str(err)
+    assert "bad\\nerror: forged" in str(err) and "\\x1b[2K" in str(err)
+    assert escape("plain é ü") == "plain é ü"
+
+
+# ---- reading ----------------------------------------------------------------------------------
+
+
+def test_read_json_refuses_what_is_not_a_small_regular_json_file(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "big.json").write_bytes(b"[" + b" " * 2048 + b"]")
+    (tmp_path / "nan.json").write_text('{"a": NaN}')
+    for path, message in [
+        (tmp_path / "fifo", "named pipe"),
+        (tmp_path, "a directory"),
+        (tmp_path / "missing.json", "not found"),
+        (tmp_path / "big.json", "larger than the 1 KiB limit"),
+        (tmp_path / "nan.json", "NaN is not valid JSON"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            read_json(path, limit=1024)
+    assert read_json(tmp_path / "nan.json", allow_nan=True)["a"] != 0  # NaN, for validators
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+
+def test_write_atomic_replaces_whole_or_refuses(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    write_atomic(target, b"one")
+    write_atomic(target, b"two")
+    assert target.read_bytes() == b"two"
+    with pytest.raises(UserError, match="output already exists"):
+        write_atomic(target, b"three", overwrite=False)
+    assert target.read_bytes() == b"two"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temp file left
+    with pytest.raises(ValueError):
+        safe_io.json_bytes({"x": math.nan})  # NaN is never written
+
+
+def test_staged_dir_appears_complete_or_not_at_all(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError), staged_dir(tmp_path / "a" / "b" / "ds", "--out") as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("crash midway")
+    assert list(tmp_path.iterdir()) == []  # nor the parent folders it created
+    (tmp_path / "empty").mkdir()
+    with staged_dir(tmp_path / "empty", "--out") as tmp:
+        (tmp / "done").write_text("x")
+    assert (tmp_path / "empty" / "done").read_text() == "x"
+    with pytest.raises(UserError, match="not empty"), staged_dir(tmp_path / "empty", "--out"):
+        pass
+
+
+# ---- images and sources -----------------------------------------------------------------------
+
+
+def test_16_bit_and_other_modes_become_proper_rgb(tmp_path: Path) -> None:
+    Image.fromarray(np.array([[0, 32768, 65535]], np.uint16)).save(tmp_path / "g16.png")
+    assert read_image(tmp_path / "g16.png")[0, :, 0].tolist() == [0, 128, 255]  # not clipped
+    assert to_rgb(Image.new("LA", (2, 1), (200, 10)))[0, 0].tolist() == [200, 200, 200]
+    assert to_rgb(Image.new("CMYK", (2, 1), (0, 255, 255, 0)))[0, 0].tolist() == [255, 0, 0]
+    palette = Image.new("P", (2, 1))
+    palette.putpalette([0, 0, 255] * 256)
+    assert to_rgb(palette)[0, 0].tolist() == [0, 0, 255]
+    assert to_rgb(Image.new("F", (1, 1), 0.5))[0, 0].tolist() == [128] * 3
+
+
+def test_a_folder_reached_twice_is_read_once(tmp_path: Path) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    Image.new("RGB", (8, 8)).save(frames / "f_1.png")
+    (frames / "loop").symlink_to(frames)
+    (tmp_path / "alias").symlink_to(frames)
+    sources, ignored = discover_sources([frames, tmp_path / "alias", frames / "f_1.png"])
+    assert [s.path for s in sources] == [frames]
+    assert len(ignored) == 3
+
+
+def test_an_existing_empty_out_folder_is_filled(tmp_path: Path, synth_dir: Path) -> None:
+    from varnext_ray.ingest import IngestOptions, ingest
+
+    (tmp_path / "ds").mkdir()
+    ingest([synth_dir / "clip_000.mp4"], tmp_path / "ds", IngestOptions(size=(32, 18)))
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert manifest["frames"] > 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+
+
+# ---- size bounds and checkpoint headers -------------------------------------------------------
+
+
+def test_size_bounds_have_a_keyword_and_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from varnext_ray.arch import load_arch, parse_arch
+
+    data = json.loads(SMOKE.read_text()) | {"latent_dim": 100_000}
+    with pytest.raises(UserError, match=r"over the limit of 1,000,000"):
+        parse_arch(data, "big", max_params=1_000_000)
+    assert parse_arch(data, "big", max_params=math.inf).latent_dim == 100_000
+    monkeypatch.setenv("VARNEXT_MAX_PARAMS", "1000")
+    with pytest.raises(UserError, match="over the limit of 1,000"):
+        load_arch(SMOKE)
+    assert load_arch(SMOKE, max_params=10**6).latent_dim == 8
+
+
+def test_a_checkpoint_is_checked_against_its_header_before_the_model_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import varnext_ray.checkpoint as checkpoint_module
+    from varnext_ray.arch import load_arch
+    from varnext_ray.checkpoint import load_checkpoint, save_checkpoint
+    from varnext_ray.model import build_vae
+
+    cfg = load_arch(SMOKE)
+    path = save_checkpoint(
+        tmp_path / "ckpt", model=build_vae(cfg), arch_cfg=cfg, epoch=1, metrics={}
+    )
+    arch = json.loads((path / "arch.json").read_text()) | {"latent_dim": 50_000}
+    data = json.dumps(arch).encode()
+    (path / "arch.json").write_bytes(data)
+    meta = json.loads((path / "meta.json").read_text())
+    meta["files"]["arch.json"] = hashlib.sha256(data).hexdigest()
+    (path / "meta.json").write_text(json.dumps(meta))
+    built: list[int] = []
+    real_build = checkpoint_module.build_vae
+
+    def spy(cfg):  # type: ignore[no-untyped-def]
+        built.append(cfg.latent_dim)
+        return real_build(cfg)
+
+    monkeypatch.setattr(checkpoint_module, "build_vae", spy)
+    with pytest.raises(UserError, match=r"weights do not match arch\.json: size mismatch"):
+        load_checkpoint(path)
+    assert built == [50_000]  # only the allocation-free build on the meta device
+    shutil.rmtree(path)
+
+
+def test_saving_a_checkpoint_never_replaces_a_file_or_writes_under_one(tmp_path: Path) -> None:
+    from varnext_ray.arch import load_arch
+    from varnext_ray.checkpoint import save_checkpoint
+    from varnext_ray.model import build_vae
+
+    cfg = load_arch(SMOKE)
+    (tmp_path / "plain").write_text("mine")
+    for target, message in [
+        (tmp_path / "plain", "path exists and is a file"),
+        (tmp_path / "plain" / "ckpt", "a parent of this path is a file"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            save_checkpoint(target, model=build_vae(cfg), arch_cfg=cfg, epoch=1, metrics={})
+    assert (tmp_path / "plain").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+
+
+def test_16_bit_frames_are_ingested_scaled_not_clipped(tmp_path: Path) -> None:
+    from varnext_ray.dataset import decode_images, load_manifest
+    from varnext_ray.ingest import IngestOptions, ingest
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        level = np.full((18, 32), 32768 + i, np.uint16)  # mid-grey in 16 bits
+        Image.fromarray(level).save(frames / f"frame_{i}.png")
+    ingest([frames], tmp_path / "ds", IngestOptions(size=(32, 18), val=0, test=0))
+    manifest = load_manifest(tmp_path / "ds")
+    import pyarrow.parquet as pq
+
+    blobs = pq.read_table(manifest.files("train")[0]).column("image").to_pylist()
+    pixels = decode_images(blobs, manifest.encoding, manifest.size)
+    assert pixels.shape == (3, 18, 32, 3) and int(pixels.mean()) == 128  # not 255

@@ -1,0 +1,90 @@
+"""The MLflow tracking module against a real SQLite store: URIs, runs, records, searches."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from varnext_ray import tracking
+from varnext_ray.errors import UserError
+
+
+@pytest.fixture
+def uri(tmp_path: Path) -> str:
+    return tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+
+def test_uri_is_absolute_from_flag_env_or_working_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert tracking.resolve_tracking_uri() == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
+    assert tracking.resolve_tracking_uri("sqlite:///sub/x.db") == (
+        f"sqlite:///{tmp_path.resolve() / 'sub' / 'x.db'}"
+    )
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking.resolve_tracking_uri() == "http://127.0.0.1:5000"
+    assert tracking.resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
+
+
+def test_unreachable_server_is_a_user_error_and_files_are_not_checked() -> None:
+    with pytest.raises(UserError, match=r"MLflow tracking server unreachable.*mlflow server"):
+        tracking.check_reachable("http://127.0.0.1:1", timeout_s=1.0)
+    tracking.check_reachable("sqlite:////nowhere/x.db")  # only servers are probed
+
+
+def test_missing_sqlite_store_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no MLflow database at this path"):
+        tracking.open_store(f"sqlite:///{tmp_path / 'absent.db'}")
+
+
+def test_flatten_names_nested_keys_with_dots() -> None:
+    flat = tracking.flatten({"arch": {"conv": [{"k": 3}, {"k": 5}], "linear": []}, "lr": 0.1})
+    assert flat == {"arch.conv.0.k": 3, "arch.conv.1.k": 5, "arch.linear": "[]", "lr": 0.1}
+
+
+def test_run_lifecycle_logs_finite_metrics_and_the_failure_reason(uri: str) -> None:
+    parent = tracking.start_run(uri, "exp", run_name="parent", tags={"varnext.kind": "sweep"})
+    run_id = tracking.start_run(
+        uri, "exp", run_name="child", params={"a": 1, "long": "x" * 7000}, parent_run_id=parent
+    )
+    tracking.log_metrics(uri, run_id, {"ok": 1.5, "nan": math.nan, "flag": True}, step=3)
+    tracking.end_run(uri, run_id, "FAILED", "boom")
+    run = tracking.client(uri).get_run(run_id)
+    assert run.data.params["a"] == "1" and len(run.data.params["long"]) == 6000
+    assert run.data.metrics == {"ok": 1.5}  # NaN and booleans are not metrics
+    assert run.data.tags["mlflow.parentRunId"] == parent
+    assert (run.info.status, run.data.tags["failure_reason"]) == ("FAILED", "boom")
+
+
+def test_the_same_directory_continues_the_same_run(uri: str, tmp_path: Path) -> None:
+    run_dir = tmp_path / "ray" / "train-1"
+    first = tracking.run_for_directory(uri, "exp", run_dir, "train-1", {"p": 1})
+    tracking.end_run(uri, first, "KILLED")
+    again = tracking.run_for_directory(uri, "exp", run_dir, "train-1", {"p": 1})
+    assert again == first and tracking.read_record(run_dir) == first
+    assert tracking.client(uri).get_run(first).info.status == "RUNNING"
+    other = tmp_path / "elsewhere.db"
+    moved = tracking.run_for_directory(f"sqlite:///{other}", "exp", run_dir, "train-1", {})
+    assert moved != first  # the recorded run is not in this store: a new run
+
+
+def test_search_all_runs_reads_every_page_in_order(uri: str) -> None:
+    for i in range(5):
+        run_id = tracking.start_run(uri, "many", run_name=f"r{i}")
+        tracking.log_metrics(uri, run_id, {"score": float(i)}, step=0)
+        tracking.end_run(uri, run_id, "FAILED" if i == 2 else "FINISHED")
+    store = tracking.client(uri)
+    exp = store.get_experiment_by_name("many").experiment_id
+    runs = tracking.search_all_runs(
+        store,
+        exp,
+        filter_string="attributes.status != 'FAILED'",
+        order_by="metrics.score DESC",
+        page_size=2,  # three pages
+    )
+    assert [r.info.run_name for r in runs] == ["r4", "r3", "r1", "r0"]
+    assert len(list(tracking.search_all_runs(store, exp, page_size=1))) == 5

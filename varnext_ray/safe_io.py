@@ -1,0 +1,365 @@
+"""Reading user files safely and writing our own files atomically: the one place for both.
+
+Reading. Everything the user hands us (architecture and search-space JSON, ``dataset.json``,
+a checkpoint's ``meta.json``, images, videos) goes through :func:`regular_file` first: a
+missing path, a directory, a FIFO (opening one blocks until a writer appears), a device such as
+``/dev/null`` or ``/dev/zero``, a socket, a permission problem or a symlink loop each become a
+:class:`~varnext_ray.errors.UserError` naming the path, before anything is opened.
+:func:`read_json` adds a byte cap (checked on the file's size and again while reading, so a file
+growing under us cannot get past it), UTF-8 decoding, and turns every way ``json.loads`` can
+fail (syntax, nesting 100,000 deep, a 5,000-digit integer, ``NaN``) into one ``UserError``.
+
+Writing. :func:`write_atomic` writes a temporary file in the target's folder, fsyncs it and
+renames it into place (``os.replace``), so a reader never sees half a file; with
+``overwrite=False`` an existing file is refused instead of replaced (``os.link`` refuses an
+existing name atomically). :func:`staged_dir` builds a folder under a temporary name beside
+the target and renames it into place when complete; on failure it removes the staging folder
+and any parent folders it created, so nothing is left behind.
+
+Example:
+    >>> data = read_json("configs/smoke_64x36.json", what="architecture")
+    >>> write_atomic("runs/out.json", json_bytes({"ok": True}))
+    >>> with staged_dir("runs/ds", flag="--out") as tmp:
+    ...     (tmp / "dataset.json").write_bytes(b"{}")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import shutil
+import stat
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from varnext_ray.errors import UserError
+
+KIB, MIB = 1024, 1024 * 1024
+CONFIG_LIMIT = 1 * MIB  # architectures, search spaces, checkpoint arch.json
+MANIFEST_LIMIT = 64 * MIB  # dataset.json of hours of footage is a few MB
+META_LIMIT = 16 * MIB  # a checkpoint's meta.json / optimizer.json
+MAX_JSON_DEPTH = 64  # our JSON files nest 5 deep at most
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def size_text(n: int) -> str:
+    """``1048576`` -> ``"1 MiB"`` (for messages)."""
+    for unit, scale in (("GiB", 1024**3), ("MiB", MIB), ("KiB", KIB)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.0f} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def os_reason(err: OSError) -> str:
+    """The short reason of an OSError (``Permission denied``), without the path."""
+    return err.strerror or type(err).__name__
+
+
+def kind_of(mode: int) -> str:
+    """What a file is, in words (``a file``, ``a directory``, ``a named pipe (FIFO)``)."""
+    if stat.S_ISREG(mode):
+        return "a file"
+    for test, name in _KINDS:
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def path_stat(path: str | Path, what: str, fix: str) -> os.stat_result | None:
+    """``os.stat`` (following symlinks); None if nothing is there; a UserError for other errors."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise UserError(f"{what}: a parent of this path is a file", str(path), fix) from None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise UserError(f"{what}: a symlink loop", str(path), fix) from None
+        raise UserError(f"{what}: cannot read ({os_reason(err)})", str(path), fix) from None
+    except ValueError as err:  # an embedded NUL byte
+        raise UserError(f"{what}: invalid path ({err})", str(path), fix) from None
+
+
+def regular_file(path: str | Path, what: str = "file", fix: str = "check the path") -> Path:
+    """The path, if it is a regular file (after symlinks); else a UserError saying what it is.
+
+    Checked before opening, so a FIFO or a device is never opened (opening a FIFO blocks).
+    """
+    st = path_stat(path, what, fix)
+    if st is None:
+        raise UserError(f"{what} not found", str(path), fix)
+    if not stat.S_ISREG(st.st_mode):
+        raise UserError(f"{what} is {kind_of(st.st_mode)}, not a regular file", str(path), fix)
+    return Path(path)
+
+
+def read_bounded(
+    path: str | Path, limit: int, what: str = "file", fix: str = "check the path"
+) -> bytes:
+    """A regular file's bytes, refusing it (UserError) if it is larger than ``limit`` bytes."""
+    path = regular_file(path, what, fix)
+    too_big = f"{what} is larger than the {size_text(limit)} limit"
+    try:
+        # O_NONBLOCK: should the path be swapped for a FIFO after the check, open does not block.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as err:
+        raise UserError(f"{what}: cannot open ({os_reason(err)})", str(path), fix) from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                raise UserError(f"{what} is {kind_of(st.st_mode)}", str(path), fix)
+            if st.st_size > limit:
+                raise UserError(f"{too_big} ({size_text(st.st_size)})", str(path), fix)
+            data = f.read(limit + 1)
+    except OSError as err:
+        raise UserError(f"{what}: cannot read ({os_reason(err)})", str(path), fix) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(data) > limit:
+        raise UserError(too_big, str(path), fix)
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON (use a finite number)")
+
+
+def _depth_ok(value: Any, limit: int) -> bool:
+    """True if ``value`` nests at most ``limit`` lists/objects deep (iterative: no recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth > limit:
+                return False
+            stack.extend((child, depth + 1) for child in item if isinstance(child, (dict, list)))
+    return True
+
+
+def parse_json(
+    data: bytes | str,
+    where: str,
+    fix: str = "fix the JSON syntax there",
+    *,
+    allow_nan: bool = False,
+    object_pairs_hook: Any = None,
+    max_depth: int = MAX_JSON_DEPTH,
+    refuse_duplicates: bool = False,
+) -> Any:
+    """Decodes JSON (UTF-8, an optional BOM), turning every failure into a UserError.
+
+    ``allow_nan=False`` refuses ``NaN`` and ``Infinity`` (not JSON); True lets them through for
+    a validator that names the field (architectures: ``must be a finite number``).
+    ``refuse_duplicates`` refuses an object that repeats a key (JSON keeps the last silently).
+    """
+    duplicates: list[str] = []
+    if refuse_duplicates and object_pairs_hook is None:
+
+        def object_pairs_hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+            seen: dict[str, Any] = {}
+            for key, value in pairs:
+                if key in seen:
+                    duplicates.append(key)
+                seen[key] = value
+            return seen
+
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as err:
+            what = f"not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start})"
+            raise UserError(what, where, "save the file as UTF-8 JSON") from None
+    else:
+        text = data
+    kwargs: dict[str, Any] = {} if allow_nan else {"parse_constant": _reject_constant}
+    if object_pairs_hook is not None:
+        kwargs["object_pairs_hook"] = object_pairs_hook
+    try:
+        value = json.loads(text, **kwargs)
+    except json.JSONDecodeError as err:
+        what = f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        raise UserError(what, where, fix) from None
+    except RecursionError:
+        what = f"invalid JSON: nested more than {max_depth} levels deep"
+        raise UserError(what, where, "flatten the JSON") from None
+    except ValueError as err:  # int digit limit, NaN/Infinity
+        msg = str(err)
+        if "digits" in msg:
+            msg = "a number with too many digits"
+        raise UserError(f"invalid JSON: {msg.split(';')[0]}", where, fix) from None
+    if not _depth_ok(value, max_depth):
+        what = f"invalid JSON: nested more than {max_depth} levels deep"
+        raise UserError(what, where, "flatten the JSON")
+    if duplicates:
+        keys = ", ".join(f'"{k[:40]}"' for k in duplicates[:5])
+        raise UserError(f"duplicate key {keys} in one object", where, "keep one of each")
+    return value
+
+
+def read_json(
+    path: str | Path,
+    *,
+    what: str = "JSON file",
+    limit: int = CONFIG_LIMIT,
+    fix: str = "check the path",
+    allow_nan: bool = False,
+    object_pairs_hook: Any = None,
+    refuse_duplicates: bool = False,
+) -> Any:
+    """A JSON file's value: a regular file, at most ``limit`` bytes, valid UTF-8 JSON."""
+    data = read_bounded(path, limit, what, fix)
+    return parse_json(
+        data,
+        str(path),
+        allow_nan=allow_nan,
+        object_pairs_hook=object_pairs_hook,
+        refuse_duplicates=refuse_duplicates,
+    )
+
+
+def json_bytes(obj: Any, *, indent: int | None = 2, sort_keys: bool = False) -> bytes:
+    """``obj`` as UTF-8 JSON ending in a newline; NaN or infinity is a ValueError, never written."""
+    return (json.dumps(obj, indent=indent, sort_keys=sort_keys, allow_nan=False) + "\n").encode()
+
+
+# ---- writing ----------------------------------------------------------------------------------
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_atomic(
+    path: str | Path, data: bytes, *, overwrite: bool = True, flag: str | None = None
+) -> Path:
+    """Writes ``data`` to ``path`` through a temporary sibling and a rename (never half a file).
+
+    ``overwrite=False`` refuses (UserError) an existing ``path`` instead of replacing it; the
+    check and the rename are one atomic step (``os.link`` fails on an existing name).
+    """
+    path = Path(path)
+    where = flag or str(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                raise UserError(
+                    "output already exists", str(path), "choose a new path (it is never replaced)"
+                ) from None
+            os.unlink(tmp)
+        _fsync_dir(path.parent)
+    except OSError as err:
+        raise UserError(
+            f"cannot write ({os_reason(err)})", where, "choose a writable path"
+        ) from None
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    return path
+
+
+def check_new_dir(path: str | Path, flag: str, *, allow_empty: bool = True) -> None:
+    """Refuses (UserError) an output folder that exists with content, is a file, or lies under one.
+
+    An existing empty folder is accepted when ``allow_empty`` (it is replaced atomically).
+    """
+    path = Path(path)
+    fix = f"choose a new {flag} (existing data is never overwritten)"
+    st = path_stat(path, f"{flag} is unusable", fix)
+    if st is None and os.path.islink(path):
+        raise UserError("output already exists (a symlink to nothing)", str(path), fix)
+    if st is not None:
+        if not stat.S_ISDIR(st.st_mode):
+            raise UserError(f"output already exists ({kind_of(st.st_mode)})", str(path), fix)
+        if not allow_empty:
+            raise UserError("output already exists", str(path), fix)
+        try:
+            if any(os.scandir(path)):
+                raise UserError("output already exists and is not empty", str(path), fix)
+        except OSError as err:
+            raise UserError(f"output is unreadable ({os_reason(err)})", str(path), fix) from None
+        return
+    parent = path.parent
+    while True:
+        pst = path_stat(parent, f"{flag} is unusable", fix)
+        if pst is not None:
+            if not stat.S_ISDIR(pst.st_mode):
+                raise UserError(f"a parent of {flag} is {kind_of(pst.st_mode)}", str(parent), fix)
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise UserError(f"cannot write in the folder of {flag}", str(parent), fix)
+            return
+        if parent == parent.parent:
+            return
+        parent = parent.parent
+
+
+@contextlib.contextmanager
+def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> Iterator[Path]:
+    """Yields a temporary folder beside ``target``; renames it to ``target`` on success.
+
+    Named ``.<name>.partial-<pid>-<random>``: a killed run leaves a hidden folder that never
+    reads as the output. On any failure the staging folder and the parent folders this call
+    created are removed. The target must be new or an empty folder (:func:`check_new_dir`).
+    """
+    target = Path(target)
+    check_new_dir(target, flag, allow_empty=allow_empty)
+    fix = f"choose another {flag}"
+    created: list[Path] = []
+    parent = target.parent
+    while not parent.exists() and parent != parent.parent:
+        created.append(parent)
+        parent = parent.parent
+    staging = target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    try:
+        try:
+            for folder in reversed(created):
+                folder.mkdir()
+            staging.mkdir()
+        except OSError as err:
+            raise UserError(f"cannot create ({os_reason(err)})", str(target), fix) from None
+        yield staging
+        try:
+            os.rename(staging, target)  # replaces an empty folder; refuses one that filled up
+        except OSError as err:
+            what = (
+                "output appeared while writing" if target.exists() else "cannot rename into place"
+            )
+            raise UserError(f"{what} ({os_reason(err)})", str(target), fix) from None
+        _fsync_dir(target.parent)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        for folder in created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
