@@ -1,4 +1,5 @@
-"""Hypothesis strategies for random valid architecture dicts (tiny, odd input sizes)."""
+"""Hypothesis strategies for random valid architecture dicts (tiny, odd input sizes): flat and
+spatial latents, conv-transpose and upsample (nearest, bilinear) mirror decoders."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from varnext_ray.arch import ACTIVATIONS, conv_out
+from varnext_ray.arch import (
+    ACTIVATIONS,
+    MIRROR_UPSAMPLES,
+    conv_out,
+    parse_arch,
+    resolve_decoder,
+)
 
 
 @st.composite
@@ -42,17 +49,30 @@ def arch_dicts(draw: st.DrawFn, max_depth: int = 6) -> dict[str, Any]:
             break
         conv.append(layer)
         size = conv_out(size, layer["kernel_size"], layer["stride"], layer["padding"])
-    reconstruction = draw(st.sampled_from(["mse", "bce", "l1"]))
+    reconstruction = draw(st.sampled_from(["mse", "bce", "l1", "calibrated"]))
     output = "sigmoid" if reconstruction == "bce" else draw(st.sampled_from(["sigmoid", "none"]))
-    return {
+    spatial = draw(st.booleans())
+    latent: dict[str, Any] = (
+        {
+            "latent": {
+                "kind": "spatial",
+                "channels": draw(st.integers(1, 4)),
+                "project_kernel_size": draw(st.sampled_from([1, 3])),
+            }
+        }
+        if spatial
+        else {"latent_dim": draw(st.integers(1, 6))}
+    )
+    upsample = draw(st.sampled_from(MIRROR_UPSAMPLES))
+    data = {
         "input": {"channels": draw(st.sampled_from([1, 3])), "height": height, "width": width},
         "encoder": {
             "conv": conv,
-            "linear": draw(st.lists(st.integers(1, 12), max_size=2)),
+            "linear": [] if spatial else draw(st.lists(st.integers(1, 12), max_size=2)),
             "linear_activation": draw(st.sampled_from(sorted(ACTIVATIONS))),
         },
-        "latent_dim": draw(st.integers(1, 6)),
-        "decoder": "mirror",
+        **latent,
+        "decoder": draw(st.sampled_from(["mirror", {"mirror": True, "upsample": upsample}])),
         "output_activation": output,
         "loss": {
             "reconstruction": reconstruction,
@@ -61,3 +81,21 @@ def arch_dicts(draw: st.DrawFn, max_depth: int = 6) -> dict[str, Any]:
             "free_bits": draw(st.sampled_from([0.0, 0.1])),
         },
     }
+    if draw(st.integers(0, 3)) == 0:  # an explicit decoder mixing the two kinds of layer
+        data["decoder"] = draw(_mixed_decoder(data))
+    return data
+
+
+@st.composite
+def _mixed_decoder(draw: st.DrawFn, data: dict[str, Any]) -> dict[str, Any]:
+    """The mirror written out with each layer a conv-transpose or an upsample layer (both land
+    on the matching encoder layer's input size, so any mix is a valid decoder)."""
+    mode = draw(st.sampled_from(["nearest", "bilinear"]))
+    by_transpose = resolve_decoder(parse_arch({**data, "decoder": "mirror"}, "strategy"))
+    upsampling = {**data, "decoder": {"mirror": True, "upsample": mode}}
+    by_upsample = resolve_decoder(parse_arch(upsampling, "strategy"))
+    layers = [
+        (u if draw(st.booleans()) else t).model_dump(mode="json")
+        for t, u in zip(by_transpose.layers, by_upsample.layers, strict=True)
+    ]
+    return {**by_transpose.model_dump(mode="json"), "layers": layers}

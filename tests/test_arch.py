@@ -117,6 +117,78 @@ BAD = [
         "encoder.conv[1].stride: must be an integer (got true)",
     ),
     ("float_int", _set("latent_dim", 8.5), "latent_dim: must be an integer (got 8.5)"),
+    (
+        "latent_dim_disagrees",
+        _set("latent_dim", 8),
+        "latent_dim: must equal the latent's element count 160 (4x5x8) (got 8)",
+    ),
+    (
+        "latent_kind",
+        _set("latent", {"kind": "round", "channels": 4}),
+        'latent: must be {"kind": "spatial", "channels": C} or {"kind": "flat", "dim": D} '
+        '(got {"kind": "round", "channels": 4})',
+    ),
+    ("latent_channels", _set("latent.channels", 0), "latent.channels: must be >= 1 (got 0)"),
+    (
+        "latent_typo",
+        _set("latent.chanels", 4),
+        'latent.chanels: unknown key (did you mean "channels"?)',
+    ),
+    (
+        "project_kernel",
+        _set("latent.project_kernel_size", 2),
+        "latent.project_kernel_size: must be odd (got 2); use 1 or 3",
+    ),
+    (
+        "flat_dim",
+        _set("latent", {"kind": "flat", "dim": -1}),
+        "latent.dim: must be >= 1 (got -1)",
+    ),
+    (
+        "spatial_linear",
+        _set("encoder.linear", [16]),
+        "encoder.linear: must be [] with a spatial latent (got [16]); remove them, or use a "
+        'flat latent ("latent_dim")',
+    ),
+    (
+        "spatial_decoder_linear",
+        _set("decoder", {"linear": [8], "layers": []}),
+        "decoder.linear: must be [] with a spatial latent (got [8])",
+    ),
+    (
+        "upsample_mode",
+        _set("decoder.upsample", "cubic"),
+        'decoder.upsample: must be one of "bilinear", "nearest", "transpose" (got "cubic")',
+    ),
+    ("mirror_false", _set("decoder.mirror", False), "decoder.mirror: must be True (got false)"),
+    (
+        "layer_kind",
+        _set("decoder", {"layers": [{"kind": "pixel_shuffle", "out_channels": 3}]}),
+        'decoder.layers[0]: must have "kind": "conv_transpose" (the default) or "upsample"',
+    ),
+    (
+        "upsample_layer_mode",
+        _set("decoder", {"layers": [{"kind": "upsample", "mode": "area", "out_channels": 3}]}),
+        'decoder.layers[0].mode: must be one of "bilinear", "nearest" (got "area")',
+    ),
+    (
+        "upsample_layer_padding",
+        _set(
+            "decoder",
+            {"layers": [{"kind": "upsample", "out_channels": 3, "kernel_size": 3, "padding": 3}]},
+        ),
+        "decoder.layers[0].padding: must be < kernel_size 3 (got 3)",
+    ),
+    (
+        "upsample_layer_typo",
+        _set("decoder", {"layers": [{"kind": "upsample", "out_channels": 3, "scael": 2}]}),
+        'decoder.layers[0].scael: unknown key (did you mean "scale"?)',
+    ),
+    (
+        "upsample_wrong_size",
+        _set("decoder", {"layers": [{"kind": "upsample", "scale": 4, "out_channels": 3}]}),
+        "decoder: output shape 3x20x32 does not match input shape 3x36x64",
+    ),
     ("zero_latent", _set("latent_dim", 0), "latent_dim: must be >= 1 (got 0)"),
     ("negative_height", _set("input.height", -5), "input.height: must be >= 1 (got -5)"),
     (
@@ -149,9 +221,13 @@ BAD = [
     (
         "unknown_loss",
         _set("loss.reconstruction", "huber"),
-        'loss.reconstruction: must be one of "bce", "l1", "mse" (got "huber")',
+        'loss.reconstruction: must be one of "bce", "calibrated", "l1", "mse" (got "huber")',
     ),
-    ("decoder_name", _set("decoder", "mirorr"), 'decoder: must be "mirror" or an object'),
+    (
+        "decoder_name",
+        _set("decoder", "mirorr"),
+        'decoder: must be "mirror", {"mirror": true, "upsample": "nearest"} or an object',
+    ),
     (
         "decoder_wrong_size",
         _set("decoder", _EXPLICIT_WRONG),
@@ -187,7 +263,7 @@ BAD = [
     ),
     ("beta_negative", _set("loss.beta", -1), "loss.beta: must be >= 0.0 (got -1)"),
     ("beta_nan", _set("loss.beta", float("nan")), "loss.beta: must be a finite number (got NaN)"),
-    ("missing", _set("latent_dim", _DELETE), "latent_dim: must be given (missing)"),
+    ("missing", _set("latent", _DELETE), "latent_dim: must be given (missing)"),
     ("not_object", _set("encoder.conv[0]", 3), "encoder.conv[0]: must be an object {...} (got 3)"),
     (
         "not_list",
@@ -275,7 +351,8 @@ def test_defaults_fill_in_and_output_padding_shorthand() -> None:
     }
     cfg = parse_arch(data, "case")
     assert cfg.input.channels == 3 and cfg.loss.reconstruction == "mse"
-    assert cfg.to_dict()["decoder"]["conv_transpose"][0]["output_padding"] == [0, 0]
+    assert cfg.to_dict()["decoder"]["layers"][0]["output_padding"] == [0, 0]  # saved as layers
+    assert cfg.latent.kind == "flat" and cfg.to_dict()["latent"] == {"kind": "flat", "dim": 2}
     data["decoder"]["conv_transpose"][0]["output_padding"] = 1  # 4 -> 10, not 9
     with pytest.raises(UserError, match="output shape 3x10x10 does not match input shape 3x9x9"):
         parse_arch(data, "case")
@@ -285,7 +362,7 @@ def test_layer_table_names_and_text() -> None:
     cfg = load_arch(SMOKE)
     names = [row.name for row in layer_table(cfg)]
     assert names[0] == "input" and names[-1] == "output"
-    assert "encoder.mu" in names and "decoder.conv_transpose[2]" in names
+    assert "encoder.mu" in names and "decoder.layers[2]" in names
     text = format_table(check_report(cfg))
     assert f"total: {count_params(cfg):,} parameters" in text
     assert "3x36x64 -> output 3x36x64" in text
@@ -298,7 +375,9 @@ def test_cli_arch_check_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["arch", "check", str(SMOKE), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["input_shape"] == report["output_shape"] == [3, 36, 64]
-    assert report["latent_dim"] == 8
+    assert report["latent_dim"] == 160  # latent elements: 4 channels x 5 x 8
+    assert report["latent_kind"] == "spatial" and report["latent_shape"] == [4, 5, 8]
+    assert report["upsample"] == "nearest" and report["reconstruction"] == "calibrated"
     assert report["params"] == sum(layer["params"] for layer in report["layers"])
     assert report["layers"][1]["name"] == "encoder.conv[0]"
 
@@ -331,3 +410,94 @@ def test_cli_arch_help_ends_with_example(capsys: pytest.CaptureFixture[str]) -> 
         main(["arch", "check", "--help"])
     assert info.value.code == 0
     assert capsys.readouterr().out.rstrip().splitlines()[-1].strip().startswith("varnext arch")
+
+
+# ---- latent kinds and upsampling decoders ------------------------------------------------------
+
+OLD_SMOKE = {  # configs/smoke_64x36.json before issue #15: flat latent_dim, "mirror" (conv-T)
+    "input": {"channels": 3, "height": 36, "width": 64},
+    "encoder": {
+        "conv": [
+            {"out_channels": c, "kernel_size": 3, "stride": 2, "padding": 1} for c in (8, 16, 16)
+        ],
+        "linear": [],
+    },
+    "latent_dim": 8,
+    "decoder": "mirror",
+    "output_activation": "sigmoid",
+    "loss": {"reconstruction": "mse", "beta": 1.0},
+}
+
+
+def test_old_flat_config_loads_unchanged() -> None:
+    cfg = parse_arch(OLD_SMOKE, "old")
+    assert cfg.latent_dim == 8 and cfg.latent.kind == "flat" and cfg.latent.dim == 8
+    assert count_params(cfg) == 23_427  # as before
+    assert cfg.to_dict()["latent"] == {"kind": "flat", "dim": 8}
+    assert parse_arch(cfg.to_dict(), "round trip") == cfg
+    # the same latent spelled as an object, with or without the (consistent) shorthand
+    as_object = {k: v for k, v in OLD_SMOKE.items() if k != "latent_dim"}
+    assert parse_arch({**as_object, "latent": {"kind": "flat", "dim": 8}}, "object") == cfg
+
+
+def test_spatial_latent_with_upsample_mirror_on_odd_sizes() -> None:
+    data = {
+        "input": {"height": 45, "width": 79},
+        "encoder": {
+            "conv": [
+                {"out_channels": 8, "kernel_size": 4, "stride": 2, "padding": 1},
+                {"out_channels": 8, "kernel_size": 5, "stride": 3},
+            ]
+        },
+        "latent": {"kind": "spatial", "channels": 2},
+        "decoder": {"mirror": True, "upsample": "bilinear"},
+    }
+    cfg = parse_arch(data, "odd")
+    rows = {r.name: r for r in layer_table(cfg)}
+    assert rows["encoder.mu"].shape == (2, 6, 12) and cfg.latent_dim == 2 * 6 * 12
+    assert rows["decoder.project"].shape == (8, 6, 12)
+    assert rows["decoder.layers[0]"].shape == (8, 22, 39)  # 6*3 + 4, 12*3 + 3
+    assert rows["output"].shape == (3, 45, 79)
+    layers = resolve_decoder(cfg).layers
+    assert [layer.kind for layer in layers] == ["upsample", "upsample"]
+    assert layers[0].output_padding == (4, 3) and layers[1].output_padding == (1, 1)
+    assert "upsample bilinear x3 op4,3 + conv2d 3x3 p1" in rows["decoder.layers[0]"].detail
+
+
+def test_explicit_decoder_mixes_upsample_and_conv_transpose_layers() -> None:
+    data = {
+        "input": {"height": 36, "width": 64},
+        "encoder": {"conv": [{"out_channels": 8, "kernel_size": 4, "stride": 4}]},
+        "latent": {"kind": "spatial", "channels": 3, "project_kernel_size": 3},
+        "decoder": {
+            "layers": [
+                {"kind": "upsample", "mode": "nearest", "out_channels": 4, "norm": "batch"},
+                {
+                    "out_channels": 3,
+                    "kernel_size": 2,
+                    "stride": 2,
+                    "activation": "none",
+                },  # "kind" defaults to "conv_transpose"
+            ]
+        },
+    }
+    cfg = parse_arch(data, "mixed")
+    shapes = [r.shape for r in layer_table(cfg)]
+    assert shapes[-3:] == [(4, 18, 32), (3, 36, 64), (3, 36, 64)]
+    saved = cfg.to_dict()["decoder"]["layers"]
+    assert [layer["kind"] for layer in saved] == ["upsample", "conv_transpose"]
+    assert parse_arch(cfg.to_dict(), "round trip") == cfg
+    assert check_report(cfg)["decoder"] == "explicit" and check_report(cfg)["upsample"] is None
+
+
+def test_spatial_latent_problems_are_collected_with_others() -> None:
+    data = _smoke()
+    data["encoder"]["linear"] = [16]
+    data["loss"]["reconstruction"] = "bce"
+    data["output_activation"] = "none"
+    with pytest.raises(UserError) as info:
+        parse_arch(data, "case.json")
+    text = str(info.value)
+    assert text.startswith("invalid architecture, 2 problems: ")
+    assert "encoder.linear: must be [] with a spatial latent" in text
+    assert 'loss.reconstruction: "bce" needs outputs in [0, 1]' in text

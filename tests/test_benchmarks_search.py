@@ -81,20 +81,31 @@ def test_quality_quick_run(tmp_path: Path) -> None:
     proc = _run("quality.py", ["--quick", "--out", str(out), "--docs", str(docs)])
     report = json.loads(out.read_text())
     arms = report["arms"]
-    assert [(a["dataset"], a["linearity"]) for a in arms] == [
-        ("synthetic", 0.0),
-        ("synthetic", 30.0),
+    assert [(a["dataset"], a["arm"]) for a in arms] == [
+        ("demo", "spatial-calibrated-0"),
+        ("demo", "flat-mse-1"),
     ]
+    assert [a["train_on"] for a in arms] == ["frames", "triplets"]  # lambda > 0 reads triplets
     for arm in arms:
-        m = arm["metrics"]
-        assert m["split"] == "test" and m["triplets"] > 0
-        for key in ("extrap_psnr", "copy_last_psnr", "pixel_linear_psnr", "oracle_psnr"):
-            assert 0 < m[key] <= 100, key
-        assert m["latent_linearity"] >= 0 and "extrap_psnr_h1" in m
-        assert arm["train_curvature_last_epoch"] is not None  # trained on triplets
+        assert arm["steps"] > 0 and arm["wall_seconds"] > 0
+        assert set(arm["by_stride"]) == {"1", "3"} and arm["metrics"] == arm["by_stride"]["1"]
+        for m in arm["by_stride"].values():
+            assert m["split"] == "test" and m["triplets"] > 0
+            for key in ("oracle_psnr", "background_psnr", "latent_copy_psnr", "copy_last_psnr"):
+                assert 0 < m[key] <= 100, key
+            assert "extrap_gain_db_motion" in m and m["latent_elements"] >= m["active_units"]
+    assert arms[0]["latent"]["kind"] == "spatial" and arms[1]["latent"]["kind"] == "flat"
+    assert set(report["best"]) == {"demo"} and report["best"]["demo"]["bar_db"] == 3.0
     page = docs.read_text()
-    assert "## Data path\n\nkept" in page and "| latent extrapolation, lambda 30 |" in page
-    assert "## Extrapolation quality" in proc.stdout
+    assert "## Data path\n\nkept" in page and "| flat-mse-1 | 3 |" in page
+    assert "**Best: `" in page and "## Extrapolation quality" in proc.stdout
+    # an arm measured with the same settings is reused, not trained again
+    again = tmp_path / "again.json"
+    _run(
+        "quality.py",
+        ["--quick", "--arms", "flat-mse-1", "--keep", str(out), "--out", str(again)],
+    )
+    assert json.loads(again.read_text())["arms"][0]["kept_from"] == report["timestamp"]
 
 
 def test_run_all_summary_puts_goals_beside_results_under_the_title(tmp_path: Path) -> None:

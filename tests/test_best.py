@@ -100,8 +100,10 @@ def test_cli_best_then_predict_two_frames(
     a, b = sorted((tmp_path / "png" / "clip_000").glob("*.png"))[:2]
     best = tmp_path / "best"
     code, out, _ = _run(
-        ["best", "--experiment", EXPERIMENT, "--out", best, "--tracking-uri", store], capsys
-    )
+        ["best", "--experiment", EXPERIMENT, "--out", best, "--tracking-uri", store,
+         "--metric", "extrap_psnr"],  # the default is extrap_psnr_motion (issue #15)
+        capsys,
+    )  # fmt: skip
     assert code == 0, out
     assert "trial-best" in out and "best_extrap_psnr 20.0000" in out and str(best) in out
     pred = tmp_path / "pred.png"

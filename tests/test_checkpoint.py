@@ -247,3 +247,55 @@ def test_optimizer_state_for_another_model_is_refused(trained) -> None:
     small = nn.Linear(2, 2)
     with pytest.raises(UserError, match=r"optimizer state does not fit .*\(.*optimizer\.json\)"):
         load_optimizer_state(path, torch.optim.Adam(small.parameters()))
+
+
+# ---- latent kinds (issue #15) -----------------------------------------------------------------
+
+SPATIAL = {  # a spatial latent decoded by nearest upsampling, with the calibrated loss
+    **TINY,
+    "latent": {"kind": "spatial", "channels": 2, "project_kernel_size": 3},
+    "decoder": {"mirror": True, "upsample": "nearest"},
+    "loss": {"reconstruction": "calibrated"},
+}
+del SPATIAL["latent_dim"]
+OLD_FLAT = Path(__file__).resolve().parent / "data" / "flat_checkpoint_v0"
+
+
+def test_a_checkpoint_saved_before_spatial_latents_still_loads() -> None:
+    """tests/data/flat_checkpoint_v0: TINY saved by the code before issue #15 (arch.json has
+    "latent_dim": 4 and "decoder": "mirror"; no "latent"); outputs recorded then."""
+    assert "latent" not in json.loads((OLD_FLAT / "arch.json").read_text())
+    ckpt = load_checkpoint(OLD_FLAT)
+    assert ckpt.arch == CFG and ckpt.arch.latent.kind == "flat"
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        recon, mu, _ = ckpt.model.eval()(x, sample=False)
+    assert mu.shape == (2, 4)
+    assert float(recon.sum()) == pytest.approx(1828.0467529296875, rel=1e-5)
+    assert float(mu.sum()) == pytest.approx(-0.3247774839401245, rel=1e-4, abs=1e-5)
+
+
+def test_spatial_checkpoint_round_trips_through_the_header_check(tmp_path: Path) -> None:
+    cfg = parse_arch(SPATIAL, "spatial")
+    torch.manual_seed(0)
+    model = build_vae(cfg)
+    path = save_checkpoint(tmp_path / "ckpt", model=model, arch_cfg=cfg, epoch=1, metrics={})
+    saved = json.loads((path / "arch.json").read_text())
+    assert saved["latent"]["kind"] == "spatial" and saved["latent_dim"] == 2 * 3 * 4
+    expected = checkpoint.expected_tensors(cfg)
+    assert expected["mu_head.weight"][1] == (2, 8, 1, 1)
+    ckpt = load_checkpoint(path)
+    assert ckpt.arch == cfg
+    x = torch.rand(2, 3, H, W, generator=torch.Generator().manual_seed(3))
+    model.eval(), ckpt.model.eval()
+    assert torch.equal(ckpt.model(x, sample=False)[0], model(x, sample=False)[0])
+    assert ckpt.model.encode(x)[0].shape == (2, 2, 3, 4)
+
+
+def test_flat_weights_do_not_load_into_a_spatial_arch(trained, tmp_path: Path) -> None:
+    _, _, path = trained
+    arch = json.dumps(parse_arch(SPATIAL, "spatial").to_dict()).encode()
+    rewrite(path / "arch.json", arch, rehash=True)
+    match = r"weights do not match arch\.json: .*size mismatch for decoder\.0\.weight"
+    with pytest.raises(UserError, match=match):  # refused by the header check, before torch
+        load_checkpoint(path)

@@ -347,7 +347,7 @@ def test_sweep_as_a_ray_job_then_best_checkpoint_over_http(
     assert parent.info.status == "FINISHED" and len(children) == 2
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
-        assert run.info.status == "FINISHED" and "best_extrap_psnr" in run.data.metrics
+        assert run.info.status == "FINISHED" and "best_extrap_psnr_motion" in run.data.metrics
 
     # The laptop's step: pull the best checkpoint through the server, then load it.
     best = tmp_path / "best"
@@ -427,3 +427,53 @@ def test_a_cluster_too_small_is_a_clear_error_unless_autoscaling(
     monkeypatch.setenv("VARNEXT_AUTOSCALING", "1")  # nodes may still be coming
     check_resources(asked, asked.cpus(2))
     check_resources(Resources(workers=2, cpus_per_worker=1), 1.0)  # fits
+
+
+def test_an_address_nobody_answers_is_refused_in_bounded_time() -> None:
+    import socket
+    import time
+
+    from varnext_ray.cluster import _check_answers
+    from varnext_ray.errors import UserError
+
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"no Ray cluster answers there after 1 s"):
+        _check_answers(f"127.0.0.1:{port}", timeout_s=1.0)
+    assert time.monotonic() - start < 10
+    with pytest.raises(UserError, match="a Ray address is HOST:PORT"):
+        _check_answers("127.0.0.1")
+    with socket.socket() as server:  # something that answers passes
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        _check_answers(f"ray://127.0.0.1:{server.getsockname()[1]}", timeout_s=1.0)
+
+
+def test_the_ray_token_is_kept_readable_by_its_owner_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from varnext_ray.cluster import secure_token_file, token_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    token = tmp_path / ".ray" / "auth_token"
+    assert token_path() == token
+    token.parent.mkdir(mode=0o755)
+    token.write_text("secret")
+    token.chmod(0o644)  # as Ray writes it under the usual umask
+    secure_token_file()
+    assert token.stat().st_mode & 0o777 == 0o600
+    assert token.parent.stat().st_mode & 0o777 == 0o700
+    assert token.read_text() == "secret"
+    # A folder the user chose (it may be shared) is not changed; the file is.
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    (shared / "token").write_text("secret")
+    (shared / "token").chmod(0o644)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(shared / "token"))
+    secure_token_file()
+    assert (shared / "token").stat().st_mode & 0o777 == 0o600
+    assert shared.stat().st_mode & 0o777 == 0o755

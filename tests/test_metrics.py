@@ -10,14 +10,17 @@ import torch
 
 from varnext_ray.arch import parse_arch
 from varnext_ray.metrics import (
+    LATENT_KEYS,
     MOTION_THRESHOLD,
     PSNR_CAP_DB,
     SUM_KEYS,
+    active_units,
     add_sums,
     all_reduce_sums,
     finalize,
     finalize_rollout,
     latent_linearity,
+    motion_gain,
     motion_mask,
     mse_per_sample,
     prediction_strip,
@@ -94,7 +97,7 @@ def test_skill_is_zero_when_the_prediction_is_the_last_frame(vae: VAE) -> None:
     metrics = finalize(triplet_sums(vae, x1, x2, x3))
     assert metrics["extrap_mse"] == pytest.approx(metrics["copy_last_mse"], rel=1e-12)
     assert metrics["extrap_skill"] == pytest.approx(0.0, abs=1e-9)
-    perfect = finalize(prediction_sums(x1, x2, x3, pred=x3, oracle=x3))
+    perfect = finalize(prediction_sums(x1, x2, x3, pred=x3, oracle=x3, latent_copy=x2))
     assert perfect["extrap_skill"] == 1.0
     assert perfect["extrap_psnr"] == perfect["oracle_psnr"] == PSNR_CAP_DB
 
@@ -115,7 +118,9 @@ def test_two_half_batches_finalize_to_the_whole_batch(vae: VAE) -> None:
 def test_sums_have_every_key_as_float64_scalars(vae: VAE) -> None:
     sums = triplet_sums(vae, frames(2, 9), frames(2, 10), frames(2, 11))
     assert set(sums) == set(SUM_KEYS)
-    assert all(v.dtype == torch.float64 and v.dim() == 0 for v in sums.values())
+    assert all(v.dtype == torch.float64 for v in sums.values())
+    assert all(sums[k].dim() == 0 for k in SUM_KEYS if k not in LATENT_KEYS)
+    assert sums["latent_sum"].shape == sums["latent_sq"].shape == (4,)  # one per latent element
     expected = {
         "extrap_mse",
         "extrap_psnr",
@@ -130,8 +135,16 @@ def test_sums_have_every_key_as_float64_scalars(vae: VAE) -> None:
         "copy_last_psnr_motion",
         "pixel_linear_psnr_motion",
         "oracle_psnr_motion",
+        "latent_copy_psnr",
+        "latent_copy_psnr_motion",
+        "extrap_gain_db",
+        "extrap_gain_db_motion",
+        "decoder_sensitivity",
+        "active_units",
+        "latent_elements",
     }
-    assert set(finalize(sums)) == expected
+    got = set(finalize(sums))  # motion_captured only when the oracle beats the latent copy
+    assert got - {"motion_captured"} == expected
 
 
 def test_motion_psnr_scores_only_changed_pixels() -> None:
@@ -142,7 +155,7 @@ def test_motion_psnr_scores_only_changed_pixels() -> None:
     mask = motion_mask(x2, x3)
     assert mask.shape == (1, H, W) and int(mask.sum()) == 16
     pred = x3.clone()
-    metrics = finalize(prediction_sums(x2, x2, x3, pred=pred, oracle=pred))
+    metrics = finalize(prediction_sums(x2, x2, x3, pred=pred, oracle=pred, latent_copy=x2))
     # copy-last misses 0.5 in one of 3 channels on the moving pixels: MSE 0.25 / 3
     assert metrics["copy_last_psnr_motion"] == pytest.approx(10 * math.log10(12), rel=1e-5)
     assert metrics["extrap_psnr_motion"] == metrics["oracle_psnr_motion"] == PSNR_CAP_DB
@@ -152,7 +165,7 @@ def test_motion_psnr_scores_only_changed_pixels() -> None:
 
 def test_a_static_set_finalizes_without_nan_or_undefined_keys() -> None:
     x = frames(3, 12)
-    metrics = finalize(prediction_sums(x, x, x, pred=x, oracle=x))
+    metrics = finalize(prediction_sums(x, x, x, pred=x, oracle=x, latent_copy=x))
     assert "extrap_skill" not in metrics  # copy-last is perfect: skill undefined
     assert "extrap_psnr_motion" not in metrics and "copy_last_psnr_motion" not in metrics
     assert all(math.isfinite(v) for v in metrics.values())
@@ -170,10 +183,10 @@ def test_ssim_handles_frames_smaller_than_the_window(size: tuple[int, int]) -> N
 
 def test_prediction_strip_shape(vae: VAE) -> None:
     strip = prediction_strip(vae, frames(5, 14), frames(5, 15), frames(5, 16), n=4)
-    assert strip.shape == (4 * H, 7 * W, 3) and strip.dtype == np.uint8
+    assert strip.shape == (4 * H, 9 * W, 3) and strip.dtype == np.uint8
     x3 = frames(2, 17)
     few = prediction_strip(vae, x3, x3, x3, n=4)  # fewer triplets than n: one row each
-    assert few.shape == (2 * H, 7 * W, 3)
+    assert few.shape == (2 * H, 9 * W, 3)
     assert np.array_equal(few[:, :W], few[:, 2 * W : 3 * W])  # frame t == truth here
 
 
@@ -206,3 +219,93 @@ def test_rollout_frames_have_one_picture_per_step(vae: VAE) -> None:
     np.testing.assert_array_equal(
         pictures[4][:H, :W], (x[4][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
     )
+
+
+# ---- collapse diagnostics (issue #15) ----------------------------------------------------------
+
+
+class SpatialToy(torch.nn.Module):
+    """encode: every 6th row and 8th column of the frame, (B, 3, 3, 4), as a spatial latent;
+    decode: its nearest-neighbour upsampling back to (B, 3, H, W)."""
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu = x[:, :, ::6, ::8]  # (B, 3, 3, 4)
+        return mu, torch.zeros_like(mu)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(z, size=(H, W), mode="nearest")
+
+
+def test_a_model_that_ignores_its_latent_has_no_active_units_and_no_sensitivity(vae: VAE) -> None:
+    for p in vae.parameters():  # mu = 0 for every frame; the decoder draws 0.5 everywhere
+        torch.nn.init.zeros_(p)
+    x1, x2, x3 = frames(6, 20), frames(6, 21), frames(6, 22)
+    m = finalize(triplet_sums(vae, x1, x2, x3))
+    assert m["active_units"] == 0 and m["latent_elements"] == 4
+    assert m["decoder_sensitivity"] == 0.0
+    assert m["extrap_gain_db"] == 0.0 and m["extrap_gain_db_motion"] == 0.0
+    assert m["latent_copy_psnr"] == pytest.approx(m["oracle_psnr"], rel=1e-12)
+    assert "motion_captured" not in m  # the oracle gains nothing over the latent copy
+    assert "background_psnr" not in m  # no background given
+
+
+def test_a_perfect_extrapolation_captures_all_of_the_motion() -> None:
+    x1, x2 = frames(3, 23), frames(3, 24)
+    x3 = (x2 + 0.3).clamp(0, 1)
+    m = finalize(prediction_sums(x1, x2, x3, pred=x3, oracle=x3, latent_copy=x2))
+    assert m["motion_captured"] == 1.0
+    assert m["extrap_gain_db_motion"] == PSNR_CAP_DB - m["latent_copy_psnr_motion"]
+    assert m["decoder_sensitivity"] == pytest.approx(1.0)  # the decoded frame moves as x moves
+    half = finalize(prediction_sums(x1, x2, x3, pred=x2, oracle=x3, latent_copy=x2))
+    assert half["motion_captured"] == 0.0 and half["decoder_sensitivity"] == 0.0
+
+
+def test_motion_captured_is_omitted_below_a_tenth_of_a_db() -> None:
+    assert motion_gain(19.5, 19.0, 21.0) == {"extrap_gain_db_motion": 0.5, "motion_captured": 0.25}
+    assert motion_gain(20.0, 19.95, 20.0) == pytest.approx({"extrap_gain_db_motion": 0.05})
+    assert "motion_captured" not in motion_gain(19.0, 20.0, 19.0)  # oracle below the copy
+
+
+def test_active_units_threshold_on_hand_made_latents() -> None:
+    g = torch.Generator().manual_seed(25)
+    mu = torch.zeros(1000, 3, dtype=torch.float64)
+    mu[:, 0] = torch.randn(1000, generator=g, dtype=torch.float64)  # variance ~1: active
+    mu[:, 1] = 5.0  # constant: inactive however large
+    mu[:, 2] = 0.05 * torch.randn(1000, generator=g, dtype=torch.float64)  # variance ~0.0025
+    assert active_units(mu.sum(0), mu.pow(2).sum(0), 1000) == {
+        "active_units": 1.0,
+        "latent_elements": 3.0,
+    }
+
+
+def test_spatial_latents_count_every_element_and_split_like_the_whole() -> None:
+    toy = SpatialToy()
+    x1, x2, x3 = frames(8, 26), frames(8, 27), frames(8, 28)
+    background = x3.mean(0)  # (3, H, W)
+    whole = finalize(triplet_sums(toy, x1, x2, x3, background))
+    assert whole["latent_elements"] == 36 and whole["active_units"] == 36  # uniform: var 1/12
+    halves = add_sums(
+        triplet_sums(toy, x1[:3], x2[:3], x3[:3], background),
+        triplet_sums(toy, x1[3:], x2[3:], x3[3:], background),
+    )
+    split = finalize(all_reduce_sums(halves))
+    assert split.keys() == whole.keys()
+    for key, value in whole.items():
+        assert split[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert whole["background_psnr"] == pytest.approx(
+        psnr(background.expand_as(x3), x3).mean().item(), rel=1e-6
+    )
+    assert "background_psnr_motion" in whole
+
+
+def test_strip_shows_the_latent_copy_and_the_background(vae: VAE) -> None:
+    x1, x2, x3 = frames(2, 29), frames(2, 30), frames(2, 31)
+    background = torch.full((3, H, W), 0.4)
+    strip = prediction_strip(vae, x1, x2, x3, n=2, background=background)
+    tile = lambda i: strip[:H, i * W : (i + 1) * W]  # noqa: E731 - first row, column i
+    assert (tile(7) == round(0.4 * 255)).all()  # the background column
+    with torch.no_grad():
+        copy = vae.decode(vae.encode(x2)[0]).clamp(0, 1)[0]
+    want = (copy.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    np.testing.assert_array_equal(tile(4), want)  # the latent copy column
+    assert (prediction_strip(vae, x1, x2, x3, n=2)[:H, 7 * W : 8 * W] == 0).all()  # no bg: black

@@ -13,7 +13,14 @@ from arch_strategies import arch_dicts
 from hypothesis import given, settings
 from torch import nn
 
-from varnext_ray.arch import LossConfig, count_params, layer_table, load_arch, parse_arch
+from varnext_ray.arch import (
+    LossConfig,
+    count_params,
+    latent_shape,
+    layer_table,
+    load_arch,
+    parse_arch,
+)
 from varnext_ray.errors import UserError
 from varnext_ray.model import (
     build_vae,
@@ -39,7 +46,8 @@ def test_shipped_config_builds_and_lands_on_input(path: Path) -> None:
     with torch.no_grad():
         recon, mu, logvar = vae(x)
     assert recon.shape == x.shape
-    assert mu.shape == logvar.shape == (1, cfg.latent_dim)
+    assert mu.shape == logvar.shape == (1, *latent_shape(cfg))
+    assert mu[0].numel() == cfg.latent_dim
     assert float(recon.min()) >= 0.0 and float(recon.max()) <= 1.0  # sigmoid output
 
 
@@ -73,7 +81,7 @@ def test_random_architecture_trains_one_step(data: dict[str, Any]) -> None:
         assert param.grad is not None, f"{name} got no gradient"
         assert torch.isfinite(param.grad).all(), name
     assert sum(p.numel() for p in vae.parameters()) == count_params(cfg)
-    predicted = [r.shape for r in layer_table(cfg) if "conv" in r.name]
+    predicted = [r.shape for r in layer_table(cfg) if "conv" in r.detail]  # incl. 1x1 heads
     assert _conv_output_shapes(vae, x) == predicted
 
 
@@ -81,8 +89,8 @@ def test_encode_decode_shapes_and_wrong_input() -> None:
     cfg = load_arch(REPO / "configs" / "smoke_64x36.json")
     vae = build_vae(cfg)
     mu, logvar = vae.encode(torch.rand(4, 3, 36, 64))
-    assert mu.shape == logvar.shape == (4, 8)
-    assert vae.decode(torch.zeros(5, 8)).shape == (5, 3, 36, 64)
+    assert mu.shape == logvar.shape == (4, 4, 5, 8)  # spatial: 4 channels at 1/8 size
+    assert vae.decode(torch.zeros(5, 4, 5, 8)).shape == (5, 3, 36, 64)
     with pytest.raises(
         ValueError, match=r"VAE input must be \(B, 3, 36, 64\) \(got \(2, 3, 64, 36\)\)"
     ):
@@ -91,8 +99,8 @@ def test_encode_decode_shapes_and_wrong_input() -> None:
 
 def test_reparameterize_and_mean_decoding() -> None:
     vae = build_vae(load_arch(REPO / "configs" / "smoke_64x36.json")).eval()
-    mu = torch.randn(3, 8)
-    assert torch.allclose(vae.reparameterize(mu, torch.full((3, 8), -30.0)), mu, atol=1e-5)
+    mu = torch.randn(3, 4, 5, 8)
+    assert torch.allclose(vae.reparameterize(mu, torch.full_like(mu, -30.0)), mu, atol=1e-5)
     x = torch.rand(2, 3, 36, 64)
     with torch.no_grad():
         a, _, _ = vae(x, sample=False)
@@ -200,3 +208,74 @@ def test_linearity_key_of_older_files_still_loads_as_the_weight() -> None:
     arch = parse_arch(cfg, "old")
     assert arch.loss.linearity_weight == 2.0
     assert arch.to_dict()["loss"]["linearity_weight"] == 2.0  # saved under the new key
+
+
+def test_calibrated_reconstruction_matches_a_hand_computation() -> None:
+    x = torch.zeros(2, 1, 1, 2)  # D = 2 values per frame
+    recon = torch.tensor([[[[0.1, 0.3]]], [[[0.0, 0.2]]]])
+    mu, logvar = torch.zeros(2, 3), torch.zeros(2, 3)  # KL 0
+    parts = elbo_loss(recon, x, mu, logvar, LossConfig(reconstruction="calibrated"), epoch=0)
+    var = (0.01 + 0.09 + 0.0 + 0.04) / 4  # the batch MSE: sigma^2
+    per_frame = [2 / 2 * math.log(2 * math.pi * var) + sq / (2 * var) for sq in (0.10, 0.04)]
+    assert float(parts["recon"]) == pytest.approx(sum(per_frame) / 2, rel=1e-5)
+    assert float(parts["loss"]) == pytest.approx(float(parts["recon"]))
+
+
+def test_calibrated_variance_is_floored_and_carries_no_gradient() -> None:
+    x = torch.full((1, 1, 2, 2), 0.5)
+    exact = elbo_loss(x.clone(), x, torch.zeros(1, 1), torch.zeros(1, 1), LossConfig(), 0)
+    assert float(exact["recon"]) == 0.0  # mse
+    cfg = LossConfig(reconstruction="calibrated")
+    floor = elbo_loss(x.clone(), x, torch.zeros(1, 1), torch.zeros(1, 1), cfg, 0)
+    assert float(floor["recon"]) == pytest.approx(2 * math.log(2 * math.pi * 1e-6), rel=1e-6)
+    recon = (x + 0.1).requires_grad_(True)
+    elbo_loss(recon, x, torch.zeros(1, 1), torch.zeros(1, 1), cfg, 0)["recon"].backward()
+    # d/d xhat of (x - xhat)^2 / (2 sigma^2) with sigma^2 = 0.01 held fixed: 0.1 / 0.01 = 10
+    torch.testing.assert_close(recon.grad, torch.full_like(x, 10.0))
+
+
+def test_spatial_latent_extrapolates_rolls_out_and_scores() -> None:
+    cfg = load_arch(REPO / "configs" / "smoke_64x36.json")
+    vae = build_vae(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 36, 64, generator=g)  # 2 triplets stacked
+    with torch.no_grad():
+        recon, mu, logvar = vae(x)
+        z1, z2 = mu[:2], mu[2:4]  # (2, 4, 5, 8)
+        assert extrapolate(z1, z2).shape == (2, 4, 5, 8)
+        path = rollout(z1, z2, steps=3)
+        assert path.shape == (3, 2, 4, 5, 8)
+        assert vae.decode(path[2]).shape == (2, 3, 36, 64)
+        torch.testing.assert_close(path[1], z2 + 2 * (z2 - z1))
+    cfg_loss = LossConfig(reconstruction="calibrated", free_bits=0.1, linearity_weight=1.0)
+    parts = vae_loss(recon, x, mu, logvar, cfg_loss, 0, triplets=True)
+    assert all(torch.isfinite(v) for v in parts.values())
+    expected = kl_per_dim(mu, logvar).flatten(1).sum(1).mean()
+    assert float(parts["kl"]) == pytest.approx(float(expected))
+    bend = mu[4:] - 2 * mu[2:4] + mu[:2]
+    assert float(parts["curvature"]) == pytest.approx(float(bend.pow(2).sum((1, 2, 3)).mean()))
+
+
+def test_old_flat_model_keeps_its_parameter_names() -> None:
+    """Checkpoints saved before spatial latents load: a flat model's state_dict is unchanged."""
+    cfg = parse_arch(
+        {
+            "input": {"height": 9, "width": 9},
+            "encoder": {"conv": [{"out_channels": 2, "kernel_size": 3, "stride": 2}]},
+            "latent_dim": 2,
+        },
+        "old",
+    )
+    names = list(build_vae(cfg).state_dict())
+    assert names == [
+        "features.0.weight",
+        "features.0.bias",
+        "mu_head.weight",
+        "mu_head.bias",
+        "logvar_head.weight",
+        "logvar_head.bias",
+        "decoder.0.weight",
+        "decoder.0.bias",
+        "decoder.3.weight",
+        "decoder.3.bias",
+    ]

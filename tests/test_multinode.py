@@ -95,7 +95,7 @@ def _check_mlflow(uri: str, experiment: str, samples: int) -> list[Any]:
     parents = [r for r in runs if r.data.tags.get("varnext.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("varnext.kind") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED", parents
-    assert "best_extrap_psnr" in parents[0].data.metrics
+    assert "best_extrap_psnr_motion" in parents[0].data.metrics
     trial_ids = [r.data.tags["varnext.trial_id"] for r in children]
     assert len(trial_ids) == len(set(trial_ids)) == samples, trial_ids  # no duplicate runs
     for run in children:

@@ -139,6 +139,9 @@ BAD = [  # (argv with {placeholders}, text the error line must contain)
     ("predict --checkpoint {smoke_ckpt} --out {tmp}/p.avi --video {video}", "unsupported output"),
     ("predict --checkpoint {smoke_ckpt} --out {tmp}/p.mp4 --video {junk}", "cannot open as a vid"),
     ("predict --checkpoint {smoke_ckpt} --out {tmp}/p.mp4 --video {tmp}/no.mp4", "video not found"),
+    ("predict --checkpoint {smoke_ckpt} --out {tmp}/p.png {a} {b} --steps 1000000000", "limit"),
+    ("predict --checkpoint {smoke_ckpt} --out {tmp} {a} {b}", "unsupported output type"),
+    ("predict --checkpoint {smoke_ckpt} --out {tmp}/o.png {a} {b}", "already exists"),
 ]
 
 
@@ -151,9 +154,36 @@ def test_bad_inputs_exit_2_with_one_line(
     capsys: pytest.CaptureFixture,
 ) -> None:
     (tmp_path / "occupied").write_text("x")  # makes {tmp} a non-empty directory
+    (tmp_path / "o.png").write_bytes(b"the user's own picture")
     code, _, err = _run(argv.format(tmp=tmp_path, **media).split(), capsys)
     lines = err.strip().splitlines()
     assert code == 2, err
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert expected in lines[0] and "Traceback" not in err
     assert not list(tmp_path.glob("p*")) and not (tmp_path / "o").exists()  # nothing written
+    assert (tmp_path / "o.png").read_bytes() == b"the user's own picture"
+
+
+@pytest.mark.parametrize("overwrite", [[], ["--overwrite"]])
+def test_predict_never_overwrites_its_input_and_replaces_an_output_only_when_asked(
+    overwrite: list[str], media: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    a, b, video = (shutil.copy(media[k], tmp_path / media[k].name) for k in ("a", "b", "video"))
+    kept = {p: Path(p).read_bytes() for p in (a, b, video)}
+    ckpt = media["smoke_ckpt"]
+    for argv in (
+        ["predict", "--checkpoint", ckpt, "--out", a, a, b],  # the output is frame t itself
+        ["predict", "--checkpoint", ckpt, "--out", video, "--video", video],  # the source video
+    ):
+        code, _, err = _run([*argv, *overwrite], capsys)
+        assert code == 2 and "the output would overwrite its own input" in err, err
+    assert {p: Path(p).read_bytes() for p in kept} == kept
+    out = tmp_path / "pred.png"
+    out.write_bytes(b"an older prediction")
+    code, _, err = _run(["predict", "--checkpoint", ckpt, "--out", out, a, b, *overwrite], capsys)
+    if overwrite:
+        assert code == 0 and Image.open(out).size == Image.open(a).size, err
+    else:
+        assert code == 2 and "--overwrite" in err and out.read_bytes() == b"an older prediction"

@@ -368,7 +368,7 @@ CASES = {
     "sweep-unknown-id": Case(REPORT + " --sweep 0123abcd", NOT_A_SWEEP),
     "out-is-a-directory": Case(REPORT + " --out {tmp}", "--out is a directory"),
     "out-under-a-file": Case(
-        REPORT + " --out {f}/r.html", "--out is not in a writable directory", _file
+        REPORT + " --out {f}/r.html", "a parent of this path is a file", _file
     ),
     "out-read-only": Case(
         REPORT + " --out {f}/r.html", "--out is not in a writable directory", _read_only
@@ -380,6 +380,15 @@ CASES = {
     "store-unreachable": Case(
         "report --experiment x --tracking-uri http://127.0.0.1:{port}",
         "MLflow tracking server unreachable",
+    ),
+    "out-is-the-mlflow-database": Case(
+        REPORT + " --out {db}", "the output would overwrite a file it must keep"
+    ),
+    "out-is-the-mlflow-database-even-with-overwrite": Case(
+        REPORT + " --overwrite --out {db}", "the output would overwrite a file it must keep"
+    ),
+    "out-exists": Case(
+        REPORT + " --out {f}", "the output file already exists", lambda tmp: _file(tmp)
     ),
     "top-0": Case(REPORT + " --top 0", "--top must be >= 1 (got 0)"),
     "top-not-int": Case(REPORT + " --top x", "argument --top: invalid int value: 'x'"),
@@ -414,6 +423,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         "uri": store["uri"],
         "trial": store["new"]["runs"]["trial-a"],
         "port": _free_port(),
+        "db": store["uri"][len("sqlite:///") :],
     }
     if case.setup is not None:
         names["f"] = case.setup(tmp_path)

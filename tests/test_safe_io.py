@@ -14,12 +14,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.bad_inputs_data import SMOKE_DATA
 from varnext_ray import safe_io
 from varnext_ray.errors import UserError, escape
 from varnext_ray.safe_io import read_json, staged_dir, write_atomic
 from varnext_ray.sources import discover_sources, read_image, to_rgb
 
-SMOKE = Path(__file__).resolve().parent.parent / "configs" / "smoke_64x36.json"
+
+@pytest.fixture
+def smoke(tmp_path: Path) -> Path:
+    """SMOKE_DATA as a file."""
+    (tmp_path / "smoke.json").write_text(json.dumps(SMOKE_DATA))
+    return tmp_path / "smoke.json"
 
 
 # ---- errors -----------------------------------------------------------------------------------
@@ -118,32 +124,35 @@ def test_an_existing_empty_out_folder_is_filled(tmp_path: Path, synth_dir: Path)
 # ---- size bounds and checkpoint headers -------------------------------------------------------
 
 
-def test_size_bounds_have_a_keyword_and_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_size_bounds_have_a_keyword_and_a_setting(
+    monkeypatch: pytest.MonkeyPatch, smoke: Path
+) -> None:
     from varnext_ray.arch import load_arch, parse_arch
 
-    data = json.loads(SMOKE.read_text()) | {"latent_dim": 100_000}
+    data = SMOKE_DATA | {"latent_dim": 100_000}
     with pytest.raises(UserError, match=r"over the limit of 1,000,000"):
         parse_arch(data, "big", max_params=1_000_000)
     assert parse_arch(data, "big", max_params=math.inf).latent_dim == 100_000
     monkeypatch.setenv("VARNEXT_MAX_PARAMS", "1000")
     with pytest.raises(UserError, match="over the limit of 1,000"):
-        load_arch(SMOKE)
-    assert load_arch(SMOKE, max_params=10**6).latent_dim == 8
+        load_arch(smoke)
+    assert load_arch(smoke, max_params=10**6).latent_dim == 8
 
 
 def test_a_checkpoint_is_checked_against_its_header_before_the_model_is_built(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smoke: Path
 ) -> None:
     import varnext_ray.checkpoint as checkpoint_module
     from varnext_ray.arch import load_arch
     from varnext_ray.checkpoint import load_checkpoint, save_checkpoint
     from varnext_ray.model import build_vae
 
-    cfg = load_arch(SMOKE)
+    cfg = load_arch(smoke)
     path = save_checkpoint(
         tmp_path / "ckpt", model=build_vae(cfg), arch_cfg=cfg, epoch=1, metrics={}
     )
-    arch = json.loads((path / "arch.json").read_text()) | {"latent_dim": 50_000}
+    arch = json.loads((path / "arch.json").read_text())
+    arch["encoder"]["conv"][0]["out_channels"] = 5000
     data = json.dumps(arch).encode()
     (path / "arch.json").write_bytes(data)
     meta = json.loads((path / "meta.json").read_text())
@@ -153,22 +162,24 @@ def test_a_checkpoint_is_checked_against_its_header_before_the_model_is_built(
     real_build = checkpoint_module.build_vae
 
     def spy(cfg):  # type: ignore[no-untyped-def]
-        built.append(cfg.latent_dim)
+        built.append(cfg.encoder.conv[0].out_channels)
         return real_build(cfg)
 
     monkeypatch.setattr(checkpoint_module, "build_vae", spy)
     with pytest.raises(UserError, match=r"weights do not match arch\.json: size mismatch"):
         load_checkpoint(path)
-    assert built == [50_000]  # only the allocation-free build on the meta device
+    assert built == [5000]  # only the allocation-free build on the meta device
     shutil.rmtree(path)
 
 
-def test_saving_a_checkpoint_never_replaces_a_file_or_writes_under_one(tmp_path: Path) -> None:
+def test_saving_a_checkpoint_never_replaces_a_file_or_writes_under_one(
+    tmp_path: Path, smoke: Path
+) -> None:
     from varnext_ray.arch import load_arch
     from varnext_ray.checkpoint import save_checkpoint
     from varnext_ray.model import build_vae
 
-    cfg = load_arch(SMOKE)
+    cfg = load_arch(smoke)
     (tmp_path / "plain").write_text("mine")
     for target, message in [
         (tmp_path / "plain", "path exists and is a file"),
@@ -177,7 +188,7 @@ def test_saving_a_checkpoint_never_replaces_a_file_or_writes_under_one(tmp_path:
         with pytest.raises(UserError, match=message):
             save_checkpoint(target, model=build_vae(cfg), arch_cfg=cfg, epoch=1, metrics={})
     assert (tmp_path / "plain").read_text() == "mine"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain", "smoke.json"]
 
 
 def test_16_bit_frames_are_ingested_scaled_not_clipped(tmp_path: Path) -> None:
@@ -196,3 +207,35 @@ def test_16_bit_frames_are_ingested_scaled_not_clipped(tmp_path: Path) -> None:
     blobs = pq.read_table(manifest.files("train")[0]).column("image").to_pylist()
     pixels = decode_images(blobs, manifest.encoding, manifest.size)
     assert pixels.shape == (3, 18, 32, 3) and int(pixels.mean()) == 128  # not 255
+
+
+def test_one_odd_frame_in_a_folder_is_skipped_not_fatal(tmp_path: Path) -> None:
+    from varnext_ray.ingest import IngestOptions, ingest
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(6):
+        Image.new("RGB", (64, 36), (i * 9, 0, 0)).save(frames / f"f_{i}.png")
+    Image.new("RGB", (2, 2)).save(frames / "f_3.png")  # a thumbnail among the frames
+    manifest = ingest([frames], tmp_path / "ds", IngestOptions(size=(64, 36), val=0, test=0))
+    assert manifest["frames"] == 5 and manifest["skipped"][0]["path"].endswith("f_3.png")
+    assert len(manifest["clips"]) == 2  # cut where the odd frame was
+
+
+def test_resume_refuses_storage_other_users_can_write(tmp_path: Path) -> None:
+    from varnext_ray.safe_io import check_trusted_storage
+
+    storage = tmp_path / "ray"
+    sweep = storage / "sweep-demo-smoke"
+    sweep.mkdir(parents=True)
+    for folder in (tmp_path, storage, sweep):
+        folder.chmod(0o755)
+    check_trusted_storage(str(sweep))  # only we can write: fine
+    storage.chmod(0o777)  # anyone could plant a pickle in the sweep's state
+    with pytest.raises(
+        UserError, match=r"pickled state.*other users\s+can write|other users can write"
+    ):
+        check_trusted_storage(str(sweep))
+    storage.chmod(0o1777)  # sticky, as /tmp: others cannot replace our folder
+    check_trusted_storage(str(sweep))
+    check_trusted_storage("s3://bucket/ray/sweep")  # remote storage: its policy decides

@@ -40,7 +40,8 @@ def test_channels_are_conditional_on_depth() -> None:
     assert [c["out_channels"] for c in arch["encoder"]["conv"]] == [16, 8]
     assert arch["latent_dim"] == 32 and arch["loss"]["beta"] == 0.5
     assert arch["loss"]["linearity_weight"] == 3.0
-    assert short_arch(arch) == "conv 16-8 k3s2 | lin [] | z32"
+    assert "latent" not in arch  # a point with latent_dim is flat (the shorthand)
+    assert short_arch(arch) == "conv 16-8 k3s2 | lin [] | z32 nearest"
 
 
 BAD = [
@@ -53,6 +54,22 @@ BAD = [
     ({"laten_dim": [8]}, r'laten_dim: unknown key \(did you mean "latent_dim"\?\)'),
     ({"batch_size": "32"}, r"batch_size: must be a list"),
     ({"epochs": 0}, r"epochs: must be >= 1"),
+    (
+        {"latent_kind": ["round"]},
+        r"latent_kind\[0\]: must be 'flat' or 'spatial' \(got \"round\"\)",
+    ),
+    ({"latent_kind": []}, r"latent_kind: must list at least one choice"),
+    ({"upsample": ["cubic"]}, r"upsample\[0\]: must be 'transpose', 'nearest' or 'bilinear'"),
+    ({"reconstruction": ["huber"]}, r'reconstruction: each choice must be one of "bce", "calib'),
+    ({"latent_channels": {"low": 4, "high": 2}}, r"latent_channels: low must be <= high"),
+    (
+        {"latent_dim": [8], "latent_channels": [4]},
+        r"latent_kind: must be given when both latent_dim \(flat\) and latent_channels",
+    ),
+    (
+        {"latent_kind": ["spatial", "flat"]},  # the smoke base is spatial: flat needs a size
+        r'latent_kind: samples "flat" latents but the space has no latent_dim',
+    ),
 ]
 
 
@@ -68,3 +85,48 @@ def test_space_json_errors_name_line_and_column(tmp_path: Path) -> None:
     (tmp_path / "space.json").write_text('{"name": "x",\n "base": }')
     with pytest.raises(UserError, match=r"invalid JSON: .* at line 2 column 10"):
         load_space(tmp_path / "space.json")
+
+
+def test_space_samples_spatial_and_flat_latents_upsampling_and_reconstruction() -> None:
+    space, base = load_space(REPO / "search_spaces" / "small_cpu.json")
+    assert base["latent"]["kind"] == "spatial"  # the base favours the recipe of issue #15
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    define, seen = DefineByRun(space, base), set()
+    for _ in range(16):
+        trial = study.ask()
+        define(trial)
+        p = trial.params
+        arch = parse_arch(point_to_arch(base, p), "sample")
+        assert arch.latent.kind == p["latent_kind"]
+        if p["latent_kind"] == "spatial":  # conditional: channels, never latent_dim or linear
+            assert "latent_dim" not in p and arch.latent.channels == p["latent_channels"]
+            assert arch.encoder.linear == ()
+        else:
+            assert "latent_channels" not in p and arch.latent_dim == p["latent_dim"]
+        assert arch.loss.reconstruction == p["reconstruction"]
+        assert short_arch(point_to_arch(base, p)).endswith(
+            "" if p["upsample"] == "transpose" else p["upsample"]
+        )
+        seen |= {p["latent_kind"], p["upsample"], p["reconstruction"]}
+        study.tell(trial, 0.0)
+    assert {"spatial", "flat", "nearest", "transpose", "calibrated", "mse"} <= seen
+
+
+def test_spatial_point_to_arch() -> None:
+    _, base = load_space(REPO / "search_spaces" / "small_cpu.json")
+    point = {"latent_kind": "spatial", "latent_channels": 8, "linear": "[128]"}
+    point |= {"upsample": "bilinear", "reconstruction": "mse"}
+    arch = point_to_arch(base, point)
+    assert arch["latent"] == {"kind": "spatial", "channels": 8, "project_kernel_size": 1}
+    assert arch["latent_dim"] == 8 * 5 * 10  # element count, for the sweep's tables
+    assert arch["encoder"]["linear"] == []  # a spatial latent has no linear layers
+    assert arch["decoder"] == {"mirror": True, "upsample": "bilinear"}
+    assert arch["loss"]["reconstruction"] == "mse"
+    cfg = parse_arch(arch, "point")
+    assert (
+        cfg.latent_dim == 400
+        and short_arch(cfg) == "conv 16-32-64-64 k4s2 | lin [] | z8ch bilinear"
+    )
+    flat = point_to_arch(base, {"latent_kind": "flat", "latent_dim": 16, "upsample": "transpose"})
+    assert flat["latent_dim"] == 16 and "latent" not in flat and flat["decoder"] == "mirror"

@@ -59,7 +59,7 @@ def test_four_trials_are_child_runs_with_metrics_and_artifacts(sweep) -> None:
     assert len(parents) == 1 and len(children) == 4 and len(outcome.rows) == 4
     parent = parents[0]
     assert parent.info.run_id == outcome.parent_run_id and parent.info.status == "FINISHED"
-    assert "best_extrap_psnr" in parent.data.metrics
+    assert "best_extrap_psnr_motion" in parent.data.metrics
     client = mlflow.MlflowClient(uri)
     for run in children:
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
@@ -69,7 +69,7 @@ def test_four_trials_are_child_runs_with_metrics_and_artifacts(sweep) -> None:
             "copy_last_psnr",
             "oracle_psnr",
             "latent_linearity",
-            "best_extrap_psnr",
+            "best_extrap_psnr_motion",
             "val_loss",
             "extrap_psnr_h1",
             "extrap_psnr_h2",
@@ -83,8 +83,8 @@ def test_four_trials_are_child_runs_with_metrics_and_artifacts(sweep) -> None:
         assert gifs and all(g.endswith(".gif") for g in gifs)
     trial_ids = [r.data.tags["varnext.trial_id"] for r in children]
     assert sorted(trial_ids) == sorted(row["trial_id"] for row in outcome.rows)
-    best = max(r.data.metrics["best_extrap_psnr"] for r in children)
-    assert parent.data.metrics["best_extrap_psnr"] == pytest.approx(best)
+    best = max(r.data.metrics["best_extrap_psnr_motion"] for r in children)
+    assert parent.data.metrics["best_extrap_psnr_motion"] == pytest.approx(best)
     table = summary_table(outcome, "extrap_psnr")
     assert table.count("\n") == 5 and "conv " in table
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,10 +31,9 @@ def test_uri_is_absolute_from_flag_env_or_working_dir(
     assert tracking.resolve_tracking_uri("sqlite:////abs/x.db") == "sqlite:////abs/x.db"
 
 
-def test_unreachable_server_is_a_user_error_and_files_are_not_checked() -> None:
+def test_unreachable_server_is_a_user_error() -> None:
     with pytest.raises(UserError, match=r"MLflow tracking server unreachable.*mlflow server"):
         tracking.check_reachable("http://127.0.0.1:1", timeout_s=1.0)
-    tracking.check_reachable("sqlite:////nowhere/x.db")  # only servers are probed
 
 
 def test_missing_sqlite_store_is_refused(tmp_path: Path) -> None:
@@ -88,3 +88,35 @@ def test_search_all_runs_reads_every_page_in_order(uri: str) -> None:
     )
     assert [r.info.run_name for r in runs] == ["r4", "r3", "r1", "r0"]
     assert len(list(tracking.search_all_runs(store, exp, page_size=1))) == 5
+
+
+@pytest.mark.parametrize(
+    ("make_uri", "message"),
+    [
+        (lambda d: "foo://bar", "unsupported MLflow tracking URI: scheme 'foo'"),
+        (lambda d: f"file://{d}/mlruns", "unsupported MLflow tracking URI: scheme 'file'"),
+        (lambda d: str(d / "mlruns"), "no scheme"),
+        (lambda d: "sqlite://", "absolute path"),
+        (lambda d: f"sqlite:///{d}", "not a regular file"),
+        (lambda d: f"sqlite:///{d}/missing/dir/mlflow.db", "folder of the MLflow database"),
+        (lambda d: f"sqlite:///{d}/notes.txt", "not a SQLite database"),
+        (lambda d: "http://127.0.0.1:notaport", "bad port"),
+        (lambda d: "http:///x", "no host"),
+    ],
+)
+def test_a_tracking_uri_mlflow_cannot_use_is_refused_before_anything_is_written(
+    tmp_path: Path, make_uri: Any, message: str
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes, not a database\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(UserError, match=message):
+        tracking.check_reachable(tracking.resolve_tracking_uri(make_uri(tmp_path)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert notes.read_text() == "my notes, not a database\n"
+
+
+def test_a_new_or_existing_sqlite_store_is_accepted(uri: str) -> None:
+    tracking.check_reachable(uri)  # a new file in an existing folder
+    tracking.experiment_id(uri, "e")  # creates the database
+    tracking.check_reachable(uri)  # an existing SQLite file

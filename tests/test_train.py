@@ -7,12 +7,14 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from tests.conftest import REPO
 from varnext_ray.arch import load_arch, parse_arch
+from varnext_ray.background import load_background, training_background
 from varnext_ray.checkpoint import load_checkpoint
 from varnext_ray.cluster import Resources
 from varnext_ray.dataset import load_manifest, sequence_index, triplet_index
@@ -39,7 +41,17 @@ CONTRACT = [
     "latent_linearity",
     "extrap_psnr_motion",
     "copy_last_psnr_motion",
-    "best_extrap_psnr",
+    "latent_copy_psnr",
+    "latent_copy_psnr_motion",
+    "extrap_gain_db",
+    "extrap_gain_db_motion",
+    "background_psnr",
+    "background_psnr_motion",
+    "active_units",
+    "latent_elements",
+    "decoder_sensitivity",
+    "steps",
+    "best_extrap_psnr_motion",
 ]
 
 
@@ -79,6 +91,7 @@ def test_two_ranks_step_and_report_the_contract(first_run, dataset_dir: Path) ->
     # Both shards were consumed: all frames but at most one dropped to make the shards equal.
     assert train_frames - 1 <= m["train_frames"] <= train_frames
     assert m["train_steps"] == -(-(m["train_frames"] // 2) // 8)  # ceil(per-rank frames / 8)
+    assert m["steps"] == 2 * m["train_steps"] and m["train_passes"] == 1  # no budget: one pass
     run = mlflow.MlflowClient(uri).get_run(outcome.run_id)
     assert run.info.status == "FINISHED"
     horizons = _horizons(dataset_dir)
@@ -89,7 +102,7 @@ def test_two_ranks_step_and_report_the_contract(first_run, dataset_dir: Path) ->
         assert [h.step for h in history] == [1, 2], key
     assert f"extrap_psnr_h{horizons + 1}" not in run.data.metrics
     assert "train_curvature" not in run.data.metrics  # trained on frames
-    assert run.data.params["arch.latent_dim"] == "8"
+    assert run.data.params["arch.latent_dim"] == "160"  # spatial 4x5x8: latent elements
     assert run.data.params["train.batch_size"] == "8"
 
 
@@ -98,6 +111,8 @@ def test_artifacts_and_checkpoint_reload(first_run, dataset_dir: Path, tmp_path:
     client = mlflow.MlflowClient(uri)
     names = {a.path for a in client.list_artifacts(outcome.run_id)}
     assert {"arch", "strips", "checkpoint", "rollouts"} <= names
+    background = training_background(dataset_dir)
+    np.testing.assert_array_equal(load_background(outcome.best_checkpoint), background)
     strips = [a.path for a in client.list_artifacts(outcome.run_id, "strips")]
     assert strips == ["strips/strip_epoch_001.png", "strips/strip_epoch_002.png"]
     gifs = [a.path for a in client.list_artifacts(outcome.run_id, "rollouts")]
@@ -124,6 +139,7 @@ def test_same_name_resumes_from_the_saved_epoch(first_run, dataset_dir: Path) ->
     again = _train(dataset_dir, tmp, uri, epochs=3)
     assert again.run_id == first.run_id  # the same MLflow run continues
     assert again.metrics["epoch"] == 3
+    assert again.metrics["steps"] == first.metrics["steps"] + again.metrics["train_steps"]
     history = mlflow.MlflowClient(uri).get_metric_history(first.run_id, "train_loss")
     assert [h.step for h in history] == [1, 2, 3]  # epochs 1-2 were not trained again
 
@@ -207,3 +223,18 @@ def test_dataset_without_val_triplets_is_refused(synth_dir: Path, tmp_path: Path
     ingest([synth_dir], data, IngestOptions(size=(64, 36), val=0.0, test=0.2))
     with pytest.raises(UserError, match="0 validation triplets"):
         check_dataset(data, TrainSettings(), workers=2)
+
+
+def test_a_step_budget_trains_whole_passes_per_epoch(
+    first_run, dataset_dir: Path, tmp_path: Path
+) -> None:
+    _, uri, first = first_run
+    per_pass = int(first.metrics["train_steps"])  # one pass, 2 workers, batch 8
+    budget = 2 * 2 * per_pass + 1  # 2 epochs: 2 passes and a step each -> 3 passes per epoch
+    outcome = _train(dataset_dir, tmp_path, uri, epochs=2, name="budget", steps=budget)
+    m = outcome.metrics
+    assert m["train_passes"] == 3 and m["epoch"] == 2
+    # three copies of the split in one stream: 3 x the frames, steps within a batch of 3 passes
+    assert m["train_frames"] == pytest.approx(3 * first.metrics["train_frames"], abs=2)
+    assert 3 * per_pass - 2 <= m["train_steps"] <= 3 * per_pass
+    assert m["steps"] == 2 * m["train_steps"] >= budget - 4

@@ -1,8 +1,11 @@
 """JSON architectures: load and validate them, and infer every layer's shape without torch.
 
 An architecture file says everything the VAE builder needs: the input shape, the encoder's
-conv2d stack and linear sizes, the latent size, the decoder (``"mirror"`` of the encoder or an
-explicit conv-transpose stack), the output activation and the loss weights. It maps to the
+conv2d stack and linear sizes, the latent (``"latent_dim": D`` for a flat vector, or
+``"latent": {"kind": "spatial", "channels": C}`` for a C x h x w map on the encoder's last
+feature map), the decoder (``"mirror"`` of the encoder, ``{"mirror": true, "upsample":
+"nearest"}`` to grow the image by upsample + conv layers, or an explicit list of conv-transpose
+and upsample layers), the output activation and the loss weights. It maps to the
 frozen pydantic models of :mod:`varnext_ray.arch_schema` (re-exported here), which forbid
 unknown keys. :func:`parse_arch` and :func:`load_arch` report every problem at once, each with
 its JSON path, the value received and the fix, as one :class:`~varnext_ray.errors.UserError`.
@@ -12,7 +15,8 @@ Decoder size policy: the decoder lands exactly on the input size, for any size (
 resize. A ``"mirror"`` decoder reverses the encoder's conv layers, and each conv-transpose layer
 gets the ``output_padding`` (height, width) that brings it back to the size of the matching
 encoder layer's input: a stride-``s`` conv loses at most ``s - 1`` pixels to rounding, so that
-padding always lies in ``[0, s - 1]``, which PyTorch accepts. An explicit decoder states its own
+padding always lies in ``[0, s - 1]``, which PyTorch accepts (an upsampling mirror resizes
+straight to that size instead). An explicit decoder states its own
 ``output_padding``; if its output is not the input shape, validation says so and by how much.
 See docs/architectures.md for the JSON format.
 
@@ -32,24 +36,34 @@ from pydantic import ValidationError
 
 from varnext_ray.arch_schema import (
     ACTIVATIONS,
+    LATENT_KINDS,
+    MIRROR_UPSAMPLES,
     NORMS,
     OUTPUT_ACTIVATIONS,
     RECONSTRUCTIONS,
     SECTIONS,
+    UPSAMPLE_MODES,
     ArchConfig,
     ConvLayer,
     ConvTransposeLayer,
     DecoderConfig,
     EncoderConfig,
+    FlatLatent,
     InputShape,
     LossConfig,
+    MirrorDecoder,
     Shape,
+    SpatialLatent,
+    UpsampleLayer,
     conv_out,
     conv_t_out,
     decoder_shapes,
     encoder_shapes,
     fmt_shape,
+    latent_shape,
+    mirror_upsample,
     resolve_decoder,
+    upsampled_size,
 )
 from varnext_ray.config_errors import problems_from_validation
 from varnext_ray.errors import UserError
@@ -57,19 +71,26 @@ from varnext_ray.safe_io import CONFIG_LIMIT, parse_json, read_bounded, size_tex
 
 __all__ = [
     "ACTIVATIONS",
+    "LATENT_KINDS",
     "MAX_ACTIVATION_BYTES",
     "MAX_PARAMS",
+    "MIRROR_UPSAMPLES",
     "NORMS",
     "OUTPUT_ACTIVATIONS",
     "RECONSTRUCTIONS",
+    "UPSAMPLE_MODES",
     "ArchConfig",
     "ConvLayer",
     "ConvTransposeLayer",
     "DecoderConfig",
     "EncoderConfig",
+    "FlatLatent",
     "InputShape",
     "LossConfig",
+    "MirrorDecoder",
     "Row",
+    "SpatialLatent",
+    "UpsampleLayer",
     "activation_bytes",
     "check_bounds",
     "check_report",
@@ -79,11 +100,14 @@ __all__ = [
     "decoder_shapes",
     "encoder_shapes",
     "format_table",
+    "latent_shape",
     "layer_table",
     "load_arch",
+    "mirror_upsample",
     "parse_arch",
     "parse_arch_json",
     "resolve_decoder",
+    "upsampled_size",
 ]
 
 
@@ -96,10 +120,18 @@ class Row(NamedTuple):
     params: int
 
 
-def _conv_row(name: str, layer: ConvLayer, c_in: int, shape: Shape, kind: str) -> Row:
+def _conv_row(
+    name: str, layer: ConvLayer | UpsampleLayer, c_in: int, shape: Shape, kind: str
+) -> Row:
     k, c = layer.kernel_size, layer.out_channels
     params = c_in * c * k * k + (c if layer.norm == "none" else 2 * c)
-    detail = f"{kind} {k}x{k} s{layer.stride} p{layer.padding}"
+    if isinstance(layer, UpsampleLayer):
+        detail = f"upsample {layer.mode} x{layer.scale}"
+        if any(layer.output_padding):
+            detail += f" op{layer.output_padding[0]},{layer.output_padding[1]}"
+        detail += f" + conv2d {k}x{k} p{layer.padding}"
+    else:
+        detail = f"{kind} {k}x{k} s{layer.stride} p{layer.padding}"
     if isinstance(layer, ConvTransposeLayer) and any(layer.output_padding):
         detail += f" op{layer.output_padding[0]},{layer.output_padding[1]}"
     return Row(name, f"{detail}, {layer.norm}, {layer.activation}", shape, params)
@@ -113,27 +145,46 @@ def _linear_rows(prefix: str, sizes: list[int], n_in: int, activation: str) -> l
     return rows
 
 
+def _spatial_rows(cfg: ArchConfig, feature: Shape, act: str) -> list[Row]:
+    """The 1x1 conv heads (B, F, h, w) -> (B, C, h, w) and the decoder's projection back."""
+    f, (c, h, w), k = feature[0], latent_shape(cfg), cfg.latent.project_kernel_size
+    heads = [
+        Row(f"encoder.{head}", "conv2d 1x1", (c, h, w), f * c + c) for head in ("mu", "logvar")
+    ]
+    detail = f"conv2d {k}x{k} p{(k - 1) // 2}, {act}"
+    return [*heads, Row("decoder.project", detail, feature, c * f * k * k + f)]
+
+
 def layer_table(cfg: ArchConfig) -> list[Row]:
     """Every layer's output shape and parameter count, in forward order, without torch."""
     enc, d = encoder_shapes(cfg), cfg.latent_dim
     rows = [Row("input", "", cfg.input.shape, 0)]
     for i, layer in enumerate(cfg.encoder.conv):
         rows.append(_conv_row(f"encoder.conv[{i}]", layer, enc[i][0], enc[i + 1], "conv2d"))
+    dec_cfg = resolve_decoder(cfg)
+    if cfg.latent.kind == "spatial":
+        rows += _spatial_rows(cfg, enc[-1], dec_cfg.linear_activation if dec_cfg.layers else "none")
+        return rows + _decoder_rows(cfg, dec_cfg, enc[-1])
     flat, hidden = math.prod(enc[-1]), list(cfg.encoder.linear)
     rows.append(Row("encoder.flatten", "", (flat,), 0))
     rows += _linear_rows("encoder.linear", hidden, flat, cfg.encoder.linear_activation)
     n_in = hidden[-1] if hidden else flat
     rows += [Row(f"encoder.{head}", "linear", (d,), n_in * d + d) for head in ("mu", "logvar")]
-    dec_cfg = resolve_decoder(cfg)
     rows += _linear_rows("decoder.linear", list(dec_cfg.linear), d, dec_cfg.linear_activation)
     n_in = dec_cfg.linear[-1] if dec_cfg.linear else d
-    act = dec_cfg.linear_activation if dec_cfg.conv_transpose else "none"
+    act = dec_cfg.linear_activation if dec_cfg.layers else "none"
     rows.append(Row("decoder.project", f"linear, {act}", (flat,), n_in * flat + flat))
     rows.append(Row("decoder.unflatten", "", enc[-1], 0))
-    dec = decoder_shapes(cfg, enc[-1])
-    for i, layer in enumerate(dec_cfg.conv_transpose):
-        name, kind = f"decoder.conv_transpose[{i}]", "conv_transpose2d"
-        rows.append(_conv_row(name, layer, dec[i][0], dec[i + 1], kind))
+    return rows + _decoder_rows(cfg, dec_cfg, enc[-1])
+
+
+def _decoder_rows(cfg: ArchConfig, dec_cfg: DecoderConfig, start: Shape) -> list[Row]:
+    """The decoder's layers from the encoder's last feature map, then the output."""
+    dec, rows = decoder_shapes(cfg, start), []
+    for i, layer in enumerate(dec_cfg.layers):
+        rows.append(
+            _conv_row(f"decoder.layers[{i}]", layer, dec[i][0], dec[i + 1], "conv_transpose2d")
+        )
     rows.append(Row("output", cfg.output_activation, dec[-1], 0))
     return rows
 
@@ -148,10 +199,14 @@ def check_report(cfg: ArchConfig) -> dict[str, Any]:
     rows = layer_table(cfg)
     return {
         "params": sum(r.params for r in rows),
-        "latent_dim": cfg.latent_dim,
+        "latent_dim": cfg.latent_dim,  # latent elements per frame (C*h*w when spatial)
+        "latent_kind": cfg.latent.kind,
+        "latent_shape": list(latent_shape(cfg)),
         "input_shape": list(cfg.input.shape),
         "output_shape": list(rows[-1].shape),
-        "decoder": "mirror" if cfg.decoder == "mirror" else "explicit",
+        "decoder": "explicit" if mirror_upsample(cfg) is None else "mirror",
+        "upsample": mirror_upsample(cfg),
+        "reconstruction": cfg.loss.reconstruction,
         "layers": [
             {"name": r.name, "detail": r.detail, "shape": list(r.shape), "params": r.params}
             for r in rows
@@ -173,7 +228,8 @@ def format_table(report: dict[str, Any]) -> str:
         out.append("  ".join(cells).rstrip())
     out.insert(1, "-" * len(out[0]))
     out.append(
-        f"total: {report['params']:,} parameters, latent_dim {report['latent_dim']}, "
+        f"total: {report['params']:,} parameters, latent_dim {report['latent_dim']} "
+        f"({report['latent_kind']} {fmt_shape(report['latent_shape'])}), "
         f"input {fmt_shape(report['input_shape'])} -> output {fmt_shape(report['output_shape'])}"
     )
     return "\n".join(out)
@@ -236,7 +292,8 @@ def check_bounds(
             f"(largest: {biggest.name} with {biggest.params:,})",
             where,
             "use fewer channels, a smaller latent_dim or linear layers, or raise the limit "
-            f"with --max-params (or {ENV_MAX_PARAMS})",
+            f"(--max-params N where a command has it, or the environment variable "
+            f"{ENV_MAX_PARAMS})",
         )
     act = activation_bytes(rows)
     if act > max_act:
@@ -244,8 +301,8 @@ def check_bounds(
             f"the architecture needs {size_text(act)} of activations per frame (float32), over "
             f"the limit of {size_text(int(max_act))} (input {fmt_shape(cfg.input.shape)})",
             where,
-            "use a smaller input size or fewer channels, or raise the limit with "
-            f"--max-activation-bytes (or {ENV_MAX_ACTIVATION_BYTES})",
+            "use a smaller input size or fewer channels, or raise the limit (--max-activation-bytes"
+            f" N where a command has it, or the environment variable {ENV_MAX_ACTIVATION_BYTES})",
         )
 
 

@@ -9,6 +9,8 @@ A checkpoint is a directory; nothing in it is ever unpickled (no ``pickle``, no 
     optimizer.safetensors   (optional) optimizer state tensors, keys ``state.<param>.<name>``
                             and ``param_groups.<group>.<name>`` for tensor-valued hyperparams
     optimizer.json          (optional) param_groups and the non-tensor state entries
+    background.png          (optional) the training background (varnext_ray.background), and
+                            any other file passed in ``files``, listed in meta.json likewise
 
 :func:`save_checkpoint` writes into a temporary sibling directory and renames it into place, so
 a crash never leaves a half-written checkpoint at the target path. Loading checks each file it
@@ -58,6 +60,7 @@ FORMAT_VERSION = 1
 NORMALISATION = "uint8/255 in [0,1]"
 ARCH, MODEL, META = "arch.json", "model.safetensors", "meta.json"
 OPT_TENSORS, OPT_JSON = "optimizer.safetensors", "optimizer.json"
+LISTED_FILE_LIMIT = 64 * 2**20  # extra files (a background PNG) are read up to 64 MiB
 _RESAVE = "re-download or re-save the whole checkpoint directory; never edit its files"
 
 
@@ -168,6 +171,7 @@ def save_checkpoint(
     metrics: dict[str, float],
     optimizer: torch.optim.Optimizer | None = None,
     extra: dict[str, Any] | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> Path:
     """Writes a checkpoint directory atomically (temp sibling, then rename); returns its path.
 
@@ -182,6 +186,8 @@ def save_checkpoint(
         metrics: Metric name -> value, stored in meta.json.
         optimizer: Its state is saved for resuming when given.
         extra: More JSON-serialisable metadata (run id, hyperparameters).
+        files: More files (name -> bytes, e.g. ``background.png``), listed with their sha256
+            in meta.json like the others; read them back with :func:`read_listed_file`.
 
     Example:
         >>> save_checkpoint("ckpt", model=vae, arch_cfg=cfg, epoch=1, metrics={"val_loss": 1.0})
@@ -192,9 +198,14 @@ def save_checkpoint(
     weights = {
         k: v.detach().cpu().contiguous() for k, v in unwrap_model(model).state_dict().items()
     }
+    more = files or {}
     files = {ARCH: _json_bytes(arch_cfg.to_dict()), MODEL: st_save(weights, {"format": "pt"})}
     if optimizer is not None:
         files[OPT_TENSORS], files[OPT_JSON] = optimizer_files(optimizer)
+    for name, data in more.items():
+        if name in files or name == META or Path(name).name != name:
+            raise ValueError(f"extra checkpoint file name {name!r} is reserved or not plain")
+        files[name] = data
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.mkdir()
     try:
@@ -283,6 +294,17 @@ def _file_bytes(path: Path, limit: int) -> bytes:
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"checkpoint file is {kind_of(st.st_mode)}", str(path), _RESAVE)
     return read_bounded(path, limit, "checkpoint file", _RESAVE)
+
+
+def read_listed_file(
+    directory: str | Path, name: str, limit: int = LISTED_FILE_LIMIT
+) -> bytes | None:
+    """The bytes of a file that :func:`save_checkpoint` wrote from ``files``, sha256-checked;
+    None when meta.json does not list it (an older checkpoint)."""
+    meta = read_meta(directory)
+    if name not in meta["files"]:
+        return None
+    return _verified_bytes(Path(directory), meta, name, limit)
 
 
 def _verified_bytes(directory: Path, meta: dict[str, Any], name: str, limit: int) -> bytes:

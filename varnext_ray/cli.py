@@ -208,13 +208,46 @@ def _add_arch(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("config", type=Path, metavar="CONFIG.json")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--max-params",
+        type=_size_limit,
+        default=None,
+        metavar="N",
+        help="most parameters allowed (default 1e9, or $VARNEXT_MAX_PARAMS; 'inf': no limit)",
+    )
+    p.add_argument(
+        "--max-activation-bytes",
+        type=_size_limit,
+        default=None,
+        metavar="N",
+        help="most float32 activation bytes per frame (default 4 GiB, or "
+        "$VARNEXT_MAX_ACTIVATION_BYTES; 'inf': no limit)",
+    )
     p.set_defaults(run=_run_arch_check)
+
+
+def _size_limit(text: str) -> float:
+    """A positive count such as ``2000000000``, ``2e9`` or ``inf`` (argparse type)."""
+    try:
+        value = float(text.replace("_", ""))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a number such as 2e9 (got {text[:40]!r})"
+        ) from None
+    if not value > 0:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"must be > 0 (got {text[:40]!r})")
+    return value
 
 
 def _run_arch_check(args: argparse.Namespace) -> int:
     from varnext_ray.arch import check_report, format_table, load_arch  # imports torch
 
-    report = check_report(load_arch(args.config))
+    arch = load_arch(
+        args.config,
+        max_params=args.max_params,
+        max_activation_bytes=args.max_activation_bytes,
+    )
+    report = check_report(arch)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0
 

@@ -23,17 +23,33 @@ from varnext_ray.cli_args import (
 from varnext_ray.errors import UserError
 from varnext_ray.settings import TrainSettings
 
+DEFAULT_STEPS = 2000  # varnext train's budget: enough to learn (see docs/training.md)
+
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = subcommand(
         sub,
         "train",
         "Train one JSON architecture with DDP on Ray Train, tracked in MLflow.",
-        "varnext train --config configs/smoke_64x36.json --data runs/dataset --epochs 3",
+        "varnext train --config configs/smoke_64x36.json --data runs/dataset --steps 2000 "
+        "--epochs 10",
     )
     p.add_argument("--config", type=Path, required=True, help="architecture JSON")
     p.add_argument("--data", type=Path, required=True, help="frame dataset (varnext ingest)")
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        metavar="N",
+        help=f"optimizer steps in all, rounded up to whole passes over the training split "
+        f"(default {DEFAULT_STEPS}; 0: one pass per epoch)",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=10,
+        help="evaluation rounds: validate, report, checkpoint (default 10)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="per worker (default 32)")
     p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--stride", type=int, default=1, help="triplet stride s (default 1)")
@@ -45,8 +61,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--objective",
-        default="extrap_psnr",
-        help="metric that picks the best checkpoint (default extrap_psnr)",
+        default="extrap_psnr_motion",
+        help="metric that picks the best checkpoint (default extrap_psnr_motion)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -70,6 +86,7 @@ def _run_train(args: argparse.Namespace) -> int:
     arch = load_arch(args.config)
     settings = TrainSettings(
         epochs=args.epochs,
+        steps=args.steps or None,
         batch_size=args.batch_size,
         lr=args.lr,
         stride=args.stride,
@@ -82,7 +99,7 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     settings.check()
     name = args.name or f"{args.config.stem}-{args.data.resolve().name}"
-    _preflight(args.data, settings, args.workers, args.tracking_uri)
+    _preflight(args, settings, arch.input.shape)
     connect_ray(args.address)
     try:
         outcome = train(
@@ -112,13 +129,20 @@ def _run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preflight(data: Path, settings: TrainSettings, workers: int, tracking_uri: str | None) -> None:
-    """The checks that need no Ray, before Ray starts: a bad dataset or an unreachable MLflow
-    server is one error line within a second, not after a cluster start-up."""
-    from varnext_ray.train import check_dataset  # imports torch
+def _preflight(
+    args: argparse.Namespace, settings: TrainSettings, input_shape: tuple[int, ...]
+) -> None:
+    """The checks that need no Ray, before Ray starts: bad resources, a bad dataset, frames of
+    another size than the architecture's input or an unusable MLflow store is one error line
+    within a second, not after a cluster start-up (and nothing is written before them)."""
+    from varnext_ray.cluster import Resources
+    from varnext_ray.dataset import load_manifest
+    from varnext_ray.train import check_dataset, check_frame_size  # imports torch
 
-    check_dataset(data, settings, workers)
-    tracking.check_reachable(tracking.resolve_tracking_uri(tracking_uri))
+    Resources(args.workers, args.gpus_per_worker, args.cpus_per_worker).check()
+    check_dataset(args.data, settings, args.workers)
+    check_frame_size(load_manifest(args.data).size, input_shape, args.data)
+    tracking.check_reachable(tracking.resolve_tracking_uri(args.tracking_uri))
 
 
 def _add_best(sub: argparse._SubParsersAction) -> None:
@@ -126,14 +150,15 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
         sub,
         "best",
         "Download the best run's checkpoint of an MLflow experiment (train and sweep trials).",
-        "varnext best --experiment smoke --out runs/best --metric extrap_psnr",
+        "varnext best --experiment smoke --out runs/best --metric extrap_psnr_motion",
     )
     add_tracking_args(p, None)
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="new or empty directory")
     p.add_argument(
         "--metric",
-        default="extrap_psnr",
-        help="rank runs by best_<metric>, in its direction (default extrap_psnr)",
+        default="extrap_psnr_motion",
+        help="rank runs by best_<metric>, in its direction (default extrap_psnr_motion, the "
+        "default objective of train and sweep)",
     )
     p.set_defaults(run=_run_best)
 
@@ -165,6 +190,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, default=None, metavar="PATH", help="default report_<experiment>.html"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out page")
     p.set_defaults(run=_run_report)
 
 
@@ -172,7 +198,12 @@ def _run_report(args: argparse.Namespace) -> int:
     from varnext_ray.report import write_report  # imports mlflow
 
     path, artifact = write_report(
-        args.tracking_uri, args.experiment, sweep_id=args.sweep, top=args.top, out=args.out
+        args.tracking_uri,
+        args.experiment,
+        sweep_id=args.sweep,
+        top=args.top,
+        out=args.out,
+        overwrite=args.overwrite,
     )
     print(f"wrote {path}")
     print(f"logged to the sweep's MLflow run as {artifact}")
@@ -209,6 +240,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stride", type=int, default=1, metavar="S", help="video frames from t to t+s (default 1)"
     )
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=_run_predict)
 
 
@@ -224,14 +256,18 @@ def _run_predict(args: argparse.Namespace) -> int:
 
     ckpt = load_checkpoint(args.checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
     if args.video is None:
-        paths = predict.predict_image_files(ckpt, *args.frames, args.out, args.steps)
+        paths = predict.predict_image_files(
+            ckpt, *args.frames, args.out, args.steps, overwrite=args.overwrite
+        )
         for k, path in enumerate(paths, start=1):
             print(
                 f"wrote {path}: frame t+{k + 1}s predicted from {args.frames[0]} (t) and "
                 f"{args.frames[1]} (t+s)"
             )
         return 0
-    summary = predict.predict_video(ckpt, args.video, args.out, args.steps, args.stride)
+    summary = predict.predict_video(
+        ckpt, args.video, args.out, args.steps, args.stride, overwrite=args.overwrite
+    )
     w, h = summary["size"]
     print(
         f"wrote {summary['video']}: {summary['frames']} frames of {w}x{h} [truth | prediction], "
@@ -254,7 +290,20 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", type=Path, required=True, help="search space JSON")
     p.add_argument("--data", type=Path, required=True, help="frame dataset (varnext ingest)")
     p.add_argument("--samples", type=int, default=8, help="trials (default 8)")
-    p.add_argument("--epochs", type=int, default=None, help="per trial (default: the space's)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="evaluation rounds (ASHA rungs) per trial (default: the space's)",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="optimizer steps per trial, rounded up to whole passes (default 0: one pass per "
+        "epoch)",
+    )
     p.add_argument("--concurrency", type=int, default=1, help="trials at once (default 1)")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
     p.add_argument(
@@ -272,6 +321,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
+    from varnext_ray.arch import parse_arch
     from varnext_ray.cluster import connect_ray
     from varnext_ray.search_space import load_space
     from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
@@ -288,6 +338,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         seed=args.seed,
         train=TrainSettings(
             epochs=args.epochs or space.epochs,
+            steps=args.steps or None,
             batch_size=args.batch_size,
             val_triplets=args.val_triplets,
             seed=args.seed,
@@ -296,7 +347,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         ),
     )
     options.check()
-    _preflight(args.data, TrainSettings(), args.workers, args.tracking_uri)
+    _preflight(args, options.settings(space), parse_arch(base, str(args.space)).input.shape)
     connect_ray(args.address)
     outcome = run_sweep(
         space=space,
@@ -322,8 +373,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = subcommand(
         sub,
         "demo",
-        "The whole pipeline on built-in synthetic data: synth, ingest, a 4-trial sweep, best, "
-        "predict.",
+        "The whole pipeline on built-in synthetic data: synth, ingest, a 2-trial sweep, best, "
+        "predict, and a verdict.",
         "varnext demo --workdir runs/demo",
     )
     p.add_argument(
@@ -332,8 +383,11 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         default=Path("runs/demo"),
         help="where everything is written (default runs/demo)",
     )
-    p.add_argument("--samples", type=int, default=4, help="sweep trials (default 4)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per trial (default 3)")
+    p.add_argument("--samples", type=int, default=2, help="sweep trials (default 2)")
+    p.add_argument("--epochs", type=int, default=3, help="evaluation rounds per trial (default 3)")
+    p.add_argument(
+        "--steps", type=int, default=1200, help="optimizer steps per trial (default 1200)"
+    )
     p.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
     p.set_defaults(run=_run_demo)
 
@@ -341,7 +395,13 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 def _run_demo(args: argparse.Namespace) -> int:
     from varnext_ray.demo import run_demo
 
-    return run_demo(args.workdir, samples=args.samples, epochs=args.epochs, address=args.address)
+    return run_demo(
+        args.workdir,
+        samples=args.samples,
+        epochs=args.epochs,
+        steps=args.steps,
+        address=args.address,
+    )
 
 
 JOB_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [

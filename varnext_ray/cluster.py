@@ -8,12 +8,16 @@ Example:
 
 from __future__ import annotations
 
+import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from varnext_ray.dataset import load_manifest
 from varnext_ray.errors import UserError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,29 @@ class Resources:
             return 1.0
         free = cluster_cpus - 1 - driver_cpus * runs
         return round(max(0.1, min(1.0, free / (self.workers * runs))), 2)
+
+    def check(self) -> None:
+        """Raises a UserError for a worker count or share no cluster can honour."""
+        if self.workers < 1:
+            raise UserError(
+                f"workers must be >= 1 (got {self.workers})", "--workers", "pass 1 or more"
+            )
+        for flag, value in (
+            ("--gpus-per-worker", self.gpus_per_worker),
+            ("--cpus-per-worker", self.cpus_per_worker),
+        ):
+            if value is not None and not (math.isfinite(value) and value >= 0):
+                raise UserError(
+                    f"{flag} must be a finite number >= 0 (got {value})",
+                    flag,
+                    "pass e.g. 0.5 or 1",
+                )
+        if self.cpus_per_worker == 0 and not self.gpus_per_worker:
+            raise UserError(
+                "a worker needs some CPU or GPU (--cpus-per-worker 0 without GPUs)",
+                "--cpus-per-worker",
+                "pass a positive share such as 0.5",
+            )
 
     def per_worker(self, cpus: float) -> dict[str, float]:
         """Ray Train's ``resources_per_worker`` for ``cpus`` CPUs per worker."""
@@ -92,6 +119,9 @@ def fits_in_object_store(data: Path, share: float = 0.25, copies: int = 1) -> bo
     return needed <= share * ray.cluster_resources().get("object_store_memory", 0)
 
 
+CONNECT_TIMEOUT_S = 15.0  # how long an address that does not answer is tried
+
+
 def connect_ray(address: str | None = None, num_cpus: float | None = None) -> None:
     """Connects to ``address`` or ``RAY_ADDRESS``; with neither, starts a local Ray on loopback.
 
@@ -100,17 +130,40 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
     cluster's GCS address: Train's PlacementGroupCleaner looks the cluster up by that, and
     without it fails ("Found multiple active Ray instances") whenever another Ray runs on the
     same machine, leaving finished trials' workers reserved and the next trial waiting forever.
+
+    An address that does not answer within :data:`CONNECT_TIMEOUT_S` is a UserError (Ray
+    itself would retry for minutes). Joining a cluster without token auth logs a warning, and
+    the token file is kept readable by its owner only (see :func:`secure_token_file`).
     """
     import ray
 
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
+    token_auth = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
     if address:
+        _check_answers(address)
+        if not token_auth:
+            log.warning(
+                "joining the Ray cluster at %s without token auth (RAY_AUTH_MODE=token is "
+                "not set): anyone who can reach that cluster can run code on it and read its "
+                "data; see docs/cluster.md",
+                address,
+            )
+        secure_token_file()
         env = {"RAY_ADDRESS": address} if _is_gcs_address(address) else {}
-        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
+        try:
+            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
+        except (ConnectionError, RuntimeError) as err:
+            raise UserError(
+                f"could not join the Ray cluster ({str(err).strip().splitlines()[0][:200]})",
+                address,
+                "check the address and, with token auth, RAY_AUTH_MODE=token and the token file",
+            ) from None
+        secure_token_file()
         return
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    secure_token_file()
     port = _free_port()
     os.environ["RAY_GCS_SERVER_PORT"] = str(port)  # read by the local node that ray.init starts
     try:
@@ -124,6 +177,70 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
         )
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]
+    secure_token_file()
+
+
+def _check_answers(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+    """A UserError unless something accepts a TCP connection at a host:port Ray address."""
+    import socket
+    import time
+
+    if address == "auto":
+        return  # Ray looks the cluster up itself, and says so at once when there is none
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(
+            "a Ray address is HOST:PORT (the head's GCS, e.g. 127.0.0.1:6379), "
+            "ray://HOST:PORT or auto",
+            address,
+            "pass --address or RAY_ADDRESS in one of those forms",
+        )
+    deadline, reason = time.monotonic() + timeout_s, "no answer"
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, int(port)), timeout=min(3.0, timeout_s)):
+                return
+        except OSError as err:
+            reason = err.strerror or str(err)
+            time.sleep(0.5)
+    raise UserError(
+        f"no Ray cluster answers there after {timeout_s:g} s ({reason})",
+        address,
+        "start the cluster (ray start --head, or ray up) or unset RAY_ADDRESS for a local Ray",
+    )
+
+
+def token_path() -> Path:
+    """The Ray auth token file that Ray reads: ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``."""
+    return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+def secure_token_file() -> None:
+    """Keeps the Ray token readable by its owner only: the file 0600 in a 0700 folder.
+
+    Ray writes ``~/.ray/auth_token`` with the default umask (world-readable on most systems),
+    and a readable token lets any local user submit jobs. Files of another owner are left alone
+    (with a warning when others can read them).
+    """
+    path = token_path()
+    # Ray's own folder is tightened; a folder the user chose (it may be shared, such as /tmp)
+    # only gets a warning.
+    own_folder = path.parent == Path.home() / ".ray"
+    for item, mode in ((path.parent, 0o700), (path, 0o600)):
+        try:
+            st = item.stat()
+        except OSError:
+            continue
+        if st.st_mode & 0o077 == 0:
+            continue
+        if st.st_uid != os.geteuid() or (item == path.parent and not own_folder):
+            log.warning("the Ray token path %s can be read by other users", item)
+            continue
+        try:
+            item.chmod(mode)
+        except OSError as err:
+            log.warning("could not restrict %s to its owner (%s)", item, err.strerror)
 
 
 def _is_gcs_address(address: str) -> bool:

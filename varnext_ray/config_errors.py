@@ -14,7 +14,14 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-_DECODER_TAGS = ("mirror", "explicit")
+# Tags pydantic adds to an error's location for a value with several forms, by the key that
+# holds the value (for list items, the key of the list): they are not part of the JSON path.
+_TAGS = {
+    "decoder": ("mirror", "mirror_object", "explicit"),
+    "latent": ("flat", "spatial"),
+    "layers": ("conv_transpose", "upsample"),
+    "conv_transpose": ("conv_transpose", "upsample"),
+}
 
 # pydantic error type -> what the value must be ({ctx keys} are filled from the error's ctx)
 _MUST = {
@@ -57,22 +64,35 @@ def _got(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _unknown_key(
-    loc: tuple[str | int, ...], sections: dict[tuple[str, ...], type[BaseModel]]
-) -> str:
+Sections = dict[tuple[str, ...], type[BaseModel] | tuple[type[BaseModel], ...]]
+
+
+def _drop_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """``("decoder", "explicit", "layers", 0, "upsample", "mode")`` -> without the two tags."""
+    out = []
+    for i, part in enumerate(loc):
+        owner = (
+            loc[i - 2] if i >= 2 and isinstance(loc[i - 1], int) else (loc[i - 1] if i else None)
+        )
+        if isinstance(part, str) and part in _TAGS.get(owner, ()):  # type: ignore[arg-type]
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+def _unknown_key(loc: tuple[str | int, ...], sections: Sections) -> str:
     key, parent = str(loc[-1]), tuple(p for p in loc[:-1] if isinstance(p, str))
-    model = sections.get(parent)
-    valid = sorted(model.model_fields) if model else []
+    found = sections.get(parent)
+    models = found if isinstance(found, tuple) else (found,) if found else ()
+    valid = sorted({name for model in models for name in model.model_fields})
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if close:
         return f'unknown key (did you mean "{close[0]}"?)'
     return "unknown key" + (f"; valid keys: {', '.join(valid)}" if valid else "")
 
 
-def _problem(err: dict[str, Any], sections: dict[tuple[str, ...], type[BaseModel]]) -> list[str]:
-    loc, kind, ctx = tuple(err["loc"]), err["type"], err.get("ctx") or {}
-    if len(loc) > 1 and loc[0] == "decoder" and loc[1] in _DECODER_TAGS:
-        loc = loc[:1] + loc[2:]  # drop the tag pydantic adds for the decoder's two forms
+def _problem(err: dict[str, Any], sections: Sections) -> list[str]:
+    loc, kind, ctx = _drop_tags(tuple(err["loc"])), err["type"], err.get("ctx") or {}
     if kind == "arch_shapes":
         return list(ctx["problems"])
     if kind == "arch" and ctx.get("field"):
@@ -82,16 +102,14 @@ def _problem(err: dict[str, Any], sections: dict[tuple[str, ...], type[BaseModel
         return [f"{path}: {_unknown_key(loc, sections)}"]
     if kind == "missing":
         return [f"{path}: must be given (missing)"]
-    if kind in ("arch", "decoder_kind"):
+    if kind in ("arch", "decoder_kind", "layer_kind", "latent_kind"):
         got = "" if kind == "arch" else f" (got {_got(err['input'])})"
         return [f"{path}: {err['msg']}{got}"]
     must = _MUST[kind].format(**ctx) if kind in _MUST else err["msg"]
     return [f"{path}: {must} (got {_got(err['input'])})"]
 
 
-def problems_from_validation(
-    err: ValidationError, sections: dict[tuple[str, ...], type[BaseModel]]
-) -> list[str]:
+def problems_from_validation(err: ValidationError, sections: Sections) -> list[str]:
     """Every problem in ``err``, one message each, in schema order.
 
     Args:

@@ -20,11 +20,11 @@ Atomicity. Everything is written into ``.<name>.partial-<pid>`` beside ``--out``
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
-import os
-import shutil
+import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,15 +34,18 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from varnext_ray import __version__
+from varnext_ray import sources as sources_module
 from varnext_ray.dataset import ENCODINGS, FORMAT_VERSION, MANIFEST, SPLITS, encode_image
 from varnext_ray.errors import UserError
+from varnext_ray.safe_io import check_new_dir, json_bytes, os_reason, staged_dir
 from varnext_ray.sources import GAP, Skipped, Source, decode_source, discover_sources, fit_frame
-from varnext_ray.splits import plan_splits
+from varnext_ray.splits import SplitShares, plan_splits
 
 log = logging.getLogger(__name__)
 
 ROW_GROUP = 32  # frames per Parquet row group (raw 640x360: ~22 MB before compression)
 FILE_FRAMES = 1024  # frames per Parquet file
+MAX_UPSCALE = 16  # --size may enlarge the frames' centre crop at most this many times a side
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,21 @@ class IngestOptions:
     encoding: str = "raw"
 
     def check(self) -> None:
-        """Raises a UserError naming the first bad option."""
+        """Raises a UserError naming the first bad option (NaN and infinity included)."""
+        for name, value in (
+            ("--val", self.val),
+            ("--test", self.test),
+            ("--cut-threshold", self.cut_threshold),
+            ("--cut-ratio", self.cut_ratio),
+        ):
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise UserError(
+                    f"{name} must be a finite number (got {value})", name, "pass e.g. 0.1"
+                )
+        if not 0 <= self.seed < 2**63:
+            raise UserError(
+                f"--seed must be in 0..2**63-1 (got {self.seed})", "--seed", "use e.g. --seed 0"
+            )
         if self.every < 1:
             raise UserError(f"--every must be >= 1 (got {self.every})", "--every", "use 1 or more")
         for name, value in (("--val", self.val), ("--test", self.test)):
@@ -188,7 +205,18 @@ def stage_source(
         decoded += 1
         if number % opts.every:
             continue
-        frame = fit_frame(raw, opts.size)
+        try:
+            frame = fit_frame(raw, opts.size, max_upscale=MAX_UPSCALE)
+        except UserError as err:
+            if source.kind != "images" or len(source.files) < 2:
+                raise  # a video's frames all share the size: --size is wrong for it
+            # One odd frame among a folder's (a thumbnail, a banner): skip it, cut the clip.
+            skipped.add(source.files[number], err.what)
+            detector.reset()
+            if writer is not None:
+                writer.close()
+                writer = None
+            continue
         used += 1
         if detector.is_cut(frame) and writer is not None:
             cuts.append(number)
@@ -264,20 +292,42 @@ def ingest(sources: list[Path], out: Path, opts: IngestOptions) -> dict:
         >>> ingest([Path("runs/synth")], Path("runs/dataset"), IngestOptions(size=(160, 90)))
     """
     opts.check()
-    if out.exists():
-        raise UserError(
-            "output already exists",
-            str(out),
-            "choose a new --out (an existing dataset is never overwritten)",
-        )
+    check_new_dir(out, "--out")  # refuse an unusable --out (non-empty, a file...) early
     found, ignored = discover_sources(sources)
-    partial = out.parent / f".{out.name}.partial-{os.getpid()}"
+    # Written into .<name>.partial-<pid>-<random> beside --out and renamed when complete (an
+    # existing empty folder is replaced; anything else is refused); a failure removes it all.
+    with _warnings_after_success(), staged_dir(out, "--out") as partial:
+        try:
+            return _ingest_into(found, partial, opts, ignored)
+        except OSError as err:  # disk full, permissions changed under us
+            raise UserError(
+                f"cannot write the dataset ({os_reason(err)})",
+                str(out),
+                "free some space or choose another --out; nothing was kept",
+            ) from None
+
+
+@contextlib.contextmanager
+def _warnings_after_success() -> Iterator[None]:
+    """Holds the "skipped ..." warnings of decoding and logs them once the dataset is written.
+
+    A failed ingest then prints only its one ``error:`` line (whose message names the cause),
+    not a warning per undecodable frame before it.
+    """
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    source_log = logging.getLogger(sources_module.__name__)
+    source_log.addFilter(hold)
     try:
-        manifest = _ingest_into(found, partial, opts, ignored)
-        os.rename(partial, out)  # atomic on one file system: the dataset appears complete
+        yield
     finally:
-        shutil.rmtree(partial, ignore_errors=True)
-    return manifest
+        source_log.removeFilter(hold)
+    for record in held:  # only reached on success
+        source_log.handle(record)
 
 
 def _ingest_into(
@@ -285,7 +335,7 @@ def _ingest_into(
 ) -> dict:
     started = time.perf_counter()
     staging = partial / "_staging"
-    staging.mkdir(parents=True)
+    staging.mkdir()
     for split in SPLITS:
         (partial / split).mkdir()
     skipped = Skipped()
@@ -309,7 +359,8 @@ def _ingest_into(
             ", ".join(str(s.path) for s in found),
             "pass videos or folders of PNG/JPEG frames",
         )
-    plan = plan_splits([len(c.source_frames) for c in staged], opts)
+    shares = SplitShares(val=opts.val, test=opts.test, guard=opts.guard, seed=opts.seed)
+    plan = plan_splits([len(c.source_frames) for c in staged], shares)
     clips = [
         rec
         for clip, pieces in zip(staged, plan, strict=True)
@@ -319,7 +370,12 @@ def _ingest_into(
     manifest = _manifest(opts, records, clips, skipped, ignored, plan, staged)
     manifest["bytes"] = sum(f.stat().st_size for f in partial.rglob("*.parquet"))
     manifest["ingest_seconds"] = round(time.perf_counter() - started, 3)
-    (partial / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    try:
+        (partial / MANIFEST).write_bytes(json_bytes(manifest))  # NaN or infinity: never written
+    except ValueError as err:
+        raise UserError(
+            f"a value in the manifest is not finite ({err})", "dataset.json", "report this bug"
+        ) from None
     return manifest
 
 

@@ -10,12 +10,15 @@ Example:
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import av
 import numpy as np
 from PIL import Image
+
+from varnext_ray.safe_io import write_atomic
 
 FPS = 30  # frame rate of written videos unless told otherwise
 
@@ -26,8 +29,9 @@ def save_png(array: np.ndarray, path: str | Path) -> Path:
         raise ValueError(f"expected a uint8 (H, W, 3) array (got {array.dtype} {array.shape})")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(array).save(path, format="PNG")
-    return path
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return write_atomic(path, buffer.getvalue())  # never half a picture
 
 
 def write_png_folder(folder: Path, frames: Iterator[np.ndarray]) -> int:

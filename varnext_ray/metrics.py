@@ -21,6 +21,15 @@ Conventions:
       when copy_last_mse <= ``MSE_FLOOR`` (a static set: copy-last is perfect, skill undefined).
     - ``latent_linearity`` per triplet is ||z3_hat - mu3|| / max(||mu3 - mu2||, LINEARITY_EPS),
       LINEARITY_EPS = 1e-6: a latent that does not move gives numerator / 1e-6, not inf.
+    - Collapse diagnostics (issue #15): ``latent_copy_psnr`` scores decode(mu2), the model's own
+      "nothing moves"; ``extrap_gain_db`` = extrap - latent copy (dB); ``motion_captured`` =
+      (extrap - latent copy) / (oracle - latent copy) in the motion region, omitted when that
+      denominator is under ``CAPTURED_MIN_DB``; ``background_psnr`` scores a fixed background
+      frame (the per-pixel median of the training frames) when one is given;
+      ``decoder_sensitivity`` = mean |decode(z3_hat) - decode(mu2)| / mean |x3 - x2|;
+      ``active_units`` counts latent elements (flat (B, D) or spatial (B, C, h, w), flattened)
+      whose mean mu2 has a variance over the validation frames above ``ACTIVE_UNIT_THRESHOLD``
+      (Burda et al. 2016), from per-element sums and sums of squares.
 
 Example:
     >>> total = None
@@ -44,6 +53,8 @@ MOTION_THRESHOLD = 0.1  # a pixel moved if max_c |x3 - x2| exceeds this (~25/255
 LINEARITY_EPS = 1e-6  # floor of ||mu3 - mu2|| in latent_linearity
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # torchmetrics' defaults
 ERROR_GAIN = 4.0  # error map in the prediction strip: |pred - truth| * gain, then a heat map
+ACTIVE_UNIT_THRESHOLD = 0.01  # a latent element is active if Var(mu) over frames exceeds this
+CAPTURED_MIN_DB = 0.1  # motion_captured is omitted when oracle - latent copy is below this
 
 # Averaged over all triplets (sum / count) by finalize.
 _MEANS = (
@@ -54,6 +65,7 @@ _MEANS = (
     "copy_last_psnr",
     "pixel_linear_psnr",
     "oracle_psnr",
+    "latent_copy_psnr",
     "latent_linearity",
 )
 # Averaged over the samples with a moving pixel (sum / motion_count).
@@ -62,9 +74,25 @@ _MOTION_MEANS = (
     "copy_last_psnr_motion",
     "pixel_linear_psnr_motion",
     "oracle_psnr_motion",
+    "latent_copy_psnr_motion",
 )
-# Every key triplet_sums returns, in a fixed order (all ranks stack them the same way).
-SUM_KEYS = ("count", *_MEANS, "motion_count", *_MOTION_MEANS)
+# Scored against the training background, when one is given (background_count > 0).
+_BACKGROUND = ("background_count", "background_psnr", "background_psnr_motion")
+# decoder_sensitivity = sensitivity_num / sensitivity_den (sums of per-sample mean |.|).
+_SENSITIVITY = ("sensitivity_num", "sensitivity_den")
+# (D,) float64 vectors: per-element sums of mu2 and mu2 ** 2 (D = latent elements, flattened).
+LATENT_KEYS = ("latent_sum", "latent_sq")
+# Every key triplet_sums returns, in a fixed order (all ranks reduce them the same way);
+# prediction_sums returns all but LATENT_KEYS.
+SUM_KEYS = (
+    "count",
+    *_MEANS,
+    "motion_count",
+    *_MOTION_MEANS,
+    *_BACKGROUND,
+    *_SENSITIVITY,
+    *LATENT_KEYS,
+)
 
 
 # ---- pure functions ---------------------------------------------------------------------------
@@ -106,13 +134,13 @@ def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
 
 
 def latent_linearity(z3_hat: torch.Tensor, mu2: torch.Tensor, mu3: torch.Tensor) -> torch.Tensor:
-    """||z3_hat - mu3|| / max(||mu3 - mu2||, LINEARITY_EPS) per triplet; (B, D) x 3 -> (B,).
+    """||z3_hat - mu3|| / max(||mu3 - mu2||, LINEARITY_EPS) per triplet; (B, *Z) x 3 -> (B,).
 
     0 when the latent moves on a straight line at constant speed; 1 when the prediction misses
-    by as much as the true step.
+    by as much as the true step. Norms run over all latent elements (flat or spatial).
     """
-    miss = (z3_hat - mu3).norm(dim=1)  # (B,)
-    step = (mu3 - mu2).norm(dim=1).clamp(min=LINEARITY_EPS)  # (B,)
+    miss = (z3_hat - mu3).flatten(1).norm(dim=1)  # (B,)
+    step = (mu3 - mu2).flatten(1).norm(dim=1).clamp(min=LINEARITY_EPS)  # (B,)
     return miss / step
 
 
@@ -151,9 +179,13 @@ def prediction_sums(
     *,
     pred: torch.Tensor,
     oracle: torch.Tensor,
+    latent_copy: torch.Tensor,
+    background: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The pixel metrics' sums for given predictions of x3 (each (B, C, H, W) in [0, 1]).
 
+    ``latent_copy`` is decode(mu2); ``background`` a (C, H, W) frame in [0, 1] or None (then
+    ``background_count`` is 0 and :func:`finalize` leaves the background metrics out).
     ``latent_linearity`` is 0 here; :func:`triplet_sums` fills it from the latents.
     """
     pixel_linear = (2 * x2 - x1).clamp(0, 1)  # (B, C, H, W)
@@ -168,23 +200,39 @@ def prediction_sums(
         "copy_last_psnr": psnr_from_mse(copy_mse),
         "pixel_linear_psnr": psnr(pixel_linear, x3),
         "oracle_psnr": psnr(oracle, x3),
+        "latent_copy_psnr": psnr(latent_copy, x3),
         "latent_linearity": torch.zeros_like(extrap_mse),
         "motion_count": moved,
         "extrap_psnr_motion": masked_psnr(pred, x3, mask),
         "copy_last_psnr_motion": masked_psnr(x2, x3, mask),
         "pixel_linear_psnr_motion": masked_psnr(pixel_linear, x3, mask),
         "oracle_psnr_motion": masked_psnr(oracle, x3, mask),
+        "latent_copy_psnr_motion": masked_psnr(latent_copy, x3, mask),
+        "background_count": torch.full_like(extrap_mse, float(background is not None)),
+        "sensitivity_num": (pred - latent_copy).abs().flatten(1).mean(1),
+        "sensitivity_den": (x3 - x2).abs().flatten(1).mean(1),
     }
+    if background is not None:
+        bg = background.to(x3.dtype).expand_as(x3)  # (B, C, H, W)
+        per_sample["background_psnr"] = psnr(bg, x3)
+        per_sample["background_psnr_motion"] = masked_psnr(bg, x3, mask)
     sums = {"count": torch.tensor(float(x3.shape[0]), dtype=torch.float64, device=x3.device)}
-    for key, values in per_sample.items():
-        sums[key] = values.to(torch.float64).sum()
+    for key in SUM_KEYS[1:]:
+        if key not in LATENT_KEYS:
+            values = per_sample.get(key, torch.zeros_like(extrap_mse))
+            sums[key] = values.to(torch.float64).sum()
     return sums
 
 
 def triplet_sums(
-    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    x3: torch.Tensor,
+    background: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """The metric sums of one batch of triplets; keys ``SUM_KEYS``, 0-d float64 tensors.
+    """The metric sums of one batch of triplets; keys ``SUM_KEYS``, float64 tensors (0-d, but
+    ``LATENT_KEYS`` are (D,): one entry per latent element).
 
     Runs under ``torch.no_grad`` in whatever train/eval mode the caller set (use eval: batch
     norm in train mode makes a sample's result depend on its batch). A DDP-wrapped model is
@@ -195,6 +243,7 @@ def triplet_sums(
         x1: Frames t, (B, C, H, W) in [0, 1].
         x2: Frames t+s, same shape.
         x3: Frames t+2s (the target), same shape.
+        background: The training background (C, H, W) in [0, 1], or None.
 
     Example:
         >>> sums = triplet_sums(vae.eval(), x1, x2, x3)
@@ -206,8 +255,13 @@ def triplet_sums(
         z3_hat = extrapolate(mu1, mu2)  # (B, D)
         pred = vae.decode(z3_hat).to(x3.dtype).clamp(0, 1)  # (B, C, H, W); autocast-safe
         oracle = vae.decode(mu3).to(x3.dtype).clamp(0, 1)  # (B, C, H, W)
-        sums = prediction_sums(x1, x2, x3, pred=pred, oracle=oracle)
+        latent_copy = vae.decode(mu2).to(x3.dtype).clamp(0, 1)  # (B, C, H, W)
+        sums = prediction_sums(
+            x1, x2, x3, pred=pred, oracle=oracle, latent_copy=latent_copy, background=background
+        )
         sums["latent_linearity"] = latent_linearity(z3_hat, mu2, mu3).to(torch.float64).sum()
+        flat = mu2.flatten(1).to(torch.float64)  # (B, D): flat or spatial latents alike
+        sums["latent_sum"], sums["latent_sq"] = flat.sum(0), flat.pow(2).sum(0)  # (D,) each
     return sums
 
 
@@ -217,17 +271,22 @@ def add_sums(
     """``total + sums`` key by key (``total`` None starts a new total)."""
     if total is None:
         return dict(sums)
-    return {key: total[key] + sums[key] for key in SUM_KEYS}
+    return {key: total[key] + sums[key] for key in sums}
 
 
 def all_reduce_sums(sums: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Sums over all ranks (one all-reduce of the stacked ``SUM_KEYS``); a no-op without DDP."""
+    """Sums over all ranks (one all-reduce of the concatenated sums); a no-op without DDP.
+
+    Every rank must hold the same keys with the same shapes (they run the same model).
+    """
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()):
         return sums
-    stacked = torch.stack([sums[key] for key in SUM_KEYS])  # (K,) float64
-    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
-    return dict(zip(SUM_KEYS, stacked.unbind(0), strict=True))
+    keys = [key for key in SUM_KEYS if key in sums]
+    flat = torch.cat([sums[key].reshape(-1) for key in keys])  # (K + 2D,) float64
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    parts = flat.split([sums[key].numel() for key in keys])
+    return {key: part.reshape(sums[key].shape) for key, part in zip(keys, parts, strict=True)}
 
 
 def finalize(sums: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -246,12 +305,69 @@ def finalize(sums: dict[str, torch.Tensor]) -> dict[str, float]:
     if moved > 0:
         for key in _MOTION_MEANS:
             out[key] = float(sums[key]) / moved
+    return out | _diagnostics(sums, out, count, moved)
+
+
+def _diagnostics(
+    sums: dict[str, torch.Tensor], means: dict[str, float], count: float, moved: float
+) -> dict[str, float]:
+    """The collapse diagnostics of :func:`finalize` (see the module docstring)."""
+    out = {"extrap_gain_db": means["extrap_psnr"] - means["latent_copy_psnr"]}
+    if float(sums["background_count"]) > 0:
+        out["background_psnr"] = float(sums["background_psnr"]) / count
+        if moved > 0:
+            out["background_psnr_motion"] = float(sums["background_psnr_motion"]) / moved
+    if moved > 0:
+        out.update(
+            motion_gain(
+                means["extrap_psnr_motion"],
+                means["latent_copy_psnr_motion"],
+                means["oracle_psnr_motion"],
+            )
+        )
+    if float(sums["sensitivity_den"]) > 0:
+        out["decoder_sensitivity"] = float(sums["sensitivity_num"] / sums["sensitivity_den"])
+    if "latent_sum" in sums:
+        out |= active_units(sums["latent_sum"], sums["latent_sq"], count)
     return out
+
+
+def motion_gain(extrap: float, latent_copy: float, oracle: float) -> dict[str, float]:
+    """``extrap_gain_db_motion`` and, when oracle - latent copy >= ``CAPTURED_MIN_DB``,
+    ``motion_captured``, from the motion-region PSNRs (dB)."""
+    out = {"extrap_gain_db_motion": extrap - latent_copy}
+    if oracle - latent_copy >= CAPTURED_MIN_DB:
+        out["motion_captured"] = (extrap - latent_copy) / (oracle - latent_copy)
+    return out
+
+
+def active_units(total: torch.Tensor, total_sq: torch.Tensor, count: float) -> dict[str, float]:
+    """``active_units`` and ``latent_elements`` from per-element sums of mu and mu ** 2.
+
+    An element is active when its variance over the ``count`` frames (population variance,
+    E[mu^2] - E[mu]^2) exceeds ``ACTIVE_UNIT_THRESHOLD``; (D,) x 2 -> counts.
+    """
+    mean = total / count  # (D,)
+    var = total_sq / count - mean.pow(2)  # (D,)
+    return {
+        "active_units": float((var > ACTIVE_UNIT_THRESHOLD).sum()),
+        "latent_elements": float(total.numel()),
+    }
 
 
 # ---- pictures ---------------------------------------------------------------------------------
 
-STRIP_COLUMNS = ("t", "t+s", "truth t+2s", "latent prediction", "oracle", "copy-last", "error")
+STRIP_COLUMNS = (
+    "t",
+    "t+s",
+    "truth t+2s",
+    "latent prediction",
+    "latent copy",
+    "oracle",
+    "copy-last",
+    "background",
+    "error",
+)
 
 
 def heat_map(value: torch.Tensor) -> torch.Tensor:
@@ -261,16 +377,23 @@ def heat_map(value: torch.Tensor) -> torch.Tensor:
 
 
 def prediction_strip(
-    model: nn.Module, x1: torch.Tensor, x2: torch.Tensor, x3: torch.Tensor, n: int = 4
+    model: nn.Module,
+    x1: torch.Tensor,
+    x2: torch.Tensor,
+    x3: torch.Tensor,
+    n: int = 4,
+    background: torch.Tensor | None = None,
 ) -> np.ndarray:
     """A picture of the first ``n`` triplets (fewer if the batch is smaller), one per row.
 
-    Columns (``STRIP_COLUMNS``): frame t, t+s, truth t+2s, latent prediction, oracle decode of
-    mu3, copy-last (= t+s), and the error map: mean over channels of |prediction - truth|,
-    times ``ERROR_GAIN``, as a heat map (black = exact, white = off by >= 1/ERROR_GAIN).
+    Columns (``STRIP_COLUMNS``): frame t, t+s, truth t+2s, latent prediction, latent copy
+    (decode of mu2), oracle decode of mu3, copy-last (= t+s), the training background (black
+    when ``background`` is None), and the error map: mean over channels of
+    |prediction - truth|, times ``ERROR_GAIN``, as a heat map (black = exact, white = off by
+    >= 1/ERROR_GAIN).
 
     Returns:
-        uint8 array (rows * H, 7 * W, 3).
+        uint8 array (rows * H, 9 * W, 3).
     """
     vae = unwrap_model(model)
     x1, x2, x3 = x1[:n], x2[:n], x3[:n]  # (n, C, H, W)
@@ -278,10 +401,12 @@ def prediction_strip(
         mu1, mu2, mu3 = (vae.encode(x)[0] for x in (x1, x2, x3))  # (n, D) each
         pred = vae.decode(extrapolate(mu1, mu2)).clamp(0, 1)  # (n, C, H, W)
         oracle = vae.decode(mu3).clamp(0, 1)
+        latent_copy = vae.decode(mu2).clamp(0, 1)
+        bg = torch.zeros_like(x3) if background is None else background.to(x3).expand_as(x3)
         error = heat_map((pred - x3).abs().mean(1) * ERROR_GAIN)  # (n, 3, H, W)
-        tiles = [x1, x2, x3, pred, oracle, x2, error]
-        grid = torch.cat([t.expand(-1, 3, -1, -1) for t in tiles], dim=3)  # (n, 3, H, 7W)
-        grid = torch.cat(list(grid), dim=1)  # (3, n*H, 7W)
+        tiles = [x1, x2, x3, pred, latent_copy, oracle, x2, bg, error]
+        grid = torch.cat([t.to(x3.dtype).expand(-1, 3, -1, -1) for t in tiles], dim=3)
+        grid = torch.cat(list(grid), dim=1)  # (3, n*H, 9W)
     return (grid.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
 
 

@@ -12,13 +12,19 @@ from __future__ import annotations
 
 from varnext_ray.errors import UserError
 
-OBJECTIVES: dict[str, str] = {  # metric -> the direction that is better
+# metric -> the direction that is better. Diagnostics that are not goals in themselves
+# (active_units, decoder_sensitivity, motion_captured: a ratio of small differences) and the
+# baselines (copy_last_*, background_*) are not objectives.
+OBJECTIVES: dict[str, str] = {
     "extrap_psnr": "max",
     "extrap_ssim": "max",
     "extrap_skill": "max",
     "extrap_mse": "min",
     "extrap_psnr_motion": "max",
     "oracle_psnr": "max",
+    "oracle_psnr_motion": "max",
+    "extrap_gain_db": "max",
+    "extrap_gain_db_motion": "max",
     "val_loss": "min",
     "latent_linearity": "min",
 }

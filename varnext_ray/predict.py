@@ -29,6 +29,7 @@ from varnext_ray.checkpoint import Checkpoint
 from varnext_ray.errors import UserError
 from varnext_ray.media import FPS, save_gif, save_png, write_video
 from varnext_ray.model import extrapolate, rollout
+from varnext_ray.safe_io import check_output_files
 from varnext_ray.sources import Skipped, Source, decode_source, fit_frame
 
 VIDEO_OUTPUTS = (".mp4", ".gif")
@@ -73,9 +74,22 @@ def _to_images(y: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:
     return images
 
 
+MAX_STEPS = 1000  # a rollout writes one PNG per step; a longer one is a typo, not a wish
+
+
 def _check_positive(value: int, flag: str) -> None:
     if value < 1:
         raise UserError(f"must be >= 1 (got {value})", flag, "pass a positive integer")
+
+
+def _check_steps(steps: int) -> None:
+    _check_positive(steps, "--steps")
+    if steps > MAX_STEPS:
+        raise UserError(
+            f"--steps {steps} would write {steps} frames (the limit is {MAX_STEPS})",
+            "--steps",
+            f"pass at most {MAX_STEPS}",
+        )
 
 
 def _check_same_size(frame_a: np.ndarray, frame_b: np.ndarray, where: str) -> None:
@@ -106,7 +120,7 @@ def predict_frames(
     Example:
         >>> nxt, after = predict_frames(ckpt, load_frame("a.png"), load_frame("b.png"), steps=2)
     """
-    _check_positive(steps, "--steps")
+    _check_steps(steps)
     _check_same_size(frame_a, frame_b, "frame_a, frame_b")
     model = checkpoint.model.eval()
     with torch.inference_mode():
@@ -131,15 +145,27 @@ def _check_suffix(out: Path, allowed: tuple[str, ...], what: str) -> None:
 
 
 def predict_image_files(
-    checkpoint: Checkpoint, frame_a: str | Path, frame_b: str | Path, out: str | Path, steps: int
+    checkpoint: Checkpoint,
+    frame_a: str | Path,
+    frame_b: str | Path,
+    out: str | Path,
+    steps: int,
+    *,
+    overwrite: bool = False,
 ) -> list[Path]:
     """Reads two image files, predicts ``steps`` frames and writes them (:func:`rollout_paths`).
+
+    An existing output is replaced only with ``overwrite``, and never an input frame.
 
     Returns:
         The PNGs written, in order k = 1..steps.
     """
     out = Path(out)
     _check_suffix(out, (".png",), "two frames")
+    _check_steps(steps)
+    check_output_files(
+        rollout_paths(out, steps), flag="--out", overwrite=overwrite, inputs=[frame_a, frame_b]
+    )
     a, b = load_frame(frame_a), load_frame(frame_b)
     _check_same_size(a, b, f"{frame_a}, {frame_b}")
     images = predict_frames(checkpoint, a, b, steps)
@@ -235,7 +261,13 @@ def _side_by_side(
 
 
 def predict_video(
-    checkpoint: Checkpoint, video: str | Path, out: str | Path, steps: int = 1, stride: int = 1
+    checkpoint: Checkpoint,
+    video: str | Path,
+    out: str | Path,
+    steps: int = 1,
+    stride: int = 1,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Writes a [truth | prediction] video, and a rollout from the video's last two frames.
 
@@ -258,8 +290,10 @@ def predict_video(
     """
     out = Path(out)
     _check_suffix(out, VIDEO_OUTPUTS, "a video")
-    _check_positive(steps, "--steps")
+    _check_steps(steps)
     _check_positive(stride, "--stride")
+    outputs = [out, *rollout_paths(out, steps)]
+    check_output_files(outputs, flag="--out", overwrite=overwrite, inputs=[video])
     source, fps = _video_source(video)
     history: collections.deque = collections.deque(maxlen=2 * stride + 1)
     scores: dict[str, list[float]] = {"extrap": [], "copy_last": []}

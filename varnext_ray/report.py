@@ -28,6 +28,7 @@ from varnext_ray import tracking
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import OBJECTIVES
 from varnext_ray.report_page import STRIPS, SweepReport, Trial, render_page
+from varnext_ray.safe_io import check_output_files
 
 log = logging.getLogger(__name__)
 
@@ -238,19 +239,11 @@ def default_out(experiment: str) -> Path:
     return Path(f"report_{re.sub(r'[^A-Za-z0-9_.-]', '_', experiment)}.html")
 
 
-def check_out(out: Path) -> None:
-    """A UserError unless ``out`` can be written: a file path in a writable directory."""
-    if out.is_dir():
-        raise UserError("--out is a directory", str(out), "pass a file path such as report.html")
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise UserError(
-            "--out is not in a writable directory",
-            str(parent),
-            "pass an --out path in a directory you can write to",
-        )
+def check_out(out: Path, uri: str, *, overwrite: bool = False) -> None:
+    """A UserError unless ``out`` can be written without destroying anything (the MLflow
+    database it reads included); an existing page is replaced only with ``overwrite``."""
+    store = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
+    check_output_files([out], flag="--out", overwrite=overwrite, protected=[store] if store else [])
 
 
 def _write_atomic(text: str, out: Path) -> None:
@@ -272,6 +265,7 @@ def write_report(
     sweep_id: str | None = None,
     top: int = 10,
     out: Path | None = None,
+    overwrite: bool = False,
 ) -> tuple[Path, str]:
     """Builds the page of a sweep, writes it to ``out`` and logs it to the sweep's parent run.
 
@@ -281,6 +275,7 @@ def write_report(
         sweep_id: The sweep's parent run id; None means the experiment's latest sweep.
         top: Rows of the best trials table.
         out: The HTML file; None means :func:`default_out`.
+        overwrite: Replace an existing ``out`` (never the MLflow database).
 
     Returns:
         The local path and the artifact's URI (``<parent run artifacts>/report/report.html``).
@@ -290,7 +285,7 @@ def write_report(
     if top < 1:
         raise UserError(f"--top must be >= 1 (got {top})", "--top", "pass a positive integer")
     out = out if out is not None else default_out(experiment)
-    check_out(out)
+    check_out(out, tracking.resolve_tracking_uri(uri), overwrite=overwrite)
     report = gather(uri, experiment, sweep_id)
     add_images(report)
     text = render_page(report, top=top)

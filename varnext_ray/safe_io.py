@@ -32,7 +32,7 @@ import os
 import shutil
 import stat
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +363,88 @@ def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> It
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+def check_trusted_storage(path: str) -> None:
+    """Refuses to ``--resume`` from a local sweep folder that other users can write.
+
+    ``Tuner.restore`` unpickles Tune's saved state (the searcher, the trials), and unpickling
+    runs code: whoever can write that folder can run code as the user who resumes. So the
+    sweep folder and every folder above it must be owned by this user or root and not be
+    writable by group or others (a sticky folder such as /tmp above it is fine: others cannot
+    replace what is ours there). Remote storage (s3://...) is trusted as its access policy says.
+    """
+    if "://" in path:
+        return
+    uid = os.geteuid()
+    for folder in [Path(path), *Path(path).parents]:
+        try:
+            st = folder.stat()
+        except OSError:
+            continue
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        writable_by_others = bool(st.st_mode & 0o022) and not sticky
+        if st.st_uid not in (uid, 0) or writable_by_others:
+            raise UserError(
+                "--resume reads Ray Tune's pickled state from this folder, and other users "
+                f"can write {folder} (mode {stat.S_IMODE(st.st_mode):o}, owner uid {st.st_uid})",
+                str(folder),
+                "resume only from storage only you can write (chmod go-w), or start a new sweep",
+            )
+
+
+def check_output_files(
+    outs: Sequence[str | Path],
+    *,
+    flag: str,
+    overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
+    protected: Sequence[str | Path] = (),
+) -> None:
+    """Refuses (UserError) output files that would destroy something, before any work is done.
+
+    Never allowed, even with ``overwrite``: an output that is one of the command's ``inputs``
+    or a ``protected`` file (such as the MLflow database), or that is not a regular file. An
+    existing output is replaced only with ``overwrite`` (the command's ``--overwrite``). The
+    folder must exist or be creatable, and be writable.
+    """
+
+    def same(a: Path, b: Path) -> bool:
+        try:
+            return a.exists() and b.exists() and os.path.samefile(a, b)
+        except OSError:
+            return False
+
+    sacred = [(Path(p), "its own input") for p in inputs] + [
+        (Path(p), "a file it must keep") for p in protected
+    ]
+    for out in map(Path, outs):
+        for other, role in sacred:
+            if same(out, other) or out.absolute() == other.absolute():
+                raise UserError(
+                    f"the output would overwrite {role}",
+                    str(out),
+                    f"pass another {flag}",
+                )
+        st = path_stat(out, f"{flag} is unusable", f"pass another {flag}")
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise UserError(
+                f"{flag} is {kind_of(st.st_mode)}, not a file",
+                str(out),
+                f"pass a file path for {flag}",
+            )
+        if st is not None and not overwrite:
+            raise UserError(
+                "the output file already exists",
+                str(out),
+                f"pass --overwrite to replace it, or another {flag}",
+            )
+        parent = out.absolute().parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise UserError(
+                f"{flag} is not in a writable directory",
+                str(parent),
+                f"pass a {flag} in a folder you can write to",
+            )

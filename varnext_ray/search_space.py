@@ -5,13 +5,17 @@ range ``{"low": a, "high": b, "log": false}``. Encoder channels are sampled per 
 number of channel parameters depends on the sampled depth (a conditional, define-by-run space).
 Kernel size and stride are sampled once for the whole stack; padding is ``(kernel_size - 1) // 2``;
 norm, activation and dropout are taken from the base's first conv layer; the decoder mirrors
-the encoder. Anything not listed keeps the base's value.
+the encoder. Anything not listed keeps the base's value. The latent's kind (``latent_kind``)
+decides which size is sampled: ``latent_dim`` for a flat latent, ``latent_channels`` for a
+spatial one (conditional parameters); ``upsample`` and ``reconstruction`` pick the mirror
+decoder's mode and ``loss.reconstruction`` (docs/sweeps.md).
 
 Example (search_spaces/smoke.json)::
 
-    {"name": "smoke", "base": "../configs/smoke_64x36.json", "objective": "extrap_psnr",
+    {"name": "smoke", "base": "../configs/smoke_64x36.json", "objective": "extrap_psnr_motion",
      "encoder": {"depth": {"low": 2, "high": 3}, "channels": [8, 16]},
-     "latent_dim": [8, 16], "lr": {"low": 0.0005, "high": 0.005, "log": true}}
+     "latent_channels": [4, 8], "upsample": ["nearest", "transpose"],
+     "lr": {"low": 0.002, "high": 0.01, "log": true}}
 """
 
 from __future__ import annotations
@@ -85,6 +89,19 @@ def _choices(values: list) -> list:
     return values
 
 
+def _reconstructions(values: list[str]) -> list[str]:
+    from varnext_ray.arch import RECONSTRUCTIONS  # (kept local: the import block is shared)
+
+    _choices(values)
+    for value in values:
+        if value not in RECONSTRUCTIONS:
+            valid = ", ".join(f'"{k}"' for k in sorted(RECONSTRUCTIONS))
+            raise PydanticCustomError(
+                "arch", f"each choice must be one of {valid} (got {json.dumps(value)})"
+            )
+    return values
+
+
 IntChoices = Annotated[list[int], AfterValidator(_choices)]
 FloatChoices = Annotated[list[float], AfterValidator(_choices)]
 
@@ -104,11 +121,38 @@ FloatSpec = Annotated[
 ]
 
 
+MAX_DEPTH = 64  # encoder conv layers a space may sample
+
+
 class EncoderSpace(_Strict):
     depth: IntSpec | None = None
     channels: IntChoices | None = None  # choices for every layer's out_channels
     kernel_size: IntChoices | None = None
     stride: IntChoices | None = None
+
+    @model_validator(mode="after")
+    def _positive(self) -> EncoderSpace:
+        for name, least in (("depth", 0), ("channels", 1), ("kernel_size", 1), ("stride", 1)):
+            values = _values(getattr(self, name))
+            if values and min(values) < least:
+                raise PydanticCustomError(
+                    "arch", f"must be >= {least} (got {min(values)})", {"field": name}
+                )
+        if max(_values(self.depth), default=0) > MAX_DEPTH:
+            got = max(_values(self.depth))
+            raise PydanticCustomError(
+                "arch", f"must be <= {MAX_DEPTH} conv layers (got {got})", {"field": "depth"}
+            )
+        return self
+
+
+def _values(spec: Any) -> list:
+    """The values a spec can take at its ends: every choice, or a range's low and high."""
+    if spec is None:
+        return []
+    if isinstance(spec, (IntRange, FloatRange)):
+        return [spec.low, spec.high]
+    return list(spec)
 
 
 class SearchSpace(_Strict):
@@ -116,12 +160,19 @@ class SearchSpace(_Strict):
 
     name: str
     base: str | dict[str, Any]
-    objective: str = "extrap_psnr"
+    objective: str = "extrap_psnr_motion"  # the moving pixels, not the static background
     mode: Literal["max", "min"] | None = None
     epochs: int = 3
     encoder: EncoderSpace = EncoderSpace()
     linear: Annotated[list[list[int]], AfterValidator(_choices)] | None = None  # hidden sizes
-    latent_dim: IntSpec | None = None
+    latent_dim: IntSpec | None = None  # a flat latent's size
+    latent_kind: Annotated[list[Literal["flat", "spatial"]], AfterValidator(_choices)] | None = None
+    latent_channels: IntSpec | None = None  # a spatial latent's channels
+    upsample: (
+        Annotated[list[Literal["transpose", "nearest", "bilinear"]], AfterValidator(_choices)]
+        | None
+    ) = None  # how the mirror decoder grows the image
+    reconstruction: Annotated[list[str], AfterValidator(_reconstructions)] | None = None
     beta: FloatSpec | None = None
     linearity_weight: FloatSpec | None = Field(  # the loss's linearity weight (lambda)
         None, validation_alias=AliasChoices("linearity_weight", "linearity")
@@ -140,6 +191,13 @@ class SearchSpace(_Strict):
             )
         if self.epochs < 1:
             raise PydanticCustomError("arch", "must be >= 1", {"field": "epochs"})
+        if self.latent_kind is None and self.latent_dim and self.latent_channels:
+            raise PydanticCustomError(
+                "arch",
+                "must be given when both latent_dim (flat) and latent_channels (spatial) are "
+                'searched (e.g. ["spatial", "flat"])',
+                {"field": "latent_kind"},
+            )
         return self
 
     @property
@@ -168,7 +226,72 @@ def load_space(path: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
         base = load_arch(Path(path).parent / space.base).to_dict()
     else:
         base = parse_arch(space.base, f"{where}: base").to_dict()
+    _check_space_against_base(space, base, where)
+    _check_latent_against_base(space, base, where)
     return space, base
+
+
+def _check_latent_against_base(space: SearchSpace, base: dict[str, Any], where: str) -> None:
+    """A latent kind the space samples needs its size: searched, or the base's own."""
+    base_kind = base["latent"]["kind"]
+    for kind, name in (("flat", "latent_dim"), ("spatial", "latent_channels")):
+        if kind in (space.latent_kind or []) and kind != base_kind and getattr(space, name) is None:
+            raise UserError(
+                f'latent_kind: samples "{kind}" latents but the space has no {name} and the '
+                f"base latent is {base_kind}",
+                where,
+                f"add {name} choices to the space",
+            )
+
+
+def smallest_point(space: SearchSpace, base_depth: int) -> dict[str, Any]:
+    """The point with the fewest parameters the space can sample (per varied setting)."""
+    enc, point = space.encoder, {}
+    if enc.depth is not None:
+        point["depth"] = min(_values(enc.depth))
+    if enc.channels is not None:
+        depth = point.get("depth", base_depth)
+        point |= {f"channels_{i}": min(enc.channels) for i in range(depth)}
+    if enc.kernel_size is not None:
+        point["kernel_size"] = min(enc.kernel_size)
+    if space.linear is not None:
+        point["linear"] = min(space.linear, key=sum)
+    if space.latent_dim is not None:
+        point["latent_dim"] = min(_values(space.latent_dim))
+    if space.latent_channels is not None:
+        point["latent_channels"] = min(_values(space.latent_channels))
+        if space.latent_kind is not None:
+            point["latent_kind"] = "spatial" if "spatial" in space.latent_kind else "flat"
+    return point
+
+
+def _check_space_against_base(space: SearchSpace, base: dict[str, Any], where: str) -> None:
+    """Refuses, before any trial, a space whose every point would be refused for its size, and
+    one that varies the encoder's layers over a base that has none to copy."""
+    enc = space.encoder
+    varies = [n for n in ("depth", "channels", "kernel_size", "stride") if getattr(enc, n)]
+    if varies and not base["encoder"]["conv"]:
+        raise UserError(
+            f"encoder.{varies[0]}: the base architecture has no conv layer to vary",
+            where,
+            "give the base at least one encoder.conv layer (new layers copy its first)",
+        )
+    from varnext_ray.arch import check_bounds  # (kept local: the import block is shared)
+
+    try:
+        smallest = parse_arch(
+            point_to_arch(base, smallest_point(space, len(base["encoder"]["conv"]))),
+            "smallest point",
+            max_params=float("inf"),
+            max_activation_bytes=float("inf"),
+        )
+    except UserError:
+        return  # an invalid point fails its own trial (the sweep goes on)
+    try:
+        check_bounds(smallest, where)
+    except UserError as err:
+        what = f"even the smallest architecture of the space is too large: {err.what}"
+        raise UserError(what, where, err.fix) from None
 
 
 def parse_space(data: Any, where: str) -> SearchSpace:
@@ -211,6 +334,7 @@ class DefineByRun:
     def __init__(self, space: SearchSpace, base: dict[str, Any]) -> None:
         self.space = space
         self.base_depth = len(base["encoder"]["conv"])
+        self.base_kind = base["latent"]["kind"]
 
     def __call__(self, trial: Any) -> None:
         space, enc = self.space, self.space.encoder
@@ -221,9 +345,24 @@ class DefineByRun:
         for name in ("kernel_size", "stride"):
             if getattr(enc, name) is not None:
                 _suggest(trial, name, getattr(enc, name))
-        for name in ("linear", "latent_dim", "beta", "linearity_weight", "lr", "batch_size"):
-            if getattr(space, name) is not None:
+        kind = latent_kind(space, self.base_kind, trial)
+        skip = {"linear", "latent_dim"} if kind == "spatial" else {"latent_channels"}
+        for name in (
+            *("linear", "latent_dim", "latent_channels", "upsample", "reconstruction"),
+            *("beta", "linearity_weight", "lr", "batch_size"),
+        ):
+            if getattr(space, name) is not None and name not in skip:
                 _suggest(trial, name, getattr(space, name))
+
+
+def latent_kind(space: SearchSpace, base_kind: str, trial: Any) -> str:
+    """A trial's latent kind: sampled from ``latent_kind``, else implied by the size searched
+    (``latent_dim``: flat, ``latent_channels``: spatial), else the base's."""
+    if space.latent_kind is not None:
+        return _suggest(trial, "latent_kind", space.latent_kind)
+    if space.latent_dim is not None:
+        return "flat"
+    return "spatial" if space.latent_channels is not None else base_kind
 
 
 def point_to_arch(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]:
@@ -246,21 +385,57 @@ def point_to_arch(base: dict[str, Any], point: dict[str, Any]) -> dict[str, Any]
     if "linear" in point:
         value = point["linear"]
         arch["encoder"]["linear"] = json.loads(value) if isinstance(value, str) else list(value)
-    if "latent_dim" in point:
-        arch["latent_dim"] = int(point["latent_dim"])
+    _set_latent(arch, base, point)
     for name in ("beta", "linearity_weight"):
         if name in point:
             arch.setdefault("loss", {})[name] = float(point[name])
-    arch["decoder"] = "mirror"
+    if "reconstruction" in point:
+        arch.setdefault("loss", {})["reconstruction"] = str(point["reconstruction"])
+    mode = point.get("upsample") or _mirror_mode(base)
+    arch["decoder"] = "mirror" if mode == "transpose" else {"mirror": True, "upsample": mode}
     return arch
 
 
+def _mirror_mode(base: dict[str, Any]) -> str:
+    decoder = base.get("decoder", "mirror")
+    return decoder.get("upsample", "transpose") if isinstance(decoder, dict) else "transpose"
+
+
+def _set_latent(arch: dict[str, Any], base: dict[str, Any], point: dict[str, Any]) -> None:
+    """A flat point gets the shorthand ``latent_dim``; a spatial one ``latent`` (no linear
+    layers) and, when the point is valid, ``latent_dim`` = its element count (for tables)."""
+    base_latent = base.get("latent") or {"kind": "flat", "dim": base.get("latent_dim")}
+    kind = point.get("latent_kind") or (
+        "flat" if "latent_dim" in point else "spatial" if "latent_channels" in point else None
+    )
+    kind = kind or base_latent["kind"]
+    arch.pop("latent", None)
+    arch.pop("latent_dim", None)
+    same = base_latent if base_latent["kind"] == kind else {}
+    if kind == "flat":
+        arch["latent_dim"] = int(point.get("latent_dim", same.get("dim", 32)))
+        return
+    arch["encoder"]["linear"] = []
+    arch["latent"] = {
+        "kind": "spatial",
+        "channels": int(point.get("latent_channels", same.get("channels", 4))),
+        "project_kernel_size": same.get("project_kernel_size", 1),
+    }
+    try:
+        arch["latent_dim"] = ArchConfig.model_validate(arch).latent_dim
+    except ValidationError:
+        return  # an invalid point: its trial reports what is wrong
+
+
 def short_arch(arch: ArchConfig | dict[str, Any]) -> str:
-    """``conv 8-16-16 k3s2 | lin [] | z8`` for tables."""
+    """``conv 8-16-16 k3s2 | lin [] | z8`` (flat) or ``... | z4ch nearest`` (spatial, upsample
+    decoder) for tables."""
     data = arch.to_dict() if isinstance(arch, ArchConfig) else arch
     conv = data["encoder"]["conv"]
     chans = "-".join(str(c["out_channels"]) for c in conv)
     k, s = conv[0]["kernel_size"], conv[0]["stride"]
-    return (
-        f"conv {chans} k{k}s{s} | lin {data['encoder'].get('linear', [])} | z{data['latent_dim']}"
-    )
+    latent = data.get("latent") or {"kind": "flat", "dim": data.get("latent_dim")}
+    z = f"z{latent['dim']}" if latent["kind"] == "flat" else f"z{latent['channels']}ch"
+    mode = _mirror_mode(data)
+    z += f" {mode}" if mode != "transpose" else ""
+    return f"conv {chans} k{k}s{s} | lin {data['encoder'].get('linear', [])} | {z}"

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,9 +23,16 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    """Training hyperparameters (the architecture JSON holds the model and its loss)."""
+    """Training hyperparameters (the architecture JSON holds the model and its loss).
+
+    ``epochs`` are evaluation rounds (validation, report, checkpoint; ASHA's rungs). ``steps``
+    is an optional budget of optimizer steps over all epochs: each epoch then trains whole
+    passes over the training split, :meth:`passes_per_epoch` of them, so the steps done (the
+    ``steps`` metric) are the budget rounded up to whole passes. None: one pass per epoch.
+    """
 
     epochs: int = 10
+    steps: int | None = None  # total optimizer steps over all epochs (None: one pass per epoch)
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -34,7 +42,7 @@ class TrainSettings:
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model
-    objective: str = "extrap_psnr"
+    objective: str = "extrap_psnr_motion"  # the moving pixels, not the static background
     torch_threads: int = 1
     rollout_steps: int = 4  # score extrapolations 1..K steps ahead each epoch (0: off)
     rollout_sequences: int = 64  # at most this many validation sequences for the rollouts
@@ -45,6 +53,18 @@ class TrainSettings:
         if self.train_on == "auto":
             return arch.loss.linearity_weight > 0
         return self.train_on == "triplets"
+
+    def passes_per_epoch(self, steps_per_pass: int) -> int:
+        """Whole passes over the training split per epoch: ceil(steps / epochs / steps_per_pass),
+        at least 1 (1 without a ``steps`` budget).
+
+        Example:
+            >>> TrainSettings(steps=2000, epochs=10).passes_per_epoch(21)  # 10 x 10 x 21 = 2100
+            10
+        """
+        if self.steps is None:
+            return 1
+        return max(1, math.ceil(self.steps / self.epochs / max(1, steps_per_pass)))
 
     @property
     def mode(self) -> str:
@@ -59,6 +79,12 @@ class TrainSettings:
                     f"--{name.replace('_', '-')}",
                     "pass a positive integer",
                 )
+        if self.steps is not None and self.steps < 1:
+            raise UserError(
+                f"steps must be >= 1 (got {self.steps})",
+                "--steps",
+                "pass a budget of optimizer steps, e.g. 2000",
+            )
         if self.rollout_steps < 0:
             raise UserError(
                 f"rollout steps must be >= 0 (got {self.rollout_steps})",
@@ -71,8 +97,16 @@ class TrainSettings:
                 "--train-on",
                 "use auto, frames or triplets",
             )
-        if not self.lr > 0:
-            raise UserError(f"learning rate must be > 0 (got {self.lr})", "--lr", "e.g. 1e-3")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise UserError(
+                f"learning rate must be a finite number > 0 (got {self.lr})", "--lr", "e.g. 1e-3"
+            )
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise UserError(
+                f"weight decay must be a finite number >= 0 (got {self.weight_decay})",
+                "weight_decay",
+                "e.g. 0 or 1e-4",
+            )
         if self.objective not in OBJECTIVES:
             raise UserError(
                 f"unknown objective metric {self.objective!r}",

@@ -15,22 +15,36 @@ Bad input policy:
 
 Size policy (``fit_frame``): a frame whose aspect ratio differs from the target's is
 centre-cropped to the target aspect ratio (no letterboxing, no distortion), then resized with
-an area-averaging filter. Grayscale, palette and RGBA images become RGB (alpha is dropped).
+an area-averaging filter. A crop that would keep less than one pixel row or column is refused.
+Image modes (``read_image``): 16-bit grayscale (``I;16``, ``I``) is scaled to 8 bits (65535 ->
+255, not clipped), float (``F``) from [0, 1]; palette, grayscale+alpha, CMYK and RGBA images
+become RGB (alpha is dropped, after the palette's transparency is applied).
+
+Paths: every path is resolved to its real path, so a folder reached twice (a symlink loop, the
+same folder named twice, a symlink to a sibling) is read once; FIFOs, devices and sockets are
+never opened (named ones are a UserError, found ones are ignored and listed in ``ignored``).
+Images over :data:`MAX_PIXELS` pixels and videos whose frames are larger are refused before
+decoding.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
+import stat
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import av
 import numpy as np
 from PIL import Image
 
 from varnext_ray.errors import UserError
+from varnext_ray.safe_io import kind_of, os_reason, path_stat, regular_file
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +65,9 @@ VIDEO_SUFFIXES = frozenset(
     }
 )
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+MAX_PIXELS = 8192 * 8192  # per decoded image or video frame (an 8K frame is 33M pixels)
+MAX_SIDE = 8192  # of --size
+MAX_ASPECT = 16  # of --size: the longer side at most 16 times the shorter
 
 
 @dataclass(frozen=True)
@@ -78,21 +95,26 @@ GAP = None  # yielded by decode_source where frames were lost: the clip must be 
 
 
 def parse_size(text: str, where: str = "--size") -> tuple[int, int]:
-    """Parses ``WxH`` into (W, H), raising a UserError for anything else."""
-    match = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if (
-        not match
-        or int(match[1]) < 8
-        or int(match[2]) < 8
-        or int(match[1]) > 8192
-        or int(match[2]) > 8192
-    ):
+    """Parses ``WxH`` into (W, H), raising a UserError for anything else.
+
+    Each side is 8..8192 and the longer side at most :data:`MAX_ASPECT` times the shorter.
+    """
+    match = re.fullmatch(r"\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*", text)
+    shown = repr(text if len(text) <= 40 else text[:37] + "...")
+    if not match or not all(8 <= int(side) <= MAX_SIDE for side in match.groups()):
         raise UserError(
-            f"size must be WxH with each side 8..8192 (got {text!r})",
+            f"size must be WxH with each side 8..{MAX_SIDE} (got {shown})",
             where,
             "pass e.g. --size 640x360",
         )
-    return int(match[1]), int(match[2])
+    width, height = int(match[1]), int(match[2])
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise UserError(
+            f"size {width}x{height} has an aspect ratio beyond {MAX_ASPECT}:1",
+            where,
+            "pass a frame-like size such as 640x360 (the frames are centre-cropped to it)",
+        )
+    return width, height
 
 
 def natural_key(path: Path) -> list:
@@ -100,24 +122,47 @@ def natural_key(path: Path) -> list:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
 
 
+_SOURCE_FIX = "check the path (videos and image folders are accepted)"
+MAX_DEPTH = 32  # folder levels searched below a named folder
+
+
+def _real(path: Path) -> str:
+    """The canonical path (symlinks resolved), to read each file or folder once."""
+    return os.path.realpath(path)
+
+
 def discover_sources(paths: list[Path]) -> tuple[list[Source], list[dict]]:
-    """Expands command-line paths into sources; returns (sources, ignored files)."""
+    """Expands command-line paths into sources; returns (sources, ignored files).
+
+    A file or folder reached twice (named twice, through a symlink, in a symlink loop) is read
+    once. A named path that is missing, unreadable or not a regular file or folder (a FIFO, a
+    device) is a UserError; such entries found inside a folder are listed in ``ignored``.
+    """
     sources: list[Source] = []
     ignored: list[dict] = []
+    seen: set[str] = set()
     for path in paths:
-        if not path.exists():
-            raise UserError(
-                "no such file or directory",
-                str(path),
-                "check the path (videos and image folders are accepted)",
-            )
-        if path.is_file():
+        st = path_stat(path, "source", _SOURCE_FIX)
+        if st is None:
+            raise UserError("no such file or directory", str(path), _SOURCE_FIX)
+        real = _real(path)
+        if real in seen:
+            ignored.append({"path": str(path), "reason": "named twice (read once)"})
+            continue
+        if stat.S_ISREG(st.st_mode):
+            seen.add(real)
             if path.suffix.lower() in IMAGE_SUFFIXES:
                 sources.append(Source("images", path, (path,)))
             else:  # let PyAV decide whether it decodes: any container it knows is welcome
                 sources.append(Source("video", path))
             continue
-        found = _walk(path, ignored)
+        if not stat.S_ISDIR(st.st_mode):
+            raise UserError(
+                f"source is {kind_of(st.st_mode)}, not a video, image or folder",
+                str(path),
+                "pass a video file, an image or a folder of them",
+            )
+        found = _walk(path, ignored, seen, 0, named=True)
         if not found:
             raise UserError(
                 "no videos or images found in the folder",
@@ -128,38 +173,178 @@ def discover_sources(paths: list[Path]) -> tuple[list[Source], list[dict]]:
     return sources, ignored
 
 
-def _walk(folder: Path, ignored: list[dict]) -> list[Source]:
-    images = sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=natural_key,
-    )
+def _entries(folder: Path, ignored: list[dict], named: bool) -> list[tuple[Path, int]]:
+    """(entry, st_mode) of a folder, sorted naturally; unreadable entries go to ``ignored``."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError as err:
+        if named:
+            raise UserError(
+                f"cannot list the folder ({os_reason(err)})", str(folder), _SOURCE_FIX
+            ) from None
+        ignored.append({"path": str(folder), "reason": f"cannot list ({os_reason(err)})"})
+        return []
+    out = []
+    for name in names:
+        entry = folder / name
+        try:
+            out.append((entry, os.stat(entry).st_mode))
+        except (OSError, ValueError) as err:
+            reason = os_reason(err) if isinstance(err, OSError) else str(err)
+            ignored.append({"path": str(entry), "reason": f"cannot read ({reason})"})
+    return sorted(out, key=lambda item: natural_key(item[0]))
+
+
+def _walk(
+    folder: Path, ignored: list[dict], seen: set[str], depth: int, named: bool = False
+) -> list[Source]:
+    real = _real(folder)
+    if real in seen:
+        ignored.append({"path": str(folder), "reason": "already read (a symlink or repeat)"})
+        return []
+    seen.add(real)
+    if depth > MAX_DEPTH:
+        ignored.append({"path": str(folder), "reason": f"deeper than {MAX_DEPTH} folders"})
+        return []
+    entries = _entries(folder, ignored, named)
+    images = []
+    for entry, mode in entries:
+        image = stat.S_ISREG(mode) and entry.suffix.lower() in IMAGE_SUFFIXES
+        if image and _real(entry) not in seen:
+            seen.add(_real(entry))
+            images.append(entry)
     found = [Source("images", folder, tuple(images), named=False)] if images else []
-    for entry in sorted(folder.iterdir(), key=natural_key):
-        if entry.is_dir():
-            found.extend(_walk(entry, ignored))
-        elif entry.suffix.lower() in VIDEO_SUFFIXES:
+    for entry, mode in entries:
+        suffix = entry.suffix.lower()
+        if stat.S_ISDIR(mode):
+            found.extend(_walk(entry, ignored, seen, depth + 1))
+        elif not stat.S_ISREG(mode):
+            ignored.append({"path": str(entry), "reason": f"{kind_of(mode)}, not a file"})
+        elif suffix in VIDEO_SUFFIXES:
+            if _real(entry) in seen:
+                ignored.append({"path": str(entry), "reason": "already read (a symlink or repeat)"})
+                continue
+            seen.add(_real(entry))
             found.append(Source("video", entry, named=False))
-        elif entry.suffix.lower() not in IMAGE_SUFFIXES:
+        elif suffix not in IMAGE_SUFFIXES:
             ignored.append({"path": str(entry), "reason": "not a video or image"})
     return found
 
 
-def fit_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Centre-crops (H, W, 3) uint8 to the aspect ratio of ``size`` = (W, H), then resizes."""
+def fit_frame(
+    frame: np.ndarray,
+    size: tuple[int, int],
+    where: str = "--size",
+    max_upscale: float | None = None,
+) -> np.ndarray:
+    """Centre-crops (H, W, 3) uint8 to the aspect ratio of ``size`` = (W, H), then resizes.
+
+    Raises:
+        UserError: The crop would keep less than one row or column, or (with ``max_upscale``)
+            it would be enlarged more than that many times along a side.
+    """
     width, height = size
     h, w = frame.shape[:2]
     if (w, h) == (width, height):
         return frame
+    crop_w, crop_h = w, h
     if w * height > h * width:  # too wide: crop the sides
         crop_w = round(h * width / height)
-        x0 = (w - crop_w) // 2
-        frame = frame[:, x0 : x0 + crop_w]
     elif w * height < h * width:  # too tall: crop top and bottom
         crop_h = round(w * height / width)
+    if min(crop_w, crop_h) < 1:
+        raise UserError(
+            f"a {w}x{h} frame cropped to the aspect ratio of {width}x{height} keeps no pixels "
+            f"({crop_w}x{crop_h})",
+            where,
+            f"pass a size closer to the frames' aspect ratio, e.g. --size {_like(w, h)}",
+        )
+    if max_upscale is not None and max(width / crop_w, height / crop_h) > max_upscale:
+        factor = max(width / crop_w, height / crop_h)
+        raise UserError(
+            f"{width}x{height} would enlarge the {crop_w}x{crop_h} centre crop of {w}x{h} frames "
+            f"{factor:.0f} times (at most {max_upscale:g})",
+            where,
+            f"pass a size near the frames' own, e.g. --size {_like(w, h)}",
+        )
+    if crop_w < w:
+        x0 = (w - crop_w) // 2
+        frame = frame[:, x0 : x0 + crop_w]
+    elif crop_h < h:
         y0 = (h - crop_h) // 2
         frame = frame[y0 : y0 + crop_h]
     image = Image.fromarray(np.ascontiguousarray(frame))
     return np.asarray(image.resize((width, height), Image.BILINEAR, reducing_gap=2.0))
+
+
+def _like(w: int, h: int) -> str:
+    """A --size of the frames' own aspect ratio, within the allowed sides."""
+    scale = min(1.0, 640 / max(w, h, 1))
+    return f"{max(8, round(w * scale))}x{max(8, round(h * scale))}"
+
+
+_MODE_SCALE = {"I;16": 257.0, "I;16L": 257.0, "I;16B": 257.0, "I;16N": 257.0, "I": 257.0}
+
+
+def to_rgb(image: Image.Image) -> np.ndarray:
+    """Any Pillow image as (H, W, 3) uint8 RGB, scaling 16-bit and float modes properly.
+
+    ``image.convert("RGB")`` clips 16-bit grayscale at 255 (a white frame); here 65535 -> 255.
+    Palette images are converted through RGBA, so their transparency is applied, not warned.
+    """
+    mode = image.mode
+    if mode in _MODE_SCALE:
+        values = np.asarray(image, dtype=np.float64)
+        if mode == "I" and values.size and values.max() <= 255 and values.min() >= 0:
+            scale = 1.0  # an 8-bit image stored as 32-bit ints
+        else:
+            scale = _MODE_SCALE[mode]
+        gray = np.clip(np.round(values / scale), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0)
+        gray = np.clip(np.round(values * 255), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2))
+    if mode in ("P", "PA", "LA", "La", "RGBa") or (mode == "L" and "transparency" in image.info):
+        image = image.convert("RGBA")
+    return np.ascontiguousarray(np.asarray(image.convert("RGB")))
+
+
+# A decoder fed hostile bytes may raise anything (OSError, SyntaxError, struct.error,
+# IndexError, DecompressionBombError, ...): each is a file it cannot read, never a traceback.
+DECODER_ERRORS = (Exception,)
+
+
+def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """An image file as (H, W, 3) uint8 RGB (see :func:`to_rgb`).
+
+    Raises:
+        UserError: Not a regular file (never opens a FIFO), larger than ``max_pixels`` (checked
+            from the header, before decoding), or undecodable.
+    """
+    fix = "check the file opens in an image viewer, or re-export it as PNG"
+    path = regular_file(path, "image", fix)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", UserWarning)  # e.g. palette transparency notes
+            with Image.open(path) as image:
+                w, h = image.size
+                if w * h > max_pixels or min(w, h) < 1:
+                    raise UserError(
+                        f"image is {w}x{h}: over the limit of {max_pixels:,} pixels"
+                        if w * h > max_pixels
+                        else f"image is {w}x{h}: empty",
+                        str(path),
+                        "resize it (frames of up to 8192x8192 are read)",
+                    )
+                return to_rgb(image)
+    except UserError:
+        raise
+    except Image.DecompressionBombWarning as err:
+        raise UserError(f"cannot read as an image ({err})", str(path), fix) from None
+    except DECODER_ERRORS as err:
+        raise UserError(f"cannot read as an image ({_short(err)})", str(path), fix) from None
 
 
 def decode_source(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.ndarray] | None]:
@@ -174,10 +359,11 @@ def _decode_images(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.n
     lost = False
     for number, path in enumerate(source.files):
         try:
-            with Image.open(path) as image:
-                rgb = np.asarray(image.convert("RGB"))
-        except (OSError, ValueError, SyntaxError) as err:
-            skipped.add(path, f"undecodable image ({err})")
+            rgb = read_image(path)
+        except UserError as err:
+            if source.named:  # one image named on the command line: say why, once
+                raise
+            skipped.add(path, f"undecodable image ({err.what})")
             lost = True
             continue
         if lost:
@@ -187,9 +373,16 @@ def _decode_images(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.n
 
 
 def _decode_video(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.ndarray] | None]:
+    fix = "check the file plays, or convert it with ffmpeg"
     try:
+        regular_file(source.path, "video", fix)  # never open a FIFO or a device
         container = av.open(str(source.path))
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
+    except UserError:
+        if source.named:
+            raise
+        skipped.add(source.path, "not a regular file")
+        return
+    except DECODER_ERRORS as err:
         if source.named:
             raise UserError(
                 f"cannot open as a video ({_short(err)})",
@@ -203,12 +396,25 @@ def _decode_video(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.nd
             skipped.add(source.path, "no video stream")
             return
         stream = container.streams.video[0]
+        pixels = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
+        if pixels > MAX_PIXELS:
+            what = (
+                f"video frames of {stream.codec_context.width}x{stream.codec_context.height} are "
+                f"over the limit of {MAX_PIXELS:,} pixels"
+            )
+            if source.named:
+                raise UserError(what, str(source.path), "downscale it with ffmpeg first")
+            skipped.add(source.path, what)
+            return
         stream.thread_type = "AUTO"
         number, bad_packets = 0, 0
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.FFmpegError as err:
+        for packet in _packets(container, stream, source, skipped):
+            try:  # frames over the pixel limit are never converted (None)
+                frames = [
+                    f.to_ndarray(format="rgb24") if f.width * f.height <= MAX_PIXELS else None
+                    for f in packet.decode()
+                ]
+            except DECODER_ERRORS as err:
                 bad_packets += 1
                 if bad_packets == 1:
                     skipped.add(
@@ -218,9 +424,26 @@ def _decode_video(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.nd
             if bad_packets:
                 yield GAP
                 bad_packets = 0
-            for frame in frames:
-                yield number, frame.to_ndarray(format="rgb24")
+            for rgb in frames:
+                if rgb is None:  # a stream that changes size midway
+                    skipped.add(source.path, f"frame {number} is over {MAX_PIXELS:,} pixels")
+                    return
+                yield number, rgb
                 number += 1
+
+
+def _packets(container: Any, stream: Any, source: Source, skipped: Skipped) -> Iterator[Any]:
+    """The stream's packets; a demuxing error ends the video (recorded in ``skipped``)."""
+    packets = container.demux(stream)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except DECODER_ERRORS as err:
+            skipped.add(source.path, f"unreadable after this point ({_short(err)})")
+            return
+        yield packet
 
 
 def _short(err: Exception) -> str:

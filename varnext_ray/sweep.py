@@ -27,6 +27,7 @@ from varnext_ray import tracking
 from varnext_ray.arch import count_params, parse_arch
 from varnext_ray.cluster import Resources, cluster_cpus
 from varnext_ray.errors import UserError, failure_summary
+from varnext_ray.safe_io import check_trusted_storage
 from varnext_ray.search_space import DefineByRun, SearchSpace, point_to_arch, short_arch
 from varnext_ray.settings import TrainSettings
 from varnext_ray.train import build_trainer, check_dataset
@@ -276,6 +277,8 @@ def run_sweep(
             str(path),
             "pass --resume to continue it, or another --experiment or --storage",
         )
+    if resume:
+        check_trusted_storage(path)
     sweep = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "train"}
     space_params = space.model_dump(mode="json", warnings=False)
     params = tracking.flatten({"space": space_params, "sweep": sweep | asdict(settings)})

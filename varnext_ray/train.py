@@ -22,6 +22,7 @@ from typing import Any
 
 from varnext_ray import tracking
 from varnext_ray.arch import ArchConfig
+from varnext_ray.background import training_background
 from varnext_ray.cluster import Resources, check_resources, cluster_cpus, fits_in_object_store
 from varnext_ray.dataset import (
     frames_dataset,
@@ -53,6 +54,8 @@ def check_dataset(
 ) -> None:
     """A clear error before training when the dataset cannot train or validate."""
     manifest = load_manifest(data)
+    if arch is not None:
+        check_frame_size(manifest.size, arch.input.shape, data)
     on_triplets = settings.trains_on_triplets(arch) if arch else settings.train_on == "triplets"
     if on_triplets and len(triplet_index(manifest, "train", settings.stride)) < workers:
         raise UserError(
@@ -76,6 +79,20 @@ def check_dataset(
             str(data),
             f"re-ingest with --val > 0 (val clips need more than "
             f"{2 * settings.stride} frames) or lower --stride",
+        )
+
+
+def check_frame_size(size: tuple[int, int], input_shape: tuple[int, ...], data: Path) -> None:
+    """The dataset's frames (W, H) must be the architecture's input (C, H, W)."""
+    width, height = size
+    _, want_h, want_w = input_shape
+    if (width, height) != (want_w, want_h):
+        raise UserError(
+            f"the dataset's frames are {width}x{height} but the architecture reads "
+            f"{want_w}x{want_h}",
+            str(data),
+            f"re-ingest with --size {want_w}x{want_h}, or use an architecture whose input is "
+            f"{{'width': {width}, 'height': {height}}}",
         )
 
 
@@ -120,6 +137,11 @@ def build_trainer(
     )
     if fits_in_object_store(data, copies=3 if triplets else 1):  # decode once, not every epoch
         train_frames = train_frames.materialize()
+    passes = settings.passes_per_epoch(
+        steps_per_pass(data, settings, resources.workers, triplets=triplets)
+    )
+    if passes > 1:  # whole passes in one stream: every worker iterates it once, in lockstep
+        train_frames = train_frames.union(*[train_frames] * (passes - 1))
     datasets = {
         "train": train_frames.randomize_block_order(seed=settings.seed),
         "val": triplets_dataset(data, "val", stride=settings.stride, limit=settings.val_triplets),
@@ -135,6 +157,8 @@ def build_trainer(
         on_triplets=triplets,
         rollout_steps=horizons,
         tracking=tracking_run,
+        background=training_background(data),
+        passes_per_epoch=passes,
     )
     return TorchTrainer(
         train_loop_per_worker,
@@ -160,6 +184,20 @@ def build_trainer(
             ),
         ),
     )
+
+
+def steps_per_pass(data: Path, settings: TrainSettings, workers: int, *, triplets: bool) -> int:
+    """Optimizer steps of one pass over the training split: ceil(rows per worker / batch).
+
+    ``streaming_split`` gives every worker floor(rows / workers) rows (frames, or triplets when
+    training reads triplets); the last batch of a pass may be partial.
+    """
+    manifest = load_manifest(data)
+    if triplets:
+        rows = len(triplet_index(manifest, "train", settings.stride))
+    else:
+        rows = int(manifest.data["splits"]["train"])
+    return max(1, math.ceil((rows // max(1, workers)) / settings.batch_size))
 
 
 def _rollout_horizons(data: Path, settings: TrainSettings) -> int:

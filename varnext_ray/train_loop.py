@@ -1,8 +1,10 @@
 """The per-worker training loop that Ray Train runs on every DDP rank.
 
 Each epoch: one pass over this rank's shard of the training frames (or triplets, when the
-architecture's linearity weight is on), then the validation loss and the extrapolation
-metrics (:mod:`varnext_ray.metrics`) on this rank's shard of the validation triplets, and the
+architecture's linearity weight is on; with a ``steps`` budget the driver streams
+``passes_per_epoch`` copies of the split, so the pass is that many whole passes), then the
+validation loss and the extrapolation metrics (:mod:`varnext_ray.metrics`) on this rank's
+shard of the validation triplets, and the
 multi-step rollout metrics on its shard of the validation sequences, summed and all-reduced
 across ranks so every rank reports the same averages. Rank 0 saves the checkpoint, the
 prediction strip, the rollout GIF and the MLflow metrics; every rank calls
@@ -29,6 +31,7 @@ import torch.distributed as dist
 
 from varnext_ray import tracking
 from varnext_ray.arch import parse_arch
+from varnext_ray.background import BACKGROUND_FILE, as_tensor, png_bytes
 from varnext_ray.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
 from varnext_ray.dataset import sequence_keys, to_model_input
 from varnext_ray.media import save_gif, save_png
@@ -59,6 +62,8 @@ class LoopConfig:
     on_triplets: bool  # training reads (t, t+s, t+2s) triplets rather than single frames
     rollout_steps: int  # horizons K scored each epoch (settings', shortened to fit; 0: off)
     tracking: tracking.TrackingRun | None = None  # the MLflow run rank 0 logs to
+    background: np.ndarray | None = None  # uint8 (H, W, 3): median of the training frames
+    passes_per_epoch: int = 1  # whole passes over the training split per epoch (steps budget)
 
 
 @dataclass(frozen=True)
@@ -204,12 +209,13 @@ def evaluate(
     strip = None
     rng_state = torch.get_rng_state()
     torch.manual_seed(loop.settings.seed + 7919 * epoch)  # the same ELBO samples every run
+    background = None if loop.background is None else as_tensor(loop.background, device)
     batches = shard.iter_torch_batches(batch_size=loop.settings.batch_size, device="cpu")
     for x1, x2, x3 in _batches(batches, device, ("x1", "x2", "x3")):
         x = torch.cat((x1, x2, x3)) if loop.on_triplets else x2  # (3B or B, C, H, W)
         with _autocast(device, loop.settings.amp):
             recon, mu, logvar = vae(x)
-            sums = add_sums(sums, triplet_sums(vae, x1, x2, x3))
+            sums = add_sums(sums, triplet_sums(vae, x1, x2, x3, background))
         parts = vae_loss(
             recon.float(), x, mu.float(), logvar.float(), vae.config.loss, epoch,
             triplets=loop.on_triplets,
@@ -221,7 +227,7 @@ def evaluate(
             dtype=torch.float64,
         )
         if strip is None and _rank() == 0:
-            strip = prediction_strip(vae, x1, x2, x3, n=min(4, b))
+            strip = prediction_strip(vae, x1, x2, x3, n=min(4, b), background=background)
     torch.set_rng_state(rng_state)
     if sums is None:
         raise RuntimeError("no validation batch reached this rank")
@@ -266,10 +272,11 @@ def _is_better(value: float, best: float | None, mode: str) -> bool:
 
 def _start(
     loop: LoopConfig, device: torch.device
-) -> tuple[VAE, torch.optim.Optimizer, int, float | None]:
+) -> tuple[VAE, torch.optim.Optimizer, int, float | None, int]:
     """The model and optimizer, restored from Ray Train's checkpoint when resuming.
 
-    Returns them with the epochs already completed and the best objective value so far.
+    Returns them with the epochs already completed, the best objective value so far and the
+    optimizer steps already done.
     """
     import ray.train
 
@@ -281,12 +288,13 @@ def _start(
     )
     resume = ray.train.get_checkpoint()
     if resume is None:
-        return vae, optimizer, 0, None
+        return vae, optimizer, 0, None, 0
     with resume.as_directory() as directory:
         saved = load_checkpoint(Path(directory))
         vae.load_state_dict(saved.model.state_dict())
         load_optimizer_state(Path(directory), optimizer)
-    return vae, optimizer, saved.meta["epoch"], (saved.meta.get("extra") or {}).get("best")
+    best = (saved.meta.get("extra") or {}).get("best")
+    return vae, optimizer, saved.meta["epoch"], best, int(saved.meta["metrics"].get("steps", 0))
 
 
 def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
@@ -299,7 +307,7 @@ def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
     _seed_everything(settings.seed)
     torch.set_num_threads(max(1, settings.torch_threads))
     device = ray.train.torch.get_device()
-    vae, optimizer, start_epoch, best = _start(loop, device)
+    vae, optimizer, start_epoch, best, steps = _start(loop, device)
     model = ray.train.torch.prepare_model(vae)
     if settings.compile:
         model = torch.compile(model)
@@ -313,7 +321,10 @@ def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
         if loop.rollout_steps:
             rollout, gif = evaluate_rollout(model, shard("rollout"), loop=loop, device=device)
             metrics |= rollout
+        steps += int(train["train_steps"])
         metrics |= train | {
+            "steps": steps,
+            "train_passes": loop.passes_per_epoch,
             "epoch": epoch + 1,
             "world_size": _world_size(),
             "epoch_seconds": time.perf_counter() - started,
@@ -331,10 +342,14 @@ def progress_line(metrics: dict[str, float], epochs: int) -> str:
     """One line per epoch with the main metrics."""
     m = metrics
     return (
-        f"epoch {int(m['epoch'])}/{epochs}: train_loss {m['train_loss']:.4g} "
+        f"epoch {int(m['epoch'])}/{epochs} (step {int(m.get('steps', 0))}): "
+        f"train_loss {m['train_loss']:.4g} "
         f"val_loss {m['val_loss']:.4g} | extrap_psnr {m.get('extrap_psnr', math.nan):.2f} dB "
         f"vs copy_last {m.get('copy_last_psnr', math.nan):.2f} dB, "
         f"oracle {m.get('oracle_psnr', math.nan):.2f} dB, "
+        f"background {m.get('background_psnr', math.nan):.2f} dB, "
+        f"motion gain {m.get('extrap_gain_db_motion', math.nan):+.2f} dB, "
+        f"active {int(m.get('active_units', 0))}/{int(m.get('latent_elements', 0))}, "
         f"skill {m.get('extrap_skill', math.nan):+.3f} ({m['epoch_seconds']:.1f} s)"
     )
 
@@ -359,6 +374,7 @@ def _report(
         ray.train.report(report.metrics, checkpoint=None)
         return
     print(progress_line(report.metrics, loop.settings.epochs), flush=True)
+    files = None if loop.background is None else {BACKGROUND_FILE: png_bytes(loop.background)}
     with tempfile.TemporaryDirectory() as tmp:
         directory = save_checkpoint(
             Path(tmp) / "checkpoint",
@@ -367,7 +383,9 @@ def _report(
             epoch=report.epoch,
             metrics=report.metrics,
             optimizer=optimizer,
-            extra={"best": report.best, "objective": loop.settings.objective},
+            extra={"best": report.best, "objective": loop.settings.objective}
+            | ({"background": BACKGROUND_FILE} if files else {}),
+            files=files,
         )
         if loop.tracking:
             _log_epoch(report, loop.tracking, directory, Path(tmp))

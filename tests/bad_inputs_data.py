@@ -1,0 +1,839 @@
+"""Bad inputs of the data and file side, added to the corpus of tests/test_bad_inputs.py.
+
+Grouped by cause, each group fixed once at the edge that reads the input
+(``varnext_ray.safe_io`` for files and JSON, ``sources`` for images and videos, ``dataset``
+for manifests, ``checkpoint`` for checkpoints, ``arch`` for size bounds):
+
+- file kinds: a directory, a FIFO (never opened: opening one blocks), ``/dev/null``, a path
+  under a file, a symlink loop, a dangling symlink, wherever a file is read;
+- hostile JSON: nested 100,000 deep, a 5,000-digit integer, over the size cap (sparse files:
+  refused from their size, never read), not UTF-8, ``NaN``;
+- hand-edited manifests and checkpoint metadata: a key missing or of the wrong type, counts
+  that do not add up, files outside the dataset, a Parquet file that is not one;
+- images and videos: decompression bombs, over-large images, undecodable single images,
+  crops that keep no pixels, absurd ``--size`` and NaN / out-of-range options;
+- size bounds: architectures whose parameters or activations would exhaust memory, checked
+  before any tensor (also for a checkpoint's arch.json, against its safetensors header);
+- one line: a path with a newline or an escape sequence cannot forge a second line;
+- nothing left behind: a failing ingest into new parent folders leaves none of them.
+
+Each value is ``(argv, expected, setup)`` as in :class:`tests.test_bad_inputs.Case`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import shutil
+import threading
+import zlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from tests.conftest import REPO
+
+# A small flat-latent architecture written out here (not read from configs/, whose schema may
+# grow), so each case changes exactly one thing of a valid file.
+SMOKE_DATA: dict[str, Any] = {
+    "input": {"channels": 3, "height": 36, "width": 64},
+    "encoder": {
+        "conv": [
+            {"out_channels": 8, "kernel_size": 3, "stride": 2, "padding": 1},
+            {"out_channels": 16, "kernel_size": 3, "stride": 2, "padding": 1},
+            {"out_channels": 16, "kernel_size": 3, "stride": 2, "padding": 1},
+        ],
+        "linear": [],
+    },
+    "latent_dim": 8,
+    "decoder": "mirror",
+    "output_activation": "sigmoid",
+    "loss": {"reconstruction": "mse", "beta": 1.0},
+}
+DEEP = "[" * 100_000 + "]" * 100_000
+LONG_INT = '{"latent_dim": ' + "7" * 5000 + "}"
+Setup = Callable[[Path, dict], str]
+Raw = tuple[str, str, Setup | None]
+
+
+# ---- setups -----------------------------------------------------------------------------------
+
+
+def _write(tmp: Path, name: str, data: bytes | str) -> Path:
+    path = tmp / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data.encode() if isinstance(data, str) else data)
+    return path
+
+
+def file(name: str, data: bytes | str) -> Setup:
+    return lambda tmp, inputs: str(_write(tmp, name, data))
+
+
+def sparse(name: str, size: int) -> Setup:
+    """A file of ``size`` bytes that takes no disk (refused from its size alone)."""
+
+    def make(tmp: Path, inputs: dict) -> str:
+        (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp / name, "wb") as f:
+            f.write(b"{")
+            f.truncate(size)
+        return str(tmp / name)
+
+    return make
+
+
+def folder(name: str) -> Setup:
+    def make(tmp: Path, inputs: dict) -> str:
+        (tmp / name).mkdir(parents=True)
+        return str(tmp / name)
+
+    return make
+
+
+def _unblock_later(path: Path) -> None:
+    """If a regression opens the FIFO for reading, a writer appears after 20 s so the test fails
+    on its time limit instead of hanging (with no reader, this open fails and does nothing)."""
+
+    def poke() -> None:
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+    timer = threading.Timer(20, poke)
+    timer.daemon = True
+    timer.start()
+
+
+def fifo(name: str) -> Setup:
+    def make(tmp: Path, inputs: dict) -> str:
+        path = tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.mkfifo(path)
+        _unblock_later(path)
+        return str(path)
+
+    return make
+
+
+def symlink(name: str, target: str) -> Setup:
+    def make(tmp: Path, inputs: dict) -> str:
+        (tmp / name).symlink_to(tmp / target)
+        return str(tmp / name)
+
+    return make
+
+
+def arch(change: Callable[[dict], None]) -> Setup:
+    def make(tmp: Path, inputs: dict) -> str:
+        data = copy.deepcopy(SMOKE_DATA)
+        change(data)
+        return str(_write(tmp, "arch.json", json.dumps(data)))
+
+    return make
+
+
+def space(**fields: Any) -> Setup:
+    return file("space.json", json.dumps({"name": "bad", "base": SMOKE_DATA} | fields))
+
+
+def png_header(name: str, width: int, height: int) -> Setup:
+    """A PNG that claims ``width`` x ``height`` (1-bit) and holds no pixel data: what a
+    decompression bomb looks like to a reader that checks the size before decoding."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body).to_bytes(4, "big")
+        return len(body).to_bytes(4, "big") + kind + body + crc
+
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([1, 0, 0, 0, 0])
+    data = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+    return file(name, data)
+
+
+def dataset(change: Callable[[Path, dict], None]) -> Setup:
+    """A copy of the good dataset with its manifest (dict) and files changed."""
+
+    def make(tmp: Path, inputs: dict) -> str:
+        root = Path(shutil.copytree(inputs["dataset"], tmp / "ds"))
+        manifest = json.loads((root / "dataset.json").read_text())
+        change(root, manifest)
+        if manifest is not None:
+            (root / "dataset.json").write_text(json.dumps(manifest))
+        return str(root)
+
+    return make
+
+
+def manifest_text(text: str | bytes) -> Setup:
+    def make(tmp: Path, inputs: dict) -> str:
+        root = Path(shutil.copytree(inputs["dataset"], tmp / "ds"))
+        _write(root, "dataset.json", text)
+        return str(root)
+
+    return make
+
+
+def checkpoint(change: Callable[[Path], None], rehash: bool = True) -> Setup:
+    """A copy of the good checkpoint, changed, with meta.json's sha256 table updated to match
+    (so the change is seen by the check behind the hashes, not by the hashes)."""
+
+    def make(tmp: Path, inputs: dict) -> str:
+        path = Path(shutil.copytree(inputs["ckpt"], tmp / "ckpt"))
+        change(path)
+        if rehash and (path / "meta.json").is_file():
+            meta = json.loads((path / "meta.json").read_text())
+            for name in meta["files"]:
+                if (path / name).is_file():
+                    meta["files"][name] = hashlib.sha256((path / name).read_bytes()).hexdigest()
+            (path / "meta.json").write_text(json.dumps(meta))
+        return str(path)
+
+    return make
+
+
+# ---- changes ----------------------------------------------------------------------------------
+
+
+def set_key(value: Any, *keys: str | int) -> Callable[[dict], None]:
+    def change(data: dict) -> None:
+        for key in keys[:-1]:
+            data = data[key]
+        data[keys[-1]] = value
+
+    return change
+
+
+def manifest_set(value: Any, *keys: str | int) -> Callable[[Path, dict], None]:
+    return lambda root, manifest: set_key(value, *keys)(manifest)
+
+
+def manifest_drop(key: str) -> Callable[[Path, dict], None]:
+    return lambda root, manifest: manifest.pop(key)
+
+
+def _truncate_parquet(root: Path, manifest: dict) -> None:
+    path = root / manifest["clips"][0]["files"][0]
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _remove_parquet(root: Path, manifest: dict) -> None:
+    (root / manifest["clips"][0]["files"][0]).unlink()
+
+
+def _duplicate_clip(root: Path, manifest: dict) -> None:
+    manifest["clips"][1]["id"] = manifest["clips"][0]["id"]
+
+
+def _arch_json(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        data = json.loads((path / "arch.json").read_text())
+        change(data)
+        (path / "arch.json").write_text(json.dumps(data))
+
+    return edit
+
+
+def _meta(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        data = json.loads((path / "meta.json").read_text())
+        change(data)
+        (path / "meta.json").write_text(json.dumps(data))
+
+    return edit
+
+
+def _model_bytes(change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        model = path / "model.safetensors"
+        model.write_bytes(change(model.read_bytes()))
+
+    return edit
+
+
+def _replace_with_dir(name: str) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        (path / name).unlink()
+        (path / name).mkdir()
+
+    return edit
+
+
+def _replace_with_fifo(name: str) -> Callable[[Path], None]:
+    def edit(path: Path) -> None:
+        (path / name).unlink()
+        os.mkfifo(path / name)
+        _unblock_later(path / name)
+
+    return edit
+
+
+def _enlarge_input(data: dict) -> None:
+    """A checkpoint's arch.json claiming 18432x32768 frames (the weights are for 36x64)."""
+    if "latent" in data:  # a spatial latent's size follows the input: latent_dim is derived
+        data.pop("latent_dim", None)
+    data["input"] = {"channels": 3, "height": 36 * 512, "width": 64 * 512}
+
+
+def _huge_activations(data: dict) -> None:
+    """Few parameters (one 64x64 stride-64 conv), but 16384x16384 frames: 6 GiB per frame."""
+    data["input"] = {"height": 16384, "width": 16384}
+    data["encoder"] = {"conv": [{"out_channels": 1, "kernel_size": 64, "stride": 64}]}
+    data["latent_dim"] = 2
+
+
+def _group_norm_prime(data: dict) -> None:
+    layer = data["encoder"]["conv"][0]
+    layer.update(norm="group", groups=2, out_channels=2_147_483_647)
+
+
+def _wide_strip(tmp: Path, inputs: dict) -> str:
+    """A 1000x8 image: at --size 8x128 its centre crop would be 0 pixels wide."""
+    Image.new("RGB", (1000, 8), (10, 20, 30)).save(tmp / "strip.png")
+    return str(tmp / "strip.png")
+
+
+def _frames_with_newline(tmp: Path, inputs: dict) -> str:
+    """A folder whose only frames lie in a subfolder named with a newline, and are empty."""
+    sub = tmp / "cam" / "x\nerror: forged line"
+    sub.mkdir(parents=True)
+    (sub / "f_1.png").write_bytes(b"")
+    return str(tmp / "cam")
+
+
+def _corrupt_frames(tmp: Path, inputs: dict) -> str:
+    (tmp / "frames").mkdir()
+    for i in range(3):
+        (tmp / "frames" / f"f_{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
+    return str(tmp / "frames")
+
+
+def _self_loop(tmp: Path, inputs: dict) -> str:
+    (tmp / "loop").mkdir()
+    (tmp / "loop" / "again").symlink_to(tmp / "loop")
+    return str(tmp / "loop")
+
+
+def _nonempty(tmp: Path, inputs: dict) -> str:
+    (tmp / "taken").mkdir()
+    (tmp / "taken" / "keep.txt").write_text("mine")
+    return str(tmp / "taken")
+
+
+# ---- the cases --------------------------------------------------------------------------------
+
+INGEST = "ingest {f} --out {out}"
+INGEST_VIDEO = "ingest {video} --out {out} --size 64x36"
+ARCH_CHECK = "arch check {f}"
+SWEEP = "sweep --space {f} --data {dataset} {track}"
+INFO = "data info {f}"
+PREDICT = "predict --checkpoint {f} --out {tmp}/p.png {a} {a}"
+NESTED = "nested more than 64 levels deep"
+DIGITS = "a number with too many digits"
+FIFO = "named pipe (FIFO)"
+MANIFEST = "invalid manifest"
+
+FILE_KINDS: dict[str, Raw] = {
+    "kind-arch-directory": (ARCH_CHECK, "architecture file is a directory", folder("a.json")),
+    "kind-arch-fifo": (ARCH_CHECK, FIFO, fifo("arch.json")),
+    "kind-arch-dev-null": ("arch check /dev/null", "is a character device", None),
+    "kind-arch-under-a-file": ("arch check {a}/arch.json", "a parent of this path is a file", None),
+    "kind-arch-symlink-loop": (ARCH_CHECK, "a symlink loop", symlink("x.json", "x.json")),
+    "kind-arch-dangling-symlink": (
+        ARCH_CHECK,
+        "architecture file not found",
+        symlink("x.json", "gone.json"),
+    ),
+    "kind-train-config-fifo": (
+        "train --config {f} --data {dataset} {track}",
+        FIFO,
+        fifo("arch.json"),
+    ),
+    "kind-space-directory": (SWEEP, "search space file is a directory", folder("s.json")),
+    "kind-space-fifo": (SWEEP, FIFO, fifo("space.json")),
+    "kind-ingest-fifo": (INGEST, FIFO, fifo("clip.mp4")),
+    "kind-ingest-dev-zero": ("ingest /dev/zero --out {out}", "is a character device", None),
+    "kind-ingest-out-is-a-file": (
+        "ingest {video} --out {f}",
+        "output already exists",
+        file("taken", "mine"),
+    ),
+    "kind-ingest-out-not-empty": (
+        "ingest {video} --out {f}",
+        "output already exists and is not empty",
+        _nonempty,
+    ),
+    "kind-ingest-out-under-a-file": (
+        "ingest {video} --out {f}/ds",
+        "a parent of this path is a file",
+        file("plain", "x"),
+    ),
+    "kind-ingest-out-dangling-symlink": (
+        "ingest {video} --out {f}",
+        "output already exists (a symlink to nothing)",
+        symlink("out", "nowhere"),
+    ),
+    "kind-ingest-symlink-loop": (INGEST, "no videos or images found", _self_loop),
+    "kind-info-on-a-file": (INFO, "dataset is a file, not a directory", file("ds", "x")),
+    "kind-checkpoint-is-a-file": (PREDICT, "checkpoint is a file, not a directory", file("c", "x")),
+    "kind-checkpoint-meta-fifo": (
+        PREDICT,
+        FIFO,
+        checkpoint(_replace_with_fifo("meta.json"), rehash=False),
+    ),
+    "kind-checkpoint-weights-directory": (
+        PREDICT,
+        "checkpoint file is a directory",
+        checkpoint(_replace_with_dir("model.safetensors"), rehash=False),
+    ),
+}
+
+
+def _no_manifest_rewrite(replace: Callable[[Path], None]) -> Setup:
+    def make(tmp: Path, inputs: dict) -> str:
+        root = Path(shutil.copytree(inputs["dataset"], tmp / "ds"))
+        replace(root / "dataset.json")
+        return str(root)
+
+    return make
+
+
+def _to_dir(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def _to_fifo(path: Path) -> None:
+    path.unlink()
+    os.mkfifo(path)
+    _unblock_later(path)
+
+
+FILE_KINDS["kind-info-manifest-directory"] = (
+    INFO,
+    "manifest is a directory",
+    _no_manifest_rewrite(_to_dir),
+)
+FILE_KINDS["kind-info-manifest-fifo"] = (INFO, FIFO, _no_manifest_rewrite(_to_fifo))
+
+HOSTILE_JSON: dict[str, Raw] = {
+    "json-arch-nested-100000": (ARCH_CHECK, NESTED, file("a.json", DEEP)),
+    "json-arch-5000-digits": (ARCH_CHECK, DIGITS, file("a.json", LONG_INT)),
+    "json-arch-over-1-mib": (ARCH_CHECK, "larger than the 1 MiB limit", sparse("a.json", 2**21)),
+    "json-arch-not-utf8": (ARCH_CHECK, "not UTF-8 text", file("a.json", b'{"input": "\xff"}')),
+    "json-arch-utf16": (ARCH_CHECK, "not UTF-8 text", file("a.json", '{"a": 1}'.encode("utf-16"))),
+    "json-arch-empty": (ARCH_CHECK, "invalid JSON: Expecting value", file("a.json", "")),
+    "json-arch-top-level-list": (
+        ARCH_CHECK,
+        "must be a JSON object (got list)",
+        file("a.json", "[]"),
+    ),
+    "json-arch-nan": (
+        ARCH_CHECK,
+        "loss.beta: must be a finite number",
+        file("a.json", json.dumps(SMOKE_DATA).replace('"beta": 1.0', '"beta": NaN')),
+    ),
+    "json-space-nested-100000": (SWEEP, NESTED, file("space.json", DEEP)),
+    "json-space-5000-digits": (SWEEP, DIGITS, file("space.json", LONG_INT)),
+    "json-space-over-1-mib": (SWEEP, "larger than the 1 MiB limit", sparse("space.json", 2**21)),
+    "json-space-not-utf8": (SWEEP, "not UTF-8 text", file("space.json", b"\xfe\xff{}")),
+    "json-space-nan": (
+        SWEEP,
+        "NaN is not valid JSON",
+        file("space.json", '{"name": "x", "base": "a.json", "lr": [NaN]}'),
+    ),
+    "json-space-duplicate-key": (
+        SWEEP,
+        'duplicate key "latent_dim" in one object',
+        file("space.json", '{"name": "x", "base": "a.json", "latent_dim": [8], "latent_dim": []}'),
+    ),
+    "json-space-base-nested": (
+        SWEEP,
+        NESTED,
+        lambda tmp, inputs: (
+            _write(tmp, "deep.json", DEEP),
+            str(_write(tmp, "space.json", json.dumps({"name": "x", "base": "deep.json"}))),
+        )[1],
+    ),
+    "json-manifest-nested-100000": (INFO, NESTED, manifest_text(DEEP)),
+    "json-manifest-5000-digits": (INFO, DIGITS, manifest_text(LONG_INT)),
+    "json-manifest-over-64-mib": (
+        INFO,
+        "larger than the 64 MiB limit",
+        lambda tmp, inputs: str(Path(sparse("ds/dataset.json", 65 * 2**20)(tmp, inputs)).parent),
+    ),
+    "json-manifest-not-utf8": (INFO, "not UTF-8 text", manifest_text(b"\xff\xfe{}")),
+    "json-manifest-nan": (
+        INFO,
+        "NaN is not valid JSON",
+        manifest_text('{"format_version": 1, "frames": NaN}'),
+    ),
+    "json-meta-nested-100000": (
+        PREDICT,
+        NESTED,
+        checkpoint(lambda p: (p / "meta.json").write_text(DEEP), rehash=False),
+    ),
+    "json-meta-5000-digits": (
+        PREDICT,
+        DIGITS,
+        checkpoint(lambda p: (p / "meta.json").write_text(LONG_INT), rehash=False),
+    ),
+    "json-meta-over-16-mib": (
+        PREDICT,
+        "larger than the 16 MiB limit",
+        checkpoint(
+            lambda p: ((p / "meta.json").unlink(), sparse("meta.json", 17 * 2**20)(p, {})),
+            rehash=False,
+        ),
+    ),
+    "json-checkpoint-arch-nested": (
+        PREDICT,
+        NESTED,
+        checkpoint(lambda p: (p / "arch.json").write_text(DEEP)),
+    ),
+}
+
+MANIFEST_KEYS: dict[str, Raw] = {
+    "manifest-clips-missing": (
+        INFO,
+        "clips: must be given (missing)",
+        dataset(manifest_drop("clips")),
+    ),
+    "manifest-split-missing": (
+        INFO,
+        "split: must be given (missing)",
+        dataset(manifest_drop("split")),
+    ),
+    "manifest-clips-not-a-list": (
+        INFO,
+        'clips: must be a list [...] (got "x")',
+        dataset(manifest_set("x", "clips")),
+    ),
+    "manifest-size-a-string": (
+        INFO,
+        "size: must be a list",
+        dataset(manifest_set("64x36", "size")),
+    ),
+    "manifest-size-zero": (INFO, "size[0]: must be >= 1", dataset(manifest_set([0, 36], "size"))),
+    "manifest-encoding-unknown": (
+        INFO,
+        "encoding: must be",
+        dataset(manifest_set("webp", "encoding")),
+    ),
+    "manifest-frames-a-string": (
+        INFO,
+        "frames: must be an integer",
+        dataset(manifest_set("48", "frames")),
+    ),
+    "manifest-frames-do-not-add-up": (
+        INFO,
+        "but the clips hold",
+        dataset(lambda root, m: m.__setitem__("frames", m["frames"] + 1)),
+    ),
+    "manifest-splits-do-not-add-up": (
+        INFO,
+        "splits.train: says",
+        dataset(lambda root, m: m["splits"].__setitem__("train", m["splits"]["train"] + 5)),
+    ),
+    "manifest-clip-frames-huge": (  # used to build a 10**12-long triplet list: a hang
+        INFO,
+        "clips[0].frames: must be <=",
+        dataset(manifest_set(10**12, "clips", 0, "frames")),
+    ),
+    "manifest-clip-split-unknown": (
+        INFO,
+        "clips[0].split: must be",
+        dataset(manifest_set("holdout", "clips", 0, "split")),
+    ),
+    "manifest-skipped-null": (
+        INFO,
+        "skipped: must be a list",
+        dataset(manifest_set(None, "skipped")),
+    ),
+    "manifest-duplicate-clip-id": (INFO, "repeat the id", dataset(_duplicate_clip)),
+    "manifest-file-absolute": (
+        INFO,
+        "is not a path inside the dataset",
+        dataset(manifest_set(["/etc/passwd"], "clips", 0, "files")),
+    ),
+    "manifest-file-escapes": (
+        INFO,
+        "is not a path inside the dataset",
+        dataset(manifest_set(["../../secret.parquet"], "clips", 0, "files")),
+    ),
+    "manifest-file-missing": (INFO, "is missing", dataset(_remove_parquet)),
+    "manifest-file-not-parquet": (
+        INFO,
+        "is not a readable Parquet file",
+        dataset(_truncate_parquet),
+    ),
+    "manifest-a-list": (INFO, "manifest is not a JSON object", manifest_text("[]")),
+    "manifest-format-unknown": (
+        INFO,
+        "unsupported dataset format",
+        dataset(manifest_set(99, "format_version")),
+    ),
+    "manifest-edited-train": (
+        "train --config {smoke} --data {f} {track}",
+        MANIFEST,
+        dataset(manifest_drop("clips")),
+    ),
+    "manifest-edited-sweep": (
+        f"sweep --space {REPO / 'search_spaces' / 'smoke.json'} --data {{f}} {{track}}",
+        MANIFEST,
+        dataset(manifest_set("x", "splits")),
+    ),
+}
+
+CHECKPOINT_META: dict[str, Raw] = {
+    "meta-hash-not-hex": (
+        PREDICT,
+        "files.arch.json must be a sha256 hex digest",
+        checkpoint(_meta(set_key(5, "files", "arch.json")), rehash=False),
+    ),
+    "meta-epoch-a-string": (
+        PREDICT,
+        "epoch must be an integer >= 0",
+        checkpoint(_meta(set_key("1", "epoch")), rehash=False),
+    ),
+    "meta-metrics-a-list": (
+        PREDICT,
+        "metrics must be an object",
+        checkpoint(_meta(set_key([], "metrics")), rehash=False),
+    ),
+    "meta-image-size-bad": (
+        PREDICT,
+        "image_size must be [width, height]",
+        checkpoint(_meta(set_key("64x36", "image_size")), rehash=False),
+    ),
+    "meta-a-list": (
+        PREDICT,
+        "not a varnext checkpoint",
+        checkpoint(lambda p: (p / "meta.json").write_text("[]"), rehash=False),
+    ),
+    "meta-not-utf8": (
+        PREDICT,
+        "not UTF-8 text",
+        checkpoint(lambda p: (p / "meta.json").write_bytes(b"\xff{}"), rehash=False),
+    ),
+}
+
+IMAGES_AND_OPTIONS: dict[str, Raw] = {
+    "image-decompression-bomb": (
+        INGEST,
+        "decompression bomb",
+        png_header("bomb.png", 20_000, 20_000),
+    ),
+    "image-over-the-pixel-limit": (
+        INGEST,
+        "over the limit of 67,108,864 pixels",
+        png_header("big.png", 9000, 9000),
+    ),
+    "image-truncated-alone": (
+        INGEST,
+        "cannot read as an image",
+        lambda tmp, inputs: str(_write(tmp, "t.png", Path(inputs["a"]).read_bytes()[:60])),
+    ),
+    "image-png-magic-only": (
+        INGEST,
+        "cannot read as an image",
+        file("m.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 50),
+    ),
+    "image-text-named-jpg": (INGEST, "cannot read as an image", file("notes.jpg", "hello\n")),
+    "image-folder-of-corrupt-frames": (INGEST, "no decodable frame", _corrupt_frames),
+    "crop-keeps-no-pixels": (
+        "ingest {f} --out {out} --size 8x128",
+        "keeps no pixels",
+        _wide_strip,
+    ),
+    "size-absurd-aspect": (
+        "ingest {video} --out {out} --size 8192x8",
+        "aspect ratio beyond 16:1",
+        None,
+    ),
+    "size-upscale-128-times": (  # 64x36 frames to 8192x4608: 113 MB of blur per frame
+        "ingest {video} --out {tmp}/new/ds --size 8192x4608",
+        "would enlarge the 64x36 centre crop of 64x36 frames 128 times",
+        None,
+    ),
+    "size-5000-digits": (
+        "ingest {video} --out {out} --size " + "9" * 5000 + "x8",
+        "size must be WxH",
+        None,
+    ),
+    "size-unicode-digits": (
+        "ingest {video} --out {out} --size \u0666\u0664x\u0663\u0666",
+        "size must be WxH",
+        None,
+    ),
+    "option-cut-threshold-nan": (
+        INGEST_VIDEO + " --cut-threshold nan",
+        "--cut-threshold must be a finite number (got nan)",
+        None,
+    ),
+    "option-cut-ratio-inf": (
+        INGEST_VIDEO + " --cut-ratio inf",
+        "--cut-ratio must be a finite number (got inf)",
+        None,
+    ),
+    "option-val-nan": (INGEST_VIDEO + " --val nan", "--val must be a finite number", None),
+    "option-test-inf": (INGEST_VIDEO + " --test=-inf", "--test must be a finite number", None),
+    "option-seed-negative": (INGEST_VIDEO + " --seed -1", "--seed must be in 0..2**63-1", None),
+    "option-seed-huge": (
+        INGEST_VIDEO + " --seed 99999999999999999999999",
+        "--seed must be in 0..2**63-1",
+        None,
+    ),
+}
+
+BOUNDS: dict[str, Raw] = {
+    "bound-latent-1e9": (
+        ARCH_CHECK,
+        "parameters, over the limit of 1,000,000,000",
+        arch(set_key(10**9, "latent_dim")),
+    ),
+    "bound-linear-1e9": (
+        ARCH_CHECK,
+        "parameters, over the limit",
+        arch(set_key([10**9], "encoder", "linear")),
+    ),
+    "bound-activations": (
+        ARCH_CHECK,
+        "of activations per frame (float32), over the limit of 4 GiB",
+        arch(_huge_activations),
+    ),
+    "bound-flag-lowers-the-limit": (
+        ARCH_CHECK + " --max-params 1000",
+        "23,427 parameters, over the limit of 1,000",
+        arch(lambda data: None),
+    ),
+    "bound-flag-nan": (
+        ARCH_CHECK + " --max-activation-bytes nan",
+        "argument --max-activation-bytes: must be > 0 (got 'nan')",
+        arch(lambda data: None),
+    ),
+    "bound-train-latent-1e9": (
+        "train --config {f} --data {dataset} {track}",
+        "parameters, over the limit",
+        arch(set_key(10**9, "latent_dim")),
+    ),
+    "bound-group-norm-prime": (  # the divisor hint used to loop 2**31 times
+        ARCH_CHECK,
+        "must divide out_channels 2147483647 for group norm (got 2); use one of 1, 2147483647",
+        arch(_group_norm_prime),
+    ),
+    "bound-channels-over-int32": (
+        ARCH_CHECK,
+        "out_channels: must be <= 2147483647",
+        arch(set_key(2**31, "encoder", "conv", 0, "out_channels")),
+    ),
+    "bound-stride-1e30": (
+        ARCH_CHECK,
+        "stride: must be <= 2147483647",
+        arch(set_key(10**30, "encoder", "conv", 0, "stride")),
+    ),
+    "bound-space-base-latent-1e9": (
+        SWEEP,
+        "parameters, over the limit",
+        space(base=SMOKE_DATA | {"latent_dim": 10**9}),
+    ),
+    "bound-space-every-point-too-large": (
+        SWEEP,
+        "even the smallest architecture of the space is too large",
+        space(latent_dim={"low": 10**9, "high": 2 * 10**9}),
+    ),
+    "space-depth-negative": (
+        SWEEP,
+        "encoder.depth: must be >= 0 (got -2)",
+        space(encoder={"depth": {"low": -2, "high": 2}}),
+    ),
+    "space-depth-1e9": (  # used to build 10**9 layer dicts per trial
+        SWEEP,
+        "encoder.depth: must be <= 64 conv layers (got 1000000000)",
+        space(encoder={"depth": [10**9]}),
+    ),
+    "space-varies-layers-of-a-base-without-any": (
+        SWEEP,
+        "encoder.depth: the base architecture has no conv layer to vary",
+        space(
+            base={"input": {"height": 36, "width": 64}, "latent_dim": 4},
+            encoder={"depth": [1, 2]},
+        ),
+    ),
+    "bound-checkpoint-arch-huge-input": (  # a 1 KB arch.json must not allocate 29 GB
+        PREDICT,
+        "over the limit",
+        checkpoint(_arch_json(_enlarge_input)),
+    ),
+    "header-checkpoint-arch-channels-changed": (  # refused from the header, before building
+        PREDICT,
+        "weights do not match arch.json: size mismatch for",
+        checkpoint(_arch_json(set_key(9, "encoder", "conv", 0, "out_channels"))),
+    ),
+    "header-length-absurd": (
+        PREDICT,
+        "not a safetensors file (header length",
+        checkpoint(_model_bytes(lambda data: (2**60).to_bytes(8, "little") + data[8:])),
+    ),
+    "header-truncated-weights": (
+        PREDICT,
+        "not a safetensors file",
+        checkpoint(_model_bytes(lambda data: data[: len(data) // 2])),
+    ),
+    "header-not-json": (
+        PREDICT,
+        "not a safetensors file (header: not UTF-8",
+        checkpoint(_model_bytes(lambda data: data[:8] + b"\xff" * 16 + data[24:])),
+    ),
+    "header-tiny-file": (
+        PREDICT,
+        "not a safetensors file (3 bytes)",
+        checkpoint(_model_bytes(lambda data: b"abc")),
+    ),
+}
+
+ONE_LINE: dict[str, Raw] = {
+    "line-newline-in-a-found-path": (INGEST, "x\\nerror: forged line", _frames_with_newline),
+    "line-newline-in-a-space-base": (
+        SWEEP,
+        "x\\nerror: forged.json",
+        file("space.json", json.dumps({"name": "x", "base": "x\nerror: forged.json"})),
+    ),
+    "line-escape-sequence-in-a-path": (
+        "arch check {tmp}/a\x1b[2Kb.json",
+        "a\\x1b[2Kb.json",
+        None,
+    ),
+    "line-newline-in-an-arch-value": (
+        ARCH_CHECK,
+        "must be one of",
+        arch(set_key("relu\nerror: forged", "encoder", "conv", 0, "activation")),
+    ),
+}
+
+LEFT_BEHIND: dict[str, Raw] = {
+    "leave-nothing-new-parents-failed-ingest": (
+        "ingest {f} --out {tmp}/new/deeper/ds",
+        "no decodable frame",
+        _corrupt_frames,
+    ),
+    "leave-nothing-crop-failure-midway": (
+        "ingest {f} --out {tmp}/made/ds --size 8x128",
+        "keeps no pixels",
+        _wide_strip,
+    ),
+}
+
+DATA_CASES: dict[str, Raw] = (
+    FILE_KINDS
+    | HOSTILE_JSON
+    | MANIFEST_KEYS
+    | CHECKPOINT_META
+    | IMAGES_AND_OPTIONS
+    | BOUNDS
+    | ONE_LINE
+    | LEFT_BEHIND
+)

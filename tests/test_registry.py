@@ -1,0 +1,317 @@
+"""MLflow conventions: registered models (best/sweep --register, predict --model, pyfunc that
+needs no varnext_ray import and holds no pickle), the experiment kind, dataset inputs, system
+metrics, and the quiet-console settings. A real SQLite store; no Ray (the sweep's real runs
+are checked in tests/test_sweep.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from tests.conftest import REPO, smoke_checkpoint
+from varnext_ray import console, mlflow_extras, registry, tracking
+from varnext_ray.cli import main
+
+EXP = "registry-test"
+MODEL = "reg-vae"
+# run name: (best_extrap_psnr, checkpoint seed or None, status)
+RUNS = {
+    "trial-good": (21.0, 1, "FINISHED"),
+    "trial-better": (23.0, 2, "FINISHED"),
+    "trial-failed": (30.0, 3, "FAILED"),
+    "trial-no-ckpt": (29.0, None, "FINISHED"),
+}
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A sweep parent and the trial runs of RUNS, with smoke-model checkpoints."""
+    root = tmp_path_factory.mktemp("registry")
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    tracking.client(uri).create_experiment(EXP, artifact_location=str(root / "artifacts"))
+    parent = tracking.start_run(uri, EXP, run_name="sweep", tags={"varnext.kind": "sweep"})
+    runs = {}
+    for name, (psnr, seed, status) in RUNS.items():
+        run = tracking.start_run(
+            uri, EXP, run_name=name, tags={"varnext.kind": "trial"}, parent_run_id=parent
+        )
+        metrics = {"best_extrap_psnr": psnr, "extrap_psnr": psnr, "copy_last_psnr": 25.0}
+        tracking.log_metrics(uri, run, metrics | {"epoch": 2}, step=2)
+        if seed is not None:
+            tracking.log_artifact(uri, run, smoke_checkpoint(root, name, seed), "checkpoint")
+        tracking.end_run(uri, run, status)
+        runs[name] = run
+    tracking.end_run(uri, parent)
+    return {"uri": uri, "root": root, "parent": parent, "runs": runs}
+
+
+@pytest.fixture(scope="module")
+def registered(store: dict) -> dict:
+    """``varnext best --register`` once (module scope: later tests reuse the version)."""
+    out = store["root"] / "best"
+    argv = ["best", "--experiment", EXP, "--out", str(out), "--tracking-uri", store["uri"]]
+    assert main([*argv, "--register", MODEL]) == 0
+    return {"out": out}
+
+
+def _frames(tmp: Path) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in (0, 1):  # 96x54: larger than the 64x36 model, another aspect ratio
+        path = tmp / f"frame_{i}.png"
+        Image.fromarray(rng.integers(0, 255, (54, 96, 3), np.uint8)).save(path)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+# ---- registered models ------------------------------------------------------------------------
+
+
+def test_best_register_makes_a_champion_version_with_run_metrics_and_arch(
+    store: dict, registered: dict
+) -> None:
+    client = mlflow.MlflowClient(store["uri"], registry_uri=store["uri"])
+    version = client.get_model_version_by_alias(MODEL, "champion")
+    best = store["runs"]["trial-better"]  # the failed and checkpoint-less runs score higher
+    assert str(version.version) == "1" and version.run_id == best
+    assert version.tags["varnext.source_run_id"] == best
+    assert version.tags["varnext.source_run_name"] == "trial-better"
+    assert version.tags["varnext.selected_by"] == "best_extrap_psnr"
+    assert float(version.tags["metric.extrap_psnr"]) == 23.0
+    assert (
+        version.tags["varnext.latent_dim"] == "8" and version.tags["varnext.input_size"] == "64x36"
+    )
+    assert "trial-better" in version.description and '"latent_dim": 8' in version.description
+    logged = client.get_logged_model(version.tags["varnext.model_id"])
+    assert logged.source_run_id == best and logged.params["arch.latent_dim"] == "8"
+    assert client.get_run(best).data.tags["varnext.registered_model"] == f"{MODEL}/1"
+    assert (registered["out"] / "meta.json").is_file()  # best --out still downloads
+
+
+def test_registering_again_adds_a_version_and_moves_the_alias(
+    store: dict, registered: dict
+) -> None:
+    good = store["runs"]["trial-good"]
+    one = registry.register_run(store["uri"], good, f"{MODEL}-moves")
+    two = registry.register_run(store["uri"], good, f"{MODEL}-moves")
+    assert (one["version"], two["version"]) == ("1", "2")
+    client = mlflow.MlflowClient(store["uri"], registry_uri=store["uri"])
+    assert str(client.get_model_version_by_alias(f"{MODEL}-moves", "champion").version) == "2"
+
+
+def test_the_logged_model_is_source_and_safetensors_with_no_pickle(
+    store: dict, registered: dict, tmp_path: Path
+) -> None:
+    with registry._tracking_uri(store["uri"]):
+        local = Path(
+            mlflow.artifacts.download_artifacts(f"models:/{MODEL}@champion", dst_path=str(tmp_path))
+        )
+    files = [p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()]
+    pickles = [f for f in files if f.endswith((".pkl", ".pickle")) or "pickle" in f.lower()]
+    assert not pickles, pickles
+    assert {"MLmodel", "pyfunc_model.py", "artifacts/checkpoint/model.safetensors"} <= set(files)
+    assert "code/varnext_ray/checkpoint.py" in files and "code/varnext_ray/predict.py" in files
+    flavor = yaml.safe_load((local / "MLmodel").read_text())
+    pyfunc = flavor["flavors"]["python_function"]
+    assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model"
+    assert "python_model" not in pyfunc  # a pickled PythonModel would be named here
+    assert '"uint8"' in flavor["signature"]["inputs"] and "steps" in flavor["signature"]["params"]
+
+
+USER_CODE = """
+import json, sys
+import mlflow
+import numpy as np
+assert "varnext_ray" not in sys.modules
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model(sys.argv[2])
+frames = np.load(sys.argv[3])
+one = model.predict(frames)
+three = model.predict(frames, params={"steps": 3})
+np.save(sys.argv[4], one)
+print(json.dumps({"one": [list(one.shape), str(one.dtype)], "three": list(three.shape),
+                  "loaded_from": sys.modules["varnext_ray"].__file__}))
+"""
+
+
+def test_pyfunc_predicts_for_code_that_never_imports_varnext_ray(
+    store: dict, registered: dict, tmp_path: Path
+) -> None:
+    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.predict import load_frame, predict_frames
+
+    a, b = _frames(tmp_path)
+    frames = np.stack([load_frame(a), load_frame(b)])  # (2, 54, 96, 3) uint8
+    np.save(tmp_path / "frames.npy", frames)
+    script = tmp_path / "user.py"
+    script.write_text(USER_CODE)
+    model_uri = f"models:/{MODEL}@champion"
+    done = subprocess.run(
+        [sys.executable, str(script), store["uri"], model_uri, str(tmp_path / "frames.npy"),
+         str(tmp_path / "out.npy")],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["one"] == [[1, 54, 96, 3], "uint8"] and result["three"] == [3, 54, 96, 3]
+    # the model runs the package source it carries, not an installed varnext_ray
+    assert "/code/varnext_ray/" in result["loaded_from"], result["loaded_from"]
+    ckpt = load_checkpoint(registered["out"])
+    expected = predict_frames(ckpt, frames[0], frames[1])[0]
+    assert np.array_equal(np.load(tmp_path / "out.npy")[0], expected)
+
+
+def test_predict_from_the_registry(
+    store: dict, registered: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a, b = _frames(tmp_path)
+    out = tmp_path / "pred.png"
+    argv = ["predict", "--model", f"models:/{MODEL}@champion", "--tracking-uri", store["uri"]]
+    assert main([*argv, "--out", str(out), str(a), str(b)]) == 0
+    assert Image.open(out).size == (96, 54)
+    assert "wrote" in capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["predict", "--model", "models:/nope@champion"], "cannot load the registered model"),
+        (["predict", "--model", "runs:/abc/model"], "not a registered model URI"),
+        (["predict"], "pass --checkpoint DIR or --model"),
+        (["best", "--experiment", EXP, "--register", "a/b"], "invalid registered model name"),
+        (  # refused before any Ray starts
+            [
+                "sweep",
+                "--space",
+                str(REPO / "search_spaces" / "smoke.json"),
+                "--data",
+                "nowhere",
+                "--register",
+                "x:y",
+            ],
+            "invalid registered model name",
+        ),
+    ],
+)
+def test_bad_model_inputs_are_one_line_errors(
+    argv: list[str],
+    expected: str,
+    store: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    a, b = _frames(tmp_path)
+    full = [*argv, "--tracking-uri", store["uri"]]
+    if argv[0] == "best":
+        full += ["--out", str(tmp_path / "o")]
+    if argv[0] == "predict":
+        full += ["--out", str(tmp_path / "o.png"), str(a), str(b)]
+    assert main(full) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+
+
+def test_sweep_best_is_registered_from_its_own_trials(store: dict) -> None:
+    done = registry.register_sweep_best(
+        store["uri"], EXP, store["parent"], f"{MODEL}-sweep", "extrap_psnr"
+    )
+    assert done is not None and done["run_id"] == store["runs"]["trial-better"]
+    assert registry.register_sweep_best(store["uri"], EXP, "0" * 32, "x", "extrap_psnr") is None
+
+
+# ---- the MLflow conventions of every run ------------------------------------------------------
+
+
+def test_new_experiments_are_training_runs_and_a_users_kind_is_kept(tmp_path: Path) -> None:
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracking.client(uri)
+    tracking.start_run(uri, "fresh", run_name="r")
+    assert client.get_experiment_by_name("fresh").tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
+    client.create_experiment("mine", tags={"mlflow.experimentKind": "genai_development"})
+    tracking.start_run(uri, "mine", run_name="r")
+    assert client.get_experiment_by_name("mine").tags["mlflow.experimentKind"] == (
+        "genai_development"
+    )
+    legacy = client.create_experiment("legacy")  # made before this convention
+    tracking.start_run(uri, "legacy", run_name="r")
+    assert client.get_experiment(legacy).tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_dataset_inputs_carry_name_digest_source_schema_and_context(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    import hashlib
+
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tracking.start_run(uri, "inputs", run_name="r")
+    mlflow_extras.log_dataset_inputs(uri, run, dataset_dir)
+    mlflow_extras.log_dataset_inputs(uri, run, dataset_dir)  # a resumed run: nothing twice
+    inputs = tracking.client(uri).get_run(run).inputs.dataset_inputs
+    digest = hashlib.sha256((dataset_dir / "dataset.json").read_bytes()).hexdigest()[:32]
+    contexts = {}
+    for item in inputs:
+        ds = item.dataset
+        contexts[ds.name] = {t.key: t.value for t in item.tags}["mlflow.data.context"]
+        assert ds.digest == digest and ds.source_type == "local"
+        assert json.loads(ds.source) == {"uri": str(dataset_dir.resolve())}
+        columns = {c["name"] for c in json.loads(ds.schema)["mlflow_colspec"]}
+        assert {"clip_id", "frame_index", "split", "image"} <= columns
+        assert json.loads(ds.profile)["size"] == [64, 36]
+    assert contexts == {"ds/train": "training", "ds/val": "validation"}
+
+
+def test_system_metrics_are_logged_even_for_a_block_shorter_than_the_interval(
+    tmp_path: Path,
+) -> None:
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tracking.start_run(uri, "system", run_name="r")
+    with mlflow_extras.system_metrics(uri, run):
+        time.sleep(0.2)
+    metrics = tracking.client(uri).get_run(run).data.metrics
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(
+        metrics
+    )
+
+
+def test_psutil_and_nvml_are_pinned_direct_dependencies() -> None:
+    text = (REPO / "pyproject.toml").read_text()
+    assert '"psutil==' in text and '"nvidia-ml-py==' in text
+    done = subprocess.run(  # importable without Ray's vendored copy on the path
+        [sys.executable, "-c", "import psutil, sys; assert 'ray' not in sys.modules"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_console_is_quiet_by_default_and_verbose_brings_ray_logs_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    monkeypatch.delenv("RAY_DATA_LOG_LEVEL", raising=False)
+    monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    assert console.ray_env_vars() == {
+        "RAY_DATA_LOG_LEVEL": "WARNING",
+        "PYTHONWARNINGS": "ignore::DeprecationWarning",
+    }
+    assert console.train_logging_config().log_level == "WARNING"
+    monkeypatch.setenv(console.VERBOSE_ENV, "1")
+    assert console.ray_env_vars() == {console.VERBOSE_ENV: "1"}
+    assert console.train_logging_config().log_level == "INFO"
+    assert console.progress_metrics("val_loss")[:3] == [
+        "val_loss",
+        "best_val_loss",
+        "copy_last_psnr",
+    ]

@@ -1,0 +1,80 @@
+"""A quiet console for train and sweep: Ray's own chatter off unless ``varnext -v``.
+
+What stays on the console: Tune's trial table, each trial's configuration and a short result
+(the objective, its best, copy-last, skill, epoch), one progress line per epoch from rank 0,
+warnings and errors. What goes (to Ray's log files only): Ray Train's per-rank
+"Reporting training result ..." dumps, worker-group and checkpoint notes (``ray.train`` logs
+below WARNING, through ``ray.train.RunConfig(logging_config=...)`` and
+:func:`quiet_train_worker`), Ray Data's "Starting execution of Dataset ..." / "Execution
+plan ..." notes (``RAY_DATA_LOG_LEVEL``), and deprecation warnings from Ray's internal actors
+(``PYTHONWARNINGS``).
+
+``varnext -v ...`` (or ``VARNEXT_VERBOSE=1``) brings all of them back. The setting reaches
+every Ray process of the job through :func:`ray_env_vars`, which
+:func:`~varnext_ray.cluster.connect_ray` puts in the job's runtime environment.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+VERBOSE_ENV = "VARNEXT_VERBOSE"
+QUIET_ENV = {
+    "RAY_DATA_LOG_LEVEL": "WARNING",  # Ray Data's per-dataset execution notes
+    "PYTHONWARNINGS": "ignore::DeprecationWarning",  # Ray's own, from its internal actors
+}
+
+
+def set_verbose(verbose: bool) -> None:
+    """Records the choice for this process and the Ray processes it starts (call it before
+    Ray is imported: Ray Data reads ``RAY_DATA_LOG_LEVEL`` when it configures its logger)."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+    for key, value in ray_env_vars().items():
+        os.environ.setdefault(key, value)
+
+
+def is_verbose() -> bool:
+    """Whether Ray's own INFO logs go to the console (``varnext -v``)."""
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def ray_env_vars() -> dict[str, str]:
+    """Environment variables for every process of the Ray job (its runtime environment)."""
+    if is_verbose():
+        return {VERBOSE_ENV: "1"}
+    return {k: os.environ.get(k, v) for k, v in QUIET_ENV.items()}
+
+
+def train_logging_config() -> Any:
+    """Ray Train's ``LoggingConfig``: INFO with ``-v``, else WARNING (no per-rank
+    "Reporting training result ..." lines, no worker-group notes)."""
+    import ray.train
+
+    return ray.train.LoggingConfig(log_level="INFO" if is_verbose() else "WARNING")
+
+
+def quiet_train_worker() -> None:
+    """In a Ray Train worker: no "Reporting training result ..." line per report and rank
+    unless ``-v``. Ray 2.60 logs it on a logger named after its source file, outside the
+    ``ray.train`` loggers that ``LoggingConfig`` filters."""
+    if is_verbose():
+        return
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
+def quiet_ray_data() -> None:
+    """Ray Data in this process: no "Starting execution of Dataset ..." notes unless ``-v``."""
+    import ray.data
+
+    ray.data.DataContext.get_current().print_on_execution_start = is_verbose()
+
+
+def progress_metrics(objective: str) -> list[str]:
+    """The metrics of Tune's per-trial result box (Tune shows every metric otherwise)."""
+    keys = [objective, f"best_{objective}", "copy_last_psnr", "extrap_skill", "epoch"]
+    return list(dict.fromkeys(keys))

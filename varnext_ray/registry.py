@@ -1,0 +1,338 @@
+"""The best model as a registered MLflow model version, and checkpoints back from the registry.
+
+:func:`register_run` logs a run's checkpoint as an MLflow *logged model* (MLflow 3) in pyfunc
+format, from code (:mod:`varnext_ray.pyfunc_model`: the source of that file and of this package
+go in the model, the checkpoint directory as its ``checkpoint`` artifact, and no pickle), links
+it to the run it came from, registers it as a new version of a registered model with the
+run's metrics, architecture and source as tags and description, and points the alias
+``champion`` at it. ``mlflow.pyfunc.load_model("models:/NAME@champion")`` then predicts frames
+for a user who never imports varnext_ray, and ``varnext predict --model models:/NAME@champion``
+downloads the checkpoint from it (:func:`download_checkpoint`).
+
+Example:
+    >>> version = register_best(None, "smoke", "vae", metric="extrap_psnr")
+    >>> download_checkpoint(None, "models:/vae@champion", "runs/champion")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from varnext_ray import tracking
+from varnext_ray.errors import UserError
+
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per file
+ALIAS = "champion"
+MODEL_NAME = "model"  # the logged model's name in its run
+CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
+# what the logged model needs to load: exact versions of this environment (the project's pins)
+REQUIREMENTS = ("mlflow", "torch", "safetensors", "numpy", "pillow", "pydantic", "av")
+TAGGED_METRICS = (
+    "extrap_psnr",
+    "copy_last_psnr",
+    "oracle_psnr",
+    "extrap_skill",
+    "extrap_ssim",
+    "latent_linearity",
+    "val_loss",
+    "epoch",
+)
+
+
+def pip_requirements() -> list[str]:
+    """``name==version`` of each package the model loads with, as installed here."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in REQUIREMENTS]
+
+
+def signature() -> Any:
+    """The model's signature: (2, H, W, 3) uint8 in, (K, H, W, 3) uint8 out, param ``steps``."""
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import ParamSchema, ParamSpec, Schema, TensorSpec
+
+    frames = TensorSpec(np.dtype(np.uint8), (2, -1, -1, 3))  # frames t and t+s
+    predicted = TensorSpec(np.dtype(np.uint8), (-1, -1, -1, 3))  # frames t+2s .. t+(K+1)s
+    return ModelSignature(
+        inputs=Schema([frames]),
+        outputs=Schema([predicted]),
+        params=ParamSchema([ParamSpec("steps", "long", 1)]),
+    )
+
+
+@contextlib.contextmanager
+def _tracking_uri(uri: str) -> Iterator[None]:
+    """MLflow's global tracking URI set to ``uri`` for the block (``Model.log`` and
+    ``models:/`` downloads read it; the registry URI follows it unless the user set one),
+    then restored exactly, with ``MLFLOW_TRACKING_URI``."""
+    import mlflow
+    from mlflow.tracking._tracking_service import utils
+
+    old, old_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(old)
+        if old_env is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
+
+
+def _client(uri: str) -> Any:
+    """A client whose registry is the tracking store (never a globally set registry)."""
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _description(run: Any, arch: dict[str, Any], metric: str | None) -> str:
+    """A Markdown description of a model version: where it came from, how good it is."""
+    lines = [
+        f"VAE next-frame predictor from run `{run.info.run_name}` ({run.info.run_id}), "
+        f"experiment {run.info.experiment_id}, kind `{run.data.tags.get('varnext.kind', '?')}`.",
+        "",
+        "Input: uint8 RGB array (2, H, W, 3) = frames t and t+s. Output: uint8 (K, H, W, 3), "
+        "frames t+2s.. by latent linear extrapolation (param `steps` = K, default 1).",
+        "",
+    ]
+    if metric:
+        lines.append(f"Selected by `{metric}` = {run.data.metrics.get(metric)}.")
+    shown = {k: run.data.metrics[k] for k in TAGGED_METRICS if k in run.data.metrics}
+    lines += [f"- {k}: {v:.4g}" for k, v in shown.items()]
+    lines += ["", "Architecture:", "```json", json.dumps(arch, indent=1)[:4000], "```"]
+    return "\n".join(lines)
+
+
+def register_checkpoint(
+    uri: str,
+    run_id: str,
+    checkpoint: str | Path,
+    name: str,
+    *,
+    metric: str | None = None,
+    alias: str = ALIAS,
+) -> dict[str, Any]:
+    """Logs ``checkpoint`` as a pyfunc model of run ``run_id``, registers it under ``name`` and
+    points ``alias`` at the new version.
+
+    Args:
+        uri: Tracking (and registry) URI.
+        run_id: The train or trial run the checkpoint comes from (the model links to it).
+        checkpoint: A checkpoint directory (:func:`~varnext_ray.checkpoint.save_checkpoint`).
+        name: The registered model's name.
+        metric: The metric the run was selected by (recorded in tags and description).
+        alias: The alias to point at the new version.
+
+    Returns:
+        ``name``, ``version``, ``alias``, ``model_uri`` (``models:/NAME@ALIAS``), ``model_id``,
+        ``run_id``.
+    """
+    import mlflow
+    import numpy as np
+    from mlflow.models import Model
+
+    from varnext_ray.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)  # refuses a damaged checkpoint before anything is logged
+    client = _client(uri)
+    run = client.get_run(run_id)
+    arch = ckpt.arch.to_dict()
+    metrics = {k: run.data.metrics[k] for k in TAGGED_METRICS if k in run.data.metrics}
+    if metric and metric in run.data.metrics:
+        metrics[metric] = run.data.metrics[metric]
+    tags = {
+        "varnext.source_run_id": run_id,
+        "varnext.experiment_id": run.info.experiment_id,
+        "varnext.source_run_name": run.info.run_name or "",
+        "varnext.kind": run.data.tags.get("varnext.kind", ""),
+        "varnext.latent_dim": str(ckpt.arch.latent_dim),
+        "varnext.input_size": f"{ckpt.arch.input.width}x{ckpt.arch.input.height}",
+        "varnext.epoch": str(ckpt.meta.get("epoch")),
+        **({"varnext.selected_by": metric} if metric else {}),
+        **{f"metric.{k}": f"{v:.6g}" for k, v in metrics.items()},
+    }
+    logged = client.create_logged_model(
+        run.info.experiment_id,
+        name=MODEL_NAME,
+        source_run_id=run_id,
+        tags=tags,
+        params={k: str(v)[:6000] for k, v in tracking.flatten({"arch": arch}).items()},
+        model_type="varnext-vae",
+    )
+    with tempfile.TemporaryDirectory(prefix="varnext-model-") as tmp, _tracking_uri(uri):
+        staged = Path(tmp) / "checkpoint"  # MLflow names the artifact folder after it
+        shutil.copytree(checkpoint, staged)
+        info = Model.log(
+            artifact_path=None,
+            name=MODEL_NAME,
+            flavor=mlflow.pyfunc,
+            run_id=run_id,
+            model_id=logged.model_id,
+            python_model=str(CODE_FILE),
+            artifacts={"checkpoint": str(staged)},
+            code_paths=[str(CODE_FILE.parent)],  # the varnext_ray package, as source
+            signature=signature(),
+            input_example=np.zeros((2, 9, 16, 3), np.uint8),  # any size is fitted
+            pip_requirements=pip_requirements(),
+        )
+        client.finalize_logged_model(logged.model_id, "READY")
+        tags["varnext.model_id"] = logged.model_id  # the SQL registry does not return model_id
+        with contextlib.suppress(Exception):  # it exists already
+            client.create_registered_model(
+                name,
+                description="varnext VAE: predicts frame t+2s from frames t and t+s "
+                "(pyfunc; input (2, H, W, 3) uint8, output (K, H, W, 3) uint8).",
+            )
+        version = client.create_model_version(
+            name,
+            source=info.model_uri,
+            run_id=run_id,
+            tags=tags,
+            description=_description(run, arch, metric),
+            model_id=logged.model_id,
+        )
+        client.set_registered_model_alias(name, alias, version.version)
+    client.set_tag(run_id, "varnext.registered_model", f"{name}/{version.version}")
+    return {
+        "name": name,
+        "version": str(version.version),
+        "alias": alias,
+        "model_uri": f"models:/{name}@{alias}",
+        "model_id": logged.model_id,
+        "run_id": run_id,
+    }
+
+
+def register_run(
+    uri: str | None, run_id: str, name: str, *, metric: str | None = None
+) -> dict[str, Any]:
+    """Downloads run ``run_id``'s ``checkpoint/`` artifact and registers it (see
+    :func:`register_checkpoint`)."""
+    uri = tracking.resolve_tracking_uri(uri)
+    client = tracking.client(uri)
+    with tempfile.TemporaryDirectory(prefix="varnext-register-") as tmp:
+        try:
+            local = client.download_artifacts(run_id, "checkpoint", tmp)
+        except Exception as err:
+            what = f"cannot download the run's checkpoint ({str(err).splitlines()[0][:200]})"
+            raise UserError(
+                what, f"run {run_id}", "check the artifact store is reachable"
+            ) from None
+        return register_checkpoint(uri, run_id, local, name, metric=metric)
+
+
+def register_best(
+    uri: str | None, experiment: str, name: str, metric: str = "extrap_psnr"
+) -> dict[str, Any]:
+    """Registers the best run of ``experiment`` (:func:`~varnext_ray.best.find_best_run`)."""
+    from varnext_ray.best import find_best_run
+
+    run = find_best_run(uri, experiment, metric)
+    return register_run(run["tracking_uri"], run["run_id"], name, metric=run["metric"])
+
+
+def register_sweep_best(
+    uri: str | None, experiment: str, parent_run_id: str, name: str, objective: str
+) -> dict[str, Any] | None:
+    """Registers the best trial of one sweep (by ``best_<objective>``, FAILED trials and trials
+    without a checkpoint skipped); None when no trial qualifies."""
+    from varnext_ray import objectives
+
+    uri = tracking.resolve_tracking_uri(uri)
+    client = tracking.client(uri)
+    exp = tracking.existing_experiment(client, experiment, uri)
+    key = f"best_{objective.removeprefix('best_')}"
+    order = f"metrics.{key} {'DESC' if objectives.direction(objective) == 'max' else 'ASC'}"
+    trials = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status != 'FAILED'"
+    for run in tracking.search_all_runs(
+        client, exp.experiment_id, filter_string=trials, order_by=order
+    ):
+        if key not in run.data.metrics:
+            continue
+        if any(
+            f.path.endswith("meta.json")
+            for f in client.list_artifacts(run.info.run_id, "checkpoint")
+        ):
+            return register_run(uri, run.info.run_id, name, metric=key)
+    return None
+
+
+def check_model_name(name: str) -> None:
+    """A UserError for a registered-model name MLflow would refuse or mangle."""
+    if not name or name != name.strip() or "/" in name or ":" in name or "@" in name:
+        raise UserError(
+            f"invalid registered model name {name!r}",
+            "--register",
+            "use letters, digits, '-', '_' or '.', without '/', ':' or '@'",
+        )
+
+
+def _checkpoint_artifact(model_dir: Path) -> Path | None:
+    """The ``checkpoint`` artifact's folder in a downloaded pyfunc model (its MLmodel says
+    where), or None."""
+    import yaml
+
+    try:
+        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+        path = mlmodel["flavors"]["python_function"]["artifacts"]["checkpoint"]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        return None
+    folder = (model_dir / path).resolve()
+    inside = folder.is_relative_to(model_dir.resolve())
+    return folder if inside and (folder / "meta.json").is_file() else None
+
+
+def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Path:
+    """Downloads the checkpoint of a registered model (``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION``) into ``out`` (new or empty); returns ``out``.
+
+    Raises:
+        UserError: ``out`` is not new or empty, the model does not exist or holds no
+            ``checkpoint`` artifact.
+    """
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(
+            "output exists and is not an empty directory", str(out), "pass a new directory"
+        )
+    if not model_uri.startswith("models:/"):
+        raise UserError(
+            f"not a registered model URI ({model_uri!r})",
+            "--model",
+            "pass models:/NAME@champion or models:/NAME/VERSION",
+        )
+    uri = tracking.resolve_tracking_uri(uri)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        with _tracking_uri(uri):
+            local = Path(download_artifacts(artifact_uri=model_uri, dst_path=str(tmp)))
+        checkpoint = _checkpoint_artifact(local)
+        if checkpoint is None:
+            raise UserError(
+                "the model holds no varnext checkpoint (artifacts/checkpoint)",
+                model_uri,
+                "pass a model registered by varnext best --register",
+            )
+        if out.exists():
+            out.rmdir()
+        checkpoint.rename(out)
+    except MlflowException as err:
+        raise UserError(
+            f"cannot load the registered model ({str(err).splitlines()[0][:200]})",
+            model_uri,
+            "check the name and alias (mlflow ui: Models), and --tracking-uri",
+        ) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
