@@ -344,9 +344,11 @@ def run_arm(
 
 
 def estimate(done: list[dict[str, Any]], label: str, steps: int, triplets: bool) -> float | None:
-    """Seconds an arm of ``steps`` on ``label`` should take, from the arms run so far (None:
-    nothing comparable yet). Triplet arms cost ``TRIPLET_COST`` x a frame arm's steps."""
+    """Seconds an arm of ``steps`` on ``label`` should take, from the arms run so far on it (or
+    else on any dataset; None: nothing run yet). Triplet arms cost ``TRIPLET_COST`` x a frame
+    arm's steps."""
     same = [a for a in done if a["dataset"] == label and a["steps"]]
+    same = same or [a for a in done if a["steps"]]  # another dataset of the same frame size
     if not same:
         return None
 
@@ -382,6 +384,14 @@ def markdown(report: dict[str, Any]) -> str:
         "and evaluation rounds included.",
         "",
     ]
+    sources = sorted({a["kept_from"] for a in report["arms"] if a.get("kept_from")})
+    if sources:
+        lines += [
+            f"The arms were trained by {len(sources)} runs of this script side by side (so "
+            "their wall times include each other's load), gathered with `--keep` (results "
+            f"written {', '.join(sources)}).",
+            "",
+        ]
     for label in dict.fromkeys(a["dataset"] for a in report["arms"]):
         arms = [a for a in report["arms"] if a["dataset"] == label]
         m0 = arms[0]["metrics"]
@@ -389,7 +399,7 @@ def markdown(report: dict[str, Any]) -> str:
             f"### {label}",
             "",
             f"{m0.get('triplets')} {m0.get('split')} triplets at s = 1, frames "
-            f"{arms[0]['size'][0]}x{arms[0]['size'][1]}.",
+            f"{arms[0]['size'][0]}x{arms[0]['size'][1]}." + _default_note(arms[0]),
             "",
             "| arm | s | steps | wall s | oracle | bg | lat.copy | extrap | copy-last | oracle_m "
             "| bg_m | lat.copy_m | extrap_m | copy-last_m | gain_m | captured | AU | sens |",
@@ -402,12 +412,28 @@ def markdown(report: dict[str, Any]) -> str:
     skipped = report.get("skipped") or []
     if skipped:
         lines += [
-            "Not run (the `--until` time would have passed): "
-            + ", ".join(f"{x['dataset']} {x['arm']}" for x in skipped)
+            "Not run: "
+            + "; ".join(
+                f"{x['dataset']} {x['arm']} ("
+                + (f"failed: {x['failed'][:120]}" if "failed" in x else "`--until` would pass")
+                + ")"
+                for x in skipped
+            )
             + ".",
             "",
         ]
     return "\n".join(lines)
+
+
+def _default_note(arm: dict[str, Any]) -> str:
+    """What differs for the run of a shipped config (not a grid arm)."""
+    if not arm["arm"].endswith(".json"):
+        return ""
+    return (
+        f" The shipped config as it is ({arm['latent']['kind']} latent, "
+        f"{arm['reconstruction']}), lr {arm['lr']:g}, a budget of {arm['steps_budget']} steps "
+        f"(`varnext train`'s default: {DEFAULT_RUN_STEPS})."
+    )
 
 
 def _load(report: dict[str, Any]) -> str:
@@ -561,7 +587,8 @@ def _best_margin(arms: list[dict[str, Any]], motion: bool = False) -> float | No
 def _gain_text(arm: dict[str, Any], stride: str, m: dict[str, Any]) -> str:
     return (
         f"best arm s = {stride}: gain_m {_fmt(m.get('extrap_gain_db_motion'), '+.2f')} dB, "
-        f"captured {_fmt(m.get('motion_captured'))}"
+        f"captured {_fmt(m.get('motion_captured'))} (all pixels: extrap - latent copy "
+        f"{_fmt(m.get('extrap_gain_db'), '+.2f')} dB)"
     )
 
 
@@ -628,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     skipped.append({"dataset": label, "arm": arm.name, "estimate_s": guess})
                     continue
                 log.info("%s %s (estimate %s s)", label, arm.name, guess and round(guess))
-                arms.append(run_arm(label, data, config, arm.name, settings, args, workdir))
+                _attempt(arms, skipped, args, label, arm.name, data, config, settings, workdir)
         if args.default_run:
             _default_run(args, workdir, arms, skipped, kept)
     finally:
@@ -644,6 +671,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "arms": [a.name for a in args.arms],
             "torch_threads": args.threads,
             "default_run": args.default_run,
+            "default_steps": args.default_steps,
             "until": args.until,
             "keep": [str(p) for p in args.keep],
         },
@@ -670,22 +698,59 @@ def _comparable(args: argparse.Namespace) -> dict[str, Any]:
         "lr": args.lr,
         "train_on": args.train_on,
         "strides": list(args.strides),
-        "default_steps": args.default_steps,
     }
 
 
-def kept_arms(path: Path | None, settings: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
-    """``{(dataset, arm): result}`` of an earlier run with the same comparable settings."""
-    if path is None:
-        return {}
-    old = json.loads(path.read_text())
-    differ = [k for k, v in settings.items() if old["settings"].get(k) != v]
-    if differ:
-        raise SystemExit(f"error: --keep {path}: settings differ ({', '.join(differ)})")
-    return {
-        (a["dataset"], a["arm"]): a | {"kept_from": a.get("kept_from") or old["timestamp"]}
-        for a in old["arms"]
-    }
+def kept_arms(
+    paths: Sequence[Path], settings: dict[str, Any]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """``{(dataset, arm): result}`` of earlier runs with the same comparable settings (the
+    first file that holds an arm wins)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in paths:
+        old = json.loads(path.read_text())
+        differ = [k for k, v in settings.items() if old["settings"].get(k) != v]
+        if differ:
+            raise SystemExit(f"error: --keep {path}: settings differ ({', '.join(differ)})")
+        for a in old["arms"]:
+            kept = a | {"kept_from": a.get("kept_from") or old["timestamp"]}
+            out.setdefault((a["dataset"], a["arm"]), kept)
+    return out
+
+
+def _attempt(
+    arms: list[dict[str, Any]],
+    skipped: list[dict[str, Any]],
+    args: argparse.Namespace,
+    label: str,
+    name: str,
+    data: Path,
+    config: dict[str, Any],
+    settings: TrainSettings,
+    workdir: Path,
+) -> None:
+    """Runs one arm; a failed one (e.g. Ray's memory monitor killed the worker) is listed in
+    ``skipped`` with its reason and the grid goes on. After each arm the results so far go to
+    ``<out>.partial.json`` (usable with ``--keep``)."""
+    try:
+        arms.append(run_arm(label, data, config, name, settings, args, workdir))
+    except Exception as err:  # one arm's failure must not lose the others
+        log.exception("%s %s failed", label, name)
+        skipped.append({"dataset": label, "arm": name, "failed": f"{type(err).__name__}: {err}"})
+    partial = args.out.with_suffix(".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    partial.write_text(
+        json.dumps(
+            {
+                "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "settings": _comparable(args),
+                "arms": arms,
+                "skipped": skipped,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
 
 
 def _too_late(deadline: float | None, guess: float | None) -> bool:
@@ -705,7 +770,7 @@ def _default_run(
     size = (arch.input.width, arch.input.height)
     label = f"{REAL_CLIP.stem} {size[0]}x{size[1]} (default small config)"
     name = f"{repo_relative(DEFAULT_RUN_CONFIG)}"
-    if (label, name) in kept:
+    if kept.get((label, name), {}).get("steps_budget") == args.default_steps:
         arms.append(kept[label, name])
         return
     # ~0.21 CPU s/step measured unloaded (scratch15 FINDINGS), x2 for a loaded machine
@@ -725,7 +790,7 @@ def _default_run(
         rollout_steps=0,
     )
     log.info("%s: %s, %d steps", label, name, args.default_steps)
-    arms.append(run_arm(label, data, arch.to_dict(), name, settings, args, workdir))
+    _attempt(arms, skipped, args, label, name, data, arch.to_dict(), settings, workdir)
 
 
 if __name__ == "__main__":

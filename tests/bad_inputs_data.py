@@ -15,9 +15,14 @@ for manifests, ``checkpoint`` for checkpoints, ``arch`` for size bounds):
 - size bounds: architectures whose parameters or activations would exhaust memory, checked
   before any tensor (also for a checkpoint's arch.json, against its safetensors header);
 - one line: a path with a newline or an escape sequence cannot forge a second line;
-- nothing left behind: a failing ingest into new parent folders leaves none of them.
+- nothing left behind: a failing ingest into new parent folders leaves none of them;
+- outputs never destroyed: ``report``/``predict --out`` naming the MLflow database or an input
+  (even with ``--overwrite``), or an existing file (without it); ``predict --steps`` 1e9;
+- tracking URIs that are no usable store, for train, sweep, best and report;
+- Ray addresses that do not answer (1 s in the corpus) or are malformed;
+- what train and sweep check before Ray: frame size, resources, NaN/inf settings, --resume.
 
-Each value is ``(argv, expected, setup)`` as in :class:`tests.test_bad_inputs.Case`.
+Each value is ``(argv, expected, setup[, env])`` as in :class:`tests.test_bad_inputs.Case`.
 """
 
 from __future__ import annotations
@@ -58,7 +63,7 @@ SMOKE_DATA: dict[str, Any] = {
 DEEP = "[" * 100_000 + "]" * 100_000
 LONG_INT = '{"latent_dim": ' + "7" * 5000 + "}"
 Setup = Callable[[Path, dict], str]
-Raw = tuple[str, str, Setup | None]
+Raw = tuple[str, str, Setup | None] | tuple[str, str, Setup | None, dict[str, str]]
 
 
 # ---- setups -----------------------------------------------------------------------------------
@@ -827,6 +832,163 @@ LEFT_BEHIND: dict[str, Raw] = {
     ),
 }
 
+
+# ---- the job side: outputs, tracking stores, Ray addresses, checks before Ray -------------------
+
+
+def copy_of(key: str, name: str) -> Setup:
+    """A copy in the test's folder of the shared input ``key`` (a path, or a sqlite:/// URI)."""
+
+    def make(tmp: Path, inputs: dict) -> str:
+        return str(shutil.copyfile(inputs[key].removeprefix("sqlite:///"), tmp / name))
+
+    return make
+
+
+def _open_storage(tmp: Path, inputs: dict) -> str:
+    """A sweep storage folder any user can write (an interrupted sweep's state inside)."""
+    (tmp / "ray" / "sweep-varnext-sweep-smoke").mkdir(parents=True)
+    (tmp / "ray").chmod(0o777)
+    return str(tmp / "ray")
+
+
+REPORT = "report --experiment exists --tracking-uri {uri} --out {f}"
+PREDICT_OUT = "predict --checkpoint {ckpt} --out {f}"
+SMOKE_SPACE = REPO / "search_spaces" / "smoke.json"
+TRACKED = {  # a command, with --tracking-uri last
+    "train": "train --config {smoke} --data {dataset} --storage {tmp}/ray --tracking-uri",
+    "sweep": f"sweep --space {SMOKE_SPACE} --data {{dataset}} --storage {{tmp}}/ray --tracking-uri",
+    "best": "best --experiment exists --out {tmp}/best --tracking-uri",
+    "report": "report --experiment exists --out {tmp}/r.html --tracking-uri",
+}
+NO_DB = "no MLflow database at this path"  # best and report read a store: it must exist
+TRACKING_URIS: dict[str, tuple[str, str, str, Setup | None]] = {
+    # name: (URI, train and sweep's message, best and report's message, setup)
+    "unknown-scheme": ("foo://x", "unsupported MLflow tracking URI: scheme 'foo'", "", None),
+    "file-store": (
+        "file:///tmp/mlruns",
+        "unsupported MLflow tracking URI: scheme 'file'",
+        "",
+        None,
+    ),
+    "bare-path": ("{tmp}/mlruns", "no scheme (a plain path)", "", None),
+    "sqlite-relative": ("sqlite://", "needs an absolute path (four slashes)", "", None),
+    "sqlite-directory": ("sqlite:///{tmp}", "database path is not a regular file", NO_DB, None),
+    "sqlite-text-file": (  # must be left as it is (no migration into an MLflow schema)
+        "sqlite:///{f}",
+        "this file is not a SQLite database",
+        "",
+        file("notes.db", "my notes\n"),
+    ),
+    "sqlite-missing-folder": (
+        "sqlite:///{tmp}/typo/m.db",
+        "the folder of the MLflow database does not exist",
+        NO_DB,
+        None,
+    ),
+    "server-bad-port": ("http://127.0.0.1:notaport", "the tracking URI has a bad port", "", None),
+}
+TRAIN = "train --config {smoke} --data {dataset} {track}"
+SWEEP_SMOKE = f"sweep --space {SMOKE_SPACE} --data {{dataset}} {{track}}"
+CLOSED = "no Ray cluster answers there"
+
+OUTPUTS: dict[str, Raw] = {
+    "out-report-over-its-mlflow-db": (  # even with --overwrite: the runs it reports on
+        "report --experiment exists --tracking-uri sqlite:///{f} --out {f} --overwrite",
+        "the output would overwrite a file it must keep",
+        copy_of("uri", "mlflow.db"),
+    ),
+    "out-report-exists": (REPORT, "the output file already exists", file("r.html", "mine")),
+    "out-predict-over-an-input-frame": (
+        PREDICT_OUT + " {f} {a} --overwrite",
+        "its own input",
+        copy_of("a", "a.png"),
+    ),
+    "out-predict-over-the-input-video": (
+        PREDICT_OUT + " --video {f} --overwrite",
+        "its own input",
+        copy_of("video", "clip.mp4"),
+    ),
+    "out-predict-exists": (
+        PREDICT_OUT + " {a} {a}",
+        "the output file already exists",
+        file("p.png", "mine"),
+    ),
+    "out-predict-steps-1e9": (
+        "predict --checkpoint {ckpt} --out {tmp}/p.png {a} {a} --steps 1000000000",
+        "would write 1000000000 frames (the limit is",
+        None,
+    ),
+}
+
+TRACKING: dict[str, Raw] = {
+    f"tracking-{command}-{name}": (
+        f"{argv} {uri}",
+        message if command in ("train", "sweep") else reader_message or message,
+        setup,
+    )
+    for name, (uri, message, reader_message, setup) in TRACKING_URIS.items()
+    for command, argv in TRACKED.items()
+}
+
+RAY_ADDRESS: dict[str, Raw] = {
+    "address-train-closed-port": (TRAIN + " --address 127.0.0.1:{port}", CLOSED, None),
+    "address-sweep-closed-port": (SWEEP_SMOKE + " --address 127.0.0.1:{port}", CLOSED, None),
+    "address-train-env-closed-port": (TRAIN, CLOSED, None, {"RAY_ADDRESS": "127.0.0.1:{port}"}),
+    "address-sweep-env-closed-port": (
+        SWEEP_SMOKE,
+        CLOSED,
+        None,
+        {"RAY_ADDRESS": "127.0.0.1:{port}"},
+    ),
+    "address-train-no-port": (TRAIN + " --address localhost", "a Ray address is HOST:PORT", None),
+    "address-sweep-port-out-of-range": (
+        SWEEP_SMOKE + " --address 127.0.0.1:99999",
+        "a Ray address is HOST:PORT",
+        None,
+    ),
+}
+
+BEFORE_RAY: dict[str, Raw] = {
+    "preflight-train-frame-size": (  # a 128x72 architecture on the 64x36 dataset
+        TRAIN.replace("{smoke}", "{f}"),
+        "the dataset's frames are 64x36 but the architecture reads 128x72",
+        arch(set_key({"channels": 3, "height": 72, "width": 128}, "input")),
+    ),
+    "preflight-train-workers-0": (TRAIN + " --workers 0", "workers must be >= 1 (got 0)", None),
+    "preflight-train-cpus-nan": (
+        TRAIN + " --cpus-per-worker nan",
+        "--cpus-per-worker must be a finite number >= 0 (got nan)",
+        None,
+    ),
+    "preflight-train-cpus-negative": (
+        TRAIN + " --cpus-per-worker=-1",
+        "--cpus-per-worker must be a finite number >= 0 (got -1",
+        None,
+    ),
+    "preflight-train-lr-nan": (
+        TRAIN + " --lr nan",
+        "learning rate must be a finite number > 0 (got nan)",
+        None,
+    ),
+    "preflight-train-lr-inf": (
+        TRAIN + " --lr inf",
+        "learning rate must be a finite number > 0 (got inf)",
+        None,
+    ),
+    "preflight-sweep-workers-per-trial-0": (
+        SWEEP_SMOKE + " --workers-per-trial 0",
+        "must be >= 1 (got 0)",
+        None,
+    ),
+    "preflight-sweep-resume-open-storage": (
+        f"sweep --space {SMOKE_SPACE} --data {{dataset}} --storage {{f}} "
+        "--tracking-uri sqlite:///{tmp}/m.db --resume",
+        "--resume reads Ray Tune's pickled state",
+        _open_storage,
+    ),
+}
+
 DATA_CASES: dict[str, Raw] = (
     FILE_KINDS
     | HOSTILE_JSON
@@ -836,4 +998,8 @@ DATA_CASES: dict[str, Raw] = (
     | BOUNDS
     | ONE_LINE
     | LEFT_BEHIND
+    | OUTPUTS
+    | TRACKING
+    | RAY_ADDRESS
+    | BEFORE_RAY
 )

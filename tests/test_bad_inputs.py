@@ -192,11 +192,13 @@ def _free_port() -> int:
 class Case(NamedTuple):
     """``argv`` is filled in with ``str.format`` and split on spaces: ``{f}`` is what ``setup``
     made in the test's folder ``{tmp}``, ``{out}`` is ``{tmp}/out``, ``{track}`` gives train
-    and sweep a Ray storage and an MLflow store there, the rest are :func:`inputs`."""
+    and sweep a Ray storage and an MLflow store there, ``{port}`` is a closed loopback port,
+    the rest are :func:`inputs`."""
 
     argv: str
     expected: str  # text of the one stderr line
     setup: Callable[[Path, dict], str] | None = None
+    env: dict[str, str] | None = None  # environment variables, filled in like ``argv``
 
 
 BROKEN_ARCH = '{\n  "input": {"height": 36, "width": 64},\n  "latent_dim": 8,,\n}\n'
@@ -258,7 +260,8 @@ CASES: dict[str, Case] = {
     ),
     "arch-unknown-key": Case(
         ARCH_CHECK,
-        "dropout: unknown key; valid keys: decoder, encoder, input, latent_dim",
+        "dropout: unknown key; valid keys: decoder, encoder, input, latent, latent_dim, loss, "
+        "output_activation",
         _arch(_set(0.1, "dropout")),
     ),
     "arch-unknown-key-typo": Case(
@@ -266,8 +269,10 @@ CASES: dict[str, Case] = {
         'loss.betta: unknown key (did you mean "beta"?)',
         _arch(_set(1, "loss", "betta")),
     ),
-    "arch-missing-key": Case(
-        ARCH_CHECK, "latent_dim: must be given (missing)", _arch(_delete("latent_dim"))
+    "arch-missing-key": Case(  # the smoke config's latent is spatial: neither form is left
+        ARCH_CHECK,
+        'latent_dim: must be given (missing); or give "latent": {"kind": "spatial"',
+        _arch(_delete("latent")),
     ),
     "arch-shrinks-to-nothing": Case(
         TRAIN, "encoder.conv[2]: shrinks the image to nothing", _arch(_shrinking)
@@ -288,7 +293,7 @@ CASES: dict[str, Case] = {
     ),
     "space-unknown-objective": Case(
         SWEEP,
-        'objective: unknown objective metric "psnr"; use one of extrap_mse',
+        'objective: unknown objective metric "psnr"; use one of extrap_gain_db, ',
         _space(objective="psnr"),
     ),
     "space-json-syntax": Case(
@@ -372,20 +377,43 @@ def _snapshot(root: Path) -> dict[str, tuple[int, int] | None]:
 
 @pytest.fixture
 def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Starting or joining Ray raises RayStarted (even if this process already runs Ray)."""
+    """Starting or joining Ray raises RayStarted (even if this process already runs Ray), and
+    a Ray address that does not answer is given up after 1 s instead of 15 s."""
     import ray
+
+    from varnext_ray import cluster
 
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise RayStarted("the command started Ray before reporting the bad input")
 
     monkeypatch.setattr(ray, "init", refuse)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1.0)
+    # _check_answers binds CONNECT_TIMEOUT_S as its default when defined: patch that too
+    monkeypatch.setattr(cluster._check_answers, "__defaults__", (1.0,))
     for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
 
 
+# Cases that show a bug not yet fixed: strict, so the fix makes them fail until removed here.
+KNOWN_BUGS = {
+    "preflight-sweep-resume-open-storage": "the --resume storage check (sweep.run_sweep) runs "
+    "after cli_jobs._run_sweep has called connect_ray",
+}
+
+
 @pytest.mark.timeout(60)  # a FIFO opened by mistake, or a hang: fail, do not block the suite
-@pytest.mark.parametrize("case", [pytest.param(c, id=i) for i, c in CASES.items()])
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(
+            c,
+            id=i,
+            marks=[pytest.mark.xfail(strict=True, reason=KNOWN_BUGS[i])] if i in KNOWN_BUGS else [],
+        )
+        for i, c in CASES.items()
+    ],
+)
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     case: Case,
     inputs: dict[str, str],
@@ -403,6 +431,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     if case.setup is not None:
         names["f"] = case.setup(tmp_path, inputs)
     argv = case.argv.format(**names).split()
+    for name, value in (case.env or {}).items():
+        monkeypatch.setenv(name, value.format(**names))
     monkeypatch.chdir(tmp_path)  # relative defaults (runs/ray, ./mlflow.db) would land here
     before = _snapshot(tmp_path)
     started = time.monotonic()
@@ -422,8 +452,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert elapsed < 30, f"took {elapsed:.0f} s: a bad input must be refused quickly"
 
 
-# The commands that read a user's files or stores (report's are in tests/test_report.py).
-READS_USER_INPUT = {"arch", "best", "data", "ingest", "predict", "sweep", "train"}
+# The commands that read a user's files or stores (more report cases: tests/test_report.py).
+READS_USER_INPUT = {"arch", "best", "data", "ingest", "predict", "report", "sweep", "train"}
 
 
 def test_every_command_that_reads_user_input_has_bad_inputs() -> None:

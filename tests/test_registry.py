@@ -59,7 +59,7 @@ def registered(store: dict) -> dict:
     """``varnext best --register`` once (module scope: later tests reuse the version)."""
     out = store["root"] / "best"
     argv = ["best", "--experiment", EXP, "--out", str(out), "--tracking-uri", store["uri"]]
-    assert main([*argv, "--register", MODEL]) == 0
+    assert main([*argv, "--metric", "extrap_psnr", "--register", MODEL]) == 0
     return {"out": out}
 
 
@@ -79,6 +79,8 @@ def _frames(tmp: Path) -> tuple[Path, Path]:
 def test_best_register_makes_a_champion_version_with_run_metrics_and_arch(
     store: dict, registered: dict
 ) -> None:
+    from varnext_ray.checkpoint import load_checkpoint
+
     client = mlflow.MlflowClient(store["uri"], registry_uri=store["uri"])
     version = client.get_model_version_by_alias(MODEL, "champion")
     best = store["runs"]["trial-better"]  # the failed and checkpoint-less runs score higher
@@ -87,12 +89,14 @@ def test_best_register_makes_a_champion_version_with_run_metrics_and_arch(
     assert version.tags["varnext.source_run_name"] == "trial-better"
     assert version.tags["varnext.selected_by"] == "best_extrap_psnr"
     assert float(version.tags["metric.extrap_psnr"]) == 23.0
-    assert (
-        version.tags["varnext.latent_dim"] == "8" and version.tags["varnext.input_size"] == "64x36"
-    )
-    assert "trial-better" in version.description and '"latent_dim": 8' in version.description
+    arch = load_checkpoint(registered["out"]).arch
+    latent = str(arch.latent_dim)
+    assert version.tags["varnext.latent_dim"] == latent
+    assert version.tags["varnext.input_size"] == f"{arch.input.width}x{arch.input.height}"
+    assert "trial-better" in version.description
+    assert f'"latent_dim": {latent}' in version.description  # the architecture JSON
     logged = client.get_logged_model(version.tags["varnext.model_id"])
-    assert logged.source_run_id == best and logged.params["arch.latent_dim"] == "8"
+    assert logged.source_run_id == best and logged.params["arch.latent_dim"] == latent
     assert client.get_run(best).data.tags["varnext.registered_model"] == f"{MODEL}/1"
     assert (registered["out"] / "meta.json").is_file()  # best --out still downloads
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import signal
@@ -35,6 +36,15 @@ from varnext_ray.search_space import load_space
 EXP = "report-test"
 CHROMIUM = Path("/usr/bin/chromium")
 MAGENTA = (255, 0, 255)  # the strips' colour, looked for in the screenshot
+SPACE = {  # a flat-latent space over depth, channels, latent size, beta and lr
+    "name": "smoke",
+    "objective": "extrap_psnr",
+    "epochs": 3,
+    "encoder": {"depth": {"low": 2, "high": 3}, "channels": [8, 16]},
+    "latent_dim": [8, 16, 32],
+    "beta": {"low": 0.001, "high": 0.05, "log": True},
+    "lr": {"low": 0.002, "high": 0.01, "log": True},
+}
 # name: (depth, channels, latent_dim, beta, lr, best_extrap_psnr per epoch (None: FAILED))
 TRIALS: dict[str, tuple] = {
     "trial-a": (2, (8, 16), 8, 0.002, 0.003, (20.0, 21.0, 22.0)),
@@ -120,9 +130,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     for name in (EXP, "no-sweep"):  # artifacts under tmp, not ./mlruns
         tracking.client(uri).create_experiment(name, artifact_location=str(tmp / name))
-    space = load_space(REPO / "search_spaces" / "smoke.json")[0].model_dump(
-        mode="json", warnings=False
-    )
+    space_file = tmp / "space.json"  # the space the fake trials below were drawn from
+    space_file.write_text(json.dumps(SPACE | {"base": str(REPO / "configs" / "smoke_64x36.json")}))
+    space = load_space(space_file)[0].model_dump(mode="json", warnings=False)
     old_trials = {"old-1": TRIALS["trial-a"], "old-2": TRIALS["trial-b"]}
     old = _sweep(uri, "sweep-old", space | {"objective": "val_loss"}, old_trials, tmp)
     time.sleep(0.01)  # start times order the sweeps
@@ -255,7 +265,9 @@ def test_sweep_flag_picks_the_sweep_and_its_direction(
 def test_report_over_an_http_tracking_server(mlflow_server: str, tmp_path: Path) -> None:
     from varnext_ray.report import write_report
 
-    space = load_space(REPO / "search_spaces" / "smoke.json")[0].model_dump(mode="json")
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps(SPACE | {"base": str(REPO / "configs" / "smoke_64x36.json")}))
+    space = load_space(space_file)[0].model_dump(mode="json", warnings=False)
     trials = {n: TRIALS[n] for n in ("trial-f", "trial-d")}
     sweep = _sweep(mlflow_server, "sweep-http", space, trials, tmp_path)
     path, artifact = write_report(mlflow_server, EXP, out=tmp_path / "r.html")

@@ -81,6 +81,14 @@ def test_four_trials_are_child_runs_with_metrics_and_artifacts(sweep) -> None:
         assert {"arch", "strips", "checkpoint", "rollouts"} <= artifacts
         gifs = [a.path for a in client.list_artifacts(run.info.run_id, "rollouts")]
         assert gifs and all(g.endswith(".gif") for g in gifs)
+        contexts = {  # the frame dataset, as MLflow dataset inputs
+            i.dataset.name: {t.key: t.value for t in i.tags}["mlflow.data.context"]
+            for i in client.get_run(run.info.run_id).inputs.dataset_inputs
+        }
+        assert contexts == {"ds/train": "training", "ds/val": "validation"}
+        assert "system/cpu_utilization_percentage" in run.data.metrics  # rank 0's monitor
+    experiment = client.get_experiment_by_name("smoke-sweep")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     trial_ids = [r.data.tags["varnext.trial_id"] for r in children]
     assert sorted(trial_ids) == sorted(row["trial_id"] for row in outcome.rows)
     best = max(r.data.metrics["best_extrap_psnr_motion"] for r in children)
@@ -128,6 +136,30 @@ def test_best_then_predict_writes_the_input_size(
         )
         == 0
     )
+    assert Image.open(out).size == (96, 54)
+    capsys.readouterr()
+
+
+def test_the_sweeps_best_trial_is_registered_and_predicts_from_the_registry(
+    sweep, tmp_path: Path, capsys
+) -> None:
+    from varnext_ray.registry import register_sweep_best
+
+    _, uri, outcome = sweep
+    objective = load_space(SMOKE)[0].objective
+    version = register_sweep_best(uri, "smoke-sweep", outcome.parent_run_id, "smoke-vae", objective)
+    assert version is not None and version["model_uri"] == "models:/smoke-vae@champion"
+    run = mlflow.MlflowClient(uri).get_run(version["run_id"])
+    assert run.data.tags["varnext.trial_id"] == outcome.best["trial_id"]
+    frames = []
+    for i in (0, 1):
+        frames.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (54, 96, 3), np.uint8)).save(
+            frames[-1]
+        )
+    out = tmp_path / "pred.png"
+    argv = ["predict", "--model", version["model_uri"], "--tracking-uri", uri, "--out", str(out)]
+    assert main([*argv, *map(str, frames)]) == 0
     assert Image.open(out).size == (96, 54)
     capsys.readouterr()
 

@@ -120,3 +120,14 @@ def test_a_new_or_existing_sqlite_store_is_accepted(uri: str) -> None:
     tracking.check_reachable(uri)  # a new file in an existing folder
     tracking.experiment_id(uri, "e")  # creates the database
     tracking.check_reachable(uri)  # an existing SQLite file
+
+
+@pytest.mark.parametrize(
+    "text", ["not json", '{"run": 1}', '{"run_id": 5}', '{"run_id": "../x"}', "[" * 100_000]
+)
+def test_a_damaged_run_record_is_a_user_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / tracking.RUN_FILE).write_text(text)
+    with pytest.raises(UserError, match="the run record is damaged"):
+        tracking.read_record(tmp_path)
+    tracking.write_record(tmp_path, {"run_id": "0123abcd", "tracking_uri": "sqlite:////x.db"})
+    assert tracking.read_record(tmp_path) == "0123abcd"

@@ -13,12 +13,12 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from varnext_ray import __version__
+from varnext_ray import __version__, console
 from varnext_ray.cli_args import Parser, subcommand
 from varnext_ray.cli_jobs import JOB_COMMANDS
 from varnext_ray.dataset import ENCODINGS, load_manifest
 from varnext_ray.dataset import info as dataset_info
-from varnext_ray.errors import UserError
+from varnext_ray.errors import UserError, escape
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.sources import parse_size
 from varnext_ray.synth import FORMATS, write_synthetic
@@ -35,7 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"varnext {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log debug messages, and Ray's own INFO logs (Ray Train reports, Ray Data plans)",
+    )
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", parser_class=Parser
     )
@@ -264,6 +269,7 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit status."""
     args = build_parser().parse_args(argv)
+    console.set_verbose(args.verbose)  # before Ray is imported
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)s: %(message)s",
@@ -282,6 +288,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted (keyboard): nothing half-written was kept\n")
         return 130
+    except Exception as err:  # a bug, not the user's mistake: one line, the story in a file
+        sys.stderr.write(unexpected_error_line(err, save_traceback(err)) + "\n")
+        return 1
+
+
+def save_traceback(err: BaseException) -> str:
+    """Writes ``err``'s full traceback to a new file in the temp folder; returns its path."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="varnext-traceback-", suffix=".txt")
+        with open(fd, "w", encoding="utf-8") as stream:
+            stream.write(f"varnext {__version__}: {' '.join(map(repr, sys.argv))}\n\n")
+            traceback.print_exception(err, file=stream)
+        return path
+    except OSError:
+        return "(could not be saved)"
+
+
+def unexpected_error_line(err: BaseException, traceback_file: str) -> str:
+    """The one line an unexpected exception gets: its type and message, and the traceback file."""
+    message = escape(str(err).strip().splitlines()[0][:200]) if str(err).strip() else ""
+    return (
+        f"error: unexpected {type(err).__name__}{': ' + message if message else ''} "
+        f"(full traceback in {traceback_file}): this is a bug in varnext; please report it "
+        "with that file"
+    )
 
 
 if __name__ == "__main__":

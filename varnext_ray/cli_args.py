@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
+
+from varnext_ray.errors import escape
 
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"error: {message} ({self.prog}): see '{self.prog} --help'\n")
+        # A value argparse quotes back may be a 5,000-digit number or hold a newline.
+        message = re.sub(r"'([^']{60})[^']{20,}'", r"'\1...'", message)
+        sys.stderr.write(f"error: {escape(message)} ({self.prog}): see '{self.prog} --help'\n")
         raise SystemExit(2)
 
 

@@ -7,7 +7,6 @@ data-stage commands of :mod:`varnext_ray.cli` never load them.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -126,6 +125,7 @@ def _run_train(args: argparse.Namespace) -> int:
         f"MLflow run {outcome.run_id}; view with: mlflow ui --backend-store-uri "
         f"{tracking.resolve_tracking_uri(args.tracking_uri)}"
     )
+    _print_ui_link(tracking.resolve_tracking_uri(args.tracking_uri), args.experiment)
     return 0
 
 
@@ -160,20 +160,58 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
         help="rank runs by best_<metric>, in its direction (default extrap_psnr_motion, the "
         "default objective of train and sweep)",
     )
+    _add_register_arg(p, "the best run's checkpoint")
     p.set_defaults(run=_run_best)
+
+
+def _add_register_arg(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--register",
+        default=None,
+        metavar="NAME",
+        help=f"register {what} as a new version of MLflow model NAME, alias champion "
+        "(load it with mlflow.pyfunc.load_model('models:/NAME@champion'))",
+    )
+
+
+def _print_registered(version: dict) -> None:
+    print(
+        f"registered {version['model_uri']} (version {version['version']} of "
+        f"{version['name']}, from run {version['run_id']}); predict with: varnext predict "
+        f"--model {version['model_uri']} --out pred.png FRAME_A FRAME_B"
+    )
+
+
+def _print_ui_link(uri: str, experiment: str) -> None:
+    """Where the experiment's training runs are in the MLflow UI."""
+    from varnext_ray.mlflow_extras import ui_url
+
+    found = tracking.client(uri).get_experiment_by_name(experiment)
+    if found is not None:
+        base = uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+        print(f"open: {ui_url(base, found.experiment_id)}")
 
 
 def _run_best(args: argparse.Namespace) -> int:
     from varnext_ray.best import RUN_FILE, download_best  # mlflow; torch when it downloads
+    from varnext_ray.registry import check_model_name, register_checkpoint
+    from varnext_ray.safe_io import read_json
 
+    if args.register is not None:
+        check_model_name(args.register)
     path = download_best(args.tracking_uri, args.experiment, args.out, args.metric)
-    run = json.loads((path / RUN_FILE).read_text())
+    run = read_json(path / RUN_FILE, what="run details")  # written by download_best
     print(
         f"best run: {run['run_name']} ({run['run_id']}, {run['kind']}, {run['status']}) "
         f"with {run['metric']} {run['value']:.4f}"
     )
     print(f"checkpoint: {path} (run details in {path / RUN_FILE})")
     print(f"predict with: varnext predict --checkpoint {path} --out pred.png FRAME_A FRAME_B")
+    if args.register is not None:
+        version = register_checkpoint(
+            run["tracking_uri"], run["run_id"], path, args.register, metric=run["metric"]
+        )
+        _print_registered(version)
     return 0
 
 
@@ -221,8 +259,19 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "frames", type=Path, nargs="*", metavar="FRAME", help="FRAME_A FRAME_B: frames t and t+s"
     )
+    p.add_argument("--checkpoint", type=Path, default=None, metavar="DIR", help="from varnext best")
     p.add_argument(
-        "--checkpoint", type=Path, required=True, metavar="DIR", help="from varnext best"
+        "--model",
+        default=None,
+        metavar="URI",
+        help="a registered model instead of --checkpoint: models:/NAME@champion or "
+        "models:/NAME/VERSION (its checkpoint is downloaded)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking URI for --model (default $MLFLOW_TRACKING_URI or ./mlflow.db)",
     )
     p.add_argument(
         "--out",
@@ -254,7 +303,15 @@ def _run_predict(args: argparse.Namespace) -> int:
     from varnext_ray import predict
     from varnext_ray.checkpoint import load_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint, device="cuda" if torch.cuda.is_available() else "cpu")
+    if (args.checkpoint is None) == (args.model is None):
+        raise UserError(
+            "need one model", "varnext predict", "pass --checkpoint DIR or --model URI (not both)"
+        )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.model is not None:
+        ckpt = _registered_checkpoint(args.model, args.tracking_uri, device)
+    else:
+        ckpt = load_checkpoint(args.checkpoint, device=device)
     if args.video is None:
         paths = predict.predict_image_files(
             ckpt, *args.frames, args.out, args.steps, overwrite=args.overwrite
@@ -277,6 +334,18 @@ def _run_predict(args: argparse.Namespace) -> int:
     for k, path in enumerate(summary["rollout"], start=1):
         print(f"wrote {path}: rollout step k={k} past the video's last frame")
     return 0
+
+
+def _registered_checkpoint(model_uri: str, tracking_uri: str | None, device: str) -> object:
+    """The checkpoint of a registered model, downloaded to a temporary folder and loaded."""
+    import tempfile
+
+    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.registry import download_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="varnext-model-") as tmp:
+        path = download_checkpoint(tracking_uri, model_uri, Path(tmp) / "checkpoint")
+        return load_checkpoint(path, device=device)  # weights are in memory: the folder can go
 
 
 def _add_sweep(sub: argparse._SubParsersAction) -> None:
@@ -313,6 +382,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--val-triplets", type=int, default=256)
     p.add_argument("--seed", type=int, default=0, help="sampler seed (default 0)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted sweep")
+    _add_register_arg(p, "the sweep's best trial")
     add_rollout_args(p)
     add_resource_args(p, "--workers-per-trial")
     add_tracking_args(p, "varnext-sweep")
@@ -327,6 +397,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
 
     space, base = load_space(args.space)
+    if args.register is not None:
+        from varnext_ray.registry import check_model_name
+
+        check_model_name(args.register)
     options = SweepOptions(
         samples=args.samples,
         workers_per_trial=args.workers,
@@ -366,6 +440,15 @@ def _run_sweep(args: argparse.Namespace) -> int:
         f"\nsweep {outcome.path}: MLflow parent run {outcome.parent_run_id} in experiment "
         f"{args.experiment!r}; view with: mlflow ui --backend-store-uri {uri}"
     )
+    _print_ui_link(uri, args.experiment)
+    if args.register is not None and outcome.best is not None:
+        from varnext_ray.registry import register_sweep_best
+
+        version = register_sweep_best(
+            uri, args.experiment, outcome.parent_run_id, args.register, space.objective
+        )
+        if version is not None:
+            _print_registered(version)
     return 0 if outcome.best is not None else 1
 
 

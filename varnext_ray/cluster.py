@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from varnext_ray import console
 from varnext_ray.dataset import load_manifest
 from varnext_ray.errors import UserError
 
@@ -152,6 +153,7 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
             )
         secure_token_file()
         env = {"RAY_ADDRESS": address} if _is_gcs_address(address) else {}
+        env |= console.ray_env_vars()  # Ray's INFO chatter off unless varnext -v
         try:
             ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
         except (ConnectionError, RuntimeError) as err:
@@ -173,7 +175,7 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
             include_dashboard=True,
             dashboard_host="127.0.0.1",
             log_to_driver=True,
-            runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"}},
+            runtime_env={"env_vars": {"RAY_ADDRESS": f"127.0.0.1:{port}"} | console.ray_env_vars()},
         )
     finally:
         del os.environ["RAY_GCS_SERVER_PORT"]

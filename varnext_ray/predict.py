@@ -29,8 +29,8 @@ from varnext_ray.checkpoint import Checkpoint
 from varnext_ray.errors import UserError
 from varnext_ray.media import FPS, save_gif, save_png, write_video
 from varnext_ray.model import extrapolate, rollout
-from varnext_ray.safe_io import check_output_files
-from varnext_ray.sources import Skipped, Source, decode_source, fit_frame
+from varnext_ray.safe_io import check_output_files, regular_file
+from varnext_ray.sources import Skipped, Source, decode_source, fit_frame, read_image
 
 VIDEO_OUTPUTS = (".mp4", ".gif")
 _CHUNK = 32  # video frames encoded per batch
@@ -40,16 +40,9 @@ _CHUNK = 32  # video frames encoded per batch
 
 
 def load_frame(path: str | Path) -> np.ndarray:
-    """An image file as (H, W, 3) uint8 RGB; a UserError if it is missing or unreadable."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError("image not found", str(path), "pass an existing PNG or JPEG file")
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        fix = "check the file opens in an image viewer, or re-export it as PNG"
-        raise UserError(f"cannot read as an image ({err})", str(path), fix) from None
+    """An image file as (H, W, 3) uint8 RGB, read as ingest reads frames (16-bit and palette
+    images converted, never a FIFO opened, pixel limit checked); a UserError if unreadable."""
+    return read_image(path)
 
 
 def _model_input(ckpt: Checkpoint, frames: list[np.ndarray]) -> torch.Tensor:
@@ -183,9 +176,7 @@ def _video_source(video: str | Path) -> tuple[Source, float]:
     """The video as a source, and its frame rate (FPS where the container does not say)."""
     import av
 
-    path = Path(video)
-    if not path.is_file():
-        raise UserError("video not found", str(path), "pass an existing video file to --video")
+    path = regular_file(video, "video", "pass an existing video file to --video")
     try:
         with av.open(str(path)) as container:
             rate = container.streams.video[0].average_rate if container.streams.video else None

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from varnext_ray import tracking
+from varnext_ray import console, mlflow_extras, tracking
 from varnext_ray.arch import count_params, parse_arch
 from varnext_ray.cluster import Resources, cluster_cpus
 from varnext_ray.errors import UserError, failure_summary
@@ -140,6 +140,7 @@ def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
         },
     )
     tracking.log_dict(uri, run_id, arch_dict, "arch/arch.json")
+    mlflow_extras.log_dataset_inputs(uri, run_id, sweep.data)
     try:
         arch = parse_arch(arch_dict, f"trial {trial_id}")
     except UserError as err:
@@ -222,6 +223,7 @@ def _tuner(
     trainable = ray.tune.with_resources(
         ray.tune.with_parameters(sweep_trial, sweep=constants), {"CPU": DRIVER_CPUS}
     )
+    trainable._progress_metrics = console.progress_metrics(space.objective)  # Tune's result box
     if resume:
         if not ray.tune.Tuner.can_restore(path):
             raise UserError(

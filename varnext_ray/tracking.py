@@ -25,6 +25,7 @@ from varnext_ray.errors import UserError
 
 log = logging.getLogger(__name__)
 
+RECORD_LIMIT = 64 * 1024  # a run record holds two short strings
 RUN_FILE = "varnext_run.json"  # in a run's Ray storage directory: the MLflow run to continue
 
 
@@ -190,13 +191,18 @@ def existing_experiment(store: Any, name: str, uri: str) -> Any:
 
 
 def experiment_id(uri: str, name: str) -> str:
-    """The id of experiment ``name``, created if it does not exist."""
+    """The id of experiment ``name``, created if it does not exist; tagged
+    ``mlflow.experimentKind = custom_model_development`` unless it has a kind already."""
+    from varnext_ray.mlflow_extras import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
     c = client(uri)
     found = c.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND_TAG not in (found.tags or {}):  # made before the convention
+            c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
     try:
-        return c.create_experiment(name)
+        return c.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     except Exception:  # created concurrently by another trial
         return c.get_experiment_by_name(name).experiment_id
 
@@ -336,7 +342,20 @@ def read_record(run_dir: str | Path, name: str = RUN_FILE) -> str | None:
     if fs.get_file_info(f"{path}/{name}").type != pyarrow.fs.FileType.File:
         return None
     with fs.open_input_stream(f"{path}/{name}") as stream:
-        return json.loads(stream.read().decode())["run_id"]
+        data = stream.read(RECORD_LIMIT + 1)
+    try:
+        if len(data) > RECORD_LIMIT:
+            raise ValueError(f"over {RECORD_LIMIT} bytes")
+        run_id = json.loads(data.decode("utf-8"))["run_id"]
+        if not isinstance(run_id, str) or not run_id.isalnum():
+            raise ValueError(f"run_id {run_id!r} is not an MLflow run id")
+    except (ValueError, KeyError, TypeError, RecursionError) as err:
+        raise UserError(
+            f"the run record is damaged ({str(err)[:100]})",
+            f"{path}/{name}",
+            "delete it to start a new MLflow run, or restore it from a backup",
+        ) from None
+    return run_id
 
 
 def write_record(run_dir: str | Path, record: dict[str, str], name: str = RUN_FILE) -> None:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from varnext_ray import tracking
+from varnext_ray import console, mlflow_extras, tracking
 from varnext_ray.arch import ArchConfig
 from varnext_ray.background import training_background
 from varnext_ray.cluster import Resources, check_resources, cluster_cpus, fits_in_object_store
@@ -127,6 +127,7 @@ def build_trainer(
     from ray.train.torch import TorchTrainer
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    console.quiet_ray_data()
     cpus = resources.cpus(cluster_cpus())
     check_resources(resources, cpus)
     triplets = settings.trains_on_triplets(arch)
@@ -182,6 +183,7 @@ def build_trainer(
             failure_config=ray.train.FailureConfig(
                 max_failures=max_failures, controller_failure_limit=3
             ),
+            logging_config=console.train_logging_config(),  # ray.train INFO only with -v
         ),
     )
 
@@ -265,6 +267,7 @@ def train(
         uri, experiment, f"{storage}/{name}", name, params, tags={"varnext.kind": "train"}
     )
     tracking.log_dict(uri, run_id, arch.to_dict(), "arch/arch.json")
+    mlflow_extras.log_dataset_inputs(uri, run_id, data)
     trainer = build_trainer(
         arch=arch,
         data=data,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -33,6 +34,7 @@ from varnext_ray import tracking
 from varnext_ray.arch import parse_arch
 from varnext_ray.background import BACKGROUND_FILE, as_tensor, png_bytes
 from varnext_ray.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from varnext_ray.console import quiet_train_worker
 from varnext_ray.dataset import sequence_keys, to_model_input
 from varnext_ray.media import save_gif, save_png
 from varnext_ray.metrics import (
@@ -45,6 +47,7 @@ from varnext_ray.metrics import (
     rollout_sums,
     triplet_sums,
 )
+from varnext_ray.mlflow_extras import start_system_metrics
 from varnext_ray.model import VAE, build_vae, unwrap_model, vae_loss
 from varnext_ray.settings import TrainSettings
 
@@ -280,7 +283,10 @@ def _start(
     """
     import ray.train
 
-    vae = build_vae(parse_arch(loop.arch, "arch"))
+    # The driver checked the size bounds (with the user's limits); a worker does not again.
+    vae = build_vae(
+        parse_arch(loop.arch, "arch", max_params=math.inf, max_activation_bytes=math.inf)
+    )
     if device.type == "cuda":
         vae = vae.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
@@ -303,6 +309,7 @@ def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
     import ray.train.torch
 
     loop = config["loop"]
+    quiet_train_worker()  # Ray Train's per-report log line off unless varnext -v
     settings = loop.settings
     _seed_everything(settings.seed)
     torch.set_num_threads(max(1, settings.torch_threads))
@@ -313,6 +320,7 @@ def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
         model = torch.compile(model)
     rank = ray.train.get_context().get_world_rank()
     shard = ray.train.get_dataset_shard
+    stop_system_metrics = start_system_metrics(loop.tracking, rank)
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         train = train_epoch(model, optimizer, shard("train"), loop=loop, epoch=epoch, device=device)
@@ -336,6 +344,7 @@ def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
         metrics[f"best_{objective}"] = best if best is not None else math.nan
         report = EpochReport(epoch + 1, metrics, best, improved, strip=strip, gif=gif)
         _report(report, rank=rank, vae=vae, optimizer=optimizer, loop=loop)
+    stop_system_metrics()
 
 
 def progress_line(metrics: dict[str, float], epochs: int) -> str:
@@ -373,7 +382,9 @@ def _report(
     if rank != 0:
         ray.train.report(report.metrics, checkpoint=None)
         return
-    print(progress_line(report.metrics, loop.settings.epochs), flush=True)
+    # not print(): Ray Train's patched print also logs it, and the line would show twice
+    sys.stdout.write(progress_line(report.metrics, loop.settings.epochs) + "\n")
+    sys.stdout.flush()
     files = None if loop.background is None else {BACKGROUND_FILE: png_bytes(loop.background)}
     with tempfile.TemporaryDirectory() as tmp:
         directory = save_checkpoint(
