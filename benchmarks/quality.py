@@ -635,16 +635,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         rollout_steps=0,  # scored on the test split below
         train_on=args.train_on,
     )
-    connect_ray(num_cpus=args.cpus)
     arms: list[dict[str, Any]] = []
     skipped: list[dict[str, Any]] = []
     kept = kept_arms(args.keep, _comparable(args))
+    datasets: dict[str, Path] = {}  # label -> ingested dataset, made when an arm first needs it
+
+    def dataset(source: str) -> Path:
+        if not ray.is_initialized():
+            connect_ray(num_cpus=args.cpus)
+        if label_of(source) not in datasets:
+            datasets[label_of(source)] = prepare(source, workdir, size, args)
+        return datasets[label_of(source)]
+
     try:
-        datasets = {label_of(src): prepare(src, workdir, size, args) for src in args.data}
         for arm in args.arms:  # priority order, alternating datasets
             config = arm.config(base, args.spatial_channels, args.flat_dim)
             triplets = settings.trains_on_triplets(parse_arch(config, arm.name))
-            for label, data in datasets.items():
+            for source in args.data:
+                label = label_of(source)
                 if (label, arm.name) in kept:
                     log.info("%s %s: kept from an earlier run", label, arm.name)
                     arms.append(kept[label, arm.name])
@@ -655,6 +663,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     skipped.append({"dataset": label, "arm": arm.name, "estimate_s": guess})
                     continue
                 log.info("%s %s (estimate %s s)", label, arm.name, guess and round(guess))
+                data = dataset(source)
                 _attempt(arms, skipped, args, label, arm.name, data, config, settings, workdir)
         if args.default_run:
             _default_run(args, workdir, arms, skipped, kept)
@@ -779,6 +788,8 @@ def _default_run(
         log.info("skipping the default run: ~%.0f s would pass --until", guess)
         skipped.append({"dataset": label, "arm": name, "estimate_s": guess})
         return
+    if not ray.is_initialized():
+        connect_ray(num_cpus=args.cpus)
     data = prepare(str(REAL_CLIP), workdir, size, args)
     settings = TrainSettings(
         epochs=4,

@@ -389,17 +389,12 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ray, "init", refuse)
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(cluster, "CONNECT_TIMEOUT_S", 1.0)
-    # _check_answers binds CONNECT_TIMEOUT_S as its default when defined: patch that too
-    monkeypatch.setattr(cluster._check_answers, "__defaults__", (1.0,))
     for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)
 
 
 # Cases that show a bug not yet fixed: strict, so the fix makes them fail until removed here.
-KNOWN_BUGS = {
-    "preflight-sweep-resume-open-storage": "the --resume storage check (sweep.run_sweep) runs "
-    "after cli_jobs._run_sweep has called connect_ray",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.timeout(60)  # a FIFO opened by mistake, or a hang: fail, do not block the suite

@@ -153,3 +153,18 @@ LEARNED = {  # measured on the demo data at 2000 steps (docs/training.md)
 def test_verdict_in_plain_words(changes: dict[str, float], starts: str, words: str) -> None:
     text = demo.verdict(LEARNED | changes)
     assert text.startswith(starts) and words in text, text
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"), [("--samples", "0"), ("--epochs", "0"), ("--steps", "0")]
+)
+def test_bad_demo_options_are_refused_before_anything_is_written(
+    flag: str, value: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from varnext_ray.cli import main
+
+    work = tmp_path / "demo"
+    assert main(["demo", "--workdir", str(work), flag, value]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "must be" in err[0], err
+    assert not work.exists()

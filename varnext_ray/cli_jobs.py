@@ -393,8 +393,9 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 def _run_sweep(args: argparse.Namespace) -> int:
     from varnext_ray.arch import parse_arch
     from varnext_ray.cluster import connect_ray
+    from varnext_ray.safe_io import check_trusted_storage
     from varnext_ray.search_space import load_space
-    from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
+    from varnext_ray.sweep import SweepOptions, run_sweep, summary_table, sweep_path
 
     space, base = load_space(args.space)
     if args.register is not None:
@@ -422,6 +423,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     )
     options.check()
     _preflight(args, options.settings(space), parse_arch(base, str(args.space)).input.shape)
+    if args.resume:  # Tune's state is unpickled: refuse storage others can write, before Ray
+        check_trusted_storage(sweep_path(args.storage, args.experiment, space.name))
     connect_ray(args.address)
     outcome = run_sweep(
         space=space,

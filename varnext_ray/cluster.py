@@ -182,8 +182,9 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
     secure_token_file()
 
 
-def _check_answers(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
-    """A UserError unless something accepts a TCP connection at a host:port Ray address."""
+def _check_answers(address: str, timeout_s: float | None = None) -> None:
+    """A UserError unless something accepts a TCP connection at a host:port Ray address
+    within ``timeout_s`` (default :data:`CONNECT_TIMEOUT_S`)."""
     import socket
     import time
 
@@ -198,6 +199,7 @@ def _check_answers(address: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
             address,
             "pass --address or RAY_ADDRESS in one of those forms",
         )
+    timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     deadline, reason = time.monotonic() + timeout_s, "no answer"
     while time.monotonic() < deadline:
         try:

@@ -136,6 +136,13 @@ def run_demo(
             str(DEMO_SPACE),
             "run the demo from a clone of the repository (pip install -e .)",
         )
+    options = SweepOptions(
+        samples=samples,
+        workers_per_trial=2,
+        train=TrainSettings(epochs=epochs, steps=steps, batch_size=BATCH, val_triplets=128),
+    )
+    options.check()  # before anything is written
+    options.train.check()
     workdir.mkdir(parents=True, exist_ok=True)
     data = prepare_data(workdir)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
@@ -148,11 +155,7 @@ def run_demo(
         experiment=EXPERIMENT,
         tracking_uri=uri,
         storage=workdir / "ray",
-        options=SweepOptions(
-            samples=samples,
-            workers_per_trial=2,
-            train=TrainSettings(epochs=epochs, steps=steps, batch_size=BATCH, val_triplets=128),
-        ),
+        options=options,
     )
     print("\n" + summary_table(outcome, space.objective))
     if outcome.best is None:

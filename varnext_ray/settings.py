@@ -21,6 +21,12 @@ if TYPE_CHECKING:
     from varnext_ray.arch import ArchConfig
 
 
+# Bounds on what a typo can make a run do (a budget past these is not a wish but a slip).
+MAX_STEPS = 10_000_000
+MAX_EPOCHS = 100_000
+MAX_ROLLOUT_STEPS = 64
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Training hyperparameters (the architecture JSON holds the model and its loss).
@@ -79,12 +85,19 @@ class TrainSettings:
                     f"--{name.replace('_', '-')}",
                     "pass a positive integer",
                 )
-        if self.steps is not None and self.steps < 1:
+        if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise UserError(
-                f"steps must be >= 1 (got {self.steps})",
+                f"steps must be from 1 to {MAX_STEPS:,} (got {self.steps})",
                 "--steps",
                 "pass a budget of optimizer steps, e.g. 2000",
             )
+        for name, most in (("epochs", MAX_EPOCHS), ("rollout_steps", MAX_ROLLOUT_STEPS)):
+            if getattr(self, name) > most:
+                raise UserError(
+                    f"{name} must be at most {most:,} (got {getattr(self, name)})",
+                    f"--{name.replace('_', '-')}",
+                    f"pass at most {most:,}",
+                )
         if self.rollout_steps < 0:
             raise UserError(
                 f"rollout steps must be >= 0 (got {self.rollout_steps})",

@@ -252,6 +252,12 @@ def _tuner(
     )
 
 
+def sweep_path(storage: Path | str, experiment: str, space_name: str) -> str:
+    """Where a sweep keeps Tune's state: ``<storage>/sweep-<experiment>-<space name>``."""
+    storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
+    return f"{storage}/sweep-{experiment}-{space_name}"
+
+
 def run_sweep(
     *,
     space: SearchSpace,
@@ -272,7 +278,7 @@ def run_sweep(
     tracking.check_reachable(uri)
     storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
     name = f"sweep-{experiment}-{space.name}"
-    path = f"{storage}/{name}"
+    path = sweep_path(storage, experiment, space.name)
     if not resume and _exists(path):
         raise UserError(
             "a sweep of this experiment and space already exists",
