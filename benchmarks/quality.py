@@ -190,6 +190,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=[],
         help="earlier results JSON files: their arms measured with the same settings are reused",
     )
+    p.add_argument("--note", default="", help="a sentence for the docs (e.g. the machine's load)")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the worker (1)")
     p.add_argument("--cpus", type=int, default=2, help="num_cpus of the Ray instance (2)")
     p.add_argument("--quick", action="store_true", help="a smoke run of about two minutes")
@@ -374,7 +375,7 @@ def markdown(report: dict[str, Any]) -> str:
         "`varnext train`'s path (Ray Train, 1 worker), the validation-best checkpoint scored on "
         f"the test split at s = {', '.join(map(str, s['strides']))}. Measured "
         f"{report['timestamp']} on {report['machine']['cores']} cores (load average at start "
-        f"{_load(report)}: wall times are pessimistic), `{report['command']}`.",
+        f"{_load(report)}), `{report['command']}`. {s.get('note', '')}".rstrip(),
         "",
         "PSNR in dB. oracle = decode(mu3); bg = per-pixel median of the training frames; "
         "lat.copy = decode(mu2); extrap = decode(2 mu2 - mu1); copy-last = frame t+s; `_m` = "
@@ -681,6 +682,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "torch_threads": args.threads,
             "default_run": args.default_run,
             "default_steps": args.default_steps,
+            "note": args.note,
             "until": args.until,
             "keep": [str(p) for p in args.keep],
         },
