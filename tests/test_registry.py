@@ -289,6 +289,24 @@ def test_system_metrics_are_logged_even_for_a_block_shorter_than_the_interval(
     )
 
 
+def test_a_sample_is_in_the_store_before_the_report_that_may_end_the_trial(
+    tmp_path: Path,
+) -> None:
+    # ASHA can kill a trial's workers right after an epoch's report: stop() never runs then,
+    # so ensure_logged() must leave a sample in the store by itself, and only one.
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tracking.start_run(uri, "system", run_name="r")
+    sampler = mlflow_extras.SystemMetrics(uri, run, interval_s=3600)
+    sampler.ensure_logged()
+    sampler.ensure_logged()
+    history = tracking.client(uri).get_metric_history(run, "system/cpu_utilization_percentage")
+    assert len(history) == 1
+    sampler.stop()
+    assert (
+        len(tracking.client(uri).get_metric_history(run, "system/cpu_utilization_percentage")) == 1
+    )
+
+
 def test_psutil_and_nvml_are_pinned_direct_dependencies() -> None:
     text = (REPO / "pyproject.toml").read_text()
     assert '"psutil==' in text and '"nvidia-ml-py==' in text

@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,48 +146,71 @@ def log_dataset_inputs(uri: str, run_id: str, data: str | Path) -> None:
         client.log_inputs(run_id, datasets=todo)
 
 
+class SystemMetrics:
+    """Samples system metrics into a run every ``interval_s`` seconds until :meth:`stop`.
+
+    MLflow's ``SystemMetricsMonitor`` (CPU and memory through psutil, GPU through NVML where
+    present) logs ``system/*`` metrics, continuing the step count of a resumed run. Its first
+    sample lands only after one interval, so a run stopped sooner (a short trial, or one that
+    ASHA ends right after an epoch's report, killing its workers) would have none:
+    :meth:`ensure_logged`, called before each report, and :meth:`stop` log one sample
+    themselves when the monitor has not yet. Failing to start (no psutil) only logs a
+    warning: the run itself matters more.
+    """
+
+    def __init__(self, uri: str, run_id: str, interval_s: float = SYSTEM_METRICS_INTERVAL_S):
+        for name in ("mlflow.system_metrics", "mlflow.system_metrics.system_metrics_monitor"):
+            logging.getLogger(name).setLevel(logging.WARNING)  # its start/stop notes
+        self._monitor: Any = None
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            monitor = SystemMetricsMonitor(
+                run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=uri
+            )
+            monitor.start()
+        except Exception as err:  # psutil missing, store unreachable: train without them
+            log.warning("system metrics are not logged: %s", err)
+            return
+        self._monitor = monitor
+        self._first_step = monitor._logging_step
+
+    def ensure_logged(self) -> None:
+        """Logs one sample now (and flushes it) unless the monitor has logged one already."""
+        monitor = self._monitor
+        if monitor is None or monitor._logging_step != self._first_step:
+            return
+        with contextlib.suppress(Exception):  # the run matters more than its system metrics
+            monitor.collect_metrics()
+            monitor.publish_metrics(monitor.aggregate_metrics())
+            monitor.mlflow_logger.flush()
+
+    def stop(self) -> None:
+        """Stops sampling; a run shorter than one interval still gets its one sample."""
+        if self._monitor is None:
+            return
+        with contextlib.suppress(Exception):
+            self._monitor.finish()
+        self.ensure_logged()
+        self._monitor = None
+
+
 @contextlib.contextmanager
 def system_metrics(
     uri: str, run_id: str, interval_s: float = SYSTEM_METRICS_INTERVAL_S
-) -> Iterator[None]:
-    """Samples system metrics into the run every ``interval_s`` seconds while the block runs.
-
-    MLflow's ``SystemMetricsMonitor`` (CPU and memory through psutil, GPU through NVML where
-    present) logs ``system/*`` metrics, continuing the step count of a resumed run. Failing
-    to start (no psutil) only logs a warning: the run itself matters more.
-    """
-    for name in ("mlflow.system_metrics", "mlflow.system_metrics.system_metrics_monitor"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # its start/stop notes
-    monitor = None
+) -> Iterator[SystemMetrics]:
+    """:class:`SystemMetrics` for the duration of the block."""
+    sampler = SystemMetrics(uri, run_id, interval_s)
     try:
-        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
-
-        monitor = SystemMetricsMonitor(
-            run_id, sampling_interval=interval_s, resume_logging=True, tracking_uri=uri
-        )
-        monitor.start()
-    except Exception as err:  # psutil missing, store unreachable: train without them
-        log.warning("system metrics are not logged: %s", err)
-        monitor = None
-    try:
-        yield
+        yield sampler
     finally:
-        if monitor is not None:
-            with contextlib.suppress(Exception):
-                first = monitor._logging_step
-                monitor.finish()
-                if monitor._logging_step == first:  # shorter than one interval: log one sample
-                    monitor.publish_metrics(monitor.aggregate_metrics())
-                    monitor.mlflow_logger.flush()
+        sampler.stop()
 
 
-def start_system_metrics(run: Any, rank: int = 0) -> Callable[[], None]:
-    """Starts :func:`system_metrics` for ``run`` (a ``TrackingRun``, or None: nothing) on rank
-    0 only; returns the function that stops it (a no-op elsewhere). For loops that should not
-    be re-indented under a ``with``: a loop that raises leaves the monitor to stop by itself
-    once the run is no longer RUNNING."""
+def start_system_metrics(run: Any, rank: int = 0) -> SystemMetrics | None:
+    """:class:`SystemMetrics` for ``run`` (a ``TrackingRun``, or None: nothing) on rank 0 only.
+    For loops that should not be re-indented under a ``with``: a loop that raises leaves the
+    monitor to stop by itself once the run is no longer RUNNING."""
     if run is None or rank != 0:
-        return lambda: None
-    stack = contextlib.ExitStack()
-    stack.enter_context(system_metrics(run.uri, run.run_id))
-    return stack.close
+        return None
+    return SystemMetrics(run.uri, run.run_id)

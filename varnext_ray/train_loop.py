@@ -320,7 +320,7 @@ def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
         model = torch.compile(model)
     rank = ray.train.get_context().get_world_rank()
     shard = ray.train.get_dataset_shard
-    stop_system_metrics = start_system_metrics(loop.tracking, rank)
+    system = start_system_metrics(loop.tracking, rank)
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         train = train_epoch(model, optimizer, shard("train"), loop=loop, epoch=epoch, device=device)
@@ -343,8 +343,11 @@ def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
             best = metrics[objective]
         metrics[f"best_{objective}"] = best if best is not None else math.nan
         report = EpochReport(epoch + 1, metrics, best, improved, strip=strip, gif=gif)
+        if system is not None:  # a scheduler may end the trial right after this report
+            system.ensure_logged()
         _report(report, rank=rank, vae=vae, optimizer=optimizer, loop=loop)
-    stop_system_metrics()
+    if system is not None:
+        system.stop()
 
 
 def progress_line(metrics: dict[str, float], epochs: int) -> str:
