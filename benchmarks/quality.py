@@ -66,17 +66,11 @@ from benchmarks.harness import (  # sets the local Ray env
 import ray
 
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
-from varnext_ray.background import as_tensor, training_background
 from varnext_ray.checkpoint import load_checkpoint
 from varnext_ray.cluster import Resources, connect_ray
-from varnext_ray.dataset import (
-    load_manifest,
-    sequences_dataset,
-    to_model_input,
-    triplet_index,
-)
+from varnext_ray.dataset import load_manifest
 from varnext_ray.ingest import IngestOptions, ingest
-from varnext_ray.metrics import add_sums, finalize, triplet_sums
+from varnext_ray.scoring import score_checkpoint
 from varnext_ray.settings import TrainSettings
 from varnext_ray.synth import write_synthetic
 from varnext_ray.train import train
@@ -266,29 +260,6 @@ def label_of(source: str) -> str:
     return "demo" if source == "synthetic" else Path(source).stem
 
 
-def score(
-    checkpoint: str, data: Path, strides: Sequence[int], batch_size: int
-) -> dict[str, dict[str, Any]]:
-    """The checkpoint's metrics on the test split (validation if test has no triplets) at each
-    stride s, against the training background: ``{str(s): metrics}``."""
-    manifest = load_manifest(data)
-    vae = load_checkpoint(checkpoint).model.eval()
-    background = as_tensor(training_background(data))
-    out = {}
-    for stride in strides:
-        split = "test" if triplet_index(manifest, "test", stride) else "val"
-        if not triplet_index(manifest, split, stride):
-            continue
-        sums = None
-        triplets = sequences_dataset(data, split, stride, length=3)
-        for batch in triplets.iter_torch_batches(batch_size=batch_size, device="cpu"):
-            frames = [to_model_input(batch[k], "cpu") for k in ("x1", "x2", "x3")]
-            sums = add_sums(sums, triplet_sums(vae, *frames, background=background))
-        metrics = finalize(sums) | {"split": split, "triplets": int(sums["count"])}
-        out[str(stride)] = metrics
-    return out
-
-
 def run_arm(
     label: str,
     data: Path,
@@ -316,7 +287,7 @@ def run_arm(
         raise RuntimeError(f"{label} {arm_name}: no checkpoint with a finite objective")
     meta = load_checkpoint(outcome.best_checkpoint).meta
     started = time.perf_counter()
-    by_stride = score(outcome.best_checkpoint, data, args.strides, args.batch_size)
+    by_stride = score_checkpoint(outcome.best_checkpoint, data, args.strides, args.batch_size)
     scoring = time.perf_counter() - started
     last = outcome.metrics
     return {

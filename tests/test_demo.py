@@ -76,12 +76,20 @@ def test_report_says_whether_the_line_beats_copy_last(
     extrap: float, verdict: str, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     metrics = {"extrap_psnr": extrap, "copy_last_psnr": 25.0, "extrap_skill": 0.1, "x": 1.0}
-    demo.print_report(metrics, tmp_path, tmp_path / "best", tmp_path / "s.png", "sqlite:///m.db")
+    held_out = {
+        "1": LEARNED | {"split": "test", "triplets": 90},
+        "3": {"split": "test", "triplets": 80, "extrap_psnr": 21.5},
+    }
+    uri = "sqlite:///m.db"
+    demo.print_report(metrics, held_out, tmp_path, tmp_path / "best", tmp_path / "s.png", uri)
     out = capsys.readouterr().out
     assert f"latent straight line {verdict} repeating the last frame" in out
     assert f"  {'extrap_psnr':<24} {extrap:10.4f} dB" in out and "extrap_skill" in out
     assert "\n  x " not in out  # only the metrics the demo explains
-    assert "\nverdict: NOT ANSWERED" in out  # no background or active units: no answer
+    assert "\nverdict at s=1 (test split): the model learned the scene" in out
+    assert "\nverdict at s=3 (test split): NOT ANSWERED" in out  # no background, no answer
+    row = next(line for line in out.splitlines() if line.startswith("   3  test"))
+    assert row.split()[4:] == ["21.50", "-", "-", "-", "-"]
     assert "mlflow ui --backend-store-uri sqlite:///m.db" in out
 
 

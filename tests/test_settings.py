@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pytest
 
-from varnext_ray.dataset import load_manifest, triplet_index
 from varnext_ray.errors import UserError
 from varnext_ray.settings import TrainSettings
-from varnext_ray.train import steps_per_pass
 
 
 @pytest.mark.parametrize(
@@ -39,16 +36,6 @@ def test_a_budget_below_one_step_is_refused() -> None:
         TrainSettings(steps=0).check()
     assert info.value.where == "--steps"
     TrainSettings(steps=None).check()
-
-
-def test_steps_per_pass_follows_the_equal_split(dataset_dir: Path) -> None:
-    manifest = load_manifest(dataset_dir)
-    frames = manifest.data["splits"]["train"]
-    settings = TrainSettings(batch_size=8)
-    assert steps_per_pass(dataset_dir, settings, 2, triplets=False) == math.ceil((frames // 2) / 8)
-    triplets = len(triplet_index(manifest, "train", 1))
-    assert steps_per_pass(dataset_dir, settings, 1, triplets=True) == math.ceil(triplets / 8)
-    assert steps_per_pass(dataset_dir, TrainSettings(batch_size=10**6), 1, triplets=False) == 1
 
 
 def test_train_cli_budgets_2000_steps_by_default_and_passes_steps_through(

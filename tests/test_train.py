@@ -104,6 +104,21 @@ def test_two_ranks_step_and_report_the_contract(first_run, dataset_dir: Path) ->
     assert "train_curvature" not in run.data.metrics  # trained on frames
     assert run.data.params["arch.latent_dim"] == "160"  # spatial 4x5x8: latent elements
     assert run.data.params["train.batch_size"] == "8"
+    o = run.data.metrics  # where the time outside the epochs went: the parts add up
+    parts = ("overhead_setup_seconds", "overhead_workers_seconds", "overhead_loop_seconds")
+    assert all(o[k] > 0 for k in parts)
+    assert o["overhead_seconds"] == pytest.approx(sum(o[k] for k in parts))
+    assert o["loop_seconds"] > o["epochs_seconds"] >= m["epoch_seconds"]
+
+
+def test_a_rank_keeps_every_world_th_row_of_a_whole_dataset() -> None:
+    from varnext_ray.train_loop import _every_nth_row
+
+    batches = [{"t": torch.arange(0, 6)}, {"t": torch.arange(6, 12)}, {"t": torch.tensor([12])}]
+    rank0 = [b["t"].tolist() for b in _every_nth_row(batches, rank=0, world=2)]
+    rank1 = [b["t"].tolist() for b in _every_nth_row(batches, rank=1, world=2)]
+    assert rank0 == [[0, 2, 4], [6, 8, 10], [12]]
+    assert rank1 == [[1, 3, 5], [7, 9, 11]]  # nothing left for it in the last batch: it stops
 
 
 def test_artifacts_and_checkpoint_reload(first_run, dataset_dir: Path, tmp_path: Path) -> None:

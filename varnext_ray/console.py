@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from typing import Any
 
 VERBOSE_ENV = "VARNEXT_VERBOSE"
@@ -59,7 +60,13 @@ def train_logging_config() -> Any:
 def quiet_train_worker() -> None:
     """In a Ray Train worker: no "Reporting training result ..." line per report and rank
     unless ``-v``. Ray 2.60 logs it on a logger named after its source file, outside the
-    ``ray.train`` loggers that ``LoggingConfig`` filters."""
+    ``ray.train`` loggers that ``LoggingConfig`` filters.
+
+    Also silences DDP's "Grad strides do not match bucket view strides" note: the decoder's
+    1x1 convolution out of a spatial latent gets its (C, c, 1, 1) gradient with other strides
+    for the size-1 dimensions, which costs one copy of a few hundred numbers per step.
+    """
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     if is_verbose():
         return
     from ray.train.v2._internal.execution import context

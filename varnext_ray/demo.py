@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -54,6 +55,7 @@ SHOWN = (
     "latent_linearity",
     "steps",
 )
+HELD_OUT_STRIDES = (1, 3)  # the answer is given on the test split at these strides
 COLLAPSE_DB = 1.0  # an oracle less than this above the background: collapsed
 FLAT_DB = 0.05  # |motion gain| below this: no measurable difference
 
@@ -119,6 +121,7 @@ def run_demo(
     from varnext_ray.best import download_best
     from varnext_ray.checkpoint import read_meta
     from varnext_ray.cluster import connect_ray
+    from varnext_ray.scoring import score_checkpoint
     from varnext_ray.search_space import load_space
     from varnext_ray.settings import TrainSettings
     from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
@@ -163,15 +166,22 @@ def run_demo(
         return 1
     best_dir = download_best(uri, EXPERIMENT, workdir / "best", space.objective)
     metrics = read_meta(best_dir)["metrics"]
+    held_out = score_checkpoint(best_dir, data, HELD_OUT_STRIDES)
     strip = write_test_strip(best_dir, data, workdir / "prediction_strip.png")
-    print_report(metrics, workdir, best_dir, strip, uri)
+    print_report(metrics, held_out, workdir, best_dir, strip, uri)
     return 0
 
 
 def print_report(
-    metrics: dict[str, float], workdir: Path, best_dir: Path, strip: Path, uri: str
+    metrics: dict[str, float],
+    held_out: dict[str, dict[str, Any]],
+    workdir: Path,
+    best_dir: Path,
+    strip: Path,
+    uri: str,
 ) -> None:
-    """The best trial's metrics beside the baselines, where the files are, how to open MLflow."""
+    """The best trial's metrics beside the baselines, its held-out answer at each stride (the
+    verdicts), where the files are and how to open MLflow."""
     print("\nbest trial, at its best epoch (validation triplets):")
     for key in SHOWN:
         value = metrics.get(key)
@@ -184,7 +194,9 @@ def print_report(
         f"{'beats' if beats else 'does not beat'} repeating the last frame (copy-last); "
         "oracle_psnr is the ceiling of this model's decoder."
     )
-    print("\nverdict: " + verdict(metrics))
+    print(held_out_table(held_out))
+    for stride, scored in held_out.items():
+        print(f"\nverdict at s={stride} ({scored['split']} split): " + verdict(scored))
     print(
         f"\nfiles: {workdir}\n  dataset   {workdir / 'dataset'}\n  best      {best_dir}"
         f"\n  strip     {strip} (t, t+s, truth, latent prediction, latent copy, oracle, "
@@ -192,6 +204,28 @@ def print_report(
         f"\n  ray       {workdir / 'ray'}"
     )
     print(f"\nopen MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+
+
+def held_out_table(held_out: dict[str, dict[str, Any]]) -> str:
+    """The held-out scores, one row per stride s: PSNR overall and in the motion region."""
+    columns = (
+        ("extrap_psnr", "extrap"),
+        ("latent_copy_psnr", "latent copy"),
+        ("copy_last_psnr", "copy-last"),
+        ("oracle_psnr", "oracle"),
+        ("background_psnr", "background"),
+    )
+    head = "   s  split  triplets  region  " + "".join(f"{n:>12}" for _, n in columns)
+    lines = ["\nthe best trial on held-out triplets (PSNR, dB; triplets t, t+s, t+2s):", head]
+    for stride, m in held_out.items():
+        for region, suffix in (("all", ""), ("motion", "_motion")):
+            cells = "".join(f"{_cell(m.get(key + suffix)):>12}" for key, _ in columns)
+            lines.append(f"{stride:>4}  {m['split']:<5}  {m['triplets']:>8}  {region:<6}  {cells}")
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, int | float) and math.isfinite(value) else "-"
 
 
 def verdict(metrics: dict[str, float]) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,8 @@ from varnext_ray.errors import UserError, failure_summary
 from varnext_ray.safe_io import check_trusted_storage
 from varnext_ray.search_space import DefineByRun, SearchSpace, point_to_arch, short_arch
 from varnext_ray.settings import TrainSettings
-from varnext_ray.train import build_trainer, check_dataset
+from varnext_ray.train import build_trainer, check_dataset, timed_fit
+from varnext_ray.train_data import RunData, prepare_run_data
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +58,7 @@ class SweepOptions:
     search: str = "tpe"  # Optuna's sampler: "tpe" or "random"
     seed: int = 0  # the sampler's seed (and the training seed when ``train`` is None)
     train: TrainSettings | None = None
+    share_data: bool = True  # read the dataset once for all trials (False: each trial reads it)
 
     def settings(self, space: SearchSpace) -> TrainSettings:
         """Every trial's training settings, before a point's overrides."""
@@ -107,6 +110,7 @@ class SweepConstants:
     data: str  # the frame dataset, absolute
     settings: TrainSettings
     resources: Resources
+    prepared: RunData | None = None  # read once before the first trial, shared by all
 
 
 def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
@@ -120,6 +124,7 @@ def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
+    started = time.perf_counter()
     point = dict(config)
     trial_id = ray.tune.get_context().get_trial_id()
     name = f"trial-{trial_id}"  # deterministic: a restored trial resumes its Train run
@@ -159,12 +164,14 @@ def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
         name=name,
         tracking_run=tracking.TrackingRun(uri, run_id),
         callbacks=[TuneReportCallback()],
+        prepared=sweep.prepared,
     )
     try:
-        trainer.fit()
+        _, overhead = timed_fit(trainer, started)
     except ray.train.TrainingFailedError as err:
         tracking.end_run(uri, run_id, "FAILED", failure_summary(err))
         raise
+    tracking.log_metrics(uri, run_id, overhead, step=0)
     tracking.end_run(uri, run_id, "FINISHED")
 
 
@@ -291,6 +298,12 @@ def run_sweep(
     space_params = space.model_dump(mode="json", warnings=False)
     params = tracking.flatten({"space": space_params, "sweep": sweep | asdict(settings)})
     parent = _parent_run(uri, experiment, path, name, params, resume)
+    prepared = None
+    if options.share_data:
+        started = time.perf_counter()
+        prepared = prepare_run_data(data, settings, triplets=_base_triplets(base, settings))
+        seconds = time.perf_counter() - started
+        tracking.log_metrics(uri, parent, {"data_prepare_seconds": seconds}, step=0)
     constants = SweepConstants(
         name=name,
         storage=storage,
@@ -300,6 +313,7 @@ def run_sweep(
         data=str(Path(data).resolve()),
         settings=settings,
         resources=options.resources(cluster_cpus()),
+        prepared=prepared,
     )
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     tuner = _tuner(space, options, constants, path, resume)
@@ -317,6 +331,15 @@ def run_sweep(
         )
     tracking.end_run(uri, parent, "FINISHED")
     return SweepOutcome(parent_run_id=parent, path=path, rows=rows, best=best)
+
+
+def _base_triplets(base: dict[str, Any], settings: TrainSettings) -> bool:
+    """Whether trials of the base architecture read triplets: the data the sweep prepares. A
+    trial whose sampled loss differs (a searched linearity weight) prepares its own."""
+    try:
+        return settings.trains_on_triplets(parse_arch(base, "the space's base architecture"))
+    except UserError:  # a base that is only valid with a sampled point
+        return settings.train_on == "triplets"
 
 
 def _exists(path: str) -> bool:

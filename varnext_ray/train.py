@@ -16,24 +16,25 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from varnext_ray import console, mlflow_extras, tracking
 from varnext_ray.arch import ArchConfig
-from varnext_ray.background import training_background
-from varnext_ray.cluster import Resources, check_resources, cluster_cpus, fits_in_object_store
-from varnext_ray.dataset import (
-    frames_dataset,
-    load_manifest,
-    sequence_index,
-    sequences_dataset,
-    triplet_index,
-    triplets_dataset,
-)
+from varnext_ray.cluster import Resources, check_resources, cluster_cpus
+from varnext_ray.dataset import load_manifest, triplet_index
 from varnext_ray.errors import UserError, failure_summary
 from varnext_ray.settings import TrainSettings
+from varnext_ray.train_data import (
+    DataKey,
+    RunData,
+    datasets_to_split,
+    prepare_run_data,
+    run_datasets,
+    steps_per_pass,
+)
 from varnext_ray.train_loop import LoopConfig, train_loop_per_worker
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ def build_trainer(
     tracking_run: tracking.TrackingRun | None = None,
     callbacks: list[Any] | None = None,
     max_failures: int = 1,
+    prepared: RunData | None = None,
 ) -> Any:
     """The TorchTrainer for one training run (``varnext train`` and each sweep trial).
 
@@ -120,6 +122,8 @@ def build_trainer(
         tracking_run: The MLflow run that rank 0 logs to.
         callbacks: Ray Train UserCallbacks (a sweep passes Tune's TuneReportCallback).
         max_failures: Worker-group restarts from the last checkpoint after a crash.
+        prepared: Datasets prepared before (a sweep's, shared by its trials); prepared here
+            when None or made for other settings.
     """
     import ray
     import ray.data
@@ -131,35 +135,21 @@ def build_trainer(
     cpus = resources.cpus(cluster_cpus())
     check_resources(resources, cpus)
     triplets = settings.trains_on_triplets(arch)
-    train_frames = (
-        triplets_dataset(data, "train", stride=settings.stride)
-        if triplets
-        else frames_dataset(data, "train")
-    )
-    if fits_in_object_store(data, copies=3 if triplets else 1):  # decode once, not every epoch
-        train_frames = train_frames.materialize()
+    if prepared is None or prepared.key != DataKey.of(data, settings, triplets):
+        prepared = prepare_run_data(data, settings, triplets=triplets)
     passes = settings.passes_per_epoch(
-        steps_per_pass(data, settings, resources.workers, triplets=triplets)
+        steps_per_pass(prepared.train_rows, settings.batch_size, resources.workers)
     )
-    if passes > 1:  # whole passes in one stream: every worker iterates it once, in lockstep
-        train_frames = train_frames.union(*[train_frames] * (passes - 1))
-    datasets = {
-        "train": train_frames.randomize_block_order(seed=settings.seed),
-        "val": triplets_dataset(data, "val", stride=settings.stride, limit=settings.val_triplets),
-    }
-    horizons = _rollout_horizons(data, settings)
-    if horizons:
-        datasets["rollout"] = sequences_dataset(
-            data, "val", settings.stride, length=horizons + 2, limit=settings.rollout_sequences
-        )
+    datasets = run_datasets(prepared, passes, settings.seed)
     loop = LoopConfig(
         arch=arch.to_dict(),
         settings=settings,
         on_triplets=triplets,
-        rollout_steps=horizons,
+        rollout_steps=prepared.horizons,
         tracking=tracking_run,
-        background=training_background(data),
+        background=prepared.background,
         passes_per_epoch=passes,
+        eval_split=not prepared.eval_materialised,
     )
     return TorchTrainer(
         train_loop_per_worker,
@@ -170,7 +160,7 @@ def build_trainer(
             resources_per_worker=resources.per_worker(cpus),
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=list(datasets)),
+        dataset_config=ray.train.DataConfig(datasets_to_split=datasets_to_split(prepared)),
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=str(storage),
@@ -186,39 +176,6 @@ def build_trainer(
             logging_config=console.train_logging_config(),  # ray.train INFO only with -v
         ),
     )
-
-
-def steps_per_pass(data: Path, settings: TrainSettings, workers: int, *, triplets: bool) -> int:
-    """Optimizer steps of one pass over the training split: ceil(rows per worker / batch).
-
-    ``streaming_split`` gives every worker floor(rows / workers) rows (frames, or triplets when
-    training reads triplets); the last batch of a pass may be partial.
-    """
-    manifest = load_manifest(data)
-    if triplets:
-        rows = len(triplet_index(manifest, "train", settings.stride))
-    else:
-        rows = int(manifest.data["splits"]["train"])
-    return max(1, math.ceil((rows // max(1, workers)) / settings.batch_size))
-
-
-def _rollout_horizons(data: Path, settings: TrainSettings) -> int:
-    """The rollout horizon K to score: ``settings.rollout_steps``, shortened to fit the clips.
-
-    The validation clips must hold K + 2 frames s apart; with shorter clips K shrinks (to 0,
-    no rollout metrics, when not even one step fits), with a warning.
-    """
-    manifest = load_manifest(data)
-    for horizons in range(settings.rollout_steps, 0, -1):
-        if sequence_index(manifest, "val", settings.stride, horizons + 2):
-            if horizons < settings.rollout_steps:
-                log.warning(
-                    "validation clips are too short for %d rollout steps; scoring %d",
-                    settings.rollout_steps,
-                    horizons,
-                )
-            return horizons
-    return 0
 
 
 def best_checkpoint(result: Any, objective: str, mode: str) -> tuple[Any, dict] | None:
@@ -248,6 +205,7 @@ def train(
     """``varnext train``: one architecture, trained with DDP on Ray, recorded in one MLflow run."""
     import ray.train
 
+    started = time.perf_counter()
     settings.check()
     check_dataset(data, settings, resources.workers, arch)
     uri = tracking.resolve_tracking_uri(tracking_uri)
@@ -278,11 +236,12 @@ def train(
         tracking_run=tracking.TrackingRun(uri, run_id),
     )
     try:
-        result = trainer.fit()
+        result, overhead = timed_fit(trainer, started)
     except ray.train.TrainingFailedError as err:
         reason = failure_summary(err)
         tracking.end_run(uri, run_id, "FAILED", reason)
         raise TrainingFailed(reason, run_id) from None
+    tracking.log_metrics(uri, run_id, overhead, step=0)
     best = best_checkpoint(result, settings.objective, settings.mode)
     tracking.end_run(uri, run_id, "FINISHED")
     return TrainOutcome(
@@ -291,6 +250,43 @@ def train(
         best_checkpoint=best[0].path if best else None,
         path=str(result.path),
     )
+
+
+def timed_fit(trainer: Any, started: float) -> tuple[Any, dict[str, float]]:
+    """``trainer.fit()``'s result and :func:`overhead_metrics` of the run that began at
+    ``started`` (``time.perf_counter()``)."""
+    fit_started = time.perf_counter()
+    result = trainer.fit()
+    done = time.perf_counter()
+    overhead = overhead_metrics(
+        total_s=done - started,
+        setup_s=fit_started - started,
+        fit_s=done - fit_started,
+        last=dict(result.metrics or {}),
+    )
+    return result, overhead
+
+
+def overhead_metrics(
+    *, total_s: float, setup_s: float, fit_s: float, last: dict[str, Any]
+) -> dict[str, float]:
+    """Where a run's wall time went outside its epochs, in seconds (``overhead_*``, logged to
+    the run's MLflow run; docs/training.md).
+
+    Args:
+        total_s: The whole run, from the command's (or trial's) start to ``fit()`` returning.
+        setup_s: Before ``fit()``: MLflow run, datasets, the trainer.
+        fit_s: ``fit()`` itself.
+        last: The last epoch's report (cumulative ``epochs_seconds`` and ``loop_seconds``).
+    """
+    epochs = float(last.get("epochs_seconds", math.nan))
+    loop = float(last.get("loop_seconds", math.nan))
+    return {
+        "overhead_seconds": total_s - epochs,  # everything but the epochs
+        "overhead_setup_seconds": setup_s,
+        "overhead_workers_seconds": fit_s - loop,  # controller, worker group, teardown
+        "overhead_loop_seconds": loop - epochs,  # model build, checkpoints and reports
+    }
 
 
 class TrainingFailed(RuntimeError):

@@ -67,6 +67,10 @@ class LoopConfig:
     tracking: tracking.TrackingRun | None = None  # the MLflow run rank 0 logs to
     background: np.ndarray | None = None  # uint8 (H, W, 3): median of the training frames
     passes_per_epoch: int = 1  # whole passes over the training split per epoch (steps budget)
+    # The validation and rollout datasets: streaming-split across ranks (True), or read whole
+    # by every rank, which keeps rows rank::world (False: they are materialised, and a split
+    # would start a coordinator actor per dataset and run).
+    eval_split: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,26 @@ def _batches(iterator: Any, device: torch.device, keys: tuple[str, ...]) -> Any:
         if int(_all_reduce(have).item()) < _world_size():  # someone ran out: all stop
             return
         yield tuple(to_model_input(batch[k], device) for k in keys)
+
+
+def _eval_batches(shard: Any, loop: LoopConfig) -> Any:
+    """This rank's share of an evaluation dataset, in batches of the training batch size."""
+    batch_size, world = loop.settings.batch_size, _world_size()
+    if loop.eval_split or world == 1:
+        return shard.iter_torch_batches(batch_size=batch_size, device="cpu")
+    return _every_nth_row(
+        shard.iter_torch_batches(batch_size=batch_size * world, device="cpu"), _rank(), world
+    )
+
+
+def _every_nth_row(batches: Any, rank: int, world: int) -> Any:
+    """Rows ``rank::world`` of each batch; stops at a batch with none for this rank (every rank
+    reads the same batches, so at most world - 1 rows of the last one are left out)."""
+    for batch in batches:
+        mine = {key: value[rank::world] for key, value in batch.items()}
+        if len(next(iter(mine.values()))) == 0:
+            return
+        yield mine
 
 
 def _world_size() -> int:
@@ -213,7 +237,7 @@ def evaluate(
     rng_state = torch.get_rng_state()
     torch.manual_seed(loop.settings.seed + 7919 * epoch)  # the same ELBO samples every run
     background = None if loop.background is None else as_tensor(loop.background, device)
-    batches = shard.iter_torch_batches(batch_size=loop.settings.batch_size, device="cpu")
+    batches = _eval_batches(shard, loop)
     for x1, x2, x3 in _batches(batches, device, ("x1", "x2", "x3")):
         x = torch.cat((x1, x2, x3)) if loop.on_triplets else x2  # (3B or B, C, H, W)
         with _autocast(device, loop.settings.amp):
@@ -258,7 +282,7 @@ def evaluate_rollout(
     horizons = loop.rollout_steps
     sums = torch.zeros(1 + 3 * horizons, dtype=torch.float64)
     pictures = None
-    batches = shard.iter_torch_batches(batch_size=loop.settings.batch_size, device="cpu")
+    batches = _eval_batches(shard, loop)
     for frames in _batches(batches, device, sequence_keys(horizons + 2)):
         with _autocast(device, loop.settings.amp):
             sums += rollout_sums(vae, list(frames))
@@ -308,6 +332,7 @@ def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
     import ray.train
     import ray.train.torch
 
+    loop_started = time.perf_counter()  # the trial's overhead is measured against this
     loop = config["loop"]
     quiet_train_worker()  # Ray Train's per-report log line off unless varnext -v
     settings = loop.settings
@@ -321,6 +346,7 @@ def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
     rank = ray.train.get_context().get_world_rank()
     shard = ray.train.get_dataset_shard
     system = start_system_metrics(loop.tracking, rank)
+    epochs_seconds = 0.0
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
         train = train_epoch(model, optimizer, shard("train"), loop=loop, epoch=epoch, device=device)
@@ -336,6 +362,11 @@ def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
             "epoch": epoch + 1,
             "world_size": _world_size(),
             "epoch_seconds": time.perf_counter() - started,
+        }
+        epochs_seconds += metrics["epoch_seconds"]
+        metrics |= {  # cumulative: the last report holds the loop's (train.overhead_metrics)
+            "epochs_seconds": epochs_seconds,
+            "loop_seconds": time.perf_counter() - loop_started,
         }
         objective = settings.objective
         improved = _is_better(metrics.get(objective, math.nan), best, settings.mode)

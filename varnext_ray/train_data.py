@@ -1,0 +1,170 @@
+"""The datasets a training run reads, prepared once.
+
+``varnext train`` prepares its own; a sweep prepares one :class:`RunData` before its first
+trial and every trial shares it through the object store, so no trial re-reads or re-decodes
+the frames, nor recomputes the background (issue #18: reading the dataset in each trial's
+driver was the largest fixed cost of a short trial). What differs between trials (the batch
+size, hence the passes per epoch, and the shuffle seed) is applied per run by
+:func:`run_datasets`, lazily, on the shared blocks.
+
+Each split is materialised when its decoded frames fit in a quarter of the object store;
+otherwise it stays a streaming read (Ray Data then re-reads it every epoch).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from varnext_ray.background import training_background
+from varnext_ray.cluster import object_store_fits
+from varnext_ray.dataset import (
+    frames_dataset,
+    load_manifest,
+    sequence_index,
+    sequences_dataset,
+    triplet_index,
+    triplets_dataset,
+)
+from varnext_ray.settings import TrainSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """The settings a :class:`RunData` was prepared for; a run with other ones prepares anew."""
+
+    path: str  # the dataset directory, absolute
+    stride: int
+    triplets: bool  # training reads triplets (linearity term) instead of frames
+    val_triplets: int
+    rollout_steps: int
+    rollout_sequences: int
+
+    @classmethod
+    def of(cls, data: Path | str, settings: TrainSettings, triplets: bool) -> DataKey:
+        return cls(
+            path=str(Path(data).resolve()),
+            stride=settings.stride,
+            triplets=triplets,
+            val_triplets=settings.val_triplets,
+            rollout_steps=settings.rollout_steps,
+            rollout_sequences=settings.rollout_sequences,
+        )
+
+
+@dataclass(frozen=True)
+class RunData:
+    """Ray Datasets (materialised where they fit) and the training background of one dataset."""
+
+    key: DataKey
+    train: Any  # frames, or (x1, x2, x3) triplets when key.triplets
+    train_rows: int  # rows of ``train``: what one pass over the split holds
+    val: Any  # validation triplets
+    rollout: Any | None  # validation sequences of horizons + 2 frames; None: no rollouts
+    horizons: int
+    background: np.ndarray  # uint8 (H, W, 3)
+
+    @property
+    def eval_materialised(self) -> bool:
+        """Whether the validation (and rollout) datasets are in the object store: then every
+        rank reads them whole rather than through a streaming split (LoopConfig.eval_split)."""
+        from ray.data.dataset import MaterializedDataset
+
+        evals = (self.val, self.rollout) if self.rollout is not None else (self.val,)
+        return all(isinstance(ds, MaterializedDataset) for ds in evals)
+
+
+def prepare_run_data(data: Path | str, settings: TrainSettings, *, triplets: bool) -> RunData:
+    """Reads, decodes and (where it fits) materialises what a run with ``settings`` reads."""
+    import ray.data
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    key = DataKey.of(data, settings, triplets)
+    manifest = load_manifest(data)
+    frame_bytes = math.prod(manifest.size) * 3
+    if triplets:
+        rows = len(triplet_index(manifest, "train", settings.stride))
+        train = triplets_dataset(data, "train", stride=settings.stride)
+    else:
+        rows = int(manifest.data["splits"]["train"])
+        train = frames_dataset(data, "train")
+    val_rows = min(settings.val_triplets, len(triplet_index(manifest, "val", settings.stride)))
+    val = triplets_dataset(data, "val", stride=settings.stride, limit=settings.val_triplets)
+    horizons = rollout_horizons(data, settings)
+    rollout = None
+    if horizons:
+        rollout = sequences_dataset(
+            data, "val", settings.stride, length=horizons + 2, limit=settings.rollout_sequences
+        )
+    row_frames = 3 if triplets else 1
+    if object_store_fits(rows * row_frames * frame_bytes):  # decode once, not every epoch
+        train = train.materialize()
+    if object_store_fits(val_rows * 3 * frame_bytes):
+        val = val.materialize()
+    if rollout is not None and object_store_fits(
+        settings.rollout_sequences * (horizons + 2) * frame_bytes
+    ):
+        rollout = rollout.materialize()
+    return RunData(
+        key=key,
+        train=train,
+        train_rows=rows,
+        val=val,
+        rollout=rollout,
+        horizons=horizons,
+        background=training_background(data),
+    )
+
+
+def datasets_to_split(prepared: RunData) -> list[str]:
+    """The datasets Ray Train streaming-splits across the workers: the training rows always,
+    the evaluation ones unless they are materialised (see :attr:`RunData.eval_materialised`)."""
+    evals = ["val", "rollout"] if prepared.rollout is not None else ["val"]
+    return ["train"] + ([] if prepared.eval_materialised else evals)
+
+
+def run_datasets(prepared: RunData, passes: int, seed: int) -> dict[str, Any]:
+    """The datasets of one run: ``passes`` whole passes over the training rows per epoch in one
+    stream (every worker iterates it once, in lockstep), in a seeded block order."""
+    train = prepared.train
+    if passes > 1:
+        train = train.union(*[train] * (passes - 1))
+    datasets = {"train": train.randomize_block_order(seed=seed), "val": prepared.val}
+    if prepared.rollout is not None:
+        datasets["rollout"] = prepared.rollout
+    return datasets
+
+
+def steps_per_pass(rows: int, batch_size: int, workers: int) -> int:
+    """Optimizer steps of one pass over ``rows`` training rows: ceil(rows per worker / batch).
+
+    ``streaming_split`` gives every worker floor(rows / workers) rows (frames, or triplets when
+    training reads triplets); the last batch of a pass may be partial.
+    """
+    return max(1, math.ceil((rows // max(1, workers)) / batch_size))
+
+
+def rollout_horizons(data: Path | str, settings: TrainSettings) -> int:
+    """The rollout horizon K to score: ``settings.rollout_steps``, shortened to fit the clips.
+
+    The validation clips must hold K + 2 frames s apart; with shorter clips K shrinks (to 0,
+    no rollout metrics, when not even one step fits), with a warning.
+    """
+    manifest = load_manifest(data)
+    for horizons in range(settings.rollout_steps, 0, -1):
+        if sequence_index(manifest, "val", settings.stride, horizons + 2):
+            if horizons < settings.rollout_steps:
+                log.warning(
+                    "validation clips are too short for %d rollout steps; scoring %d",
+                    settings.rollout_steps,
+                    horizons,
+                )
+            return horizons
+    return 0
