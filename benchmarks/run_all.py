@@ -37,6 +37,7 @@ SECTION = "## Summary"
 BENCHMARKS: dict[str, list[str]] = {
     "data_path": ["--sizes", "640x360", "160x90"],
     "train_overhead": [],
+    "trial_overhead": [],
     "gpu_step": [],
     "sweep_efficiency": [],
     "quality": [],
@@ -80,14 +81,25 @@ def run(name: str, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _data_path(r: dict) -> list[str]:
-    goal = r["goal"]
-    best = goal["best"]
+    """Frames/s into the loop over a one-process read of the same shards (the bound), at the
+    largest C: streaming every epoch, and materialised once as training reads a split that
+    fits in the object store."""
+    parts, ratios = [], []
+    for res in r["results"]:
+        ray = max(res["ray"], key=lambda x: x["cpus"])
+        bound = res["baseline_fps"]
+        cells = [f"streaming {ray['fps'] / bound:.2f}x"]
+        materialised = ray["variants"].get("materialised")
+        if materialised:
+            ratios.append(materialised["fps"] / bound)
+            cells.append(f"materialised {ratios[-1]:.2f}x")
+        size = "x".join(map(str, res["size"]))
+        parts.append(f"{size} {res['encoding']}: {', '.join(cells)}")
     return [
-        "Data path: frames/s per CPU core into `iter_torch_batches` at "
-        f"{goal['size'][0]}x{goal['size'][1]}",
-        ">= 1,000",
-        f"{best['fps_per_core']:.0f} ({best['encoding']}, {best['cpus']} CPU)",
-        "met" if goal["met"] else "not met",
+        "Data path: frames/s into `iter_torch_batches` / a one-process read of the same shards",
+        ">= 0.8x",
+        "; ".join(parts),
+        "met (materialised)" if ratios and min(ratios) >= 0.8 else "not met",
     ]
 
 
@@ -98,6 +110,19 @@ def _train_overhead(r: dict) -> list[str]:
         f">= {o['goal_ratio']}",
         f"{o['ratio']:.2f}x",
         "met" if o["met"] else "not met",
+    ]
+
+
+def _trial_overhead(r: dict) -> list[str]:
+    s = r["summary"]
+    alone = s["per-trial"]
+    return [
+        "Trial overhead: wall s per sweep trial outside its epochs (dataset read once per sweep, "
+        "its read spread over the trials)",
+        f"<= {s['goal_s']:g} s",
+        f"{s['shared_amortised_s']:.1f} s ({s['ratio']:.2f}x of {alone['overhead_s']:.1f} s "
+        "with a read per trial)",
+        "met" if s["met"] else "not met",
     ]
 
 
@@ -151,6 +176,7 @@ def _quality(r: dict) -> list[str]:
 SUMMARISE: dict[str, Callable[[dict], list[str]]] = {
     "data_path": _data_path,
     "train_overhead": _train_overhead,
+    "trial_overhead": _trial_overhead,
     "gpu_step": _gpu_step,
     "sweep_efficiency": _sweep_efficiency,
     "quality": _quality,

@@ -62,12 +62,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--trials", type=int, default=3, help="trials per sweep (default 3)")
     p.add_argument("--steps", type=int, default=150, help="optimizer steps per trial (150)")
     p.add_argument("--epochs", type=int, default=3, help="epochs per trial (the demo's 3)")
-    p.add_argument("--quick", action="store_true", help="1 repeat, 2 trials of 20 steps")
+    p.add_argument("--quick", action="store_true", help="1 repeat, 1 trial of 10 steps")
     p.add_argument("--out", type=Path, help="results JSON (default results/trial_overhead.json)")
     p.add_argument("--docs", type=Path, help="page to write (default docs/benchmarks.md)")
     args = p.parse_args(argv)
     if args.quick:
-        args.repeats, args.trials, args.steps, args.epochs = 1, 2, 20, 2
+        args.repeats, args.trials, args.steps, args.epochs = 1, 1, 10, 1
     if min(args.repeats, args.trials, args.steps, args.epochs) < 1:
         p.error("--repeats, --trials, --steps and --epochs must be >= 1")
     default_outputs(args, "trial_overhead", quick_to_tmp=True)

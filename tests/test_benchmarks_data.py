@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.data_path import VARIANTS
+
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "benchmarks" / "data_path.py"
 
@@ -53,7 +55,7 @@ def test_quick_run_writes_results_and_replaces_only_its_section(tmp_path: Path) 
         for run in res["ray"]:
             for key in ("fps", "fps_per_core", "baseline_fps", "ratio_vs_baseline"):
                 assert _positive(run[key]), (res["encoding"], key, run[key])
-            assert set(run["variants"]) == {"workers", "consumer", "uint8", "v1_reader"}
+            assert set(run["variants"]) == set(VARIANTS)
             for variant in run["variants"].values():
                 assert variant["frames"] == res["frames"] and _positive(variant["fps"])
     assert {"target_fps_per_core", "met", "best"} <= report["goal"].keys()

@@ -113,7 +113,7 @@ def test_cli_passes_its_options_through(tmp_path: Path, monkeypatch: pytest.Monk
     assert main(["demo"]) == 0
     defaults = {"samples": demo.SAMPLES, "epochs": demo.EPOCHS, "steps": demo.STEPS}
     assert seen == {"workdir": Path("runs/demo"), "address": None} | defaults
-    assert defaults == {"samples": 2, "epochs": 3, "steps": 1200}
+    assert defaults == {"samples": 2, "epochs": 3, "steps": 2400}
 
 
 LEARNED = {  # measured on the demo data at 2000 steps (docs/training.md)

@@ -35,6 +35,8 @@ def set_verbose(verbose: bool) -> None:
         os.environ[VERBOSE_ENV] = "1"
     for key, value in ray_env_vars().items():
         os.environ.setdefault(key, value)
+    if not is_verbose():  # MLflow's per-download progress bar (best, demo, predict --model)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def is_verbose() -> bool:
