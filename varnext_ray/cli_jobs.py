@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from varnext_ray import tracking
+from varnext_ray import demo, tracking
 from varnext_ray.cli_args import (
     add_cluster_args,
     add_resource_args,
@@ -469,10 +469,20 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         default=Path("runs/demo"),
         help="where everything is written (default runs/demo)",
     )
-    p.add_argument("--samples", type=int, default=2, help="sweep trials (default 2)")
-    p.add_argument("--epochs", type=int, default=3, help="evaluation rounds per trial (default 3)")
     p.add_argument(
-        "--steps", type=int, default=1200, help="optimizer steps per trial (default 1200)"
+        "--samples", type=int, default=demo.SAMPLES, help=f"sweep trials (default {demo.SAMPLES})"
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=demo.EPOCHS,
+        help=f"evaluation rounds per trial (default {demo.EPOCHS})",
+    )
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=demo.STEPS,
+        help=f"optimizer steps per trial (default {demo.STEPS})",
     )
     p.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
     p.set_defaults(run=_run_demo)

@@ -20,10 +20,6 @@ import math
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow.parquet as pq
-import torch
-
 from varnext_ray.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -82,6 +78,10 @@ def prepare_data(workdir: Path) -> Path:
 def write_test_strip(checkpoint: Path, data: Path, out: Path) -> Path:
     """A prediction strip from the longest test clip's frames t, t+1, t+2 (no Ray needed), with
     the checkpoint's training background when it holds one."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
     from varnext_ray.background import as_tensor, load_background
     from varnext_ray.checkpoint import load_checkpoint
     from varnext_ray.dataset import decode_images, load_manifest
