@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from varnext_ray import console
 from varnext_ray.background import training_background
 from varnext_ray.cluster import object_store_fits
 from varnext_ray.dataset import (
@@ -86,6 +87,7 @@ def prepare_run_data(data: Path | str, settings: TrainSettings, *, triplets: boo
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False
+    console.quiet_ray_data()  # a sweep prepares before any trainer is built
     key = DataKey.of(data, settings, triplets)
     manifest = load_manifest(data)
     frame_bytes = math.prod(manifest.size) * 3
