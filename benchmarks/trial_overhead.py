@@ -9,7 +9,7 @@ workers / loop parts); the shared arm's one-time read is the sweep run's
 most 10 s per trial for the demo's trials on this machine.
 
 Usage:
-    python benchmarks/trial_overhead.py                  # 2 repeats x 2 arms x 3 trials, ~12 min
+    python benchmarks/trial_overhead.py                  # 2 repeats x 2 arms x 3 trials, ~8 min
     python benchmarks/trial_overhead.py --repeats 3 --trials 4
     python benchmarks/trial_overhead.py --quick --out /tmp/o.json --docs /tmp/benchmarks.md
 """
