@@ -290,7 +290,7 @@ def test_a_trial_whose_driver_node_was_lost_is_failed_in_mlflow(tmp_path: Path) 
     the trial is ERROR with "RPC error: Socket closed" and its run was left RUNNING at epoch 1.
     """
     from varnext_ray import tracking
-    from varnext_ray.sweep import close_trial_runs
+    from varnext_ray.sweep_results import close_trial_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     parent = tracking.start_run(uri, "lost-driver", run_name="sweep", params={})

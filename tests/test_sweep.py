@@ -20,7 +20,8 @@ from tests.conftest import REPO
 from varnext_ray.cli import main
 from varnext_ray.search_space import load_space
 from varnext_ray.settings import TrainSettings
-from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
+from varnext_ray.sweep import SweepOptions, run_sweep
+from varnext_ray.sweep_results import summary_table
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

@@ -395,7 +395,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from varnext_ray.cluster import connect_ray
     from varnext_ray.safe_io import check_trusted_storage
     from varnext_ray.search_space import load_space
-    from varnext_ray.sweep import SweepOptions, run_sweep, summary_table, sweep_path
+    from varnext_ray.sweep import SweepOptions, run_sweep, sweep_path
+    from varnext_ray.sweep_results import summary_table
 
     space, base = load_space(args.space)
     if args.register is not None:

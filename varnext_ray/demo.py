@@ -124,7 +124,8 @@ def run_demo(
     from varnext_ray.scoring import score_checkpoint
     from varnext_ray.search_space import load_space
     from varnext_ray.settings import TrainSettings
-    from varnext_ray.sweep import SweepOptions, run_sweep, summary_table
+    from varnext_ray.sweep import SweepOptions, run_sweep
+    from varnext_ray.sweep_results import summary_table
 
     workdir = workdir.resolve()
     if (workdir / "ray").exists():
