@@ -28,6 +28,17 @@ from pathlib import Path
 from typing import Any
 
 CHROMIUM = Path("/usr/bin/chromium")
+# Headless, sandbox-free (root in CI) and quiet: no network of its own beyond 127.0.0.1 pages.
+HEADLESS_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
 
 
 class Browser:
@@ -47,14 +58,7 @@ class Browser:
         self._proc = subprocess.Popen(
             [
                 str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-quic",
-                "--no-first-run",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
+                *HEADLESS_FLAGS,
                 "--remote-debugging-address=127.0.0.1",
                 "--remote-debugging-port=0",
                 f"--window-size={self.size[0]},{self.size[1]}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -221,12 +222,13 @@ def _kill_group_leftovers(pgid: int) -> None:
         os.killpg(pgid, signal.SIGKILL)
 
 
-def smoke_checkpoint(directory: Path, name: str, seed: int) -> Path:
+def smoke_checkpoint(directory: Path, name: str, seed: int, background: Any = None) -> Path:
     """A checkpoint of the smoke architecture with weights from ``seed``, at ``directory/name``
-    (``meta.extra.name`` is ``name``)."""
+    (``meta.extra.name`` is ``name``), holding ``background`` (uint8 (H, W, 3)) when given."""
     import torch
 
     from varnext_ray.arch import load_arch
+    from varnext_ray.background import BACKGROUND_FILE, png_bytes
     from varnext_ray.checkpoint import save_checkpoint
     from varnext_ray.model import build_vae
 
@@ -239,4 +241,5 @@ def smoke_checkpoint(directory: Path, name: str, seed: int) -> Path:
         epoch=0,
         metrics={"extrap_psnr": 1.0},
         extra={"name": name},
+        files=None if background is None else {BACKGROUND_FILE: png_bytes(background)},
     )

@@ -53,19 +53,10 @@ def test_strip_shows_four_test_triplets(workdir: Path, tmp_path: Path) -> None:
 
 
 def test_strip_draws_the_checkpoints_background(workdir: Path, tmp_path: Path) -> None:
-    from varnext_ray.background import BACKGROUND_FILE, png_bytes, training_background
-    from varnext_ray.checkpoint import load_checkpoint, save_checkpoint
+    from varnext_ray.background import training_background
 
-    plain = load_checkpoint(smoke_checkpoint(tmp_path, "plain", 0))
     bg = training_background(workdir / "dataset")
-    ckpt = save_checkpoint(
-        tmp_path / "ckpt",
-        model=plain.model,
-        arch_cfg=plain.arch,
-        epoch=1,
-        metrics={},
-        files={BACKGROUND_FILE: png_bytes(bg)},
-    )
+    ckpt = smoke_checkpoint(tmp_path, "ckpt", 0, background=bg)
     out = demo.write_test_strip(ckpt, workdir / "dataset", tmp_path / "strip.png")
     with Image.open(out) as image:
         np.testing.assert_array_equal(np.asarray(image)[36:72, 7 * 64 : 8 * 64], bg)

@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.browser import CHROMIUM, HEADLESS_FLAGS
 from tests.conftest import REPO
 from varnext_ray import tracking
 from varnext_ray.cli import main
@@ -34,7 +35,6 @@ from varnext_ray.media import save_png
 from varnext_ray.search_space import load_space
 
 EXP = "report-test"
-CHROMIUM = Path("/usr/bin/chromium")
 MAGENTA = (255, 0, 255)  # the strips' colour, looked for in the screenshot
 SPACE = {  # a flat-latent space over depth, channels, latent size, beta and lr
     "name": "smoke",
@@ -292,14 +292,7 @@ def _chromium(args: list[str], tmp: Path, timeout_s: float = 60) -> str:
         pytest.skip(message)
     cmd = [
         str(CHROMIUM),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
+        *HEADLESS_FLAGS,
         f"--user-data-dir={tmp / 'profile'}",
         *args,
     ]

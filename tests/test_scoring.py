@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 
 from tests.conftest import smoke_checkpoint
-from varnext_ray.background import BACKGROUND_FILE, png_bytes
-from varnext_ray.checkpoint import load_checkpoint, save_checkpoint
 from varnext_ray.dataset import load_manifest, triplet_index
 from varnext_ray.scoring import score_checkpoint
 
@@ -32,16 +30,9 @@ def test_each_stride_is_scored_on_the_test_split_and_an_impossible_one_is_left_o
 def test_the_checkpoints_own_background_is_the_baseline(
     ray_local, dataset_dir: Path, tmp_path: Path
 ) -> None:
-    plain = load_checkpoint(smoke_checkpoint(tmp_path, "plain", 0))
     grey = np.full((36, 64, 3), 128, np.uint8)
-    with_grey = save_checkpoint(
-        tmp_path / "grey",
-        model=plain.model,
-        arch_cfg=plain.arch,
-        epoch=1,
-        metrics={},
-        files={BACKGROUND_FILE: png_bytes(grey)},
-    )
+    with_grey = smoke_checkpoint(tmp_path, "grey", 0, background=grey)
+    plain = smoke_checkpoint(tmp_path, "plain", 0)  # the same weights, no background
     own = score_checkpoint(with_grey, dataset_dir, (1,))["1"]["background_psnr"]
-    median = score_checkpoint(tmp_path / "plain", dataset_dir, (1,))["1"]["background_psnr"]
+    median = score_checkpoint(plain, dataset_dir, (1,))["1"]["background_psnr"]
     assert own < median - 1.0  # a flat grey frame is a far worse "nothing moves" than the median
