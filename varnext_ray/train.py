@@ -35,7 +35,7 @@ from varnext_ray.train_data import (
     run_datasets,
     steps_per_pass,
 )
-from varnext_ray.train_loop import LoopConfig, train_loop_per_worker
+from varnext_ray.worker_entry import LoopConfig, train_loop_per_worker
 
 log = logging.getLogger(__name__)
 

@@ -49,28 +49,11 @@ from varnext_ray.metrics import (
 )
 from varnext_ray.mlflow_extras import start_system_metrics
 from varnext_ray.model import VAE, build_vae, unwrap_model, vae_loss
-from varnext_ray.settings import TrainSettings
+from varnext_ray.worker_entry import LoopConfig
 
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss."""
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    """What every Ray Train worker is given (the one value of ``train_loop_config``)."""
-
-    arch: dict[str, Any]  # the validated architecture JSON
-    settings: TrainSettings
-    on_triplets: bool  # training reads (t, t+s, t+2s) triplets rather than single frames
-    rollout_steps: int  # horizons K scored each epoch (settings', shortened to fit; 0: off)
-    tracking: tracking.TrackingRun | None = None  # the MLflow run rank 0 logs to
-    background: np.ndarray | None = None  # uint8 (H, W, 3): median of the training frames
-    passes_per_epoch: int = 1  # whole passes over the training split per epoch (steps budget)
-    # The validation and rollout datasets: streaming-split across ranks (True), or read whole
-    # by every rank, which keeps rows rank::world (False: they are materialised, and a split
-    # would start a coordinator actor per dataset and run).
-    eval_split: bool = True
 
 
 @dataclass(frozen=True)
@@ -327,13 +310,13 @@ def _start(
     return vae, optimizer, saved.meta["epoch"], best, int(saved.meta["metrics"].get("steps", 0))
 
 
-def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
-    """Ray Train's per-worker function; ``config["loop"]`` says what to train and how."""
+def run_worker(loop: LoopConfig) -> None:
+    """One rank's whole run: what to train and how is ``loop`` (the workers' entry point,
+    :func:`varnext_ray.worker_entry.train_loop_per_worker`, calls this)."""
     import ray.train
     import ray.train.torch
 
     loop_started = time.perf_counter()  # the trial's overhead is measured against this
-    loop = config["loop"]
     quiet_train_worker()  # Ray Train's per-report log line off unless varnext -v
     settings = loop.settings
     _seed_everything(settings.seed)
