@@ -16,6 +16,7 @@ from varnext_ray.train_data import (
     prepare_run_data,
     run_datasets,
     steps_per_pass,
+    train_part,
 )
 
 
@@ -41,23 +42,46 @@ def test_frames_are_read_once_into_the_object_store(prepared, dataset_dir: Path)
     assert prepared.train.count() == prepared.train_rows
     assert prepared.val.count() == len(triplet_index(manifest, "val", 1))
     assert prepared.horizons == 2 and prepared.background.shape == (36, 64, 3)
-    # materialised evaluation data is read whole by every rank: no split coordinator for it
-    assert prepared.eval_materialised and datasets_to_split(prepared) == ["train"]
+    # materialised data is cut per rank or read whole by every rank: no split coordinator
+    assert prepared.train_materialised and prepared.eval_materialised
+    assert datasets_to_split(prepared) == []
     streaming = replace(prepared, val=frames_dataset(dataset_dir, "val"))
+    assert datasets_to_split(streaming) == ["val", "rollout"]
+    streaming = replace(streaming, train=frames_dataset(dataset_dir, "train"))
     assert datasets_to_split(streaming) == ["train", "val", "rollout"]
+
+
+def _rows(dataset) -> list[tuple[int, int]]:
+    """(clip, frame_index) of every row, in the dataset's order."""
+    batch = dataset.take_batch(dataset.count(), batch_format="numpy")
+    return list(zip(batch["clip"].tolist(), batch["frame_index"].tolist(), strict=True))
 
 
 def test_a_run_takes_whole_passes_in_a_seeded_order(prepared) -> None:
     rows = prepared.train_rows
-    three = run_datasets(prepared, passes=3, seed=1)
-    assert three["train"].count() == 3 * rows
-    assert set(three) == {"train", "val", "rollout"}
+    three = run_datasets(prepared, passes=3, seed=1, workers=1)
+    assert set(three) == {train_part(0), "val", "rollout"}
+    assert _rows(three[train_part(0)]) and three[train_part(0)].count() == 3 * rows
 
     def order(seed: int) -> list[tuple[int, int]]:
-        batch = run_datasets(prepared, 1, seed)["train"].take_batch(rows, batch_format="numpy")
-        return list(zip(batch["clip"].tolist(), batch["frame_index"].tolist(), strict=True))
+        return _rows(run_datasets(prepared, 1, seed, workers=1)[train_part(0)])
 
     assert order(1) == order(1) and sorted(order(1)) == sorted(order(2))
+
+
+def test_materialised_rows_are_cut_into_one_equal_part_per_worker(prepared) -> None:
+    rows, workers = prepared.train_rows, 3
+    datasets = run_datasets(prepared, passes=2, seed=0, workers=workers)
+    parts = [_rows(datasets[train_part(rank)]) for rank in range(workers)]
+    assert set(datasets) == {*map(train_part, range(workers)), "val", "rollout"}
+    # as a streaming split: floor(rows / workers) rows each, disjoint; 2 passes of each
+    assert [len(p) for p in parts] == [2 * (rows // workers)] * workers
+    firsts = [set(p) for p in parts]
+    assert all(len(f) == rows // workers for f in firsts)
+    assert len(set().union(*firsts)) == workers * (rows // workers)
+    streaming = replace(prepared, train=prepared.train.map_batches(lambda b: b))
+    assert not streaming.train_materialised
+    assert set(run_datasets(streaming, 1, 0, workers)) == {"train", "val", "rollout"}
 
 
 def test_the_key_says_which_runs_can_share_it(prepared, dataset_dir: Path) -> None:

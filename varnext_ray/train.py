@@ -140,7 +140,7 @@ def build_trainer(
     passes = settings.passes_per_epoch(
         steps_per_pass(prepared.train_rows, settings.batch_size, resources.workers)
     )
-    datasets = run_datasets(prepared, passes, settings.seed)
+    datasets = run_datasets(prepared, passes, settings.seed, resources.workers)
     loop = LoopConfig(
         arch=arch.to_dict(),
         settings=settings,
@@ -150,6 +150,7 @@ def build_trainer(
         background=prepared.background,
         passes_per_epoch=passes,
         eval_split=not prepared.eval_materialised,
+        train_parts=prepared.train_materialised,
     )
     return TorchTrainer(
         train_loop_per_worker,

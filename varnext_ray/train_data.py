@@ -73,6 +73,14 @@ class RunData:
     background: np.ndarray  # uint8 (H, W, 3)
 
     @property
+    def train_materialised(self) -> bool:
+        """Whether the training rows are in the object store: then each run cuts them into one
+        part per worker (:func:`run_datasets`) rather than streaming-splitting them."""
+        from ray.data.dataset import MaterializedDataset
+
+        return isinstance(self.train, MaterializedDataset)
+
+    @property
     def eval_materialised(self) -> bool:
         """Whether the validation (and rollout) datasets are in the object store: then every
         rank reads them whole rather than through a streaming split (LoopConfig.eval_split)."""
@@ -126,22 +134,48 @@ def prepare_run_data(data: Path | str, settings: TrainSettings, *, triplets: boo
 
 
 def datasets_to_split(prepared: RunData) -> list[str]:
-    """The datasets Ray Train streaming-splits across the workers: the training rows always,
-    the evaluation ones unless they are materialised (see :attr:`RunData.eval_materialised`)."""
+    """The datasets Ray Train streaming-splits across the workers: the training rows unless
+    they are materialised (then :func:`run_datasets` cuts them), the evaluation ones unless
+    they are materialised (see :attr:`RunData.eval_materialised`)."""
     evals = ["val", "rollout"] if prepared.rollout is not None else ["val"]
-    return ["train"] + ([] if prepared.eval_materialised else evals)
+    train = [] if prepared.train_materialised else ["train"]
+    return train + ([] if prepared.eval_materialised else evals)
 
 
-def run_datasets(prepared: RunData, passes: int, seed: int) -> dict[str, Any]:
+def train_part(rank: int) -> str:
+    """The name of rank ``rank``'s part of materialised training rows among a run's datasets."""
+    return f"train_{rank}"
+
+
+def run_datasets(prepared: RunData, passes: int, seed: int, workers: int) -> dict[str, Any]:
     """The datasets of one run: ``passes`` whole passes over the training rows per epoch in one
-    stream (every worker iterates it once, in lockstep), in a seeded block order."""
-    train = prepared.train
-    if passes > 1:
-        train = train.union(*[train] * (passes - 1))
-    datasets = {"train": train.randomize_block_order(seed=seed), "val": prepared.val}
+    stream (every worker iterates its share once, in lockstep), in a seeded block order.
+
+    Materialised training rows are cut here into ``workers`` equal parts, ``train_0``,
+    ``train_1``, ... (``Dataset.split(equal=True)``: the same floor(rows / workers) rows per
+    worker as a streaming split, in one pass over block metadata), and rank r reads
+    ``train_r``. A streaming split would start a SplitCoordinator actor per run and serve
+    every batch through it; for data already in the object store that is a process start on
+    every trial's critical path (issue #18). Streaming rows stay one ``train`` dataset that
+    Ray Train streaming-splits (:func:`datasets_to_split`).
+    """
+    if prepared.train_materialised:
+        parts = prepared.train.split(workers, equal=True)
+        datasets = {
+            train_part(rank): _passes(part, passes).randomize_block_order(seed=seed + rank)
+            for rank, part in enumerate(parts)
+        }
+    else:
+        datasets = {"train": _passes(prepared.train, passes).randomize_block_order(seed=seed)}
+    datasets["val"] = prepared.val
     if prepared.rollout is not None:
         datasets["rollout"] = prepared.rollout
     return datasets
+
+
+def _passes(train: Any, passes: int) -> Any:
+    """``passes`` whole passes over ``train`` as one dataset."""
+    return train.union(*[train] * (passes - 1)) if passes > 1 else train
 
 
 def steps_per_pass(rows: int, batch_size: int, workers: int) -> int:

@@ -49,6 +49,7 @@ from varnext_ray.metrics import (
 )
 from varnext_ray.mlflow_extras import start_system_metrics
 from varnext_ray.model import VAE, build_vae, unwrap_model, vae_loss
+from varnext_ray.train_data import train_part
 from varnext_ray.worker_entry import LoopConfig
 
 
@@ -328,11 +329,12 @@ def run_worker(loop: LoopConfig) -> None:
         model = torch.compile(model)
     rank = ray.train.get_context().get_world_rank()
     shard = ray.train.get_dataset_shard
+    train_rows = shard(train_part(rank) if loop.train_parts else "train")
     system = start_system_metrics(loop.tracking, rank)
     epochs_seconds = 0.0
     for epoch in range(start_epoch, settings.epochs):
         started = time.perf_counter()
-        train = train_epoch(model, optimizer, shard("train"), loop=loop, epoch=epoch, device=device)
+        train = train_epoch(model, optimizer, train_rows, loop=loop, epoch=epoch, device=device)
         metrics, strip = evaluate(model, shard("val"), loop=loop, epoch=epoch, device=device)
         gif = None
         if loop.rollout_steps:

@@ -35,6 +35,10 @@ class LoopConfig:
     # by every rank, which keeps rows rank::world (False: they are materialised, and a split
     # would start a coordinator actor per dataset and run).
     eval_split: bool = True
+    # The training rows: cut into one part per rank before the run (``train_0``, ``train_1``,
+    # ...: they are materialised, train_data.run_datasets), or one ``train`` dataset that Ray
+    # Train streaming-splits (False).
+    train_parts: bool = False
 
 
 def train_loop_per_worker(config: dict[str, LoopConfig]) -> None:
