@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.sweep_efficiency import compare, compute_to_reach
+from benchmarks.sweep_efficiency import ComputeCap, compare, compute_to_reach, summarise
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,6 +53,31 @@ def test_compare_takes_the_target_from_random_search_per_seed() -> None:
     assert row["compute_to_target"]["tpe_asha"] is None and row["ratio"] is None
 
 
+def test_a_seed_that_never_reaches_the_target_counts_as_the_worst_ratio() -> None:
+    def row(ratio: float | None) -> dict:
+        return {"ratio": ratio, "compute_to_target": {"tpe_asha": None if ratio is None else 1}}
+
+    runs = [{"method": m, "trial_epochs": 9} for m in ("random_fifo", "tpe_asha")]
+    two_never = summarise([row(0.2), row(None), row(None)], runs)
+    assert two_never["median_ratio"] is None and two_never["median_is_never"]
+    assert two_never["ratios"] == [0.2] and two_never["tpe_asha_reached"] == 1
+    one_never = summarise([row(0.2), row(0.5), row(None)], runs)
+    assert one_never["median_ratio"] == 0.5 and not one_never["median_is_never"]
+
+
+def test_compute_cap_ends_the_sweep_at_the_target_or_the_budget() -> None:
+    cap = ComputeCap(cap=3, metric="psnr", target=20.0, direction="max")
+    assert cap("t1", {"psnr": 19.0}) is False and not cap.stop_all()
+    assert cap("t1", {"psnr": float("nan")}) is False and not cap.stop_all()
+    cap("t2", {"psnr": 18.0})
+    assert cap.stop_all() and cap.spent == 3  # the budget
+    early = ComputeCap(cap=100, metric="loss", target=0.5, direction="min")
+    early("t1", {"loss": 0.9})
+    assert not early.stop_all()
+    early("t1", {"loss": 0.4})
+    assert early.stop_all() and early.spent == 2  # the target
+
+
 @pytest.mark.slow
 @pytest.mark.cluster
 def test_sweep_efficiency_quick_run(tmp_path: Path) -> None:
@@ -63,13 +88,16 @@ def test_sweep_efficiency_quick_run(tmp_path: Path) -> None:
     assert report["settings"]["seeds"] == [0] and report["settings"]["samples"] == 4
     runs = {r["method"]: r for r in report["runs"]}
     assert set(runs) == {"tpe_asha", "random_fifo"}
-    # random search with FIFO trains every trial to the end; ASHA may stop some early
-    assert runs["random_fifo"]["trial_epochs"] == 4 * 2
-    assert 4 <= runs["tpe_asha"]["trial_epochs"] <= 4 * 2
+    # random search with FIFO trains every trial to the end; TPE+ASHA (equal compute) may
+    # spend as many trial-epochs, and its sweep ends when a trial reaches the target
+    assert runs["random_fifo"]["trial_epochs"] == 4 * 2 and runs["random_fifo"]["trials"] == 4
     for run in runs.values():
-        assert run["trials"] == 4 and len(run["objective_by_trial_epoch"]) == run["trial_epochs"]
+        assert len(run["objective_by_trial_epoch"]) == run["trial_epochs"]
     (row,) = report["comparison"]
     assert row["compute_to_target"]["random_fifo"] <= 8
+    need = row["compute_to_target"]["tpe_asha"]
+    assert runs["tpe_asha"]["trial_epochs"] == (4 * 2 if need is None else need)
+    assert report["settings"]["equal"] == "compute"
     assert "## Sweep efficiency" in proc.stdout and not (REPO / "se.json").exists()
 
 
