@@ -148,14 +148,23 @@ def _gpu_step(r: dict) -> list[str]:
 
 def _sweep_efficiency(r: dict) -> list[str]:
     s = r["summary"]
-    ratio = s["median_ratio"]
+    ratio, seeds = s["median_ratio"], len(r["comparison"])
+    equal = r["settings"].get("equal", "trials")
+    reached = f"reached in {s['tpe_asha_reached']} of {seeds} seeds"
+    if s["ratios"]:
+        reached += f", {min(s['ratios']):.2f}-{max(s['ratios']):.2f} where reached"
+    figure = "never (median seed)" if s.get("median_is_never") else _or_dash(ratio)
     return [
         "Sweep efficiency: TPE+ASHA compute to reach random search's best -2 %, / random+FIFO's "
-        f"(median of {len(r['comparison'])} seeds)",
+        f"(median of {seeds} seeds, equal {equal})",
         f"<= {s['goal']}",
-        "—" if ratio is None else f"{ratio:.2f}",
+        f"{figure} ({reached})",
         "met" if ratio is not None and ratio <= s["goal"] else "not met",
     ]
+
+
+def _or_dash(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2f}"
 
 
 def _quality(r: dict) -> list[str]:

@@ -158,3 +158,18 @@ def test_run_all_summary_puts_goals_beside_results_under_the_title(tmp_path: Pat
     page = docs.read_text()
     assert page.startswith("# Benchmarks\n\n## Summary\n") and page.count("## Summary") == 1
     assert page.rstrip().endswith("## Data path\n\nkept")
+
+
+def test_the_sweep_row_says_when_the_median_seed_never_reached_the_target() -> None:
+    from benchmarks.run_all import _sweep_efficiency
+
+    rows = [{"ratio": r, "compute_to_target": {"tpe_asha": r and 1}} for r in (0.3, None, None)]
+    runs = [{"method": m, "trial_epochs": 9} for m in ("random_fifo", "tpe_asha")]
+    settings = {"equal": "compute"}
+    result = {"summary": summarise(rows, runs), "comparison": rows, "settings": settings}
+    _, goal, figure, verdict = _sweep_efficiency(result)
+    assert goal == "<= 0.25" and verdict == "not met"
+    assert figure == "never (median seed) (reached in 1 of 3 seeds, 0.30-0.30 where reached)"
+    rows[1]["ratio"], rows[1]["compute_to_target"]["tpe_asha"] = 0.2, 1
+    result["summary"] = summarise(rows, runs)
+    assert _sweep_efficiency(result)[2] == "0.30 (reached in 2 of 3 seeds, 0.20-0.30 where reached)"
