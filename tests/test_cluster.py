@@ -477,3 +477,30 @@ def test_the_ray_token_is_kept_readable_by_its_owner_only(
     secure_token_file()
     assert (shared / "token").stat().st_mode & 0o777 == 0o600
     assert shared.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_local_rays_tasks_and_actors_get_the_jobs_variables(ray_local) -> None:
+    """connect_ray hands the job's variables to the local node's processes through their
+    environment (no runtime env): every task and actor sees them, the driver keeps its own."""
+    import ray
+
+    from varnext_ray.cluster import LOCAL_TRAIN_ENV, TRAIN_ENV
+
+    keys = ("RAY_ADDRESS", *TRAIN_ENV, *LOCAL_TRAIN_ENV)
+
+    @ray.remote(num_cpus=0.1)
+    def task_env() -> dict[str, str | None]:
+        return {key: os.environ.get(key) for key in keys}
+
+    @ray.remote(num_cpus=0.1)
+    class Actor:
+        def env(self) -> dict[str, str | None]:
+            return {key: os.environ.get(key) for key in keys}
+
+    gcs = ray.get_runtime_context().gcs_address
+    expected = {"RAY_ADDRESS": gcs} | TRAIN_ENV | LOCAL_TRAIN_ENV
+    actor = Actor.remote()
+    assert ray.get(task_env.remote()) == expected
+    assert ray.get(actor.env.remote()) == expected
+    ray.kill(actor)
+    assert "RAY_ADDRESS" not in os.environ and "RAY_GCS_SERVER_PORT" not in os.environ

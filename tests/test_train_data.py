@@ -67,6 +67,8 @@ def test_a_run_takes_whole_passes_in_a_seeded_order(prepared) -> None:
         return _rows(run_datasets(prepared, 1, seed, workers=1)[train_part(0)])
 
     assert order(1) == order(1) and sorted(order(1)) == sorted(order(2))
+    assert prepared.train.num_blocks() > 1  # the seed decides the order of the blocks
+    assert len({tuple(order(seed)) for seed in range(6)}) > 1
 
 
 def test_materialised_rows_are_cut_into_one_equal_part_per_worker(prepared) -> None:
