@@ -178,7 +178,33 @@ def test_ssim_handles_frames_smaller_than_the_window(size: tuple[int, int]) -> N
     x = torch.rand(2, 3, *size, generator=torch.Generator().manual_seed(13))
     assert ssim_per_sample(x, x) == pytest.approx([1.0, 1.0], abs=1e-5)
     assert ssim_per_sample(x, 1 - x).shape == (2,)
-    assert ssim_window(36, 64) == {"gaussian_kernel": True, "sigma": 1.5}
+    assert ssim_window(36, 64) == (11, 1.5)
+    assert ssim_window(8, 8) == (7, 6 / 7) and ssim_window(2, 4) == (1, None)
+
+
+@pytest.mark.parametrize("size", [(36, 64), (90, 160), (8, 8), (5, 9), (2, 4), (1, 1)])
+def test_ssim_matches_torchmetrics(size: tuple[int, int]) -> None:
+    """The in-house SSIM gives torchmetrics' values with the same window, on unrelated frames
+    and on a noisy copy (ssim_per_sample is written out to keep torchmetrics' import, scipy
+    and matplotlib, out of every Train worker)."""
+    from torchmetrics.functional.image import structural_similarity_index_measure
+
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(3, 3, *size, generator=g)
+    y = (x + 0.1 * torch.randn(3, 3, *size, generator=g)).clamp(0, 1)
+    side, sigma = ssim_window(*size)
+    window = (
+        {"gaussian_kernel": True, "sigma": sigma}
+        if sigma is not None
+        else {"gaussian_kernel": False, "kernel_size": side}
+    )
+    for a, b in ((x, y), (x, torch.rand(3, 3, *size, generator=g))):
+        ours = ssim_per_sample(a, b)
+        theirs = structural_similarity_index_measure(
+            a, b, data_range=1.0, reduction="none", **window
+        )
+        assert ours.shape == (3,)
+        assert torch.allclose(ours, theirs, atol=1e-5), (ours, theirs)
 
 
 def test_prediction_strip_shape(vae: VAE) -> None:

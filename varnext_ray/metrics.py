@@ -11,8 +11,11 @@ Conventions:
     - Decoded frames are clipped to [0, 1] before scoring, like ``pixel_linear`` (2*x2 - x1).
     - PSNR is per sample with max value 1.0, averaged over samples. MSE is clamped at
       ``MSE_FLOOR`` = 1e-10, so identical frames score ``PSNR_CAP_DB`` = 100 dB, never inf.
-    - SSIM is torchmetrics' (gaussian window, sigma 1.5, 11 px, data_range 1.0); for frames
-      smaller than 11 px on a side the window shrinks, see :func:`ssim_window`.
+    - SSIM is Wang et al.'s (2004) as torchmetrics computes it (gaussian window, sigma 1.5,
+      11 px, data_range 1.0, reflect-padded so every pixel is a window centre); for frames
+      smaller than 11 px on a side the window shrinks, see :func:`ssim_window`. It is written
+      here, not imported: torchmetrics' import pulls in scipy and matplotlib, about 1.2 s in
+      every Train worker of every trial (issue #18); a test holds it to torchmetrics' values.
     - Motion metrics score only the pixels where the true frame changed:
       max over channels of |x3 - x2| > ``MOTION_THRESHOLD`` = 0.1 (about 25 grey levels of 255).
       A sample without a moving pixel contributes nothing; when no sample of the whole set
@@ -42,8 +45,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
-from torchmetrics.functional.image import structural_similarity_index_measure
 
 from varnext_ray.model import extrapolate, rollout, unwrap_model
 
@@ -51,7 +54,8 @@ MSE_FLOOR = 1e-10  # MSE is clamped here before the log
 PSNR_CAP_DB = 100.0  # = 10 * log10(1 / MSE_FLOOR): the PSNR of identical frames
 MOTION_THRESHOLD = 0.1  # a pixel moved if max_c |x3 - x2| exceeds this (~25/255)
 LINEARITY_EPS = 1e-6  # floor of ||mu3 - mu2|| in latent_linearity
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # torchmetrics' defaults
+SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # the standard gaussian window (torchmetrics' default)
+SSIM_K1, SSIM_K2 = 0.01, 0.03  # stabilisers: c1 = (k1 * L)^2, c2 = (k2 * L)^2, L = 1
 ERROR_GAIN = 4.0  # error map in the prediction strip: |pred - truth| * gain, then a heat map
 ACTIVE_UNIT_THRESHOLD = 0.01  # a latent element is active if Var(mu) over frames exceeds this
 CAPTURED_MIN_DB = 0.1  # motion_captured is omitted when oracle - latent copy is below this
@@ -144,29 +148,61 @@ def latent_linearity(z3_hat: torch.Tensor, mu2: torch.Tensor, mu3: torch.Tensor)
     return miss / step
 
 
-def ssim_window(height: int, width: int) -> dict[str, object]:
-    """torchmetrics SSIM window arguments that fit a height x width image.
+def ssim_window(height: int, width: int) -> tuple[int, float | None]:
+    """The SSIM window (side in px, gaussian sigma or None for a uniform window) that fits a
+    height x width image.
 
     11 px gaussian, sigma 1.5 (the standard) when both sides are >= 11; otherwise the largest
-    odd k <= the shorter side, as a gaussian with sigma (k - 1) / 7 (torchmetrics sizes its
-    gaussian 2 * int(3.5 * sigma + 0.5) + 1 = k); below 3 px, a 1x1 uniform window.
+    odd k <= the shorter side, as a gaussian with sigma (k - 1) / 7 (a gaussian of sigma s spans
+    2 * int(3.5 * s + 0.5) + 1 px, torchmetrics' rule); below 3 px, a 1x1 uniform window.
     """
     side = min(height, width)
     if side >= SSIM_WINDOW:
-        return {"gaussian_kernel": True, "sigma": SSIM_SIGMA}
+        return SSIM_WINDOW, SSIM_SIGMA
     k = side if side % 2 else side - 1
     if k < 3:
-        return {"gaussian_kernel": False, "kernel_size": 1}
-    return {"gaussian_kernel": True, "sigma": (k - 1) / 7}
+        return 1, None
+    return k, (k - 1) / 7
+
+
+def _window_kernel(
+    size: int, sigma: float | None, channels: int, like: torch.Tensor
+) -> torch.Tensor:
+    """A (channels, 1, size, size) normalised window for a depthwise conv2d."""
+    if sigma is None:
+        window = torch.ones(size, size, dtype=like.dtype, device=like.device) / size**2
+    else:
+        offsets = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
+        g = torch.exp(-((offsets / sigma) ** 2) / 2)
+        g = g / g.sum()
+        window = g[:, None] * g[None, :]
+    return window.expand(channels, 1, size, size)
 
 
 def ssim_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SSIM of each sample (data_range 1.0, window from :func:`ssim_window`); (B,)."""
-    window = ssim_window(pred.shape[-2], pred.shape[-1])
-    out = structural_similarity_index_measure(
-        pred, target, data_range=1.0, reduction="none", **window
+    """SSIM of each sample (data_range 1.0, window from :func:`ssim_window`, channels
+    averaged); (B,). Equal to torchmetrics' ``structural_similarity_index_measure(...,
+    reduction="none")`` with the same window (tests/test_metrics.py compares them)."""
+    size, sigma = ssim_window(pred.shape[-2], pred.shape[-1])
+    channels, n = pred.shape[1], pred.shape[0]
+    pad = (size - 1) // 2
+    if pad:
+        pred = F.pad(pred, (pad, pad, pad, pad), mode="reflect")
+        target = F.pad(target, (pad, pad, pad, pad), mode="reflect")
+    moments = F.conv2d(
+        torch.cat((pred, target, pred * pred, target * target, pred * target)),
+        _window_kernel(size, sigma, channels, pred),
+        groups=channels,
     )
-    return out  # (B,)
+    mu_p, mu_t, pp, tt, pt = moments.split(n)
+    var_p = (pp - mu_p**2).clamp(min=0.0)
+    var_t = (tt - mu_t**2).clamp(min=0.0)
+    cov = pt - mu_p * mu_t
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / (
+        (mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2)
+    )
+    return ssim_map.flatten(1).mean(1)
 
 
 # ---- sums and their average -------------------------------------------------------------------

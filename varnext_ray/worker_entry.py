@@ -4,9 +4,9 @@ A trial's :class:`~ray.train.torch.TorchTrainer` hands ``train_loop_per_worker``
 to a controller actor, which passes them on to the worker group without running them. Both are
 pickled by reference, so unpickling imports the modules that define them: were they defined in
 :mod:`varnext_ray.train_loop`, every controller (one per run and per sweep trial, on the
-trial's critical path) would import torch, torchmetrics and the model first, about 2.5 s on 2
-cores. Here they need only the settings and tracking modules; the workers import the loop when
-they run it. A test holds this module to importing no torch.
+trial's critical path) would import torch and the model first, about 1.4 s on 2 cores. Here
+they need only the settings and tracking modules; the workers import the loop when they run it.
+A test holds this module to importing no torch.
 """
 
 from __future__ import annotations
