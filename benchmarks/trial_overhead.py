@@ -8,6 +8,10 @@ workers / loop parts); the shared arm's one-time read is the sweep run's
 ``data_prepare_seconds``, reported beside it and spread over the trials. Goal (issue #18): at
 most 10 s per trial for the demo's trials on this machine.
 
+The bound beside it: each repeat also times as many Ray Train runs of the same worker group
+(2 workers, the trials' CPUs each) whose loop does nothing. That empty ``fit()`` is what any
+trial that stays a Ray Train DDP worker group pays here before and after its first step.
+
 Usage:
     python benchmarks/trial_overhead.py                  # 2 repeats x 2 arms x 3 trials, ~8 min
     python benchmarks/trial_overhead.py --repeats 3 --trials 4
@@ -41,7 +45,7 @@ from benchmarks.harness import (  # sets the local Ray env
 import ray
 
 from varnext_ray import demo, tracking
-from varnext_ray.cluster import connect_ray
+from varnext_ray.cluster import Resources, cluster_cpus, connect_ray
 from varnext_ray.search_space import load_space
 from varnext_ray.settings import TrainSettings
 from varnext_ray.sweep import SweepOptions, run_sweep
@@ -116,6 +120,29 @@ def run_arm(arm: str, repeat: int, data: Path, workdir: Path, args: argparse.Nam
     }
 
 
+def empty_fits(n: int, resources: Resources) -> list[float]:
+    """Wall seconds of ``n`` Ray Train runs of ``resources``' worker group whose loop does
+    nothing: controller, worker group, torch's process group and teardown, nothing else."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    def nothing(config: dict) -> None:  # a local function: pickled by value, not by module
+        return None
+
+    scaling = ray.train.ScalingConfig(
+        num_workers=resources.workers,
+        resources_per_worker=resources.per_worker(resources.cpus_per_worker or 1.0),
+    )
+    seconds = []
+    with tempfile.TemporaryDirectory(prefix="empty_fit_") as storage:
+        for i in range(n):
+            start = time.perf_counter()
+            run = ray.train.RunConfig(name=f"empty-{i}", storage_path=storage)
+            TorchTrainer(nothing, scaling_config=scaling, run_config=run).fit()
+            seconds.append(time.perf_counter() - start)
+    return seconds
+
+
 def summarize(runs: list[dict[str, Any]], trials_per_sweep: int) -> dict[str, Any]:
     """Median per-trial overhead of each arm (and its parts), with the shared read spread over
     the sweep's trials, and the ratio of the two arms."""
@@ -135,6 +162,14 @@ def summarize(runs: list[dict[str, Any]], trials_per_sweep: int) -> dict[str, An
             "prepare_per_trial_s": statistics.median(prepare) if prepare else 0.0,
             **{part: statistics.median(t[part] for t in rows) for part in PARTS},
             "epochs_s": statistics.median(t["epochs_seconds"] for t in rows),
+        }
+    empty = [s for r in runs if r["arm"] == "empty fit" for s in r["seconds"]]
+    if empty:
+        out["empty_fit"] = {
+            "fits": len(empty),
+            "seconds": statistics.median(empty),
+            "min_s": min(empty),
+            "max_s": max(empty),
         }
     shared, alone = out.get("shared"), out.get("per-trial")
     if shared and alone:
@@ -180,7 +215,22 @@ def markdown(report: dict[str, Any]) -> str:
             f"arm; goal <= {s['goal_s']:g} s: "
             f"**{'met' if s['met'] else 'not met'}**.",
         ]
-    busy = [r["cpu"].get("others_share") for r in report["runs"]]
+    if "empty_fit" in s:
+        e = s["empty_fit"]
+        lines += [
+            "",
+            f"Bound: a Ray Train run of the same worker group whose loop does nothing took "
+            f"**{e['seconds']:.1f} s** ({e['min_s']:.1f}-{e['max_s']:.1f}, {e['fits']} runs): "
+            "the controller, the workers' processes and torch import, the process group and "
+            "teardown, which every trial that is a Ray Train worker group pays."
+            + (
+                f" The shared arm spends {s['shared']['overhead_s'] - e['seconds']:.1f} s per "
+                "trial above it."
+                if s.get("shared")
+                else ""
+            ),
+        ]
+    busy = [r["cpu"].get("others_share") for r in report["runs"] if "cpu" in r]
     busy = [b for b in busy if b is not None]
     lines += [
         "",
@@ -205,6 +255,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for repeat in range(args.repeats):
                 for arm in ARMS:
                     runs.append(run_arm(arm, repeat, data, root / f"{arm}-{repeat}", args))
+                resources = SweepOptions().resources(cluster_cpus())  # the trials' workers
+                seconds = empty_fits(args.trials, resources)
+                runs.append({"arm": "empty fit", "repeat": repeat, "seconds": seconds})
         finally:
             ray.shutdown()
     report = {

@@ -34,11 +34,14 @@ def test_quick_run_records_each_arms_overhead_and_its_parts(tmp_path: Path) -> N
     report = json.loads(out.read_text())
     assert report["command"] == "python benchmarks/trial_overhead.py " + " ".join(args)
     arms = {r["arm"] for r in report["runs"]}
-    assert arms == {"shared", "per-trial"}
+    assert arms == {"shared", "per-trial", "empty fit"}
     shared = next(r for r in report["runs"] if r["arm"] == "shared")
     alone = next(r for r in report["runs"] if r["arm"] == "per-trial")
     assert shared["data_prepare_seconds"] > 0 and alone["data_prepare_seconds"] == 0
-    for run in report["runs"]:
+    (empty,) = [r for r in report["runs"] if r["arm"] == "empty fit"]
+    assert len(empty["seconds"]) == 1 and empty["seconds"][0] > 0  # one per trial of a sweep
+    assert report["summary"]["empty_fit"]["seconds"] == empty["seconds"][0]
+    for run in (shared, alone):
         (trial,) = run["trials"]  # --quick: one trial per sweep, which ran to its end
         parts = sum(trial[k] for k in ("overhead_setup_seconds", "overhead_workers_seconds",
                                        "overhead_loop_seconds"))  # fmt: skip
@@ -48,3 +51,4 @@ def test_quick_run_records_each_arms_overhead_and_its_parts(tmp_path: Path) -> N
     page = docs.read_text()
     assert "stale" not in page and "## Data path\n\nkept" in page
     assert "| shared | 1 |" in page and "| per-trial | 1 |" in page
+    assert "Bound: a Ray Train run of the same worker group whose loop does nothing" in page
