@@ -84,6 +84,20 @@ def test_materialised_rows_are_cut_into_one_equal_part_per_worker(prepared) -> N
     streaming = replace(prepared, train=prepared.train.map_batches(lambda b: b))
     assert not streaming.train_materialised
     assert set(run_datasets(streaming, 1, 0, workers)) == {"train", "val", "rollout"}
+    assert streaming.cut(workers).parts == ()  # streaming rows are split by Ray Train
+
+
+def test_parts_cut_once_are_what_each_run_reads(prepared) -> None:
+    """A sweep cuts the training rows once (RunData.cut); its runs read those very parts, and
+    a run with another number of workers cuts its own."""
+    cut = prepared.cut(2)
+    assert len(cut.parts) == 2 and prepared.parts == ()
+    datasets = run_datasets(cut, passes=1, seed=0, workers=2)
+    for rank, part in enumerate(cut.parts):
+        assert sorted(_rows(datasets[train_part(rank)])) == sorted(_rows(part))
+    assert sorted(_rows(cut.parts[0])) != sorted(_rows(cut.parts[1]))
+    three = run_datasets(cut, passes=1, seed=0, workers=3)
+    assert [three[train_part(r)].count() for r in range(3)] == [prepared.train_rows // 3] * 3
 
 
 def test_the_key_says_which_runs_can_share_it(prepared, dataset_dir: Path) -> None:

@@ -292,6 +292,7 @@ def run_sweep(
     if options.share_data:
         started = time.perf_counter()
         prepared = prepare_run_data(data, settings, triplets=_base_triplets(base, settings))
+        prepared = prepared.cut(options.workers_per_trial)  # once, not in every trial
         seconds = time.perf_counter() - started
         tracking.log_metrics(uri, parent, {"data_prepare_seconds": seconds}, step=0)
     constants = SweepConstants(

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +71,16 @@ class RunData:
     rollout: Any | None  # validation sequences of horizons + 2 frames; None: no rollouts
     horizons: int
     background: np.ndarray  # uint8 (H, W, 3)
+    parts: tuple[Any, ...] = ()  # ``train`` cut into equal parts, one per worker (:meth:`cut`)
+
+    def cut(self, workers: int) -> RunData:
+        """This data with its materialised training rows cut into ``workers`` equal parts
+        (``Dataset.split(equal=True)``, which slices blocks in Ray tasks). A sweep cuts once
+        for all its trials, so no trial starts task workers to cut them again;
+        :func:`run_datasets` uses the parts when it has as many workers."""
+        if not self.train_materialised:
+            return self
+        return replace(self, parts=tuple(self.train.split(workers, equal=True)))
 
     @property
     def train_materialised(self) -> bool:
@@ -153,14 +163,17 @@ def run_datasets(prepared: RunData, passes: int, seed: int, workers: int) -> dic
 
     Materialised training rows are cut here into ``workers`` equal parts, ``train_0``,
     ``train_1``, ... (``Dataset.split(equal=True)``: the same floor(rows / workers) rows per
-    worker as a streaming split, in one pass over block metadata), and rank r reads
-    ``train_r``. A streaming split would start a SplitCoordinator actor per run and serve
-    every batch through it; for data already in the object store that is a process start on
-    every trial's critical path (issue #18). Streaming rows stay one ``train`` dataset that
-    Ray Train streaming-splits (:func:`datasets_to_split`).
+    worker as a streaming split), and rank r reads ``train_r``; parts cut before
+    (:meth:`RunData.cut`, a sweep's) are reused. A streaming split would start a
+    SplitCoordinator actor per run and serve every batch through it; for data already in the
+    object store that is a process start on every trial's critical path (issue #18).
+    Streaming rows stay one ``train`` dataset that Ray Train streaming-splits
+    (:func:`datasets_to_split`).
     """
     if prepared.train_materialised:
-        parts = prepared.train.split(workers, equal=True)
+        parts = prepared.parts
+        if len(parts) != workers:
+            parts = prepared.train.split(workers, equal=True)
         datasets = {
             train_part(rank): _passes(part, passes).randomize_block_order(seed=seed + rank)
             for rank, part in enumerate(parts)
