@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -305,6 +306,31 @@ def test_a_sample_is_in_the_store_before_the_report_that_may_end_the_trial(
     assert (
         len(tracking.client(uri).get_metric_history(run, "system/cpu_utilization_percentage")) == 1
     )
+
+
+def test_system_metrics_start_aside_and_are_waited_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rank 0 builds SystemMetrics right before its first step: the monitor's start (MLflow's
+    # import and store) must not hold that step, yet ensure_logged() must wait for it.
+    from mlflow.system_metrics import system_metrics_monitor as smm
+
+    gate = threading.Event()
+    original = smm.SystemMetricsMonitor.__init__
+
+    def held(self, *args, **kwargs) -> None:
+        assert gate.wait(timeout=60)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(smm.SystemMetricsMonitor, "__init__", held)
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = tracking.start_run(uri, "system", run_name="r")
+    sampler = mlflow_extras.SystemMetrics(uri, run, interval_s=3600)  # returns while held
+    gate.set()
+    sampler.ensure_logged()
+    history = tracking.client(uri).get_metric_history(run, "system/cpu_utilization_percentage")
+    assert len(history) == 1
+    sampler.stop()
 
 
 def test_psutil_and_nvml_are_pinned_direct_dependencies() -> None:
