@@ -54,6 +54,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script
@@ -245,7 +246,8 @@ def run_method(
             continue
         started = (float(frame["timestamp"].min()), str(frame["trial_id"].iloc[0]))
         trials.append((started, [float(v) for v in frame[space.objective]]))
-    events = [value for _, values in sorted(trials) for value in values]
+    curves = [values for _, values in sorted(trials)]
+    events = [value for values in curves for value in values]
     values = [v for v in events if np.isfinite(v)]
     best = (max if space.direction == "max" else min)(values) if values else None
     return {
@@ -255,6 +257,7 @@ def run_method(
         "trial_epochs": len(events),
         "best": best,
         "objective_by_trial_epoch": [round(v, 4) for v in events],
+        "objective_by_trial": [[round(v, 4) for v in values] for values in curves],
         "cpu": meter.result(),
     }
 
@@ -276,7 +279,38 @@ def compute_to_reach(values: list[float], target: float, direction: str) -> int 
     return None
 
 
-def compare(runs: list[dict], direction: str) -> list[dict]:
+def asha_replay(
+    curves: list[list[float]], target: float, objective: str, direction: str, epochs: int
+) -> int | None:
+    """Trial-epochs random search would have spent to reach ``target`` had ASHA stopped its
+    trials: the scheduler ``varnext sweep`` uses (:func:`make_scheduler`) replayed on random
+    search's own trials, in their order, each cut where ASHA stops it. Nothing is trained
+    again: a trial's first epochs are the same whether or not it is stopped later. Beside the
+    TPE + ASHA figure it shows how much of the saving early stopping alone gives, and how much
+    TPE's choice of points adds. None: not reached with these trials."""
+    from ray.tune.schedulers import TrialScheduler
+
+    scheduler = make_scheduler(SweepOptions(scheduler="asha"), epochs)
+    scheduler.set_search_properties(objective, direction)
+    spent = 0
+    for i, curve in enumerate(curves):
+        trial = SimpleNamespace(trial_id=f"replay-{i}")  # ASHA reads only the trial's id
+        scheduler.on_trial_add(None, trial)
+        result: dict[str, float] = {}
+        for epoch, value in enumerate(curve, start=1):
+            spent += 1
+            if reached(value, target, direction):
+                return spent
+            result = {"training_iteration": epoch, objective: value}
+            if scheduler.on_trial_result(None, trial, result) == TrialScheduler.STOP:
+                break
+        else:
+            if result:  # a trial that ran to its end is recorded as Tune records it
+                scheduler.on_trial_complete(None, trial, result)
+    return None
+
+
+def compare(runs: list[dict], direction: str, objective: str = "", epochs: int = 0) -> list[dict]:
     """Per seed: the target from random search's best and each method's compute to reach it."""
     rows = []
     for seed in sorted({r["seed"] for r in runs}):
@@ -294,6 +328,12 @@ def compare(runs: list[dict], direction: str) -> list[dict]:
             if need["tpe_asha"] is not None and need["random_fifo"]
             else None
         )
+        curves = by["random_fifo"].get("objective_by_trial")
+        replay = (
+            asha_replay(curves, target, objective, direction, epochs)
+            if curves and objective and epochs
+            else None
+        )
         rows.append(
             {
                 "seed": seed,
@@ -303,6 +343,10 @@ def compare(runs: list[dict], direction: str) -> list[dict]:
                 "compute_to_target": need,
                 "total_trial_epochs": {m: by[m]["trial_epochs"] for m in METHODS},
                 "ratio": None if ratio is None else round(ratio, 3),
+                "random_asha_replay": replay,
+                "replay_ratio": round(replay / need["random_fifo"], 3)
+                if replay is not None and need["random_fifo"]
+                else None,
             }
         )
     return rows
@@ -323,8 +367,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"({report['machine']['cpu_model']}), `{report['command']}`.",
         "",
         "| seed | random best | TPE+ASHA best | target | random: trial-epochs to target "
-        "(of total) | TPE+ASHA: trial-epochs to target (of total) | ratio (goal <= 0.25) |",
-        "|---|---|---|---|---|---|---|",
+        "(of total) | TPE+ASHA: trial-epochs to target (of total) | ratio (goal <= 0.25) | "
+        "ASHA alone, replayed on random's trials: trial-epochs (ratio) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["comparison"]:
         need, total = r["compute_to_target"], r["total_trial_epochs"]
@@ -332,7 +377,12 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['seed']} | {r['random_best']:.3f} | {_num(r['tpe_asha_best'])} | "
             f"{r['target']:.3f} | {need['random_fifo']} ({total['random_fifo']}) | "
             f"{need['tpe_asha'] if need['tpe_asha'] is not None else 'never'} "
-            f"({total['tpe_asha']}) | {_num(r['ratio'])} |"
+            f"({total['tpe_asha']}) | {_num(r['ratio'])} | "
+            + (
+                f"{r['random_asha_replay']} ({_num(r['replay_ratio'])}) |"
+                if r.get("random_asha_replay") is not None
+                else "— |"
+            )
         )
     median = summary["median_ratio"]
     verdict = "met" if median is not None and median <= GOAL_RATIO else "not met"
@@ -344,7 +394,14 @@ def markdown(report: dict[str, Any]) -> str:
         f"Whole sweeps: TPE+ASHA spent {summary['tpe_asha_trial_epochs']} trial-epochs "
         f"against random search's {summary['random_fifo_trial_epochs']} "
         f"({_num(summary['total_ratio'])}x), reaching the target in "
-        f"{summary['tpe_asha_reached']} of {len(report['comparison'])} seeds.",
+        f"{summary['tpe_asha_reached']} of {len(report['comparison'])} seeds."
+        + (
+            " ASHA alone (the same scheduler replayed on random search's own trials, nothing "
+            f"trained again): median ratio **{_num(summary['replay_median_ratio'])}**, the part "
+            "of the saving that early stopping gives without TPE."
+            if summary.get("replay_median_ratio") is not None
+            else ""
+        ),
         "",
         f"Equal {s.get('equal', 'trials')}: "
         + (
@@ -377,7 +434,12 @@ def summarise(rows: list[dict], runs: list[dict]) -> dict[str, Any]:
     every = [math.inf if r["ratio"] is None else r["ratio"] for r in rows]
     median = statistics.median(every) if every else None
     totals = {m: sum(r["trial_epochs"] for r in runs if r["method"] == m) for m in METHODS}
+    replays = [math.inf if r.get("replay_ratio") is None else r["replay_ratio"] for r in rows]
+    replay_median = statistics.median(replays) if replays else None
     return {
+        "replay_median_ratio": round(replay_median, 3)
+        if replay_median is not None and math.isfinite(replay_median)
+        else None,
         "median_ratio": round(median, 3) if median is not None and math.isfinite(median) else None,
         "median_is_never": median is not None and not math.isfinite(median),
         "ratios": ratios,
@@ -420,7 +482,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     finally:
         ray.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-    rows = compare(runs, space.direction)
+    rows = compare(runs, space.direction, space.objective, args.epochs)
     report = {
         **report_head("sweep_efficiency", started, argv),
         "machine": machine,

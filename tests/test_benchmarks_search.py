@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.sweep_efficiency import ComputeCap, compare, compute_to_reach, summarise
+from benchmarks.sweep_efficiency import (
+    ComputeCap,
+    asha_replay,
+    compare,
+    compute_to_reach,
+    summarise,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -51,6 +57,27 @@ def test_compare_takes_the_target_from_random_search_per_seed() -> None:
     runs[1]["objective_by_trial_epoch"] = [11, 12]
     (row,) = compare(runs, "max")
     assert row["compute_to_target"]["tpe_asha"] is None and row["ratio"] is None
+
+
+def test_asha_replay_cuts_random_searchs_trials_where_the_scheduler_stops_them() -> None:
+    # varnext's ASHA (grace 1, halving, max_t = epochs + 1): the first trial sets rung 1, the
+    # second is below it at epoch 1 and stops there; the third is above and goes on.
+    curves = [[10.0, 11.0, 12.0, 13.0], [5.0, 6.0, 7.0, 8.0], [12.0, 14.0, 16.0, 20.0]]
+    assert asha_replay(curves, 20.0, "psnr", "max", epochs=4) == 4 + 1 + 4
+    assert compute_to_reach([v for c in curves for v in c], 20.0, "max") == 12  # no stopping
+    assert asha_replay(curves, 99.0, "psnr", "max", epochs=4) is None
+    losses = [[-v for v in c] for c in curves]  # "min": the same decisions
+    assert asha_replay(losses, -20.0, "loss", "min", epochs=4) == 9
+    runs = [
+        {"method": "random_fifo", "seed": 0, "trial_epochs": 12, "best": 20.0,
+         "objective_by_trial_epoch": [v for c in curves for v in c],
+         "objective_by_trial": curves},
+        {"method": "tpe_asha", "seed": 0, "trial_epochs": 3, "best": 19.8,
+         "objective_by_trial_epoch": [11, 19.8, 13]},
+    ]  # fmt: skip
+    (row,) = compare(runs, "max", "psnr", epochs=4)
+    assert row["random_asha_replay"] == 9 and row["replay_ratio"] == 0.75
+    assert summarise([row], runs)["replay_median_ratio"] == 0.75
 
 
 def test_a_seed_that_never_reaches_the_target_counts_as_the_worst_ratio() -> None:
@@ -93,7 +120,10 @@ def test_sweep_efficiency_quick_run(tmp_path: Path) -> None:
     assert runs["random_fifo"]["trial_epochs"] == 4 * 2 and runs["random_fifo"]["trials"] == 4
     for run in runs.values():
         assert len(run["objective_by_trial_epoch"]) == run["trial_epochs"]
+        assert sum(map(len, run["objective_by_trial"])) == run["trial_epochs"]
     (row,) = report["comparison"]
+    replay = row["random_asha_replay"]  # ASHA replayed on random search's 4 trials
+    assert replay is None or replay <= row["compute_to_target"]["random_fifo"]
     assert row["compute_to_target"]["random_fifo"] <= 8
     need = row["compute_to_target"]["tpe_asha"]
     assert runs["tpe_asha"]["trial_epochs"] == (4 * 2 if need is None else need)
