@@ -4,8 +4,10 @@ Each Tune trial is a small driver function that turns its sampled point into a f
 architecture JSON, validates it (an invalid point ends that trial, with the message recorded in
 its MLflow run, never the sweep), and trains it with the same
 :func:`~varnext_ray.train.build_trainer` as ``varnext train``. The sweep is an MLflow parent
-run; trials are nested child runs. Both are recorded beside Ray's state under
-``<storage>/<sweep name>`` so ``--resume`` (``Tuner.restore``) continues the same runs.
+run; trials are nested child runs, opened and closed in the sweep's driver by a Tune callback
+(:mod:`~varnext_ray.trial_runs`), so a trial's own process never starts MLflow. Both are
+recorded beside Ray's state under ``<storage>/<sweep name>`` so ``--resume``
+(``Tuner.restore``) continues the same runs.
 
 Example:
     >>> space, base = load_space("search_spaces/smoke.json")
@@ -23,8 +25,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from varnext_ray import console, mlflow_extras, tracking
-from varnext_ray.arch import count_params, parse_arch
+from varnext_ray import console, tracking
+from varnext_ray.arch import parse_arch
 from varnext_ray.cluster import Resources, cluster_cpus
 from varnext_ray.errors import UserError, failure_summary
 from varnext_ray.safe_io import check_trusted_storage
@@ -33,6 +35,7 @@ from varnext_ray.settings import TrainSettings
 from varnext_ray.sweep_results import SweepOutcome, close_trial_runs, summarise
 from varnext_ray.train import build_trainer, check_dataset, timed_fit
 from varnext_ray.train_data import RunData, prepare_run_data
+from varnext_ray.trial_runs import TrialRuns, trial_name, trials_dir, write_outcome
 
 log = logging.getLogger(__name__)
 
@@ -117,31 +120,17 @@ def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
     started = time.perf_counter()
     point = dict(config)
     trial_id = ray.tune.get_context().get_trial_id()
-    name = f"trial-{trial_id}"  # deterministic: a restored trial resumes its Train run
-    trials = f"{sweep.storage}/{sweep.name}/trials"
-    uri = sweep.parent.uri
-    arch_dict = point_to_arch(sweep.base, point)
-    params = tracking.flatten({"point": point, "arch": arch_dict})
-    run_id = tracking.run_for_directory(
-        uri,
-        sweep.experiment,
-        f"{trials}/{name}",
-        name,
-        params,
-        tags={
-            "varnext.kind": "trial",
-            "varnext.trial_id": trial_id,
-            "mlflow.parentRunId": sweep.parent.run_id,
-        },
-    )
-    tracking.log_dict(uri, run_id, arch_dict, "arch/arch.json")
-    mlflow_extras.log_dataset_inputs(uri, run_id, sweep.data)
+    name = trial_name(trial_id)
+    trials = trials_dir(sweep.storage, sweep.name)
+    run_dir = f"{trials}/{name}"
+    run_id = tracking.read_record(run_dir)  # opened by the driver's TrialRuns callback
+    if run_id is None:
+        raise RuntimeError(f"no MLflow run recorded in {run_dir}: TrialRuns did not run")
     try:
-        arch = parse_arch(arch_dict, f"trial {trial_id}")
+        arch = parse_arch(point_to_arch(sweep.base, point), f"trial {trial_id}")
     except UserError as err:
-        tracking.end_run(uri, run_id, "FAILED", str(err))
+        write_outcome(run_dir, "FAILED", reason=str(err))
         raise
-    tracking.log_params(uri, run_id, {"arch_params": count_params(arch)})
     overrides = {
         k: cast(point[k]) for k, cast in (("lr", float), ("batch_size", int)) if k in point
     }
@@ -152,17 +141,16 @@ def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
         resources=sweep.resources,
         storage=trials,
         name=name,
-        tracking_run=tracking.TrackingRun(uri, run_id),
+        tracking_run=tracking.TrackingRun(sweep.parent.uri, run_id),
         callbacks=[TuneReportCallback()],
         prepared=sweep.prepared,
     )
     try:
         _, overhead = timed_fit(trainer, started)
     except ray.train.TrainingFailedError as err:
-        tracking.end_run(uri, run_id, "FAILED", failure_summary(err))
+        write_outcome(run_dir, "FAILED", reason=failure_summary(err))
         raise
-    tracking.log_metrics(uri, run_id, overhead, step=0)
-    tracking.end_run(uri, run_id, "FINISHED")
+    write_outcome(run_dir, "FINISHED", overhead=overhead)
 
 
 def _parent_run(
@@ -245,6 +233,17 @@ def _tuner(
             storage_path=constants.storage,
             failure_config=ray.tune.FailureConfig(max_failures=0),
             verbose=1,
+            # restored with the Tuner on --resume: same store, experiment and parent run
+            callbacks=[
+                TrialRuns(
+                    uri=constants.parent.uri,
+                    experiment=constants.experiment,
+                    parent_run_id=constants.parent.run_id,
+                    trials=trials_dir(constants.storage, constants.name),
+                    base=constants.base,
+                    data=constants.data,
+                )
+            ],
         ),
     )
 

@@ -336,6 +336,21 @@ def storage_path(run_dir: str | Path) -> tuple[Any, str]:
 
 def read_record(run_dir: str | Path, name: str = RUN_FILE) -> str | None:
     """The run id recorded in ``run_dir/name`` (local path or storage URI), or None."""
+    record = read_json_record(run_dir, name)
+    if record is None:
+        return None
+    run_id = record.get("run_id")
+    if not isinstance(run_id, str) or not run_id.isalnum():
+        raise UserError(
+            f"the run record is damaged (run_id {str(run_id)[:40]!r} is not an MLflow run id)",
+            f"{run_dir}/{name}",
+            "delete it to start a new MLflow run, or restore it from a backup",
+        )
+    return run_id
+
+
+def read_json_record(run_dir: str | Path, name: str) -> dict[str, Any] | None:
+    """The JSON object in ``run_dir/name`` (local path or storage URI), or None if absent."""
     import pyarrow.fs
 
     fs, path = storage_path(run_dir)
@@ -346,19 +361,19 @@ def read_record(run_dir: str | Path, name: str = RUN_FILE) -> str | None:
     try:
         if len(data) > RECORD_LIMIT:
             raise ValueError(f"over {RECORD_LIMIT} bytes")
-        run_id = json.loads(data.decode("utf-8"))["run_id"]
-        if not isinstance(run_id, str) or not run_id.isalnum():
-            raise ValueError(f"run_id {run_id!r} is not an MLflow run id")
-    except (ValueError, KeyError, TypeError, RecursionError) as err:
+        record = json.loads(data.decode("utf-8"))
+        if not isinstance(record, dict):
+            raise ValueError("not a JSON object")
+    except (ValueError, RecursionError) as err:
         raise UserError(
             f"the run record is damaged ({str(err)[:100]})",
             f"{path}/{name}",
             "delete it to start a new MLflow run, or restore it from a backup",
         ) from None
-    return run_id
+    return record
 
 
-def write_record(run_dir: str | Path, record: dict[str, str], name: str = RUN_FILE) -> None:
+def write_record(run_dir: str | Path, record: dict[str, Any], name: str = RUN_FILE) -> None:
     """Writes ``record`` as JSON to ``run_dir/name`` (local path or storage URI)."""
     fs, path = storage_path(run_dir)
     fs.create_dir(path, recursive=True)
