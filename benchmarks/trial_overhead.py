@@ -93,6 +93,7 @@ def run_arm(arm: str, repeat: int, data: Path, workdir: Path, args: argparse.Nam
         ),
     )
     with CpuMeter() as meter:
+        start = time.perf_counter()
         outcome = run_sweep(
             space=space,
             base=base,
@@ -102,6 +103,7 @@ def run_arm(arm: str, repeat: int, data: Path, workdir: Path, args: argparse.Nam
             storage=workdir / "ray",
             options=options,
         )
+        sweep_seconds = time.perf_counter() - start
     client = tracking.client(uri)
     parent = client.get_run(outcome.parent_run_id).data.metrics
     trials = []
@@ -115,6 +117,7 @@ def run_arm(arm: str, repeat: int, data: Path, workdir: Path, args: argparse.Nam
         "arm": arm,
         "repeat": repeat,
         "data_prepare_seconds": parent.get("data_prepare_seconds", 0.0),
+        "sweep_seconds": sweep_seconds,
         "trials": trials,
         "cpu": meter.result(),
     }
@@ -143,6 +146,14 @@ def empty_fits(n: int, resources: Resources) -> list[float]:
     return seconds
 
 
+def around_trials(run: dict[str, Any]) -> float:
+    """Seconds per trial of a sweep's wall time that no trial measures: Tune starting each
+    trial's process (and its imports), the driver's callbacks, the sweep's own start and end
+    (its one-time read excluded), spread over its trials."""
+    inside = sum(t["overhead_seconds"] + t["epochs_seconds"] for t in run["trials"])
+    return (run["sweep_seconds"] - run["data_prepare_seconds"] - inside) / len(run["trials"])
+
+
 def summarize(runs: list[dict[str, Any]], trials_per_sweep: int) -> dict[str, Any]:
     """Median per-trial overhead of each arm (and its parts), with the shared read spread over
     the sweep's trials, and the ratio of the two arms."""
@@ -150,6 +161,7 @@ def summarize(runs: list[dict[str, Any]], trials_per_sweep: int) -> dict[str, An
     for arm in ARMS:
         rows = [t for r in runs if r["arm"] == arm for t in r["trials"]]
         prepare = [r["data_prepare_seconds"] / trials_per_sweep for r in runs if r["arm"] == arm]
+        around = [around_trials(r) for r in runs if r["arm"] == arm and r["trials"]]
         if not rows:
             out[arm] = None
             continue
@@ -165,6 +177,7 @@ def summarize(runs: list[dict[str, Any]], trials_per_sweep: int) -> dict[str, An
             # what a trial costs in all: work moved out of the overhead into the epochs (run
             # aside of the first steps) shows here, not as a saving
             "trial_s": statistics.median(t["overhead_seconds"] + t["epochs_seconds"] for t in rows),
+            "around_s": statistics.median(around),
         }
     empty = [s for r in runs if r["arm"] == "empty fit" for s in r["seconds"]]
     if empty:
@@ -196,19 +209,20 @@ def markdown(report: dict[str, Any]) -> str:
         "brackets); seconds of wall time outside the epochs, from each trial's MLflow run.",
         "",
         "| arm | trials | overhead s/trial | setup | workers | loop | one-time read / trial | "
-        "epochs s | whole trial s |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "epochs s | whole trial s | around trials s/trial |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm in ARMS:
         a = s.get(arm)
         if not a:
-            lines.append(f"| {arm} | 0 | — | | | | | | |")
+            lines.append(f"| {arm} | 0 | — | | | | | | | |")
             continue
         lines.append(
             f"| {arm} | {a['trials']} | **{a['overhead_s']:.1f}** ({a['overhead_min_s']:.1f}-"
             f"{a['overhead_max_s']:.1f}) | {a['overhead_setup_seconds']:.1f} | "
             f"{a['overhead_workers_seconds']:.1f} | {a['overhead_loop_seconds']:.1f} | "
-            f"{a['prepare_per_trial_s']:.1f} | {a['epochs_s']:.1f} | {a['trial_s']:.1f} |"
+            f"{a['prepare_per_trial_s']:.1f} | {a['epochs_s']:.1f} | {a['trial_s']:.1f} | "
+            f"{a['around_s']:.1f} |"
         )
     if "ratio" in s:
         lines += [
@@ -237,12 +251,15 @@ def markdown(report: dict[str, Any]) -> str:
     busy = [b for b in busy if b is not None]
     lines += [
         "",
-        "*setup*: the trial's driver before `fit()` (its MLflow run, the datasets: the whole "
-        "read and decode in the per-trial arm); *workers*: `fit()` minus the worker loop (Train's "
+        "*setup*: the trial's driver before `fit()` (the datasets: the whole read and decode "
+        "in the per-trial arm; its MLflow run is opened by the sweep's driver); *workers*: `fit()` minus the worker loop (Train's "
         "controller, the worker group's processes and their torch import, the process group, "
         "teardown); *loop*: the worker loop minus its epochs (model build, checkpoints, reports); "
         "*whole trial*: overhead plus epochs, which also counts what runs beside the first steps "
-        "(rank 0's system-metrics start)."
+        "(rank 0's system-metrics start); *around trials*: the sweep's wall time that no trial "
+        "measures (Tune starting each trial's process and its imports, the driver's callbacks "
+        "that open and close the trials' MLflow runs, the sweep's own start and end, its "
+        "one-time read excluded), spread over its trials."
         + (f" Other processes used at most {max(busy):.0%} of the CPUs meanwhile." if busy else ""),
     ]
     return "\n".join(lines) + "\n"

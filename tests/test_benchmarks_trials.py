@@ -38,6 +38,7 @@ def test_quick_run_records_each_arms_overhead_and_its_parts(tmp_path: Path) -> N
     shared = next(r for r in report["runs"] if r["arm"] == "shared")
     alone = next(r for r in report["runs"] if r["arm"] == "per-trial")
     assert shared["data_prepare_seconds"] > 0 and alone["data_prepare_seconds"] == 0
+    assert shared["sweep_seconds"] > 0 and alone["sweep_seconds"] > 0
     (empty,) = [r for r in report["runs"] if r["arm"] == "empty fit"]
     assert len(empty["seconds"]) == 1 and empty["seconds"][0] > 0  # one per trial of a sweep
     assert report["summary"]["empty_fit"]["seconds"] == empty["seconds"][0]
@@ -48,7 +49,20 @@ def test_quick_run_records_each_arms_overhead_and_its_parts(tmp_path: Path) -> N
         assert trial["overhead_seconds"] == pytest.approx(parts)
     summary = report["summary"]
     assert summary["ratio"] > 0 and summary["goal_s"] == 10 and isinstance(summary["met"], bool)
+    assert all(isinstance(summary[arm]["around_s"], float) for arm in ("shared", "per-trial"))
     page = docs.read_text()
     assert "stale" not in page and "## Data path\n\nkept" in page
     assert "| shared | 1 |" in page and "| per-trial | 1 |" in page
     assert "Bound: a Ray Train run of the same worker group whose loop does nothing" in page
+
+
+def test_around_trials_is_the_sweeps_time_no_trial_measured_per_trial() -> None:
+    sys.path.insert(0, str(REPO))
+    from benchmarks.trial_overhead import around_trials
+
+    trials = [
+        {"overhead_seconds": 5.0, "epochs_seconds": 2.0},
+        {"overhead_seconds": 6.0, "epochs_seconds": 4.0},
+    ]
+    run = {"sweep_seconds": 30.0, "data_prepare_seconds": 3.0, "trials": trials}
+    assert around_trials(run) == pytest.approx((30 - 3 - 17) / 2)
