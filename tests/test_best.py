@@ -3,6 +3,7 @@ its checkpoint."""
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 
@@ -13,8 +14,11 @@ from tests.conftest import smoke_checkpoint
 from varnext_ray import tracking
 from varnext_ray.best import download_best, find_best_run
 from varnext_ray.checkpoint import load_checkpoint
-from varnext_ray.cli import main
+from varnext_ray.cli import build_parser, main
 from varnext_ray.errors import UserError
+from varnext_ray.registry import register_best
+from varnext_ray.search_space import SearchSpace
+from varnext_ray.settings import TrainSettings
 from varnext_ray.synth import write_synthetic
 
 EXPERIMENT = "best-test"
@@ -67,7 +71,7 @@ def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]
 
 
 def test_find_best_run_skips_failed_uncheckpointed_and_sweep_runs(store: str) -> None:
-    best = find_best_run(store, EXPERIMENT)
+    best = find_best_run(store, EXPERIMENT, "extrap_psnr")
     assert (best["run_name"], best["value"], best["status"]) == ("trial-best", 20.0, "FINISHED")
     assert (best["metric"], best["kind"], best["tracking_uri"]) == (
         "best_extrap_psnr",
@@ -84,7 +88,7 @@ def test_download_best_writes_a_loadable_checkpoint(store: str, tmp_path: Path) 
     ckpt = load_checkpoint(out)
     assert ckpt.meta["extra"]["name"] == "trial-best"
     run = json.loads((out / "run.json").read_text())
-    assert run["run_id"] == find_best_run(store, EXPERIMENT)["run_id"]
+    assert run["run_id"] == find_best_run(store, EXPERIMENT, "extrap_psnr")["run_id"]
     assert (run["metric"], run["value"], run["experiment"]) == (
         "best_extrap_psnr",
         20.0,
@@ -171,3 +175,15 @@ def test_best_over_an_http_tracking_server(mlflow_server: str, tmp_path: Path) -
     out = download_best(mlflow_server, "predict-http", tmp_path / "best", "extrap_ssim")
     assert load_checkpoint(out).meta["extra"]["name"] == "http"
     assert json.loads((out / "run.json").read_text())["tracking_uri"] == mlflow_server
+
+
+def test_best_ranks_by_what_train_and_sweep_optimise_unless_told() -> None:
+    # the Python API, the CLI and the training defaults agree on the one default objective
+    api = {
+        inspect.signature(f).parameters["metric"].default
+        for f in (find_best_run, download_best, register_best)
+    }
+    cli = build_parser().parse_args(["best", "--experiment", "e", "--out", "o"]).metric
+    train = build_parser().parse_args(["train", "--data", "d", "--config", "a.json"]).objective
+    space = SearchSpace.model_fields["objective"].default
+    assert api == {cli} == {train} == {space} == {TrainSettings().objective}

@@ -8,7 +8,7 @@ far, so the latest logged value ranks the run by its best epoch, the one whose c
 uploaded.
 
 Example:
-    >>> path = download_best(None, "smoke", "runs/best", "extrap_psnr")
+    >>> path = download_best(None, "smoke", "runs/best", "extrap_psnr_motion")
 """
 
 from __future__ import annotations
@@ -35,7 +35,9 @@ def _has_checkpoint(client: Any, run_id: str) -> bool:
     return any(f.path.endswith("meta.json") for f in client.list_artifacts(run_id, "checkpoint"))
 
 
-def find_best_run(uri: str | None, experiment: str, metric: str = "extrap_psnr") -> dict[str, Any]:
+def find_best_run(
+    uri: str | None, experiment: str, metric: str = objectives.DEFAULT_OBJECTIVE
+) -> dict[str, Any]:
     """The best train/trial run of ``experiment`` by ``best_<metric>`` that holds a checkpoint.
 
     Args:
@@ -97,7 +99,10 @@ def _check_empty_dir(out: Path) -> None:
 
 
 def download_best(
-    uri: str | None, experiment: str, out: str | Path, metric: str = "extrap_psnr"
+    uri: str | None,
+    experiment: str,
+    out: str | Path,
+    metric: str = objectives.DEFAULT_OBJECTIVE,
 ) -> Path:
     """Downloads the best run's checkpoint into ``out``, checks it loads, writes ``run.json``.
 

@@ -20,6 +20,7 @@ from varnext_ray.cli_args import (
     subcommand,
 )
 from varnext_ray.errors import UserError
+from varnext_ray.objectives import DEFAULT_OBJECTIVE
 from varnext_ray.settings import TrainSettings
 
 DEFAULT_STEPS = 2000  # varnext train's budget: enough to learn (see docs/training.md)
@@ -60,8 +61,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--objective",
-        default="extrap_psnr_motion",
-        help="metric that picks the best checkpoint (default extrap_psnr_motion)",
+        default=DEFAULT_OBJECTIVE,
+        help=f"metric that picks the best checkpoint (default {DEFAULT_OBJECTIVE})",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -156,8 +157,8 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="new or empty directory")
     p.add_argument(
         "--metric",
-        default="extrap_psnr_motion",
-        help="rank runs by best_<metric>, in its direction (default extrap_psnr_motion, the "
+        default=DEFAULT_OBJECTIVE,
+        help=f"rank runs by best_<metric>, in its direction (default {DEFAULT_OBJECTIVE}, the "
         "default objective of train and sweep)",
     )
     _add_register_arg(p, "the best run's checkpoint")

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from varnext_ray.errors import UserError
 
+# What train, sweep, best and register rank runs by unless told otherwise: the moving pixels,
+# where a latent prediction can beat the static background.
+DEFAULT_OBJECTIVE = "extrap_psnr_motion"
+
 # metric -> the direction that is better. Diagnostics that are not goals in themselves
 # (active_units, decoder_sensitivity, motion_captured: a ratio of small differences) and the
 # baselines (copy_last_*, background_*) are not objectives.

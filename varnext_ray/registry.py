@@ -10,7 +10,7 @@ for a user who never imports varnext_ray, and ``varnext predict --model models:/
 downloads the checkpoint from it (:func:`download_checkpoint`).
 
 Example:
-    >>> version = register_best(None, "smoke", "vae", metric="extrap_psnr")
+    >>> version = register_best(None, "smoke", "vae", metric="extrap_psnr_motion")
     >>> download_checkpoint(None, "models:/vae@champion", "runs/champion")
 """
 
@@ -28,6 +28,7 @@ from typing import Any
 
 from varnext_ray import tracking
 from varnext_ray.errors import UserError
+from varnext_ray.objectives import DEFAULT_OBJECTIVE
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per file
 ALIAS = "champion"
@@ -36,6 +37,7 @@ CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
 # what the logged model needs to load: exact versions of this environment (the project's pins)
 REQUIREMENTS = ("mlflow", "torch", "safetensors", "numpy", "pillow", "pydantic", "av")
 TAGGED_METRICS = (
+    "extrap_psnr_motion",
     "extrap_psnr",
     "copy_last_psnr",
     "oracle_psnr",
@@ -229,7 +231,7 @@ def register_run(
 
 
 def register_best(
-    uri: str | None, experiment: str, name: str, metric: str = "extrap_psnr"
+    uri: str | None, experiment: str, name: str, metric: str = DEFAULT_OBJECTIVE
 ) -> dict[str, Any]:
     """Registers the best run of ``experiment`` (:func:`~varnext_ray.best.find_best_run`)."""
     from varnext_ray.best import find_best_run

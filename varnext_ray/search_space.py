@@ -41,7 +41,7 @@ from pydantic_core import PydanticCustomError
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
 from varnext_ray.config_errors import problems_from_validation
 from varnext_ray.errors import UserError
-from varnext_ray.objectives import OBJECTIVES
+from varnext_ray.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 
 
 class _Strict(BaseModel):
@@ -160,7 +160,7 @@ class SearchSpace(_Strict):
 
     name: str
     base: str | dict[str, Any]
-    objective: str = "extrap_psnr_motion"  # the moving pixels, not the static background
+    objective: str = DEFAULT_OBJECTIVE  # the moving pixels, not the static background
     mode: Literal["max", "min"] | None = None
     epochs: int = 3
     encoder: EncoderSpace = EncoderSpace()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from varnext_ray.errors import UserError
-from varnext_ray.objectives import OBJECTIVES
+from varnext_ray.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 
 if TYPE_CHECKING:
     from varnext_ray.arch import ArchConfig
@@ -48,7 +48,7 @@ class TrainSettings:
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # torch.compile the model
-    objective: str = "extrap_psnr_motion"  # the moving pixels, not the static background
+    objective: str = DEFAULT_OBJECTIVE  # the moving pixels, not the static background
     torch_threads: int = 1
     rollout_steps: int = 4  # score extrapolations 1..K steps ahead each epoch (0: off)
     rollout_sequences: int = 64  # at most this many validation sequences for the rollouts
