@@ -251,15 +251,16 @@ def markdown(report: dict[str, Any]) -> str:
     busy = [b for b in busy if b is not None]
     lines += [
         "",
-        "*setup*: the trial's driver before `fit()` (the datasets: the whole read and decode "
-        "in the per-trial arm; its MLflow run is opened by the sweep's driver); *workers*: `fit()` minus the worker loop (Train's "
-        "controller, the worker group's processes and their torch import, the process group, "
-        "teardown); *loop*: the worker loop minus its epochs (model build, checkpoints, reports); "
-        "*whole trial*: overhead plus epochs, which also counts what runs beside the first steps "
-        "(rank 0's system-metrics start); *around trials*: the sweep's wall time that no trial "
-        "measures (Tune starting each trial's process and its imports, the driver's callbacks "
-        "that open and close the trials' MLflow runs, the sweep's own start and end, its "
-        "one-time read excluded), spread over its trials."
+        "*setup*: the trial's driver before `fit()` (the datasets: the whole read and decode in"
+        " the per-trial arm; its MLflow run is opened by the sweep's driver); *workers*: "
+        "`fit()` minus the worker loop (Train's controller, the worker group's processes and "
+        "their torch import, the process group, teardown); *loop*: the worker loop minus its "
+        "epochs (model build, checkpoints, reports); *whole trial*: overhead plus epochs, which"
+        " also counts what runs beside the first steps (rank 0's system-metrics start); *around"
+        " trials*: the sweep's wall time that no trial measures (Tune starting each trial's "
+        "process and its imports, the driver's callbacks that open and close the trials' MLflow"
+        " runs, the sweep's own start and end, its one-time read excluded), spread over its "
+        "trials."
         + (f" Other processes used at most {max(busy):.0%} of the CPUs meanwhile." if busy else ""),
     ]
     return "\n".join(lines) + "\n"
