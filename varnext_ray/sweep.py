@@ -124,8 +124,13 @@ def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
     trials = trials_dir(sweep.storage, sweep.name)
     run_dir = f"{trials}/{name}"
     run_id = tracking.read_record(run_dir)  # opened by the driver's TrialRuns callback
-    if run_id is None:
-        raise RuntimeError(f"no MLflow run recorded in {run_dir}: TrialRuns did not run")
+    if run_id is None:  # a sweep begun by a varnext whose trials opened their own runs
+        raise UserError(
+            "no MLflow run was opened for this trial by the sweep's driver",
+            run_dir,
+            "a sweep started by an older varnext cannot start new trials when resumed: "
+            "start a new sweep (another --experiment or --storage)",
+        )
     try:
         arch = parse_arch(point_to_arch(sweep.base, point), f"trial {trial_id}")
     except UserError as err:
