@@ -14,14 +14,13 @@ import json
 import logging
 import math
 import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from varnext_ray.errors import UserError
+from varnext_ray.tracking_uri import NO_STORE_FIX, check_reachable
 
 log = logging.getLogger(__name__)
 
@@ -48,91 +47,6 @@ def resolve_tracking_uri(uri: str | None = None) -> str:
 
 
 # Tracking stores MLflow 3 takes, besides a server: SQLAlchemy databases (sqlite on this machine).
-DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
-SERVER_SCHEMES = ("http", "https", "databricks")
-SQLITE_MAGIC = b"SQLite format 3\x00"
-_URI_FIX = "pass sqlite:////abs/path/mlflow.db or http://HOST:PORT of an mlflow server"
-
-
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """A UserError unless ``uri`` names a tracking store MLflow can use, and it answers.
-
-    Checked before anything is written or Ray starts: the scheme is a database or a server
-    (MLflow 3 refuses its old file store, and a bare path would be taken for one); a SQLite
-    store is a SQLite file (or a new file in an existing folder), never a directory or another
-    file that MLflow would try to migrate; an http(s) server accepts a connection.
-    """
-    parsed = urlparse(uri)
-    scheme = parsed.scheme.split("+", 1)[0].lower()
-    if scheme == "sqlite":
-        _check_sqlite(uri)
-        return
-    if scheme in DATABASE_SCHEMES or scheme == "databricks":
-        return
-    if scheme not in SERVER_SCHEMES:
-        shown = f"scheme {parsed.scheme!r}" if parsed.scheme else "no scheme (a plain path)"
-        raise UserError(
-            f"unsupported MLflow tracking URI: {shown}",
-            uri,
-            f"{_URI_FIX} (MLflow 3 no longer writes a file store)",
-        )
-    try:
-        port = parsed.port or (443 if scheme == "https" else 80)
-    except ValueError:
-        raise UserError("the tracking URI has a bad port", uri, _URI_FIX) from None
-    if not parsed.hostname:
-        raise UserError("the tracking URI names no host", uri, _URI_FIX)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
-            return
-    except OSError as err:
-        raise UserError(
-            f"MLflow tracking server unreachable ({err.strerror or err})",
-            uri,
-            "start it (mlflow server --host 127.0.0.1 --port PORT) or pass another --tracking-uri",
-        ) from None
-
-
-def _check_sqlite(uri: str) -> None:
-    """A SQLite tracking URI must be absolute and name a SQLite file or a new one in a folder."""
-    import stat
-
-    if not uri.startswith("sqlite:////"):
-        raise UserError(
-            "a SQLite tracking URI needs an absolute path (four slashes)", uri, _URI_FIX
-        )
-    path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        if not path.parent.is_dir():
-            raise UserError(
-                "the folder of the MLflow database does not exist",
-                str(path.parent),
-                "create it, or pass a --tracking-uri in an existing folder",
-            ) from None
-        return
-    except OSError as err:
-        raise UserError(
-            f"cannot read the MLflow database ({err.strerror})", str(path), _URI_FIX
-        ) from None
-    if not stat.S_ISREG(mode):
-        raise UserError("the MLflow database path is not a regular file", str(path), _URI_FIX)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError as err:
-        raise UserError(
-            f"cannot read the MLflow database ({err.strerror})", str(path), _URI_FIX
-        ) from None
-    if head and head != SQLITE_MAGIC:
-        raise UserError(
-            "this file is not a SQLite database (MLflow would not open it)",
-            str(path),
-            "point --tracking-uri at your runs' mlflow.db, or at a new file name",
-        )
-
-
 def client(uri: str) -> Any:
     """An ``MlflowClient`` for ``uri``."""
     from mlflow import MlflowClient
@@ -147,9 +61,9 @@ def open_store(uri: str | None) -> tuple[str, Any]:
         raise UserError(
             "no MLflow database at this path",
             uri,
-            "pass the --tracking-uri your runs were logged to (or set MLFLOW_TRACKING_URI)",
+            NO_STORE_FIX,
         )
-    check_reachable(uri)
+    check_reachable(uri, existing=True)
     return uri, client(uri)
 
 

@@ -1,0 +1,222 @@
+"""Tracking URIs MLflow cannot use are refused before MLflow opens them: real files, real servers.
+
+A SQLite file of another program, a damaged store, a store of another schema version, a database
+whose driver is missing, a server that never answers and one that is not MLflow's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import importlib.util
+import re
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from varnext_ray import tracking, tracking_uri
+from varnext_ray.errors import UserError
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def sqlite_uri(path: Path) -> str:
+    return f"sqlite:///{path}"
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real MLflow SQLite store with one run (made once; tests work on copies)."""
+    path = tmp_path_factory.mktemp("store") / "mlflow.db"
+    tracking.start_run(sqlite_uri(path), "e", run_name="r", params={"lr": 0.1})
+    return path
+
+
+@pytest.fixture
+def store_copy(store: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "copy.db"
+    shutil.copyfile(store, path)
+    return path
+
+
+@pytest.fixture
+def other_program_db(tmp_path: Path) -> Path:
+    """A valid SQLite database of another program (its own tables, no MLflow ones)."""
+    path = tmp_path / "inventory.db"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)")
+    conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+    conn.executemany("INSERT INTO items (name) VALUES (?)", [("bolt",), ("nut",)])
+    conn.execute("INSERT INTO alembic_version VALUES ('0123456789ab')")
+    conn.commit()
+    conn.close()
+    return path
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["train", "best"])
+def test_a_sqlite_database_of_another_program_is_refused_and_left_unchanged(
+    other_program_db: Path, existing: bool
+) -> None:
+    before = sha256(other_program_db)
+    with pytest.raises(UserError, match=r"not an MLflow store \(its tables: items\)"):
+        tracking.check_reachable(sqlite_uri(other_program_db), existing=existing)
+    assert sha256(other_program_db) == before
+    assert sorted(p.name for p in other_program_db.parent.iterdir()) == ["inventory.db"]
+
+
+def test_an_empty_file_holds_no_store_for_reading_but_may_become_one(tmp_path: Path) -> None:
+    empty = tmp_path / "mlflow.db"
+    empty.touch()
+    with pytest.raises(UserError, match=r"holds no MLflow store \(it is empty\)"):
+        tracking.open_store(sqlite_uri(empty))
+    assert empty.stat().st_size == 0
+    tracking.check_reachable(sqlite_uri(empty))  # train/sweep may create a store in it
+
+
+@pytest.mark.parametrize("kept", ["half", 4096, 100])
+def test_a_truncated_store_is_refused_for_every_command(
+    store: Path, tmp_path: Path, kept: str | int
+) -> None:
+    damaged = tmp_path / "damaged.db"
+    data = store.read_bytes()
+    damaged.write_bytes(data[: len(data) // 2 if kept == "half" else kept])
+    before = sha256(damaged)
+    for existing in (False, True):
+        with pytest.raises(UserError, match="damaged or unreadable"):
+            tracking.check_reachable(sqlite_uri(damaged), existing=existing)
+    assert sha256(damaged) == before
+
+
+def set_schema(path: Path, revision: str) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE alembic_version SET version_num = ?", (revision,))
+    conn.commit()
+    conn.close()
+
+
+def test_a_store_of_an_older_schema_asks_for_mlflow_db_upgrade(store_copy: Path) -> None:
+    head, known = tracking_uri._mlflow_revisions()
+    assert head is not None and head in known
+    old = sorted(known - {head})[0]
+    set_schema(store_copy, old)
+    before = sha256(store_copy)
+    uri = sqlite_uri(store_copy)
+    with pytest.raises(
+        UserError, match=rf"older schema \({old};.*mlflow db upgrade {re.escape(uri)}"
+    ):
+        tracking.open_store(uri)
+    with pytest.raises(UserError, match="older schema"):
+        tracking.check_reachable(uri)
+    assert sha256(store_copy) == before
+
+
+def test_a_store_of_an_unknown_schema_names_a_newer_mlflow(store_copy: Path) -> None:
+    set_schema(store_copy, "ffffffffffff")
+    with pytest.raises(UserError, match=r"written by a newer MLflow .*use that MLflow version"):
+        tracking.open_store(sqlite_uri(store_copy))
+
+
+def test_a_store_of_the_current_schema_is_opened_unchanged(store: Path) -> None:
+    before = sha256(store)
+    tracking.check_reachable(sqlite_uri(store))
+    assert tracking.open_store(sqlite_uri(store))[0] == sqlite_uri(store)
+    assert sha256(store) == before
+
+
+@pytest.mark.skipif(importlib.util.find_spec("psycopg") is not None, reason="psycopg is installed")
+def test_a_database_uri_without_its_driver_names_the_package_to_install() -> None:
+    uri = "postgresql://me:secret@127.0.0.1:5432/mlflow"
+    with pytest.raises(
+        UserError, match=r"no module 'psycopg'.*pip install 'psycopg\[binary\]'"
+    ) as e:
+        tracking.check_reachable(uri)
+    assert "secret" not in str(e.value)
+
+
+@pytest.fixture
+def silent_server() -> Iterator[str]:
+    """A TCP server on 127.0.0.1 that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_a_server_that_never_answers_is_refused_within_the_timeout(silent_server: str) -> None:
+    start = time.monotonic()
+    with pytest.raises(UserError, match=r"no MLflow server answers within 1 s"):
+        tracking.check_reachable(silent_server, timeout_s=1.0)
+    assert time.monotonic() - start < 5
+
+
+@pytest.fixture
+def plain_http_server(tmp_path: Path) -> Iterator[str]:
+    """``python -m http.server`` on 127.0.0.1, serving an empty folder: /health is a 404."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_an_http_server_that_is_not_mlflow_is_refused(plain_http_server: str) -> None:
+    with pytest.raises(UserError, match=r"not an MLflow tracking server \(GET /health: 404\)"):
+        tracking.check_reachable(plain_http_server, timeout_s=2.0)
+
+
+def test_best_on_another_program_database_exits_2_with_one_line(
+    other_program_db: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from varnext_ray.cli import main
+
+    before = sha256(other_program_db)
+    uri = sqlite_uri(other_program_db)
+    assert (
+        main(["best", "--experiment", "x", "--tracking-uri", uri, "--out", str(tmp_path / "o")])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not an MLflow store" in err, err
+    assert sha256(other_program_db) == before
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_real_mlflow_server_passes_the_health_check(mlflow_server: str) -> None:
+    tracking.check_reachable(mlflow_server, timeout_s=5.0)
+    tracking.check_reachable(mlflow_server + "/", timeout_s=5.0)

@@ -1,0 +1,342 @@
+"""Checks of a tracking URI before anything runs: the store must be there, be MLflow's, and
+answer, so a bad ``--tracking-uri`` is one line (exit 2) rather than a traceback, a hang, or
+MLflow's tables written into somebody else's SQLite file.
+
+SQLite files are inspected through a read-only connection before MLflow opens them (another
+program's database, a damaged file, a store of another schema version are refused); database
+URIs need their driver and a port that answers; an MLflow server must answer ``GET /health``
+within the timeout.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from varnext_ray.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
+SERVER_SCHEMES = ("http", "https", "databricks")
+SQLITE_MAGIC = b"SQLite format 3\x00"
+_URI_FIX = "pass sqlite:////abs/path/mlflow.db or http://HOST:PORT of an mlflow server"
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False) -> None:
+    """A UserError unless ``uri`` names a tracking store MLflow can use, and it answers.
+
+    Checked before anything is written or Ray starts: the scheme is a database or a server
+    (MLflow 3 refuses its old file store, and a bare path would be taken for one); a SQLite
+    store is an MLflow store of this MLflow's schema, or a new file in an existing folder (with
+    ``existing``, for commands that only read, it must hold a store); another database's driver
+    is installed and its host accepts a connection; an http(s) server answers MLflow's
+    ``/health`` within ``timeout_s``. Nothing is written to the store.
+    """
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+", 1)[0].lower()
+    if scheme == "sqlite":
+        _check_sqlite(uri, existing=existing, timeout_s=timeout_s)
+        return
+    if scheme == "databricks":
+        return
+    if scheme in DATABASE_SCHEMES:
+        _check_database(uri, timeout_s)
+        return
+    if scheme not in SERVER_SCHEMES:
+        shown = f"scheme {parsed.scheme!r}" if parsed.scheme else "no scheme (a plain path)"
+        raise UserError(
+            f"unsupported MLflow tracking URI: {shown}",
+            uri,
+            f"{_URI_FIX} (MLflow 3 no longer writes a file store)",
+        )
+    try:
+        port = parsed.port or (443 if scheme == "https" else 80)
+    except ValueError:
+        raise UserError("the tracking URI has a bad port", uri, _URI_FIX) from None
+    if not parsed.hostname:
+        raise UserError("the tracking URI names no host", uri, _URI_FIX)
+    fix = "start it (mlflow server --host 127.0.0.1 --port PORT) or pass another --tracking-uri"
+    _check_tcp(parsed.hostname, port, timeout_s, "MLflow tracking server", uri, fix)
+    _check_health(uri, timeout_s)
+
+
+def _check_tcp(host: str, port: int, timeout_s: float, what: str, uri: str, fix: str) -> None:
+    """A UserError unless ``host:port`` accepts a TCP connection within ``timeout_s``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return
+    except OSError as err:
+        raise UserError(f"{what} unreachable ({err.strerror or err})", uri, fix) from None
+
+
+def _check_health(uri: str, timeout_s: float) -> None:
+    """A UserError unless ``GET <uri>/health`` (served by ``mlflow server``) answers 200 in time."""
+    import http.client
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    parsed = urlparse(uri)
+    url = parsed._replace(
+        netloc=parsed.netloc.rsplit("@", 1)[-1],  # credentials go in a header, not the URL
+        path=parsed.path.rstrip("/") + "/health",
+        query="",
+        fragment="",
+    ).geturl()
+    fix = "pass the http://HOST:PORT of an `mlflow server`, or start one there"
+    try:
+        request = urllib.request.Request(url, headers=_auth_headers())
+        with urllib.request.urlopen(request, timeout=timeout_s) as response:
+            status = response.status
+    except urllib.error.HTTPError as err:
+        status = err.code
+        err.close()
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+        reason = getattr(err, "reason", err)
+        if isinstance(reason, ssl.SSLError):
+            return  # TLS settings are MLflow's (MLFLOW_TRACKING_INSECURE_TLS ...): let it report
+        if isinstance(reason, TimeoutError):
+            what = f"no MLflow server answers within {timeout_s:g} s"
+        else:
+            what = f"no MLflow server answers (GET /health: {reason or type(reason).__name__})"
+        raise UserError(what, uri, fix) from None
+    if status in (401, 403):
+        raise UserError(
+            f"the MLflow tracking server refuses access (GET /health: {status})",
+            uri,
+            "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN)",
+        )
+    if status != 200:
+        raise UserError(f"not an MLflow tracking server (GET /health: {status})", uri, fix)
+
+
+def _auth_headers() -> dict[str, str]:
+    """The credentials MLflow's client would send, from its environment variables."""
+    import base64
+
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        pair = base64.b64encode(f"{user}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {pair}"}
+    return {}
+
+
+# pip packages of the DB-API modules SQLAlchemy dialects import (module -> package).
+_DRIVER_PACKAGES = {
+    "psycopg": "psycopg[binary]",
+    "psycopg2": "psycopg2-binary",
+    "pg8000": "pg8000",
+    "asyncpg": "asyncpg",
+    "MySQLdb": "mysqlclient",
+    "pymysql": "PyMySQL",
+    "mysql": "mysql-connector-python",
+    "pyodbc": "pyodbc",
+    "pymssql": "pymssql",
+}
+_DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+
+
+def _check_database(uri: str, timeout_s: float) -> None:
+    """A UserError unless the database URI's driver imports and its host accepts a connection."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        url = make_url(uri)
+        shown = url.render_as_string(hide_password=True)
+        dialect = url.get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise UserError(
+            f"SQLAlchemy cannot use this tracking URI ({str(err)[:200]})",
+            urlparse(uri)._replace(netloc="...").geturl(),
+            "pass postgresql://USER:PASSWORD@HOST:PORT/DB (or mysql://, mssql://, sqlite:////)",
+        ) from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as err:
+        module = (err.name or str(err)).split(".")[0]
+        package = _DRIVER_PACKAGES.get(module, module)
+        raise UserError(
+            f"the {url.drivername} database driver is not installed (no module {module!r})",
+            shown,
+            f"pip install '{package}' into this environment, or name an installed driver "
+            f"({url.get_backend_name()}+DRIVER://...)",
+        ) from None
+    if url.host:  # no host: a local socket, left to the driver
+        port = url.port or _DATABASE_PORTS.get(url.get_backend_name(), 0)
+        fix = "start the database server, or check the host and port in --tracking-uri"
+        _check_tcp(url.host, port, timeout_s, "database server", shown, fix)
+
+
+def _check_sqlite(uri: str, *, existing: bool = False, timeout_s: float = 5.0) -> None:
+    """A SQLite tracking URI must be absolute and name an MLflow store or a new file in a folder."""
+    import stat
+
+    if not uri.startswith("sqlite:////"):
+        raise UserError(
+            "a SQLite tracking URI needs an absolute path (four slashes)", uri, _URI_FIX
+        )
+    path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        if not path.parent.is_dir():
+            raise UserError(
+                "the folder of the MLflow database does not exist",
+                str(path.parent),
+                "create it, or pass a --tracking-uri in an existing folder",
+            ) from None
+        return
+    except OSError as err:
+        raise UserError(
+            f"cannot read the MLflow database ({err.strerror})", str(path), _URI_FIX
+        ) from None
+    if not stat.S_ISREG(mode):
+        raise UserError("the MLflow database path is not a regular file", str(path), _URI_FIX)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(SQLITE_MAGIC))
+    except OSError as err:
+        raise UserError(
+            f"cannot read the MLflow database ({err.strerror})", str(path), _URI_FIX
+        ) from None
+    if head and head != SQLITE_MAGIC:
+        raise UserError(
+            "this file is not a SQLite database (MLflow would not open it)",
+            str(path),
+            "point --tracking-uri at your runs' mlflow.db, or at a new file name",
+        )
+    if head or existing:
+        _check_sqlite_store(path, uri, existing=existing, timeout_s=timeout_s)
+
+
+# Tables every MLflow store has had since its first schema.
+MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs", "metrics", "params", "tags"})
+NO_STORE_FIX = "pass the --tracking-uri your runs were logged to (or set MLFLOW_TRACKING_URI)"
+
+
+def _check_sqlite_store(path: Path, uri: str, *, existing: bool, timeout_s: float) -> None:
+    """A UserError unless the SQLite file at ``path`` is an MLflow store of this MLflow's schema
+    (or, unless ``existing``, holds no tables yet); read through a read-only connection."""
+    tables, versions = _sqlite_tables(path, timeout_s)
+    if tables is None:  # busy or locked by a writer: MLflow waits for it
+        return
+    own = sorted(t for t in tables if not t.startswith(("sqlite_", "alembic_")))
+    if not own:
+        if existing:
+            state = "is empty" if path.stat().st_size == 0 else "has no tables"
+            what = f"this file holds no MLflow store (it {state})"
+            raise UserError(what, str(path), NO_STORE_FIX)
+        return
+    if not MLFLOW_TABLES.issubset(tables):
+        listed = ", ".join(own[:5]) + (", ..." if len(own) > 5 else "")
+        raise UserError(
+            f"this SQLite database is not an MLflow store (its tables: {listed})",
+            str(path),
+            "point --tracking-uri at your runs' mlflow.db, or at a new file name "
+            "(MLflow would add its tables to this one)",
+        )
+    _check_schema(versions, uri)
+
+
+def _sqlite_tables(path: Path, timeout_s: float) -> tuple[set[str] | None, list[str]]:
+    """The table names of the SQLite file and its ``alembic_version`` rows; (None, []) if locked.
+
+    Opened read-only (``mode=ro``): nothing is written, not even a journal.
+    """
+    import sqlite3
+    from urllib.parse import quote
+
+    try:
+        conn = sqlite3.connect(
+            f"file:{quote(os.fsencode(path))}?mode=ro", uri=True, timeout=min(timeout_s, 2.0)
+        )
+        try:
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {str(row[0]) for row in rows}
+            versions: list[str] = []
+            if "alembic_version" in tables:
+                rows = conn.execute("SELECT version_num FROM alembic_version")
+                versions = [str(row[0]) for row in rows]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as err:
+        name = getattr(err, "sqlite_errorname", "")
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return None, []
+        raise UserError(
+            f"the SQLite database is damaged or unreadable ({err})",
+            str(path),
+            "restore it from a backup, or pass a --tracking-uri with a new file name",
+        ) from None
+    return tables, versions
+
+
+def _check_schema(versions: list[str], uri: str) -> None:
+    """A UserError unless the store's schema revision is the installed MLflow's head."""
+    head, known = _mlflow_revisions()
+    found = versions[0] if len(versions) == 1 else None
+    if head is None or found == head:
+        return
+    from importlib.metadata import version
+
+    mlflow_version = version("mlflow")
+    if found is None or found in known:
+        raise UserError(
+            f"the MLflow store has an older schema ({found or 'no version'}; "
+            f"MLflow {mlflow_version} needs {head})",
+            uri,
+            f"run `mlflow db upgrade {uri}` (back it up first)",
+        )
+    raise UserError(
+        f"the MLflow store was written by a newer MLflow (schema {found} is unknown to "
+        f"the installed MLflow {mlflow_version})",
+        uri,
+        "use that MLflow version (pip install -U mlflow), or pass another --tracking-uri",
+    )
+
+
+@functools.cache
+def _mlflow_revisions() -> tuple[str | None, frozenset[str]]:
+    """(head, every revision) of the installed MLflow's schema migrations.
+
+    Read from ``mlflow/store/db_migrations/versions`` with ``ast``, as alembic's
+    ``ScriptDirectory.get_heads`` would find them, without importing MLflow or alembic (which
+    costs seconds); the head is None unless there is exactly one.
+    """
+    import ast
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlflow")
+    if spec is None or not spec.submodule_search_locations:
+        return None, frozenset()
+    folder = Path(next(iter(spec.submodule_search_locations)), "store", "db_migrations", "versions")
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for file in folder.glob("*.py"):
+        for node in ast.parse(file.read_bytes()).body:
+            if not isinstance(node, ast.Assign) or len(node.targets) != 1:
+                continue
+            name = getattr(node.targets[0], "id", None)
+            if name not in ("revision", "down_revision"):
+                continue
+            try:
+                value = ast.literal_eval(node.value)
+            except ValueError:
+                continue
+            values = value if isinstance(value, tuple | list) else (value,)
+            (revisions if name == "revision" else parents).update(
+                v for v in values if isinstance(v, str)
+            )
+    heads = revisions - parents
+    return (next(iter(heads)) if len(heads) == 1 else None), frozenset(revisions)
