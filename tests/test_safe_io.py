@@ -239,3 +239,19 @@ def test_resume_refuses_storage_other_users_can_write(tmp_path: Path) -> None:
     storage.chmod(0o1777)  # sticky, as /tmp: others cannot replace our folder
     check_trusted_storage(str(sweep))
     check_trusted_storage("s3://bucket/ray/sweep")  # remote storage: its policy decides
+
+
+@pytest.mark.parametrize("spelling", [".", "sub/..", ""])
+def test_a_staged_output_is_never_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spelling: str
+) -> None:
+    # renamed into place, the new folder would replace the shell's (empty) working directory
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with (
+        pytest.raises(UserError, match="--out is the current folder"),
+        staged_dir(spelling, "--out"),
+    ):
+        pass
+    assert here.is_dir() and list(tmp_path.iterdir()) == [here]

@@ -50,37 +50,61 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_synth(sub: argparse._SubParsersAction) -> None:
+    from varnext_ray.safe_io import size_text
+    from varnext_ray.synth import MAX_CLIPS, MAX_FRAMES, MAX_RAW_BYTES, MAX_SEED, MAX_SIDE, MIN_SIDE
+
     p = subcommand(
         sub,
         "synth",
         "Write synthetic fixed-camera clips (the built-in default data).",
         "varnext synth runs/synth --clips 4 --frames 120 --size 640x360 --seed 0",
     )
-    p.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="new or empty directory")
-    p.add_argument("--clips", type=int, default=4, help="number of clips (default 4)")
-    p.add_argument("--frames", type=int, default=120, help="frames per clip (default 120)")
-    p.add_argument("--size", default="640x360", help="WxH (default 640x360)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "out_dir",
+        type=Path,
+        metavar="OUT_DIR",
+        help="new or empty directory (filled only when every clip is written)",
+    )
+    p.add_argument(
+        "--clips", type=int, default=4, help=f"number of clips, 1..{MAX_CLIPS} (default 4)"
+    )
+    p.add_argument(
+        "--frames", type=int, default=120, help=f"frames per clip, 3..{MAX_FRAMES} (default 120)"
+    )
+    p.add_argument(
+        "--size",
+        default="640x360",
+        help=f"WxH, each side {MIN_SIDE}..{MAX_SIDE}; clips x frames x W x H x 3 at most "
+        f"{size_text(MAX_RAW_BYTES)} (default 640x360)",
+    )
+    p.add_argument("--seed", type=int, default=0, help=f"random seed, 0..{MAX_SEED} (default 0)")
     p.add_argument("--format", choices=FORMATS, default="mp4", help="mp4 (H.264) or png folders")
     p.add_argument(
         "--bump-probability",
         type=float,
         default=0.5,
-        help="chance that a clip has a camera bump (default 0.5)",
+        help="chance in [0, 1] that a clip has a camera bump (default 0.5)",
     )
     p.set_defaults(run=_run_synth)
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    manifest = write_synthetic(
-        args.out_dir,
-        clips=args.clips,
-        frames=args.frames,
-        size=parse_size(args.size),
-        seed=args.seed,
-        fmt=args.format,
-        bump_probability=args.bump_probability,
-    )
+    from varnext_ray.synth import Terminated, sigterm_raises
+
+    try:
+        with sigterm_raises():
+            manifest = write_synthetic(
+                args.out_dir,
+                clips=args.clips,
+                frames=args.frames,
+                size=parse_size(args.size),
+                seed=args.seed,
+                fmt=args.format,
+                bump_probability=args.bump_probability,
+            )
+    except Terminated:
+        sys.stderr.write("error: terminated (SIGTERM): nothing half-written was kept\n")
+        return 143
     bumps = sum(len(c["bumps"]) for c in manifest["clips"])
     print(
         f"wrote {len(manifest['clips'])} clips x {args.frames} frames ({args.size}, "

@@ -17,10 +17,12 @@ every model is still "the mean background" and the demo would say nothing.
 from __future__ import annotations
 
 import math
+import stat
 from pathlib import Path
 from typing import Any
 
 from varnext_ray.errors import UserError
+from varnext_ray.safe_io import kind_of, os_reason, path_stat
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SPACE = REPO / "search_spaces" / "demo.json"  # the smoke model; latent channels and lr
@@ -109,6 +111,17 @@ def write_test_strip(checkpoint: Path, data: Path, out: Path) -> Path:
     return save_png(strip, out)
 
 
+_WORKDIR_FIX = "pass a new or existing folder as --workdir"
+
+
+def _check_workdir(workdir: Path) -> None:
+    """Refuses (UserError) a work directory that is not a folder, or lies under a file."""
+    st = path_stat(workdir, "--workdir is unusable", _WORKDIR_FIX)  # a parent that is a file
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        what = f"--workdir is {kind_of(st.st_mode)}, not a folder"
+        raise UserError(what, str(workdir), _WORKDIR_FIX)
+
+
 def run_demo(
     workdir: Path,
     *,
@@ -128,6 +141,7 @@ def run_demo(
     from varnext_ray.sweep_results import summary_table
 
     workdir = workdir.resolve()
+    _check_workdir(workdir)
     if (workdir / "ray").exists():
         raise UserError(
             "a demo already ran in this work directory",
@@ -147,10 +161,15 @@ def run_demo(
     )
     options.check()  # before anything is written
     options.train.check()
-    workdir.mkdir(parents=True, exist_ok=True)
+    connect_ray(address)  # a wrong --address fails here, before any data is written
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create the work directory ({os_reason(err)})", str(workdir), _WORKDIR_FIX
+        ) from None
     data = prepare_data(workdir)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    connect_ray(address)
     space, base = load_space(DEMO_SPACE)
     outcome = run_sweep(
         space=space,

@@ -68,6 +68,7 @@ def _to_images(y: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:
 
 
 MAX_STEPS = 1000  # a rollout writes one PNG per step; a longer one is a typo, not a wish
+MAX_STRIDE = 1000  # a video's 2s + 1 latest frames are held in memory (12 GB of 1080p at 1000)
 
 
 def _check_positive(value: int, flag: str) -> None:
@@ -83,6 +84,30 @@ def _check_steps(steps: int) -> None:
             "--steps",
             f"pass at most {MAX_STEPS}",
         )
+
+
+def _check_stride(stride: int) -> None:
+    _check_positive(stride, "--stride")
+    if stride > MAX_STRIDE:
+        raise UserError(
+            f"--stride {stride} would hold {2 * stride + 1} frames in memory "
+            f"(the limit is {MAX_STRIDE})",
+            "--stride",
+            f"pass at most {MAX_STRIDE} (frames from t to t+s)",
+        )
+
+
+def _check_outputs(
+    checkpoint: Checkpoint, outs: list[Path], inputs: list[str | Path], overwrite: bool
+) -> None:
+    """Refuses outputs that exist (unless ``overwrite``), are inputs, or lie in the checkpoint."""
+    check_output_files(
+        outs,
+        flag="--out",
+        overwrite=overwrite,
+        inputs=inputs,
+        protected_dirs=[(checkpoint.path, "the checkpoint it reads")],
+    )
 
 
 def _check_same_size(frame_a: np.ndarray, frame_b: np.ndarray, where: str) -> None:
@@ -148,7 +173,8 @@ def predict_image_files(
 ) -> list[Path]:
     """Reads two image files, predicts ``steps`` frames and writes them (:func:`rollout_paths`).
 
-    An existing output is replaced only with ``overwrite``, and never an input frame.
+    An existing output is replaced only with ``overwrite``; never an input frame, a file in
+    the checkpoint's folder, or a symlink.
 
     Returns:
         The PNGs written, in order k = 1..steps.
@@ -156,9 +182,7 @@ def predict_image_files(
     out = Path(out)
     _check_suffix(out, (".png",), "two frames")
     _check_steps(steps)
-    check_output_files(
-        rollout_paths(out, steps), flag="--out", overwrite=overwrite, inputs=[frame_a, frame_b]
-    )
+    _check_outputs(checkpoint, rollout_paths(out, steps), [frame_a, frame_b], overwrite)
     a, b = load_frame(frame_a), load_frame(frame_b)
     _check_same_size(a, b, f"{frame_a}, {frame_b}")
     images = predict_frames(checkpoint, a, b, steps)
@@ -282,9 +306,8 @@ def predict_video(
     out = Path(out)
     _check_suffix(out, VIDEO_OUTPUTS, "a video")
     _check_steps(steps)
-    _check_positive(stride, "--stride")
-    outputs = [out, *rollout_paths(out, steps)]
-    check_output_files(outputs, flag="--out", overwrite=overwrite, inputs=[video])
+    _check_stride(stride)
+    _check_outputs(checkpoint, [out, *rollout_paths(out, steps)], [video], overwrite)
     source, fps = _video_source(video)
     history: collections.deque = collections.deque(maxlen=2 * stride + 1)
     scores: dict[str, list[float]] = {"extrap": [], "copy_last": []}

@@ -33,6 +33,7 @@ from varnext_ray.safe_io import check_output_files
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR, ARTIFACT_FILE = "report", "report.html"
+PAGE_SUFFIXES = (".html", ".htm")  # of --out
 MAX_IMAGE_BYTES = 20 * 2**20  # larger images are named, not embedded
 _PNG = re.compile(r"strip_epoch_(\d+)\.png$")
 _GIF = re.compile(r"rollout_epoch_(\d+)\.gif$")
@@ -241,9 +242,20 @@ def default_out(experiment: str) -> Path:
 
 def check_out(out: Path, uri: str, *, overwrite: bool = False) -> None:
     """A UserError unless ``out`` can be written without destroying anything (the MLflow
-    database it reads included); an existing page is replaced only with ``overwrite``."""
+    database it reads included); an existing page is replaced only with ``overwrite``.
+
+    The page must be named ``.html`` (or ``.htm``): ``--out ds/dataset.json --overwrite`` is a
+    slip, not a wish to replace a manifest with a web page.
+    """
     store = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
     check_output_files([out], flag="--out", overwrite=overwrite, protected=[store] if store else [])
+    if out.suffix.lower() not in PAGE_SUFFIXES:
+        got = f"{out.suffix!r}" if out.suffix else "no suffix"
+        raise UserError(
+            f"--out must name an HTML page (got {got})",
+            str(out),
+            "name the page with .html or .htm, e.g. --out report_sweep.html",
+        )
 
 
 def _write_atomic(text: str, out: Path) -> None:

@@ -324,6 +324,26 @@ def check_new_dir(path: str | Path, flag: str, *, allow_empty: bool = True) -> N
         parent = parent.parent
 
 
+def absolute_new_dir(path: str | Path, flag: str) -> Path:
+    """``path`` made absolute and normalised ("." or "a/.." are staged beside the folder they
+    name, not inside it), refusing the current folder: renamed into place, the new folder
+    would leave the shell in a deleted one."""
+    try:
+        cwd = Path.cwd()
+    except OSError as err:
+        raise UserError(
+            f"the current folder is unusable ({os_reason(err)})", str(path), "cd elsewhere"
+        ) from None
+    path = Path(os.path.normpath(cwd / path))
+    if path == cwd:
+        raise UserError(
+            f"{flag} is the current folder, which the new output would replace",
+            str(path),
+            f"pass a new folder as {flag}, e.g. runs/NAME",
+        )
+    return path
+
+
 @contextlib.contextmanager
 def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> Iterator[Path]:
     """Yields a temporary folder beside ``target``; renames it to ``target`` on success.
@@ -332,7 +352,7 @@ def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> It
     reads as the output. On any failure the staging folder and the parent folders this call
     created are removed. The target must be new or an empty folder (:func:`check_new_dir`).
     """
-    target = Path(target)
+    target = absolute_new_dir(target, flag)
     check_new_dir(target, flag, allow_empty=allow_empty)
     fix = f"choose another {flag}"
     created: list[Path] = []
@@ -393,6 +413,34 @@ def check_trusted_storage(path: str) -> None:
             )
 
 
+def _inside(path: Path, folder: Path) -> bool:
+    """True if ``path`` (symlinks resolved) is ``folder`` or lies anywhere below it."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        return False
+
+
+def _refuse_symlink(out: Path, flag: str) -> None:
+    """A UserError if ``out`` is a symlink, dangling or not.
+
+    Writing through a temporary file and a rename would replace the link itself with a file
+    (and a dangling link reads as "nothing there" to ``exists``), so no output is ever a link.
+    """
+    if not os.path.islink(out):
+        return
+    try:
+        target = os.readlink(out)
+    except OSError:
+        target = "?"
+    dangling = "" if os.path.exists(out) else ", which does not exist"
+    raise UserError(
+        f"{flag} is a symlink (to {target}{dangling}); writing would replace the link",
+        str(out),
+        f"pass the real path or another {flag} (a link is never written through or replaced)",
+    )
+
+
 def check_output_files(
     outs: Sequence[str | Path],
     *,
@@ -400,13 +448,16 @@ def check_output_files(
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
     protected: Sequence[str | Path] = (),
+    protected_dirs: Sequence[tuple[str | Path, str]] = (),
 ) -> None:
     """Refuses (UserError) output files that would destroy something, before any work is done.
 
-    Never allowed, even with ``overwrite``: an output that is one of the command's ``inputs``
-    or a ``protected`` file (such as the MLflow database), or that is not a regular file. An
-    existing output is replaced only with ``overwrite`` (the command's ``--overwrite``). The
-    folder must exist or be creatable, and be writable.
+    Never allowed, even with ``overwrite``: an output that is one of the command's ``inputs``,
+    a ``protected`` file (such as the MLflow database), a path inside one of the
+    ``protected_dirs`` (folder, role) pairs (such as the checkpoint being read; symlinks
+    resolved), a symlink (dangling or not), or anything that is not a regular file. An existing
+    output is replaced only with ``overwrite`` (the command's ``--overwrite``). The folder must
+    exist or be creatable, and be writable.
     """
 
     def same(a: Path, b: Path) -> bool:
@@ -426,25 +477,37 @@ def check_output_files(
                     str(out),
                     f"pass another {flag}",
                 )
-        st = path_stat(out, f"{flag} is unusable", f"pass another {flag}")
-        if st is not None and not stat.S_ISREG(st.st_mode):
-            raise UserError(
-                f"{flag} is {kind_of(st.st_mode)}, not a file",
-                str(out),
-                f"pass a file path for {flag}",
-            )
-        if st is not None and not overwrite:
-            raise UserError(
-                "the output file already exists",
-                str(out),
-                f"pass --overwrite to replace it, or another {flag}",
-            )
-        parent = out.absolute().parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise UserError(
-                f"{flag} is not in a writable directory",
-                str(parent),
-                f"pass a {flag} in a folder you can write to",
-            )
+        for folder, role in protected_dirs:
+            if _inside(out, Path(folder)):
+                raise UserError(
+                    f"the output lies inside {role} ({folder}), which must not change",
+                    str(out),
+                    f"pass a {flag} outside {folder}",
+                )
+        _refuse_symlink(out, flag)
+        _check_output_file(out, flag, overwrite)
+
+
+def _check_output_file(out: Path, flag: str, overwrite: bool) -> None:
+    st = path_stat(out, f"{flag} is unusable", f"pass another {flag}")
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise UserError(
+            f"{flag} is {kind_of(st.st_mode)}, not a file",
+            str(out),
+            f"pass a file path for {flag}",
+        )
+    if st is not None and not overwrite:
+        raise UserError(
+            "the output file already exists",
+            str(out),
+            f"pass --overwrite to replace it, or another {flag}",
+        )
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(
+            f"{flag} is not in a writable directory",
+            str(parent),
+            f"pass a {flag} in a folder you can write to",
+        )

@@ -10,25 +10,45 @@ Everything is drawn from one ``numpy.random.Generator`` seeded by ``seed``, so a
 same pixels every time. ``synth.json`` beside the clips records the ground truth (frames per
 clip and the frame index of each bump), which the ingest tests use to check the cut detector.
 
+The clips are written into a hidden staging folder beside ``OUT_DIR`` and renamed into place
+when complete (like ``varnext ingest``): an interrupted or failed run leaves no ``OUT_DIR``.
+Every argument is checked before anything is written, against the limits below.
+
 Example:
     >>> write_synthetic(Path("runs/synth"), clips=4, frames=120, size=(320, 180), seed=0)
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import math
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from varnext_ray.errors import UserError
 from varnext_ray.media import FPS, write_png_folder, write_video
+from varnext_ray.safe_io import (
+    json_bytes,
+    os_reason,
+    size_text,
+    staged_dir,
+    write_atomic,
+)
 
 SHAPES = ("circle", "ellipse", "rect", "triangle")
 FORMATS = ("mp4", "png")
+MIN_SIDE, MAX_SIDE = 8, 4096  # px, each side of a frame
+MAX_CLIPS = 10_000
+MAX_FRAMES = 100_000  # per clip: about 55 minutes at 30 fps
+MAX_RAW_BYTES = 20 * 1024**3  # clips x frames x W x H x 3: what is rendered (and about written)
+MAX_SEED = 2**32 - 1  # numpy seeds are non-negative; 32 bits is the usual range
 
 
 @dataclass(frozen=True)
@@ -208,16 +228,35 @@ def write_synthetic(
     """Writes ``clips`` synthetic clips and ``synth.json`` to ``out_dir``; returns the manifest.
 
     Args:
-        out_dir: A new or empty directory.
-        clips: Number of clips (one file or folder each).
-        frames: Frames per clip.
-        size: (W, H) of the frames; H.264 needs both even.
-        seed: Seed of every random choice.
+        out_dir: A new or empty directory (never overwritten).
+        clips: Number of clips (one file or folder each), 1..MAX_CLIPS.
+        frames: Frames per clip, 3..MAX_FRAMES.
+        size: (W, H) of the frames, each MIN_SIDE..MAX_SIDE; H.264 needs both even.
+        seed: Seed of every random choice, 0..MAX_SEED.
         fmt: ``mp4`` (H.264 through PyAV) or ``png`` (one folder of PNGs per clip).
-        bump_probability: Chance that a clip has one camera bump.
+        bump_probability: Chance that a clip has one camera bump, in [0, 1].
     """
-    _check_synth_args(out_dir, clips, frames, size, fmt)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_synth_args(clips, frames, size, seed, fmt, bump_probability)
+    with staged_dir(out_dir, "OUT_DIR") as partial:
+        try:
+            return _write_into(partial, clips, frames, size, seed, fmt, bump_probability)
+        except OSError as err:  # disk full, permissions changed under us
+            raise UserError(
+                f"cannot write the clips ({os_reason(err)})",
+                str(out_dir),
+                "free some space or choose another OUT_DIR; nothing was kept",
+            ) from None
+
+
+def _write_into(
+    out_dir: Path,
+    clips: int,
+    frames: int,
+    size: tuple[int, int],
+    seed: int,
+    fmt: str,
+    bump_probability: float,
+) -> dict:
     rng = np.random.default_rng(seed)
     background = scene_background(seed, size)
     records = []
@@ -238,30 +277,84 @@ def write_synthetic(
             }
         )
     manifest = {"seed": seed, "size": list(size), "fps": FPS, "format": fmt, "clips": records}
-    (out_dir / "synth.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    write_atomic(out_dir / "synth.json", json_bytes(manifest))
     return manifest
 
 
 def _check_synth_args(
-    out_dir: Path, clips: int, frames: int, size: tuple[int, int], fmt: str
+    clips: int,
+    frames: int,
+    size: tuple[int, int],
+    seed: int,
+    fmt: str,
+    bump_probability: float,
 ) -> None:
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise UserError(
-            "output directory is not empty",
-            str(out_dir),
-            "choose a new OUT_DIR so no existing file is overwritten",
-        )
+    """Refuses (UserError) any argument out of range, before anything is written."""
     if clips < 1 or frames < 3:
         raise UserError(
             f"need at least 1 clip of 3 frames (got {clips} x {frames})",
             "--clips/--frames",
             "pass --clips >= 1 and --frames >= 3",
         )
+    if clips > MAX_CLIPS or frames > MAX_FRAMES:
+        raise UserError(
+            f"at most {MAX_CLIPS} clips of {MAX_FRAMES} frames (got {clips} x {frames})",
+            "--clips/--frames",
+            f"pass --clips <= {MAX_CLIPS} and --frames <= {MAX_FRAMES}",
+        )
+    width, height = size
+    if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
+        raise UserError(
+            f"each side of a frame must be {MIN_SIDE}..{MAX_SIDE} px (got {width}x{height})",
+            "--size",
+            "pass e.g. --size 640x360",
+        )
+    if not 0 <= seed <= MAX_SEED:
+        raise UserError(f"seed must be 0..{MAX_SEED} (got {seed})", "--seed", "pass e.g. --seed 0")
+    if not (math.isfinite(bump_probability) and 0 <= bump_probability <= 1):
+        raise UserError(
+            f"bump probability must be a number in [0, 1] (got {bump_probability})",
+            "--bump-probability",
+            "pass e.g. --bump-probability 0.5",
+        )
     if fmt not in FORMATS:
         raise UserError(f"unknown format {fmt!r}", "--format", f"use one of {', '.join(FORMATS)}")
-    if fmt == "mp4" and (size[0] % 2 or size[1] % 2):
+    if fmt == "mp4" and (width % 2 or height % 2):
         raise UserError(
-            f"H.264 needs an even width and height (got {size[0]}x{size[1]})",
+            f"H.264 needs an even width and height (got {width}x{height})",
             "--size",
             "pass even numbers, e.g. 640x360, or use --format png",
         )
+    raw = clips * frames * width * height * 3
+    if raw > MAX_RAW_BYTES:
+        raise UserError(
+            f"{clips} clips x {frames} frames at {width}x{height} are {size_text(raw)} of raw "
+            f"frames, over the {size_text(MAX_RAW_BYTES)} limit",
+            "--clips/--frames/--size",
+            "pass fewer --clips or --frames, or a smaller --size",
+        )
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while :func:`sigterm_raises` was active (a BaseException, like Ctrl-C)."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside, SIGTERM raises :class:`Terminated`, so the staging folder is removed on the way
+    out as on Ctrl-C (without it, a killed run leaves its hidden ``.OUT.partial-*`` folder).
+
+    Only in the main thread (the only one that may set signal handlers); a no-op elsewhere.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
