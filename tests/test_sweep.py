@@ -170,19 +170,22 @@ def test_an_invalid_point_ends_only_that_trial(
 ) -> None:
     # Every point of this space is invalid (latent_dim 0), whatever Optuna draws: each trial
     # fails alone with the validation message in its MLflow run, and the sweep goes on to the
-    # next trial and finishes instead of raising.
+    # next trial and finishes instead of raising. The space's own checks refuse latent_dim 0
+    # when it is loaded; the loaded space is changed afterwards to stand for a point that no
+    # check before the sweep can foresee.
     space_file = tmp_path / "space.json"
     space_file.write_text(
         json.dumps(
             {
                 "name": "invalid",
                 "base": str(REPO / "configs" / "smoke_64x36.json"),
-                "latent_dim": [0],
+                "latent_dim": [16],
                 "lr": {"low": 0.002, "high": 0.01, "log": True},
             }
         )
     )
     space, base = load_space(space_file)
+    space = space.model_copy(update={"latent_dim": [0]})
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     outcome = run_sweep(
         space=space,

@@ -7,6 +7,7 @@ data-stage commands of :mod:`varnext_ray.cli` never load them.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -21,7 +22,7 @@ from varnext_ray.cli_args import (
 )
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import DEFAULT_OBJECTIVE
-from varnext_ray.settings import TrainSettings
+from varnext_ray.settings import MAX_NAME, TrainSettings, check_name
 
 DEFAULT_STEPS = 2000  # varnext train's budget: enough to learn (see docs/training.md)
 
@@ -81,8 +82,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from varnext_ray.arch import load_arch
     from varnext_ray.cluster import Resources, connect_ray
-    from varnext_ray.train import TrainingFailed, train
+    from varnext_ray.train import TrainingFailed, check_same_arch, train
 
+    name = _run_name(args)
     arch = load_arch(args.config)
     settings = TrainSettings(
         epochs=args.epochs,
@@ -98,8 +100,8 @@ def _run_train(args: argparse.Namespace) -> int:
         train_on=args.train_on,
     )
     settings.check()
-    name = args.name or f"{args.config.stem}-{args.data.resolve().name}"
     _preflight(args, settings, arch.input.shape)
+    check_same_arch(args.storage, name, arch)  # before Ray and before the MLflow run resumes
     connect_ray(args.address)
     try:
         outcome = train(
@@ -128,6 +130,16 @@ def _run_train(args: argparse.Namespace) -> int:
     )
     _print_ui_link(tracking.resolve_tracking_uri(args.tracking_uri), args.experiment)
     return 0
+
+
+def _run_name(args: argparse.Namespace) -> str:
+    """``--name``, checked to be one directory under --storage; by default ``<config>-<data>``
+    with any other character than letters, digits, ``.``, ``_`` and ``-`` made ``_``."""
+    if args.name is not None:
+        check_name(args.name, "--name")
+        return args.name
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", f"{args.config.stem}-{args.data.resolve().name}")
+    return name[:MAX_NAME]
 
 
 def _preflight(
@@ -288,7 +300,10 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "--steps", type=int, default=1, metavar="K", help="frames to roll out (default 1)"
     )
     p.add_argument(
-        "--stride", type=int, default=1, metavar="S", help="video frames from t to t+s (default 1)"
+        "--stride",
+        type=int,
+        metavar="S",
+        help="video frames from t to t+s (default 1; with --video only)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
     p.set_defaults(run=_run_predict)
@@ -299,6 +314,12 @@ def _run_predict(args: argparse.Namespace) -> int:
         got = f"{len(args.frames)} FRAME argument(s)" + (" and --video" if args.video else "")
         fix = "pass two image files FRAME_A FRAME_B, or --video IN (not both)"
         raise UserError(f"need two frames or a video (got {got})", "varnext predict", fix)
+    if args.stride is not None and args.video is None:
+        raise UserError(
+            "--stride applies to --video only (two frames are t and t+s already)",
+            "--stride",
+            "drop --stride, or pass --video IN",
+        )
     import torch
 
     from varnext_ray import predict
@@ -323,8 +344,9 @@ def _run_predict(args: argparse.Namespace) -> int:
                 f"{args.frames[1]} (t+s)"
             )
         return 0
+    stride = 1 if args.stride is None else args.stride
     summary = predict.predict_video(
-        ckpt, args.video, args.out, args.steps, args.stride, overwrite=args.overwrite
+        ckpt, args.video, args.out, args.steps, stride, overwrite=args.overwrite
     )
     w, h = summary["size"]
     print(
@@ -414,7 +436,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         search=args.search,
         seed=args.seed,
         train=TrainSettings(
-            epochs=args.epochs or space.epochs,
+            epochs=space.epochs if args.epochs is None else args.epochs,
             steps=args.steps or None,
             batch_size=args.batch_size,
             val_triplets=args.val_triplets,
@@ -424,6 +446,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         ),
     )
     options.check()
+    options.settings(space).check()
+    _check_sweep_dir(args.experiment, space.name)
     _preflight(args, options.settings(space), parse_arch(base, str(args.space)).input.shape)
     if args.resume:  # Tune's state is unpickled: refuse storage others can write, before Ray
         check_trusted_storage(sweep_path(args.storage, args.experiment, space.name))
@@ -455,6 +479,21 @@ def _run_sweep(args: argparse.Namespace) -> int:
         if version is not None:
             _print_registered(version)
     return 0 if outcome.best is not None else 1
+
+
+def _check_sweep_dir(experiment: str, space_name: str) -> None:
+    """The sweep's directory ``sweep-<experiment>-<space name>`` is one path component under
+    --storage (the space's name is checked when the space loads)."""
+    bad = [ch for ch in experiment if ch in "/\\" or not (ch.isprintable() or ch == " ")]
+    if bad or len(experiment) > MAX_NAME:
+        raise UserError(
+            f"the experiment name {experiment[:60]!r} cannot name the sweep's directory "
+            f"(sweep-<experiment>-{space_name}): it holds {bad[0]!r}"
+            if bad
+            else f"the experiment name is longer than {MAX_NAME} characters",
+            "--experiment",
+            "pass an experiment name without '/' or '\\', e.g. smoke",
+        )
 
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:

@@ -44,6 +44,13 @@ MANIFEST = "dataset.json"
 FORMAT_VERSION = 1
 ENCODINGS = ("raw", "png", "jpeg")
 SPLITS = ("train", "val", "test")
+FRAME_CHANNELS = 3  # every stored frame is RGB: decoded to (H, W, 3)
+# The columns readers select, with the Arrow types they can read (footers are checked for them).
+COLUMNS: dict[str, tuple[str, Any]] = {
+    "clip_id": ("a string", lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)),
+    "frame_index": ("an integer", pa.types.is_integer),
+    "image": ("binary", lambda t: pa.types.is_binary(t) or pa.types.is_large_binary(t)),
+}
 
 
 def encode_image(frame: np.ndarray, encoding: str) -> bytes:
@@ -172,12 +179,27 @@ def _check_files(root: Path, schema: _ManifestSchema, where: str) -> None:
                 what = f"{name}: {file!r} is {kind_of(st.st_mode)}"
                 raise UserError(what, where, _MANIFEST_FIX)
             try:
-                rows += pq.read_metadata(path).num_rows
+                footer = pq.read_metadata(path)
+                columns = footer.schema.to_arrow_schema()
             except (OSError, pa.ArrowException, ValueError) as err:
                 what = f"{name}: {file!r} is not a readable Parquet file ({err})"
                 raise UserError(what, where, _MANIFEST_FIX) from None
+            _check_columns(columns, f"{name}: {file!r}", where)
+            rows += footer.num_rows
         if rows != clip.frames:
             what = f"clips[{n}].frames: is {clip.frames} but its files hold {rows} rows"
+            raise UserError(what, where, _MANIFEST_FIX)
+
+
+def _check_columns(schema: pa.Schema, file: str, where: str) -> None:
+    """A clip file holds every column readers select (:data:`COLUMNS`), of a type they read."""
+    for column, (want, readable) in COLUMNS.items():
+        index = schema.get_field_index(column)
+        if index < 0:
+            raise UserError(f"{file} has no column {column!r}", where, _MANIFEST_FIX)
+        if not readable(schema.field(index).type):
+            got = schema.field(index).type
+            what = f"{file}: column {column!r} is {got}, not {want}"
             raise UserError(what, where, _MANIFEST_FIX)
 
 

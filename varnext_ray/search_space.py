@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -39,9 +40,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
+from varnext_ray.arch_schema import INT_MAX
 from varnext_ray.config_errors import problems_from_validation
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
+from varnext_ray.settings import MAX_BATCH_SIZE, MAX_EPOCHS, name_problem
 
 
 class _Strict(BaseModel):
@@ -102,6 +105,13 @@ def _reconstructions(values: list[str]) -> list[str]:
     return values
 
 
+def _safe_name(name: str) -> str:
+    problem = name_problem(name)  # the sweep's directory under --storage
+    if problem is not None:
+        raise PydanticCustomError("arch", problem)
+    return name
+
+
 IntChoices = Annotated[list[int], AfterValidator(_choices)]
 FloatChoices = Annotated[list[float], AfterValidator(_choices)]
 
@@ -133,11 +143,7 @@ class EncoderSpace(_Strict):
     @model_validator(mode="after")
     def _positive(self) -> EncoderSpace:
         for name, least in (("depth", 0), ("channels", 1), ("kernel_size", 1), ("stride", 1)):
-            values = _values(getattr(self, name))
-            if values and min(values) < least:
-                raise PydanticCustomError(
-                    "arch", f"must be >= {least} (got {min(values)})", {"field": name}
-                )
+            _check_bounds(name, _values(getattr(self, name)), least, INT_MAX)
         if max(_values(self.depth), default=0) > MAX_DEPTH:
             got = max(_values(self.depth))
             raise PydanticCustomError(
@@ -155,10 +161,39 @@ def _values(spec: Any) -> list:
     return list(spec)
 
 
+# Each searched value's bounds (least, most), as the architecture (arch_schema: PosInt,
+# NonNegFloat) and the settings (TrainSettings.check) bound the field it sets; lr is > 0.
+_BOUNDS: dict[str, tuple[float, float]] = {
+    "latent_dim": (1, INT_MAX),
+    "latent_channels": (1, INT_MAX),
+    "batch_size": (1, MAX_BATCH_SIZE),
+    "beta": (0.0, math.inf),
+    "linearity_weight": (0.0, math.inf),
+    "lr": (0.0, math.inf),
+}
+
+
+def _check_bounds(name: str, values: list, least: float, most: float, above: bool = False) -> None:
+    """A PydanticCustomError naming ``name`` when a value is not finite or out of bounds (``above``:
+    it must be > ``least``, not >=)."""
+    for value in values:
+        if not math.isfinite(value):
+            raise PydanticCustomError("arch", f"must be finite (got {value})", {"field": name})
+        if value < least or (above and value == least):
+            sign = ">" if above else ">="
+            raise PydanticCustomError(
+                "arch", f"must be {sign} {least} (got {value})", {"field": name}
+            )
+        if value > most:
+            raise PydanticCustomError(
+                "arch", f"must be <= {most:,} (got {value:,})", {"field": name}
+            )
+
+
 class SearchSpace(_Strict):
     """A validated search space (see the module docstring)."""
 
-    name: str
+    name: Annotated[str, AfterValidator(_safe_name)]
     base: str | dict[str, Any]
     objective: str = DEFAULT_OBJECTIVE  # the moving pixels, not the static background
     mode: Literal["max", "min"] | None = None
@@ -189,8 +224,11 @@ class SearchSpace(_Strict):
                 f"{', '.join(sorted(OBJECTIVES))}",
                 {"field": "objective"},
             )
-        if self.epochs < 1:
-            raise PydanticCustomError("arch", "must be >= 1", {"field": "epochs"})
+        _check_bounds("epochs", [self.epochs], 1, MAX_EPOCHS)
+        for name, (least, most) in _BOUNDS.items():
+            _check_bounds(name, _values(getattr(self, name)), least, most, above=name == "lr")
+        sizes = [size for hidden in self.linear or [] for size in hidden]
+        _check_bounds("linear", sizes, 1, INT_MAX)
         if self.latent_kind is None and self.latent_dim and self.latent_channels:
             raise PydanticCustomError(
                 "arch",

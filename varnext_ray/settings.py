@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +26,32 @@ if TYPE_CHECKING:
 MAX_STEPS = 10_000_000
 MAX_EPOCHS = 100_000
 MAX_ROLLOUT_STEPS = 64
+MAX_BATCH_SIZE = 65_536  # frames per worker per step
+MAX_NAME = 100  # characters in a run or space name (a directory under --storage)
+_NAME = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def name_problem(name: object) -> str | None:
+    """Why ``name`` cannot name a directory under ``--storage``, or None when it can: one path
+    component of letters, digits, ``.``, ``_`` and ``-`` (not ``.`` or ``..``), at most
+    :data:`MAX_NAME` characters."""
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or name in (".", ".."):
+        return (
+            f"must be one path component of letters, digits, '.', '_' and '-' (not '.' or '..'; "
+            f"got {str(name)[:60]!r})"
+        )
+    if len(name) > MAX_NAME:
+        return f"must be at most {MAX_NAME} characters (got {len(name)})"
+    return None
+
+
+def check_name(name: str, where: str) -> None:
+    """Raises a UserError when ``name`` cannot be a directory under ``--storage``."""
+    problem = name_problem(name)
+    if problem is not None:
+        raise UserError(
+            f"the name {problem}", where, "pass a short name such as smoke-64x36 (no '/')"
+        )
 
 
 @dataclass(frozen=True)
@@ -85,6 +112,12 @@ class TrainSettings:
                     f"--{name.replace('_', '-')}",
                     "pass a positive integer",
                 )
+        if self.batch_size > MAX_BATCH_SIZE:
+            raise UserError(
+                f"batch_size must be at most {MAX_BATCH_SIZE:,} (got {self.batch_size})",
+                "--batch-size",
+                f"pass a batch per worker of at most {MAX_BATCH_SIZE:,}, e.g. 32",
+            )
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise UserError(
                 f"steps must be from 1 to {MAX_STEPS:,} (got {self.steps})",

@@ -14,6 +14,8 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import time
@@ -24,9 +26,9 @@ from typing import Any
 from varnext_ray import console, mlflow_extras, tracking
 from varnext_ray.arch import ArchConfig
 from varnext_ray.cluster import Resources, check_resources, cluster_cpus
-from varnext_ray.dataset import load_manifest, triplet_index
+from varnext_ray.dataset import FRAME_CHANNELS, load_manifest, triplet_index
 from varnext_ray.errors import UserError, failure_summary
-from varnext_ray.settings import TrainSettings
+from varnext_ray.settings import TrainSettings, check_name
 from varnext_ray.train_data import (
     DataKey,
     RunData,
@@ -84,9 +86,16 @@ def check_dataset(
 
 
 def check_frame_size(size: tuple[int, int], input_shape: tuple[int, ...], data: Path) -> None:
-    """The dataset's frames (W, H) must be the architecture's input (C, H, W)."""
+    """The dataset's frames (W, H), RGB, must be the architecture's input (C, H, W)."""
     width, height = size
-    _, want_h, want_w = input_shape
+    want_c, want_h, want_w = input_shape
+    if want_c != FRAME_CHANNELS:
+        raise UserError(
+            f"the dataset's frames have {FRAME_CHANNELS} channels (RGB) but the architecture "
+            f"reads {want_c} (input.channels)",
+            str(data),
+            f"set input.channels to {FRAME_CHANNELS} in the architecture",
+        )
     if (width, height) != (want_w, want_h):
         raise UserError(
             f"the dataset's frames are {width}x{height} but the architecture reads "
@@ -95,6 +104,69 @@ def check_frame_size(size: tuple[int, int], input_shape: tuple[int, ...], data: 
             f"re-ingest with --size {want_w}x{want_h}, or use an architecture whose input is "
             f"{{'width': {width}, 'height': {height}}}",
         )
+
+
+ARCH_FILE = "varnext_arch.json"  # beside the run's Ray state: the digest of its architecture
+
+
+def arch_digest(arch: ArchConfig) -> str:
+    """sha256 of the normalised architecture (``to_dict()``, keys sorted), not of its file."""
+    return hashlib.sha256(json.dumps(arch.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+def run_dir(storage: Path | str, name: str) -> str:
+    """``<storage>/<name>``: where Ray Train keeps the run (a local storage resolved)."""
+    storage = Path(storage).resolve() if "://" not in str(storage) else storage
+    return f"{storage}/{name}"
+
+
+def check_same_arch(storage: Path | str, name: str, arch: ArchConfig) -> None:
+    """Refuses to resume a run trained with another architecture (before Ray and MLflow).
+
+    The run's :data:`ARCH_FILE` holds its digest; a run from before it existed is compared by
+    its checkpoints' ``arch.json``. A new run (no such directory) passes.
+    """
+    directory = run_dir(storage, name)
+    record = tracking.read_json_record(directory, ARCH_FILE)
+    if record is not None:
+        same = record.get("sha256") == arch_digest(arch)
+    else:
+        same = all(stored == arch.to_dict() for stored in _checkpoint_archs(directory))
+    if not same:
+        raise UserError(
+            f"a run named {name!r} in {directory.rsplit('/', 1)[0]} holds another architecture",
+            "--name",
+            "pass another --name, or the config it was trained with to continue it",
+        )
+
+
+_NO_BOUNDS = {"max_params": math.inf, "max_activation_bytes": math.inf}  # compare, not judge
+
+
+def _checkpoint_archs(directory: str) -> list[dict[str, Any]]:
+    """The normalised architectures of the checkpoints in a run directory (unreadable ones are
+    skipped: resuming reports them)."""
+    import pyarrow.fs
+
+    from varnext_ray.arch import parse_arch
+
+    fs, path = tracking.storage_path(directory)
+    try:
+        entries = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return []
+    archs = []
+    for entry in entries:
+        if entry.type != pyarrow.fs.FileType.Directory:
+            continue
+        try:
+            where = f"{directory}/{entry.base_name}"  # keeps a storage URI's scheme
+            stored = tracking.read_json_record(where, "arch.json")
+            if stored is not None:
+                archs.append(parse_arch(stored, where, **_NO_BOUNDS).to_dict())
+        except (UserError, OSError):
+            continue
+    return archs
 
 
 def build_trainer(
@@ -207,12 +279,14 @@ def train(
     import ray.train
 
     started = time.perf_counter()
+    check_name(name, "--name")
     settings.check()
     check_dataset(data, settings, resources.workers, arch)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
     storage = Path(storage).resolve() if "://" not in str(storage) else storage
     check_resources(resources, resources.cpus(cluster_cpus()))
+    check_same_arch(storage, name, arch)
     params = tracking.flatten(
         {
             "arch": arch.to_dict(),
@@ -225,6 +299,7 @@ def train(
     run_id = tracking.run_for_directory(
         uri, experiment, f"{storage}/{name}", name, params, tags={"varnext.kind": "train"}
     )
+    tracking.write_record(f"{storage}/{name}", {"sha256": arch_digest(arch)}, ARCH_FILE)
     tracking.log_dict(uri, run_id, arch.to_dict(), "arch/arch.json")
     mlflow_extras.log_dataset_inputs(uri, run_id, data)
     trainer = build_trainer(

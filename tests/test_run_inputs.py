@@ -1,0 +1,224 @@
+"""Inputs of ``varnext train`` and ``varnext sweep`` refused before Ray: run and space names,
+the sweep's training flags, search-space values, input channels, Parquet columns, and a run
+resumed with another architecture.
+
+Ray cases pass ``--address 127.0.0.1:1`` (a closed port): reaching the Ray connect step would
+fail with "no Ray cluster answers there", not with the message asserted. The one test that
+trains (a real finished run to resume) runs last, on the session's local Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import REPO
+from varnext_ray.arch import load_arch
+from varnext_ray.cli import main
+from varnext_ray.errors import UserError
+from varnext_ray.train import ARCH_FILE, check_same_arch
+
+SMOKE = REPO / "configs" / "smoke_64x36.json"
+CLOSED = ["--address", "127.0.0.1:1"]
+
+
+def _refused(argv: list[str], capsys: pytest.CaptureFixture[str], expect: str) -> str:
+    """Runs the CLI; asserts exit 2 and one ``error:`` line holding ``expect``."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert expect in lines[0], lines[0]
+    assert "no Ray cluster answers there" not in lines[0]
+    return lines[0]
+
+
+def _train_argv(data: Path, tmp: Path, *extra: str, config: Path = SMOKE) -> list[str]:
+    return [
+        "train",
+        *("--config", str(config), "--data", str(data)),
+        *("--storage", str(tmp / "storage" / "inner")),
+        *("--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"),
+        *("--workers", "1", "--epochs", "1", "--steps", "2", "--batch-size", "4"),
+        *("--val-triplets", "4"),
+        *extra,
+    ]
+
+
+def _sweep_argv(space: Path, data: Path, tmp: Path, *extra: str) -> list[str]:
+    return [
+        "sweep",
+        *("--space", str(space), "--data", str(data)),
+        *("--storage", str(tmp / "storage" / "inner")),
+        *("--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}"),
+        *("--workers-per-trial", "1", "--samples", "1"),
+        *CLOSED,
+        *extra,
+    ]
+
+
+def _space(tmp: Path, **fields: object) -> Path:
+    data = {"name": "t", "base": str(SMOKE), "latent_channels": [4, 8]} | fields
+    path = tmp / "space.json"
+    path.write_text(json.dumps(data).replace('"1e999"', "1e999"))  # a literal, read as inf
+    return path
+
+
+@pytest.mark.parametrize("name", ["../../escaped", "", "/etc", "..", "a/b", "x" * 101])
+def test_a_run_name_must_be_one_directory_under_storage(
+    name: str, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _refused(_train_argv(dataset_dir, tmp_path, "--name", name, *CLOSED), capsys, "--name")
+    assert not (tmp_path / "storage").exists() and not (tmp_path / "escaped").exists()
+
+
+@pytest.mark.parametrize("name", ["../../../tmp/hostile/spescape", "", "/etc", "."])
+def test_a_space_name_must_be_one_directory_under_storage(
+    name: str, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refused(_sweep_argv(_space(tmp_path, name=name), dataset_dir, tmp_path), capsys, "")
+    assert "name: must be one path component" in line
+
+
+def test_an_experiment_with_a_slash_cannot_name_the_sweep_directory(
+    dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _sweep_argv(_space(tmp_path), dataset_dir, tmp_path, "--experiment", "../../up")
+    _refused(argv, capsys, "--experiment")
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "expect"),
+    [
+        ("--batch-size", "0", "batch_size must be >= 1"),
+        ("--batch-size", "100000000", "batch_size must be at most"),
+        ("--val-triplets", "0", "val_triplets must be >= 1"),
+        ("--steps", "-3", "steps must be from 1"),
+        ("--rollout-steps", "-1", "rollout steps must be >= 0"),
+        ("--epochs", "1000000000000", "epochs must be at most"),
+        ("--epochs", "0", "epochs must be >= 1"),
+    ],
+)
+def test_sweep_training_flags_are_checked_before_ray(
+    flag: str,
+    value: str,
+    expect: str,
+    dataset_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = _sweep_argv(_space(tmp_path), dataset_dir, tmp_path, flag, value)
+    _refused(argv, capsys, expect)
+
+
+@pytest.mark.parametrize(
+    ("fields", "expect"),
+    [
+        ({"lr": [0.0]}, "lr: must be > 0"),
+        ({"lr": [-1.0]}, "lr: must be > 0"),
+        ({"lr": {"low": 0.001, "high": "1e999"}}, "lr: must be finite"),
+        ({"batch_size": [0]}, "batch_size: must be >= 1"),
+        ({"batch_size": [-4]}, "batch_size: must be >= 1"),
+        ({"batch_size": [10**12]}, "batch_size: must be <="),
+        ({"latent_channels": [0]}, "latent_channels: must be >= 1"),
+        ({"latent_channels": {"low": -2, "high": 4}}, "latent_channels: must be >= 1"),
+        ({"latent_dim": [0], "latent_kind": ["flat"]}, "latent_dim: must be >= 1"),
+        ({"beta": [-0.5]}, "beta: must be >= 0"),
+        ({"beta": {"low": 0.0, "high": "1e999"}}, "beta: must be finite"),
+        ({"linearity_weight": [-1.0]}, "linearity_weight: must be >= 0"),
+        ({"linear": [[-5]]}, "linear: must be >= 1"),
+        ({"epochs": 10**12}, "epochs: must be <="),
+        ({"encoder": {"channels": [2**40]}}, "encoder.channels: must be <="),
+    ],
+)
+def test_search_space_values_are_bounded_like_their_fields(
+    fields: dict,
+    expect: str,
+    dataset_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _refused(_sweep_argv(_space(tmp_path, **fields), dataset_dir, tmp_path), capsys, expect)
+
+
+def test_an_architecture_reading_one_channel_is_refused_on_rgb_frames(
+    dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = json.loads(SMOKE.read_text())
+    config["input"]["channels"] = 1
+    path = tmp_path / "gray.json"
+    path.write_text(json.dumps(config))
+    line = _refused(_train_argv(dataset_dir, tmp_path, *CLOSED, config=path), capsys, "channels")
+    assert "reads 1" in line and "input.channels" in line
+
+
+@pytest.fixture
+def wrong_columns(dataset_dir: Path, tmp_path: Path) -> Path:
+    """A copy of the dataset whose Parquet files keep their row counts but hold only ``foo``."""
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset_dir, copy)
+    for file in copy.rglob("*.parquet"):
+        rows = pq.read_metadata(file).num_rows
+        pq.write_table(pa.table({"foo": list(range(rows))}), file)
+    return copy
+
+
+def test_parquet_files_without_the_columns_are_refused(
+    wrong_columns: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = _refused(_train_argv(wrong_columns, tmp_path, *CLOSED), capsys, "no column 'clip_id'")
+    assert ".parquet" in line
+    _refused(["data", "info", str(wrong_columns)], capsys, "no column 'clip_id'")
+
+
+def test_a_mistyped_column_is_named(
+    dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset_dir, copy)
+    file = next(copy.rglob("*.parquet"))
+    table = pq.read_table(file)
+    index = table.schema.get_field_index("frame_index")
+    table = table.set_column(index, "frame_index", table.column(index).cast(pa.string()))
+    pq.write_table(table, file)
+    _refused(_train_argv(copy, tmp_path, *CLOSED), capsys, "column 'frame_index' is string")
+
+
+def _other_arch(tmp: Path) -> Path:
+    """The smoke architecture with other latent channels, under the same file stem."""
+    config = json.loads(SMOKE.read_text())
+    config["latent"]["channels"] = config["latent"]["channels"] * 2
+    path = tmp / "edited" / SMOKE.name
+    path.parent.mkdir()
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_a_run_of_another_architecture_is_not_resumed(
+    ray_local, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(_train_argv(dataset_dir, tmp_path)) == 0  # a finished run, smoke_64x36-ds
+    capsys.readouterr()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (run,) = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("varnext").experiment_id]
+    )
+    storage = tmp_path / "storage" / "inner"
+    edited = _other_arch(tmp_path)
+    argv = _train_argv(dataset_dir, tmp_path, *CLOSED, config=edited)
+    line = _refused(argv, capsys, "holds another architecture")
+    assert "pass another --name, or the config it was trained with" in line
+    assert mlflow.MlflowClient(uri).get_run(run.info.run_id).info.status == "FINISHED"
+    # A run from before the digest file: its checkpoints' arch.json decide.
+    (storage / "smoke_64x36-ds" / ARCH_FILE).unlink()
+    with pytest.raises(UserError, match="holds another architecture"):
+        check_same_arch(storage, "smoke_64x36-ds", load_arch(edited))
+    check_same_arch(storage, "smoke_64x36-ds", load_arch(SMOKE))  # the same one resumes
