@@ -160,3 +160,34 @@ def test_demo_wrong_address_writes_nothing(tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("error:"), proc.stderr
     assert "no Ray cluster answers there" in lines[0], proc.stderr
     assert _listing(tmp_path) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_ingest_keeps_nothing(tmp_path: Path, signum: int) -> None:
+    from varnext_ray.synth import write_synthetic
+
+    write_synthetic(tmp_path / "src", clips=2, frames=800, size=(320, 180), seed=0)
+    argv = ["ingest", "src", "--out", "out", "--size", "160x90"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "varnext_ray.cli", *argv],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(".out.partial-*/*")):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no staged file appeared within 60 s"
+            time.sleep(0.05)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == (130 if signum == signal.SIGINT else 143), err
+    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
+    assert "nothing half-written was kept" in err
+    assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no out/, no staging folder

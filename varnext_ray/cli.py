@@ -18,7 +18,7 @@ from varnext_ray.cli_args import Parser, subcommand
 from varnext_ray.cli_jobs import JOB_COMMANDS
 from varnext_ray.dataset import ENCODINGS, load_manifest
 from varnext_ray.dataset import info as dataset_info
-from varnext_ray.errors import UserError, escape
+from varnext_ray.errors import Terminated, UserError, escape, sigterm_raises
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.sources import parse_size
 from varnext_ray.synth import FORMATS, write_synthetic
@@ -89,22 +89,15 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_synth(args: argparse.Namespace) -> int:
-    from varnext_ray.synth import Terminated, sigterm_raises
-
-    try:
-        with sigterm_raises():
-            manifest = write_synthetic(
-                args.out_dir,
-                clips=args.clips,
-                frames=args.frames,
-                size=parse_size(args.size),
-                seed=args.seed,
-                fmt=args.format,
-                bump_probability=args.bump_probability,
-            )
-    except Terminated:
-        sys.stderr.write("error: terminated (SIGTERM): nothing half-written was kept\n")
-        return 143
+    manifest = write_synthetic(
+        args.out_dir,
+        clips=args.clips,
+        frames=args.frames,
+        size=parse_size(args.size),
+        seed=args.seed,
+        fmt=args.format,
+        bump_probability=args.bump_probability,
+    )
     bumps = sum(len(c["bumps"]) for c in manifest["clips"])
     print(
         f"wrote {len(manifest['clips'])} clips x {args.frames} frames ({args.size}, "
@@ -302,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.addLevelName(logging.WARNING, "warning")
     logging.addLevelName(logging.INFO, "info")
     try:
-        return int(args.run(args) or 0)
+        with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: staged outputs are removed
+            return int(args.run(args) or 0)
     except UserError as err:
         sys.stderr.write(f"error: {err}\n")
         return 2
@@ -312,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("error: interrupted (keyboard): nothing half-written was kept\n")
         return 130
+    except Terminated:
+        sys.stderr.write("error: terminated (SIGTERM): nothing half-written was kept\n")
+        return 143
     except Exception as err:  # a bug, not the user's mistake: one line, the story in a file
         sys.stderr.write(unexpected_error_line(err, save_traceback(err)) + "\n")
         return 1

@@ -6,7 +6,12 @@ dataset) is raised as a :class:`UserError`; the CLI prints it as one line and ex
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 import unicodedata
+from collections.abc import Iterator
+from types import FrameType
 
 # Control characters (newline, escape, ...), format characters (bidi overrides), line and
 # paragraph separators and lone surrogates (undecodable file names): printed escaped.
@@ -79,3 +84,28 @@ def failure_summary(error: BaseException, limit: int = 500) -> str:
         if "Error:" in line or "Error(" in line:
             return line[:limit]
     return (lines or [type(error).__name__])[-1][:limit]
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived while :func:`sigterm_raises` was active (a BaseException, like Ctrl-C)."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Inside, SIGTERM raises :class:`Terminated`, so what a command stages (``synth``'s and
+    ``ingest``'s hidden ``.OUT.partial-*`` folders) is removed on the way out as on Ctrl-C.
+
+    Only in the main thread (the only one that may set signal handlers); a no-op elsewhere.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -20,14 +20,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import math
-import signal
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -333,28 +329,3 @@ def _check_synth_args(
             "--clips/--frames/--size",
             "pass fewer --clips or --frames, or a smaller --size",
         )
-
-
-class Terminated(BaseException):
-    """SIGTERM arrived while :func:`sigterm_raises` was active (a BaseException, like Ctrl-C)."""
-
-
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise Terminated
-
-
-@contextlib.contextmanager
-def sigterm_raises() -> Iterator[None]:
-    """Inside, SIGTERM raises :class:`Terminated`, so the staging folder is removed on the way
-    out as on Ctrl-C (without it, a killed run leaves its hidden ``.OUT.partial-*`` folder).
-
-    Only in the main thread (the only one that may set signal handlers); a no-op elsewhere.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
