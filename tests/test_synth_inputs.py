@@ -105,9 +105,9 @@ def test_small_synth_still_works(tmp_path: Path, capsys: pytest.CaptureFixture) 
     assert _listing(tmp_path) == ["empty", "empty/clip_000.mp4", "empty/synth.json"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_synth_keeps_nothing(tmp_path: Path, signum: int) -> None:
-    argv = ["synth", "out", "--clips", "2", "--frames", "2000", "--size", "320x180"]
+def _interrupt(tmp_path: Path, argv: list[str], staged: str, signum: int) -> None:
+    """Runs the CLI in a process of its own, sends ``signum`` once ``staged`` (a glob under
+    ``tmp_path``) exists, and checks the exit: 130 or 143, one ``error:`` line."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "varnext_ray.cli", *argv],
         cwd=tmp_path,
@@ -117,9 +117,9 @@ def test_interrupted_synth_keeps_nothing(tmp_path: Path, signum: int) -> None:
     )
     try:
         deadline = time.monotonic() + 60
-        while not list(tmp_path.glob(".out.partial-*/clip_000.mp4")):
+        while not list(tmp_path.glob(staged)):
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no clip file appeared within 60 s"
+            assert time.monotonic() < deadline, f"nothing matched {staged} within 60 s"
             time.sleep(0.05)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
@@ -130,6 +130,12 @@ def test_interrupted_synth_keeps_nothing(tmp_path: Path, signum: int) -> None:
     assert proc.returncode == (130 if signum == signal.SIGINT else 143), err
     assert len(err.splitlines()) == 1 and err.startswith("error: "), err
     assert "nothing half-written was kept" in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_synth_keeps_nothing(tmp_path: Path, signum: int) -> None:
+    argv = ["synth", "out", "--clips", "2", "--frames", "2000", "--size", "320x180"]
+    _interrupt(tmp_path, argv, ".out.partial-*/clip_000.mp4", signum)
     assert _listing(tmp_path) == []  # neither out/ nor its hidden staging folder
 
 
@@ -168,26 +174,5 @@ def test_interrupted_ingest_keeps_nothing(tmp_path: Path, signum: int) -> None:
 
     write_synthetic(tmp_path / "src", clips=2, frames=800, size=(320, 180), seed=0)
     argv = ["ingest", "src", "--out", "out", "--size", "160x90"]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "varnext_ray.cli", *argv],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while not list(tmp_path.glob(".out.partial-*/*")):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "no staged file appeared within 60 s"
-            time.sleep(0.05)
-        proc.send_signal(signum)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == (130 if signum == signal.SIGINT else 143), err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    assert "nothing half-written was kept" in err
+    _interrupt(tmp_path, argv, ".out.partial-*/*", signum)
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no out/, no staging folder
