@@ -131,3 +131,27 @@ def test_a_damaged_run_record_is_a_user_error(tmp_path: Path, text: str) -> None
         tracking.read_record(tmp_path)
     tracking.write_record(tmp_path, {"run_id": "0123abcd", "tracking_uri": "sqlite:////x.db"})
     assert tracking.read_record(tmp_path) == "0123abcd"
+
+
+def test_a_sqlite_stores_artifacts_live_beside_its_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not in ``./mlruns`` of whichever folder the first command ran in (MLflow's default),
+    where two stores' experiment 1 would share one folder."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    runs = {}
+    for store in ("a", "b"):
+        uri = f"sqlite:///{tmp_path / store / 'mlflow.db'}"
+        (tmp_path / store).mkdir()
+        runs[store] = tracking.start_run(uri, "sweep-1", run_name="r")
+        note = tmp_path / f"{store}.txt"
+        note.write_text(store)
+        tracking.log_artifact(uri, runs[store], note, "notes")
+        found = tmp_path / store / tracking.ARTIFACTS_DIR / "sweep-1" / runs[store]
+        assert (found / "artifacts" / "notes" / f"{store}.txt").read_text() == store
+        strange = tracking.experiment_id(uri, "a/b ../c")
+        location = tracking.client(uri).get_experiment(strange).artifact_location
+        assert Path(location).parent == tmp_path / store / tracking.ARTIFACTS_DIR
+    assert list(elsewhere.iterdir()) == []

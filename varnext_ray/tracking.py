@@ -6,6 +6,9 @@ process, a Tune trial driver and a Train worker (rank 0 only, by convention of t
 Tracking URI: ``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else
 ``sqlite:///<absolute path>/mlflow.db`` in the working directory (absolute, because a Ray job's
 working directory is a temporary folder).
+
+Artifacts of a SQLite store's experiments live beside its database, in ``mlartifacts/<name>``
+(see :func:`artifact_location`); a server's experiments where the server keeps them.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import json
 import logging
 import math
 import os
+import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +30,7 @@ from varnext_ray.tracking_uri import NO_STORE_FIX, check_reachable
 log = logging.getLogger(__name__)
 
 RECORD_LIMIT = 64 * 1024  # a run record holds two short strings
+ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store: its experiments' artifacts
 RUN_FILE = "varnext_run.json"  # in a run's Ray storage directory: the MLflow run to continue
 
 
@@ -104,6 +110,22 @@ def existing_experiment(store: Any, name: str, uri: str) -> Any:
     )
 
 
+def artifact_location(uri: str, name: str) -> str | None:
+    """Where a new experiment of ``uri`` keeps its artifacts: for a SQLite store, a folder
+    beside the database named after the experiment (a random name if the experiment's is no
+    plain folder name); None (the store's own default) for a server or another database.
+
+    MLflow's default for a SQLite store is ``./mlruns`` of whichever process creates the
+    experiment: a workdir's store would keep its checkpoints elsewhere, and two stores made
+    from the same folder would share one (their experiment ids both start at 1).
+    """
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    plain = re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", name)
+    return str(database.parent / ARTIFACTS_DIR / (name if plain else uuid.uuid4().hex))
+
+
 def experiment_id(uri: str, name: str) -> str:
     """The id of experiment ``name``, created if it does not exist; tagged
     ``mlflow.experimentKind = custom_model_development`` unless it has a kind already."""
@@ -116,7 +138,11 @@ def experiment_id(uri: str, name: str) -> str:
             c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
     try:
-        return c.create_experiment(name, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        return c.create_experiment(
+            name,
+            artifact_location=artifact_location(uri, name),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     except Exception:  # created concurrently by another trial
         return c.get_experiment_by_name(name).experiment_id
 
