@@ -316,6 +316,14 @@ def _corrupt_frames(tmp: Path, inputs: dict) -> str:
     return str(tmp / "frames")
 
 
+def _thumbnails(tmp: Path, inputs: dict) -> str:
+    """A folder of 1x1 frames: they decode, and are far too small for any --size."""
+    (tmp / "thumbs").mkdir()
+    for i in range(3):
+        Image.new("RGB", (1, 1), (i, 20, 30)).save(tmp / "thumbs" / f"f_{i}.png")
+    return str(tmp / "thumbs")
+
+
 def _self_loop(tmp: Path, inputs: dict) -> str:
     (tmp / "loop").mkdir()
     (tmp / "loop" / "again").symlink_to(tmp / "loop")
@@ -649,6 +657,18 @@ IMAGES_AND_OPTIONS: dict[str, Raw] = {
     ),
     "image-text-named-jpg": (INGEST, "cannot read as an image", file("notes.jpg", "hello\n")),
     "image-folder-of-corrupt-frames": (INGEST, "no decodable frame", _corrupt_frames),
+    "image-folder-of-1x1-frames": (INGEST, "no usable frame in any source (640x360 would enlarge", _thumbnails),
+    "every-keeps-under-a-triplet": (
+        INGEST_VIDEO + " --every 100000000000000000000",
+        "no clip keeps 3 frames (the longest keeps 1 with --every",
+        None,
+    ),
+    "max-params-env-negative": (
+        ARCH_CHECK,
+        "VARNEXT_MAX_PARAMS must be a positive number or 'inf' (got '-1')",
+        arch(lambda data: None),
+        {"VARNEXT_MAX_PARAMS": "-1"},
+    ),
     "crop-keeps-no-pixels": (
         "ingest {f} --out {out} --size 8x128",
         "keeps no pixels",

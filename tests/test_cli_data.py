@@ -85,6 +85,27 @@ def test_skipped_inputs_are_counted(tmp_path: Path, capsys, caplog) -> None:
     assert info["skipped"] == 1 and info["frames"] == 7 and info["clips"] == 2  # cut at the gap
 
 
+def test_a_held_out_share_no_frame_went_to_is_said(tmp_path: Path, capsys, caplog) -> None:
+    """Eight frames cannot hold train, val and test blocks with 16 guard frames between them:
+    every frame trains, and ingest says so instead of leaving it to ``train`` to find."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(8):
+        Image.new("RGB", (32, 18), (i * 20, 0, 0)).save(frames / f"frame_{i:03d}.png")
+    argv = ["ingest", str(frames), "--out", str(tmp_path / "ds"), "--size", "32x18"]
+    code, _, _ = _run([*argv, "--guard", "16"], capsys)
+    assert code == 0
+    assert "no frame went to val (--val 0.1)" in caplog.text
+    assert "no frame went to test (--test 0.1)" in caplog.text
+    info = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert info["splits"] == {"train": 8, "val": 0, "test": 0}
+    caplog.clear()
+    code, _, _ = _run(
+        [*argv[:3], str(tmp_path / "ds2"), *argv[4:], "--val", "0", "--test", "0"], capsys
+    )
+    assert code == 0 and "no frame went to" not in caplog.text  # none was asked for
+
+
 CLIP = str(REAL_CLIP)
 BAD_INPUTS = {  # case: (argv, with {t} for the test's folder; the message it must produce)
     "missing path": (["ingest", "{t}/nope.mp4"], "no such file or directory"),

@@ -262,11 +262,16 @@ def _limit(value: float | None, env: str, default: int) -> float:
     if not text:
         return default
     try:
-        return float(int(float(text))) if text.lower() not in ("inf", "infinity") else math.inf
-    except (ValueError, OverflowError):
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not value > 0:  # NaN, zero and negative limits would refuse every architecture
         raise UserError(
-            f"{env} must be a number (got {text[:40]!r})", env, f"unset it or set e.g. {default}"
-        ) from None
+            f"{env} must be a positive number or 'inf' (got {text[:40]!r})",
+            env,
+            f"unset it or set e.g. {default}",
+        )
+    return value if math.isinf(value) else float(int(value))
 
 
 def check_bounds(

@@ -43,6 +43,7 @@ from varnext_ray.splits import SplitShares, plan_splits
 
 log = logging.getLogger(__name__)
 
+TRIPLET_FRAMES = 3  # frames t, t+s, t+2s: the least a clip must keep to be of use
 ROW_GROUP = 32  # frames per Parquet row group (raw 640x360: ~22 MB before compression)
 FILE_FRAMES = 1024  # frames per Parquet file
 MAX_UPSCALE = 16  # --size may enlarge the frames' centre crop at most this many times a side
@@ -186,13 +187,15 @@ class _ClipWriter:
 
 def stage_source(
     source: Source, index: int, opts: IngestOptions, staging: Path, skipped: Skipped
-) -> tuple[list[StagedClip], dict]:
-    """Decodes one source into staged clips; returns them and the source's manifest record."""
+) -> tuple[list[StagedClip], dict, str | None]:
+    """Decodes one source into staged clips; returns them, the source's manifest record and
+    why the first frame that decoded but did not fit ``--size`` was left out (None if none)."""
     detector = CutDetector(opts.cut_threshold, opts.cut_ratio)
     clips: list[StagedClip] = []
     writer: _ClipWriter | None = None
     decoded = used = 0
     cuts: list[int] = []
+    unfit: str | None = None
     stem = source.path.stem if source.kind == "video" else source.path.name
     for item in decode_source(source, skipped):
         if item is GAP:  # frames were lost: what follows is not the same clip
@@ -212,6 +215,7 @@ def stage_source(
                 raise  # a video's frames all share the size: --size is wrong for it
             # One odd frame among a folder's (a thumbnail, a banner): skip it, cut the clip.
             skipped.add(source.files[number], err.what)
+            unfit = unfit or err.what
             detector.reset()
             if writer is not None:
                 writer.close()
@@ -241,7 +245,7 @@ def stage_source(
         "clips": len(clips),
         "cuts": cuts,
     }
-    return clips, record
+    return clips, record, unfit
 
 
 def _slug(text: str) -> str:
@@ -341,26 +345,39 @@ def _ingest_into(
     skipped = Skipped()
     staged: list[StagedClip] = []
     records = []
+    unusable: list[str] = []  # why sources whose frames decoded kept none
     for index, source in enumerate(found):
-        clips, record = stage_source(source, index, opts, staging, skipped)
+        clips, record, unfit = stage_source(source, index, opts, staging, skipped)
         if not clips:
+            # Frames that decoded but fit no --size (a folder's 1x1 thumbnails) say why.
+            what = f"no usable frame ({unfit})" if unfit else "no decodable frame"
+            if unfit:
+                unusable.append(what)
             if source.named:
-                raise UserError(
-                    "no decodable frame",
-                    str(source.path),
-                    "check that the file plays or that the folder holds images",
-                )
-            skipped.add(source.path, "no decodable frame")
+                raise UserError(what, str(source.path), _no_frame_hint(bool(unfit)))
+            skipped.add(source.path, what)
         staged.extend(clips)
         records.append(record)
     if not staged:
         raise UserError(
-            "no decodable frame in any source",
+            unusable[0].replace("frame", "frame in any source", 1)
+            if unusable
+            else "no decodable frame in any source",
             ", ".join(str(s.path) for s in found),
-            "pass videos or folders of PNG/JPEG frames",
+            _no_frame_hint(bool(unusable)),
+        )
+    longest = max(len(c.source_frames) for c in staged)
+    if longest < TRIPLET_FRAMES:
+        raise UserError(
+            f"no clip keeps {TRIPLET_FRAMES} frames (the longest keeps {longest}"
+            + (f" with --every {opts.every}" if opts.every > 1 else "")
+            + "): a dataset needs three frames in a row to train or evaluate on",
+            ", ".join(str(s.path) for s in found),
+            "pass longer footage" + (" or a smaller --every" if opts.every > 1 else ""),
         )
     shares = SplitShares(val=opts.val, test=opts.test, guard=opts.guard, seed=opts.seed)
     plan = plan_splits([len(c.source_frames) for c in staged], shares)
+    _warn_empty_splits(plan, shares)
     clips = [
         rec
         for clip, pieces in zip(staged, plan, strict=True)
@@ -377,6 +394,29 @@ def _ingest_into(
             f"a value in the manifest is not finite ({err})", "dataset.json", "report this bug"
         ) from None
     return manifest
+
+
+def _no_frame_hint(decoded: bool) -> str:
+    if decoded:
+        return "pass a --size near the frames' own, or remove the frames named"
+    return "pass videos that play or folders of PNG/JPEG frames"
+
+
+def _warn_empty_splits(plan: list[list[tuple[str, int, int]]], shares: SplitShares) -> None:
+    """A requested val or test share that no frame went to (clips too short for their blocks
+    and the guard between them) is said, not left for ``train`` to find."""
+    got = {split for pieces in plan for split, _, _ in pieces}
+    for split, share in (("val", shares.val), ("test", shares.test)):
+        if share > 0 and split not in got:
+            log.warning(
+                "no frame went to %s (--%s %g): every clip is too short for its time blocks "
+                "with --guard %d frames between them, so all its frames train; lower --guard "
+                "or ingest longer footage",
+                split,
+                split,
+                share,
+                shares.guard,
+            )
 
 
 def _manifest(
