@@ -657,7 +657,11 @@ IMAGES_AND_OPTIONS: dict[str, Raw] = {
     ),
     "image-text-named-jpg": (INGEST, "cannot read as an image", file("notes.jpg", "hello\n")),
     "image-folder-of-corrupt-frames": (INGEST, "no decodable frame", _corrupt_frames),
-    "image-folder-of-1x1-frames": (INGEST, "no usable frame in any source (640x360 would enlarge", _thumbnails),
+    "image-folder-of-1x1-frames": (
+        INGEST,
+        "no usable frame in any source (640x360 would enlarge",
+        _thumbnails,
+    ),
     "every-keeps-under-a-triplet": (
         INGEST_VIDEO + " --every 100000000000000000000",
         "no clip keeps 3 frames (the longest keeps 1 with --every",
