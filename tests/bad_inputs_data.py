@@ -1011,6 +1011,12 @@ BEFORE_RAY: dict[str, Raw] = {
         "--resume reads Ray Tune's pickled state",
         _open_storage,
     ),
+    # refused before Ray, the MLflow parent run and the data (it made a RUNNING parent run)
+    "preflight-sweep-resume-nothing-to-resume": (
+        SWEEP_SMOKE + " --resume",
+        "no sweep to resume",
+        None,
+    ),
 }
 
 DATA_CASES: dict[str, Raw] = (

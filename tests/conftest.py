@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,21 +65,18 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
-    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend, served artifacts); yields its URI.
-
-    Started in its own process group and stopped by that group's id, so its uvicorn workers
-    end with it.
-    """
+@contextlib.contextmanager
+def running_mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 (SQLite backend in ``root``, served artifacts);
+    yields its URI. Started in its own process group and stopped by that group's id, so its
+    uvicorn workers end with it. The same ``root`` and ``port`` serve the same store again."""
     import signal
     import subprocess
     import sys
     import time
     import urllib.request
 
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
+    port = port or _free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -95,7 +93,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
         "--artifacts-destination",
         str(root / "artifacts"),
     ]
-    log = open(root / "server.log", "w")  # noqa: SIM115 (closed below)
+    log = open(root / "server.log", "a")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     uri = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
@@ -110,14 +108,24 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
             os.killpg(proc.pid, signal.SIGKILL)
             raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()}")
         time.sleep(0.5)
-    yield uri
-    os.killpg(proc.pid, signal.SIGTERM)
     try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    log.close()
+        yield uri
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real ``mlflow server`` on 127.0.0.1 for the session (see :func:`running_mlflow_server`)."""
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow_server")) as uri:
+        yield uri
 
 
 def _wait_for_port(port: int, proc, timeout_s: float, what: str) -> None:

@@ -179,3 +179,56 @@ def test_a_nan_trial_fails_alone_and_the_sweep_goes_on(
     )
     parent = client.get_run(outcome.parent_run_id)
     assert parent.info.status == "FINISHED" and "best_extrap_psnr_motion" in parent.data.metrics
+
+
+def test_a_tracking_server_lost_mid_sweep_stops_it_in_one_line_and_resume_finishes_it(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    """The real CLI, its own local Ray, a real ``mlflow server`` stopped once the first trial's
+    run is open: the sweep ends with one ``error:`` line (exit 2, not "unexpected TuneError"
+    after 300 lines of tracebacks), and with the server back, ``--resume`` finishes every trial
+    in the same runs."""
+    import subprocess
+    import sys
+
+    from tests.conftest import _free_port, running_mlflow_server
+
+    store, port = tmp_path / "store", _free_port()
+    store.mkdir()
+    argv = [sys.executable, "-m", "varnext_ray.cli", "sweep", "--space"]
+    argv += [str(REPO / "search_spaces" / "smoke.json"), "--data", str(dataset_dir)]
+    argv += ["--samples", "2", "--epochs", "1", "--steps", "10", "--scheduler", "fifo"]
+    argv += ["--storage", str(tmp_path / "ray"), "--experiment", "lost"]
+    argv += ["--tracking-uri", f"http://127.0.0.1:{port}"]
+    # MLflow retries a refused request for minutes by default; once is enough to know.
+    env = os.environ | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+    env.pop("RAY_ADDRESS", None)  # its own Ray, which the MLflow variables reach
+    with running_mlflow_server(store, port):
+        sweep = subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        _wait(
+            "the first trial's run",
+            lambda: sweep.poll() is not None or any((tmp_path / "ray").rglob("trial-*/*run.json")),
+            time.monotonic() + 300,
+        )
+    _, err = sweep.communicate(timeout=300)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert sweep.returncode == 2, err[-3000:]
+    assert len(errors) == 1 and "the MLflow store failed as trial" in errors[0], errors
+    assert "--resume" in errors[0] and "unexpected" not in err
+    with running_mlflow_server(store, port) as uri:
+        resumed = subprocess.run(
+            [*argv, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+        )
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        client = mlflow.MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("lost").experiment_id])
+    kinds = {
+        kind: [r for r in runs if r.data.tags.get("varnext.kind") == kind]
+        for kind in ("sweep", "trial")
+    }
+    assert len(kinds["sweep"]) == 1 and len(kinds["trial"]) == 2, [r.info.run_name for r in runs]
+    assert all(r.info.status == "FINISHED" for r in runs), [
+        (r.info.run_name, r.info.status) for r in runs
+    ]

@@ -418,7 +418,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from varnext_ray.cluster import connect_ray
     from varnext_ray.safe_io import check_trusted_storage
     from varnext_ray.search_space import load_space
-    from varnext_ray.sweep import SweepOptions, run_sweep, sweep_path
+    from varnext_ray.sweep import SweepOptions, check_resumable, run_sweep, sweep_path
     from varnext_ray.sweep_results import summary_table
 
     space, base = load_space(args.space)
@@ -451,6 +451,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     _preflight(args, options.settings(space), parse_arch(base, str(args.space)).input.shape)
     if args.resume:  # Tune's state is unpickled: refuse storage others can write, before Ray
         check_trusted_storage(sweep_path(args.storage, args.experiment, space.name))
+        check_resumable(sweep_path(args.storage, args.experiment, space.name))
     connect_ray(args.address)
     outcome = run_sweep(
         space=space,

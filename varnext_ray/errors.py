@@ -86,6 +86,24 @@ def failure_summary(error: BaseException, limit: int = 500) -> str:
     return (lines or [type(error).__name__])[-1][:limit]
 
 
+def user_error_in(error: BaseException) -> UserError | None:
+    """The UserError that ``error`` was raised because of or while handling, if any: Tune
+    raises a callback's exception as a ``TuneError`` made while handling it (the original is
+    only its ``__context__``), and Ray's task errors keep theirs in ``cause``."""
+    stack: list[BaseException] = [error]
+    seen: set[int] = set()
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, UserError):
+            return current
+        linked = (getattr(current, "cause", None), current.__cause__, current.__context__)
+        stack.extend(e for e in linked if isinstance(e, BaseException))
+    return None
+
+
 class Terminated(BaseException):
     """SIGTERM arrived while :func:`sigterm_raises` was active (a BaseException, like Ctrl-C)."""
 

@@ -28,14 +28,14 @@ from typing import Any
 from varnext_ray import console, tracking
 from varnext_ray.arch import parse_arch
 from varnext_ray.cluster import Resources, cluster_cpus
-from varnext_ray.errors import UserError, failure_summary
+from varnext_ray.errors import UserError, failure_summary, user_error_in
 from varnext_ray.safe_io import check_trusted_storage
 from varnext_ray.search_space import DefineByRun, SearchSpace, point_to_arch
 from varnext_ray.settings import TrainSettings
 from varnext_ray.sweep_results import SweepOutcome, close_trial_runs, summarise
 from varnext_ray.train import build_trainer, check_dataset, timed_fit
 from varnext_ray.train_data import RunData, prepare_run_data
-from varnext_ray.trial_runs import TrialRuns, trial_name, trials_dir, write_outcome
+from varnext_ray.trial_runs import STORE_FIX, TrialRuns, trial_name, trials_dir, write_outcome
 
 log = logging.getLogger(__name__)
 
@@ -215,10 +215,6 @@ def _tuner(
     )
     trainable._progress_metrics = console.progress_metrics(space.objective)  # Tune's result box
     if resume:
-        if not ray.tune.Tuner.can_restore(path):
-            raise UserError(
-                "no sweep to resume", str(path), "run the same command without --resume to start it"
-            )
         return ray.tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
     return ray.tune.Tuner(
         trainable,
@@ -251,6 +247,16 @@ def _tuner(
             ],
         ),
     )
+
+
+def check_resumable(path: str) -> None:
+    """Refuses ``--resume`` of a sweep folder that holds no Tune state to restore."""
+    import ray.tune
+
+    if not ray.tune.Tuner.can_restore(path):
+        raise UserError(
+            "no sweep to resume", str(path), "run the same command without --resume to start it"
+        )
 
 
 def sweep_path(storage: Path | str, experiment: str, space_name: str) -> str:
@@ -288,6 +294,7 @@ def run_sweep(
         )
     if resume:
         check_trusted_storage(path)
+        check_resumable(path)  # before the parent run is made and the data prepared
     sweep = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "train"}
     space_params = space.model_dump(mode="json", warnings=False)
     params = tracking.flatten({"space": space_params, "sweep": sweep | asdict(settings)})
@@ -312,19 +319,27 @@ def run_sweep(
     )
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     tuner = _tuner(space, options, constants, path, resume)
-    results = tuner.fit()
-    rows = summarise(results, space, base)
-    errors = {r["trial_id"]: r["error"] for r in rows}
-    close_trial_runs(uri, experiment, parent, errors, settings.epochs)
-    best = next((r for r in rows if r["objective"] is not None), None)
-    if best is not None:
-        tracking.log_metrics(uri, parent, {f"best_{space.objective}": best["objective"]}, step=0)
-        tracking.set_tags(
-            uri,
-            parent,
-            {"best_trial_id": best["trial_id"], "best_run_id": best.get("run_id") or ""},
-        )
-    tracking.end_run(uri, parent, "FINISHED")
+    try:
+        results = tuner.fit()
+    except Exception as err:  # Tune stopped: a callback's UserError (the store failed) says why
+        found = user_error_in(err)
+        if found is None:
+            raise
+        raise found from None
+    with tracking.store_failures(uri, "as the sweep ended", STORE_FIX):
+        rows = summarise(results, space, base)
+        errors = {r["trial_id"]: r["error"] for r in rows}
+        close_trial_runs(uri, experiment, parent, errors, settings.epochs)
+        best = next((r for r in rows if r["objective"] is not None), None)
+        if best is not None:
+            objective = {f"best_{space.objective}": best["objective"]}
+            tracking.log_metrics(uri, parent, objective, step=0)
+            tracking.set_tags(
+                uri,
+                parent,
+                {"best_trial_id": best["trial_id"], "best_run_id": best.get("run_id") or ""},
+            )
+        tracking.end_run(uri, parent, "FINISHED")
     return SweepOutcome(parent_run_id=parent, path=path, rows=rows, best=best)
 
 

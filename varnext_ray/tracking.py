@@ -13,6 +13,7 @@ Artifacts of a SQLite store's experiments live beside its database, in ``mlartif
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from varnext_ray.errors import UserError
+from varnext_ray.errors import UserError, failure_summary
 from varnext_ray.tracking_uri import NO_STORE_FIX, check_reachable
 
 log = logging.getLogger(__name__)
@@ -108,6 +109,30 @@ def existing_experiment(store: Any, name: str, uri: str) -> Any:
         uri,
         f"pass --experiment with one of: {', '.join(names) or '(none: nothing was logged yet)'}",
     )
+
+
+def is_store_error(err: BaseException) -> bool:
+    """Whether ``err`` is the tracking store failing: an MLflow error (a server that stopped
+    answering, after MLflow's own retries), or its HTTP or database layer's."""
+    from mlflow.exceptions import MlflowException
+    from requests import RequestException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    return isinstance(err, (MlflowException, RequestException, SQLAlchemyError))
+
+
+@contextlib.contextmanager
+def store_failures(uri: str, during: str, fix: str) -> Iterator[None]:
+    """Inside, the store failing (:func:`is_store_error`) is a one-line UserError naming
+    ``during`` what, the store, and ``fix``; any other exception passes unchanged."""
+    try:
+        yield
+    except Exception as err:
+        if isinstance(err, UserError) or not is_store_error(err):
+            raise
+        raise UserError(
+            f"the MLflow store failed {during} ({failure_summary(err, 300)})", uri, fix
+        ) from err
 
 
 def artifact_location(uri: str, name: str) -> str | None:

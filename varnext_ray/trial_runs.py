@@ -13,6 +13,9 @@ where its time went outside its epochs, or failed, with the reason. ``on_trial_c
 ``on_trial_error`` log it and close the run. A trial that leaves no outcome (the scheduler
 stopped it, or its process died) is closed when the sweep ends by
 :func:`~varnext_ray.sweep_results.close_trial_runs`.
+
+The store failing in a callback (a server that stopped answering) is a one-line UserError
+(:data:`STORE_FIX`): Tune stops the sweep with it, and ``varnext sweep --resume`` continues.
 """
 
 from __future__ import annotations
@@ -28,6 +31,10 @@ from varnext_ray.errors import UserError
 from varnext_ray.search_space import point_to_arch
 
 OUTCOME_FILE = "varnext_trial.json"  # written by the trial, read by the driver
+STORE_FIX = (
+    "bring the store back, then run the same varnext sweep command with --resume "
+    "(finished trials are kept)"
+)
 
 
 def trial_name(trial_id: str) -> str:
@@ -83,6 +90,18 @@ class TrialRuns(Callback):
         return f"{self.trials}/{trial_name(trial.trial_id)}"
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        with tracking.store_failures(self.uri, f"as trial {trial.trial_id} started", STORE_FIX):
+            self._open(trial)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        with tracking.store_failures(self.uri, f"as trial {trial.trial_id} ended", STORE_FIX):
+            self._close(trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        with tracking.store_failures(self.uri, f"as trial {trial.trial_id} ended", STORE_FIX):
+            self._close(trial)
+
+    def _open(self, trial: Any) -> None:
         """The trial's run (a restored trial continues its own), with its point, architecture
         and dataset; an outcome left by an earlier attempt is removed."""
         run_dir = self._run_dir(trial)
@@ -110,12 +129,6 @@ class TrialRuns(Callback):
         except UserError:
             return  # the trial fails with this message, which closes the run
         tracking.log_params(self.uri, run_id, {"arch_params": count_params(arch)})
-
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._close(trial)
 
     def _close(self, trial: Any) -> None:
         """Logs the outcome the trial wrote and ends its run; without one, leaves the run to
