@@ -504,3 +504,50 @@ def test_a_local_rays_tasks_and_actors_get_the_jobs_variables(ray_local) -> None
     assert ray.get(actor.env.remote()) == expected
     ray.kill(actor)
     assert "RAY_ADDRESS" not in os.environ and "RAY_GCS_SERVER_PORT" not in os.environ
+
+
+LOOPBACK_PROBE = """
+import json
+
+import ray  # imported before connecting, as the CLI's own checks may do
+import psutil
+from varnext_ray.cluster import connect_ray
+
+connect_ray()
+try:
+    @ray.remote(num_cpus=0.1)
+    def node_ip():
+        return ray.util.get_node_ip_address()
+
+    seen = {ray.util.get_node_ip_address(), ray.get(node_ip.remote())}
+    seen.add(ray.get_runtime_context().gcs_address.rsplit(":", 1)[0])
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            connections = proc.net_connections(kind="inet")
+        except psutil.Error:
+            continue
+        seen.update(c.laddr.ip for c in connections if c.status == psutil.CONN_LISTEN)
+    print(json.dumps(sorted(seen)))
+finally:
+    ray.shutdown()
+"""
+
+
+def test_a_local_ray_keeps_to_loopback_even_when_ray_was_imported_first() -> None:
+    """Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import; a process that imported it
+    without the variable (the CLI, unlike this test session) still gets a node on 127.0.0.1,
+    and none of its processes listens on the machine's network address (it did: the GCS,
+    raylet and agents listened on every interface and the node was the routable address)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run(
+        [sys.executable, "-c", LOOPBACK_PROBE],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    addresses = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "127.0.0.1" in addresses
+    assert set(addresses) <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, addresses

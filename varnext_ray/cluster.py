@@ -134,6 +134,11 @@ LOCAL_TRAIN_ENV = {
 }
 
 
+# A local Ray's processes keep to 127.0.0.1 (see _loopback): nothing listens on, or is sent to,
+# the machine's network address.
+LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+
+
 def _job_env(*defaults: dict[str, str]) -> dict[str, str]:
     """Environment variables for every worker of the job: ``defaults`` unless the caller's
     environment sets them, and Ray's INFO chatter off unless ``varnext -v``."""
@@ -182,7 +187,6 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
             ) from None
         secure_token_file()
         return
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     secure_token_file()
     port = _free_port()
     # The local node's processes inherit the job's variables from this process while
@@ -191,15 +195,37 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
     # a second interpreter that applies it and execs the real worker (0.2-0.7 s per process
     # here, and a sweep trial starts about a dozen of them).
     env = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    with _environment(env | _job_env(TRAIN_ENV, LOCAL_TRAIN_ENV)):
+    with _environment(env | LOOPBACK_ENV | _job_env(TRAIN_ENV, LOCAL_TRAIN_ENV)), _loopback():
         ray.init(
             address="local",  # a new instance, never one that `ray start` left recorded in /tmp
             num_cpus=num_cpus,
             include_dashboard=True,
             dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
             log_to_driver=True,
         )
     secure_token_file()
+
+
+@contextlib.contextmanager
+def _loopback() -> Iterator[None]:
+    """Inside, Ray keeps 127.0.0.1 as this node's address rather than swapping in the machine's
+    routable one (``services.resolve_ip_for_localhost``).
+
+    Ray decides that once, when ``ray`` is first imported, from
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER``: the variable must be "0" then, which a process that
+    imported Ray before connecting (the CLI's own checks do) cannot arrange afterwards. So the
+    setting Ray read is overridden for the start of the local node only; the node's processes
+    get the variable from :data:`LOOPBACK_ENV` before they import Ray.
+    """
+    from ray._private import ray_constants
+
+    saved = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
 
 
 @contextlib.contextmanager
