@@ -315,11 +315,13 @@ def train(
         result, overhead = timed_fit(trainer, started)
     except ray.train.TrainingFailedError as err:
         reason = failure_summary(err)
-        tracking.end_run(uri, run_id, "FAILED", reason)
+        with tracking.store_failures(uri, "as the run ended", STORE_FIX):
+            tracking.end_run(uri, run_id, "FAILED", reason)
         raise TrainingFailed(reason, run_id) from None
-    tracking.log_metrics(uri, run_id, overhead, step=0)
-    best = best_checkpoint(result, settings.objective, settings.mode)
-    tracking.end_run(uri, run_id, "FINISHED")
+    with tracking.store_failures(uri, "as the run ended", STORE_FIX):
+        tracking.log_metrics(uri, run_id, overhead, step=0)
+        best = best_checkpoint(result, settings.objective, settings.mode)
+        tracking.end_run(uri, run_id, "FINISHED")
     return TrainOutcome(
         run_id=run_id,
         metrics=dict(result.metrics or {}),
@@ -363,6 +365,12 @@ def overhead_metrics(
         "overhead_workers_seconds": fit_s - loop,  # controller, worker group, teardown
         "overhead_loop_seconds": loop - epochs,  # model build, checkpoints and reports
     }
+
+
+STORE_FIX = (
+    "bring the store back, then run the same varnext train command (same --storage and --name):"
+    " it continues from the last checkpoint"
+)
 
 
 class TrainingFailed(RuntimeError):
