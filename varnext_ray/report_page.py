@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 import re
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any
@@ -20,6 +22,9 @@ from typing import Any
 MISSING = "—"
 STRIPS = 3  # trials whose prediction strips are shown
 W, H, LEFT, RIGHT, TOP, BOTTOM = 380, 250, 60, 14, 12, 44  # plot size and margins (px)
+MAXF = sys.float_info.max
+LOG_MIN, LOG_MAX = -307, math.log10(MAXF)  # the decades of normal floats (log axis ticks)
+ToPixel = Callable[[Any], float | None]  # an axis' value -> pixel; None: not on the axis
 ORDER = ("depth", "channels_", "kernel_size", "stride", "linear", "latent_dim", "beta", "lr")
 SCALES = {  # a hyperparameter's search form -> its plot's caption
     "log": "log range (log axis)",
@@ -35,7 +40,7 @@ table{border-collapse:collapse;font-size:13px}th,td{padding:3px 8px;border-botto
 text-align:right;white-space:nowrap}th{background:#f4f4f4}td.name,th.name{text-align:left}
 tr.failed td{color:#b00}.wide{overflow-x:auto}.plots{display:flex;flex-wrap:wrap;gap:12px}
 figure{margin:0 0 16px}figcaption{font-size:12px;color:#555}svg{background:#fff}
-svg text{font-size:11px;fill:#333}.axis{stroke:#333}.grid{stroke:#eee}
+svg text{font-size:11px;fill:#333}svg text.note{fill:#b00}.axis{stroke:#333}.grid{stroke:#eee}
 .pt{fill:#2a6fdb;fill-opacity:.75;stroke:#fff}.pt.best{fill:#e4572e}
 img{max-width:100%;image-rendering:pixelated;border:1px solid #ccc;margin-right:8px}"""
 
@@ -83,54 +88,125 @@ def fmt(value: Any, digits: int = 4) -> str:
 # ---- SVG scatter plots ------------------------------------------------------------------------
 
 
+def _finite(value: Any) -> float | None:
+    """``value`` as a finite float; None for inf, NaN, an int beyond a float, or a non-number."""
+    try:
+        number = float(value)
+    except (OverflowError, TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _frac(value: float, lo: float, hi: float) -> float:
+    """Where ``value`` sits in [lo, hi] (0 to 1), without overflowing when hi - lo is > MAXF."""
+    if math.isinf(hi - lo):
+        return (value / 2 - lo / 2) / (hi / 2 - lo / 2)
+    return (value - lo) / (hi - lo)
+
+
+def _pow10(exponent: float) -> float:
+    """10 ** exponent, capped at the largest float."""
+    try:
+        return 10.0**exponent
+    except OverflowError:
+        return MAXF
+
+
 def _ticks(lo: float, hi: float, n: int = 5, integer: bool = False) -> list[float]:
-    """Round tick values covering [lo, hi] (about ``n`` of them; whole numbers if ``integer``)."""
-    raw = (hi - lo) / n
-    mag = 10 ** math.floor(math.log10(raw))
+    """Round tick values in [lo, hi] (about ``n`` of them; whole numbers if ``integer``).
+
+    Total over floats: non-finite bounds give no ticks, a range too narrow for a round step
+    (zero width, subnormal) its ends.
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
+    lo, hi = min(lo, hi), max(lo, hi)
+    raw = hi / n - lo / n  # (hi - lo) / n, which could overflow
+    if raw < sys.float_info.min:  # no normal float step: zero width, or subnormal
+        return sorted({lo, hi})
+    mag = 10.0 ** math.floor(math.log10(raw))
     mults = (1, 2, 5, 10) if integer and mag < 10 else (1, 2, 2.5, 5, 10)
-    step = next(m * mag for m in mults if m * mag >= raw)
+    step = next((m * mag for m in mults if m * mag >= raw), 20 * mag)
     step = max(step, 1) if integer else step
-    first = math.ceil(lo / step - 1e-9) * step
-    return [first + i * step for i in range(int((hi - first) / step + 1e-9) + 1)]
+    first, last = math.ceil(lo / step - 1e-9), math.floor(hi / step + 1e-9)
+    ticks = (k * step for k in range(first, last + 1))  # rounding may step just past an end
+    return sorted({min(max(t, lo), hi) for t in ticks if math.isfinite(t)})
 
 
 def _log_ticks(lo: float, hi: float) -> list[float]:
-    """Ticks in [10**lo, 10**hi] (exponents): decades, else 1-2-5, else round linear steps."""
-    decades = range(math.floor(lo), math.ceil(hi) + 1)
-    ticks = [m * 10.0**e for e in decades for m in (1, 2, 5) if lo <= math.log10(m) + e <= hi]
-    decade_ticks = [t for t in ticks if math.log10(t) % 1 < 1e-9]
-    if len(decade_ticks) >= 3:
-        return decade_ticks
-    return ticks if len(ticks) >= 3 else [t for t in _ticks(10**lo, 10**hi, 4) if t > 0]
+    """Ticks in [10**lo, 10**hi] (exponents): decades (every k-th one over many), else 1-2-5,
+    else round linear steps. Only normal floats are ticked; non-finite bounds give none."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        return []
+    lo, hi = max(min(lo, hi), LOG_MIN), min(max(lo, hi), LOG_MAX)
+    if lo > hi:
+        return []
+    first, last = math.ceil(lo), math.floor(hi)
+    if last - first >= 2:
+        k = next(k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if (last - first) // k < 8)
+        return [float(f"1e{e}") for e in range(-(-first // k) * k, last + 1, k)]
+    ticks = [
+        float(f"{m}e{e}")
+        for e in range(math.floor(lo), math.ceil(hi) + 1)
+        for m in (1, 2, 5)
+        if lo <= math.log10(m) + e <= hi
+    ]
+    ticks = [t for t in ticks if math.isfinite(t)]
+    return ticks if len(ticks) >= 3 else [t for t in _ticks(_pow10(lo), _pow10(hi), 4) if t > 0]
 
 
 def _domain(values: list[float]) -> tuple[float, float]:
+    """[lo, hi] around finite ``values`` with a margin; finite, and lo < hi."""
     lo, hi = min(values), max(values)
-    pad = (hi - lo) * 0.08 or abs(lo) * 0.1 or 0.5
-    return lo - pad, hi + pad
+    span = hi - lo
+    pad = span * 0.08 if math.isfinite(span) else (hi / 2 - lo / 2) * 0.16
+    pad = pad or abs(lo) * 0.1 or 0.5
+    return max(lo - pad, -MAXF), min(hi + pad, MAXF)
 
 
 def _sort_key(value: Any) -> tuple:
     return (0, value, "") if isinstance(value, int | float) else (1, 0, str(value))
 
 
-def _x_axis(xs: list[Any], scale: str) -> tuple[Any, list[tuple[float, str]]]:
-    """(value -> pixel, [(pixel, label)]) for a linear, log or categorical x axis."""
+def _x_axis(xs: list[Any], scale: str) -> tuple[ToPixel, list[tuple[float, str]]]:
+    """(value -> pixel, [(pixel, label)]) for a linear, log or categorical x axis.
+
+    On a numeric axis a value that is not a finite float (inf, NaN, a 400-digit int) has no
+    pixel (None); the axis is log for ``scale="log"`` (or, with no scale, positive values over
+    more than a decade) unless a value is <= 0.
+    """
     width = W - LEFT - RIGHT
     if scale == "choices" or not all(isinstance(x, int | float) for x in xs):
         cats = sorted(set(xs), key=_sort_key)
-        band = width / len(cats)
+        band = width / max(len(cats), 1)
         pos = {c: LEFT + band * (i + 0.5) for i, c in enumerate(cats)}
-        return pos.__getitem__, [(pos[c], fmt(c)) for c in cats]
-    log = scale == "log" or (min(xs) > 0 and max(xs) / min(xs) > 10)
-    if log and min(xs) > 0:
-        lo, hi = _domain([math.log10(x) for x in xs])
-        to_px = lambda x: LEFT + (math.log10(x) - lo) / (hi - lo) * width  # noqa: E731
-        return to_px, [(to_px(t), f"{t:g}") for t in _log_ticks(lo, hi)]
-    lo, hi = _domain([float(x) for x in xs])
-    to_px = lambda x: LEFT + (x - lo) / (hi - lo) * width  # noqa: E731
-    ticks = _ticks(lo, hi, integer=all(isinstance(x, int) for x in xs))
-    return to_px, [(to_px(t), f"{t:.6g}") for t in ticks]
+        return pos.get, [(pos[c], fmt(c)) for c in cats]
+    nums = [v for v in map(_finite, xs) if v is not None]
+    if not nums:
+        return lambda x: None, []
+    small, big = min(nums), max(nums)
+    if small > 0 and (scale == "log" or math.log10(big) - math.log10(small) > 1):
+        lo, hi = _domain([math.log10(v) for v in nums])
+        transform = math.log10
+        ticks = [(t, f"{t:g}") for t in _log_ticks(lo, hi)]
+    else:
+        lo, hi = _domain(nums)
+        transform = float
+        integer = all(isinstance(x, int) for x in xs)
+        ticks = [(t, f"{t:.6g}") for t in _ticks(lo, hi, integer=integer)]
+
+    def to_px(x: Any) -> float | None:
+        value = _finite(x)
+        return None if value is None else LEFT + _frac(transform(value), lo, hi) * width
+
+    return to_px, [(LEFT + _frac(transform(t), lo, hi) * width, label) for t, label in ticks]
+
+
+def _left_out(names: list[str], x_label: str = "", y_label: str = "") -> str:
+    """The (escaped) note on the points a plot leaves out: not finite, or beyond a float."""
+    what = f"{x_label} or {y_label}" if x_label else "value"
+    count = f"{len(names)} point{'s' if len(names) != 1 else ''}"
+    return escape(f"{count} left out ({what} not a finite number)")
 
 
 def scatter(
@@ -150,13 +226,26 @@ def scatter(
         scale: ``log``, ``linear`` or ``choices`` (categories); ``""`` decides from the values
             (log when positive values span more than a decade).
         best: The name of the point drawn as the best.
+
+    A point whose y, or x on a numeric axis, is not a finite float (inf, NaN, an int beyond a
+    float) is left out, and a note in the plot says how many were.
     """
     if not points:
         return f'<p class="empty">no trial reported {escape(y_label)}</p>'
-    x_px, x_ticks = _x_axis([p[0] for p in points], scale)
-    lo, hi = _domain([p[1] for p in points])
+    x_px, x_ticks = _x_axis([x for x, y, _ in points if _finite(y) is not None], scale)
+    placed: list[tuple[Any, float, str, float]] = []  # (x, y, name, x pixel)
+    left_out: list[str] = []  # names of the points with no place on an axis
+    for x, y, name in points:
+        value, px = _finite(y), x_px(x)
+        if value is None or px is None:
+            left_out.append(name)
+        else:
+            placed.append((x, value, name, px))
+    if not placed:
+        return f'<p class="empty">{_left_out(left_out, x_label, y_label)}</p>'
+    lo, hi = _domain([y for _, y, _, _ in placed])
     bottom = H - BOTTOM
-    y_px = lambda y: bottom - (y - lo) / (hi - lo) * (bottom - TOP)  # noqa: E731
+    y_px = lambda y: bottom - _frac(y, lo, hi) * (bottom - TOP)  # noqa: E731
     parts = [
         f'<svg class="plot" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img" '
         f'aria-label="{escape(y_label)} against {escape(x_label)}">'
@@ -180,13 +269,18 @@ def scatter(
         f'<text transform="translate(14 {(TOP + bottom) / 2}) rotate(-90)" '
         f'text-anchor="middle">{escape(y_label)}</text>',
     ]
+    if left_out:
+        parts.append(
+            f'<text class="note" x="{W - RIGHT}" y="{TOP + 10}" text-anchor="end">'
+            f"{_left_out(left_out)}<title>{escape(', '.join(left_out))}</title></text>"
+        )
     seen: dict[Any, int] = {}
-    for x, y, name in points:
+    for x, y, name, px in placed:
         nudge = 5 * (seen.get(x, 0) % 2 * 2 - 1) * ((seen.get(x, 0) + 1) // 2)  # 0, +5, -5, +10
         seen[x] = seen.get(x, 0) + 1
         tip = f"{name}: {x_label} = {fmt(x)}, {y_label} = {fmt(y)}"
         parts.append(
-            f'<circle class="pt{" best" if name == best else ""}" cx="{x_px(x) + nudge:.1f}" '
+            f'<circle class="pt{" best" if name == best else ""}" cx="{px + nudge:.1f}" '
             f'cy="{y_px(y):.1f}" r="4.5"><title>{escape(tip)}</title></circle>'
         )
     return "".join([*parts, "</svg>"])
