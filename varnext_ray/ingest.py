@@ -20,11 +20,9 @@ Atomicity. Everything is written into ``.<name>.partial-<pid>`` beside ``--out``
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,11 +32,18 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from varnext_ray import __version__
-from varnext_ray import sources as sources_module
 from varnext_ray.dataset import ENCODINGS, FORMAT_VERSION, MANIFEST, SPLITS, encode_image
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import check_new_dir, json_bytes, os_reason, staged_dir
-from varnext_ray.sources import GAP, Skipped, Source, decode_source, discover_sources, fit_frame
+from varnext_ray.sources import (
+    GAP,
+    Skipped,
+    Source,
+    decode_source,
+    discover_sources,
+    fit_frame,
+    warnings_after_success,
+)
 from varnext_ray.splits import SplitShares, plan_splits
 
 log = logging.getLogger(__name__)
@@ -300,7 +305,7 @@ def ingest(sources: list[Path], out: Path, opts: IngestOptions) -> dict:
     found, ignored = discover_sources(sources)
     # Written into .<name>.partial-<pid>-<random> beside --out and renamed when complete (an
     # existing empty folder is replaced; anything else is refused); a failure removes it all.
-    with _warnings_after_success(), staged_dir(out, "--out") as partial:
+    with warnings_after_success(), staged_dir(out, "--out") as partial:
         try:
             return _ingest_into(found, partial, opts, ignored)
         except OSError as err:  # disk full, permissions changed under us
@@ -309,29 +314,6 @@ def ingest(sources: list[Path], out: Path, opts: IngestOptions) -> dict:
                 str(out),
                 "free some space or choose another --out; nothing was kept",
             ) from None
-
-
-@contextlib.contextmanager
-def _warnings_after_success() -> Iterator[None]:
-    """Holds the "skipped ..." warnings of decoding and logs them once the dataset is written.
-
-    A failed ingest then prints only its one ``error:`` line (whose message names the cause),
-    not a warning per undecodable frame before it.
-    """
-    held: list[logging.LogRecord] = []
-
-    def hold(record: logging.LogRecord) -> bool:
-        held.append(record)
-        return False
-
-    source_log = logging.getLogger(sources_module.__name__)
-    source_log.addFilter(hold)
-    try:
-        yield
-    finally:
-        source_log.removeFilter(hold)
-    for record in held:  # only reached on success
-        source_log.handle(record)
 
 
 def _ingest_into(

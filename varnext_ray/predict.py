@@ -30,7 +30,16 @@ from varnext_ray.errors import UserError
 from varnext_ray.media import FPS, save_gif, save_png, write_video
 from varnext_ray.model import extrapolate, rollout
 from varnext_ray.safe_io import check_output_files, regular_file
-from varnext_ray.sources import Skipped, Source, decode_source, fit_frame, read_image
+from varnext_ray.sources import (
+    NO_VIDEO_FIX,
+    Skipped,
+    Source,
+    decode_source,
+    fit_frame,
+    no_video_stream,
+    read_image,
+    warnings_after_success,
+)
 
 VIDEO_OUTPUTS = (".mp4", ".gif")
 _CHUNK = 32  # video frames encoded per batch
@@ -197,13 +206,20 @@ def _save_pngs(images: list[np.ndarray], paths: list[Path]) -> list[Path]:
 
 
 def _video_source(video: str | Path) -> tuple[Source, float]:
-    """The video as a source, and its frame rate (FPS where the container does not say)."""
+    """The video as a source, and its frame rate (FPS where the container does not say).
+
+    Raises:
+        UserError: The file does not open as a video, or holds no video stream (audio only,
+            or an mp4 written with no frames, which keeps no stream at all).
+    """
     import av
 
     path = regular_file(video, "video", "pass an existing video file to --video")
     try:
         with av.open(str(path)) as container:
-            rate = container.streams.video[0].average_rate if container.streams.video else None
+            if not container.streams.video:
+                raise UserError(no_video_stream(container), str(path), NO_VIDEO_FIX)
+            rate = container.streams.video[0].average_rate
     except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
         what = f"cannot open as a video ({getattr(err, 'strerror', None) or err})"
         raise UserError(
@@ -212,32 +228,46 @@ def _video_source(video: str | Path) -> tuple[Source, float]:
     return Source("video", path), float(rate) if rate else float(FPS)
 
 
-def _chunks(source: Source) -> Iterator[list[np.ndarray] | None]:
-    """Consecutive decoded frames in lists of up to ``_CHUNK``; None where frames were lost."""
+def _chunks(source: Source, counts: dict[str, int]) -> Iterator[list[np.ndarray] | None]:
+    """Consecutive decoded frames in lists of up to ``_CHUNK``; None where frames were lost.
+
+    ``counts`` gets ``frames`` (decoded), ``gaps`` and ``longest`` (frames in a row).
+    """
     chunk: list[np.ndarray] = []
+    run = 0
     for item in decode_source(source, Skipped()):
         if item is None or len(chunk) == _CHUNK:
             if chunk:
                 yield chunk
             chunk = []
         if item is None:
+            counts["gaps"] += 1
+            run = 0
             yield None
         else:
             chunk.append(item[1])
+            counts["frames"] += 1
+            run += 1
+            counts["longest"] = max(counts["longest"], run)
     if chunk:
         yield chunk
 
 
 def _panels(
-    ckpt: Checkpoint, source: Source, stride: int, history: collections.deque
+    ckpt: Checkpoint,
+    source: Source,
+    stride: int,
+    history: collections.deque,
+    counts: dict[str, int],
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(frame t+s, truth t+2s, prediction) for every triplet of the video, in order.
 
     ``history`` (maxlen 2 * stride + 1) holds (frame, mean latent) pairs of the latest
-    consecutive frames; after the last triplet it holds the video's last frames.
+    consecutive frames; after the last triplet it holds the video's last frames. ``counts``:
+    see :func:`_chunks`.
     """
     model = ckpt.model.eval()
-    for chunk in _chunks(source):
+    for chunk in _chunks(source, counts):
         if chunk is None:  # frames lost: t, t+s, t+2s must be neighbours in time
             history.clear()
             continue
@@ -311,20 +341,17 @@ def predict_video(
     source, fps = _video_source(video)
     history: collections.deque = collections.deque(maxlen=2 * stride + 1)
     scores: dict[str, list[float]] = {"extrap": [], "copy_last": []}
-    frames = _side_by_side(_panels(checkpoint, source, stride, history), scores)
-    first = next(frames, None)
-    if first is None:
-        raise UserError(
-            f"no triplet: predicting t+2s from t and t+s needs {2 * stride + 1} consecutive "
-            f"decodable frames (stride {stride})",
-            str(video),
-            "pass a longer video or a smaller --stride",
-        )
-    count = _write_video_file(out, itertools.chain([first], frames), fps)
-    paths: list[Path] = []
-    if len(history) > stride:  # after a gap at the very end there may be too few
-        a, b = history[-1 - stride][0], history[-1][0]
-        paths = _save_pngs(predict_frames(checkpoint, a, b, steps), rollout_paths(out, steps))
+    counts = {"frames": 0, "gaps": 0, "longest": 0}
+    with warnings_after_success():  # a failure prints its one error line, no warnings first
+        frames = _side_by_side(_panels(checkpoint, source, stride, history, counts), scores)
+        first = next(frames, None)
+        if first is None:
+            raise _no_triplet(video, stride, counts)
+        count = _write_video_file(out, itertools.chain([first], frames), fps)
+        paths: list[Path] = []
+        if len(history) > stride:  # after a gap at the very end there may be too few
+            a, b = history[-1 - stride][0], history[-1][0]
+            paths = _save_pngs(predict_frames(checkpoint, a, b, steps), rollout_paths(out, steps))
     return {
         "video": str(out),
         "frames": count,
@@ -334,6 +361,26 @@ def predict_video(
         "copy_last_psnr": float(np.mean(scores["copy_last"])),
         "rollout": [str(p) for p in paths],
     }
+
+
+def _no_triplet(video: str | Path, stride: int, counts: dict[str, int]) -> UserError:
+    """The error for a video without 2s + 1 consecutive decodable frames, saying what it has."""
+    frames, longest = counts["frames"], counts["longest"]
+    if frames == 0:
+        fix = "pass a video that has frames (check it plays, or re-encode it with ffmpeg)"
+        lost = " (every frame failed to decode)" if counts["gaps"] else ""
+        return UserError(f"the video has no frames{lost}", str(video), fix)
+    need = 2 * stride + 1
+    what = (
+        f"no triplet: predicting t+2s from t and t+s needs {need} consecutive decodable "
+        f"frames (stride {stride}); the video has {frames}"
+    )
+    if counts["gaps"]:
+        what += f", at most {longest} in a row between undecodable stretches"
+    fix = "pass a longer video"
+    if longest >= 3:
+        fix += f" or --stride {(longest - 1) // 2} or less"
+    return UserError(what, str(video), fix)
 
 
 def _write_video_file(out: Path, frames: Iterator[np.ndarray], fps: float) -> int:

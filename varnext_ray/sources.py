@@ -3,22 +3,27 @@
 A *source* is one video file (any container and codec PyAV decodes) or one folder of images
 (PNG/JPEG named as an ffmpeg dump names them, read in natural order: ``frame_2`` before
 ``frame_10``). A directory given on the command line is searched recursively: every video in it
-is a source, and every folder that holds images is one.
+is a source, and every folder that holds images is one. An animated image (a GIF or an APNG,
+whatever its suffix) is a video: its frames are a clip, not one still. Where a folder holds one
+frame in two formats (``f_1.png`` and ``f_1.jpg``), the PNG is read and the other is skipped
+with a warning.
 
 Bad input policy:
 - A corrupt or truncated image, or an undecodable stretch of video, is skipped with a warning
   naming the file, recorded in ``skipped``; decoding resumes at the next good frame and the
   clip is cut there (the frames around a gap are not neighbours in time).
-- A source named on the command line with no decodable frame, a missing path or an empty folder
-  is a :class:`UserError`. A video *found inside* a directory that cannot be opened at all is
-  skipped with a warning, so one bad file does not stop a folder of hundreds.
+- A source named on the command line with no decodable frame or no video stream, a missing
+  path or an empty folder is a :class:`UserError`. A video *found inside* a directory that
+  cannot be opened at all is skipped with a warning, so one bad file does not stop a folder of
+  hundreds.
 
 Size policy (``fit_frame``): a frame whose aspect ratio differs from the target's is
 centre-cropped to the target aspect ratio (no letterboxing, no distortion), then resized with
 an area-averaging filter. A crop that would keep less than one pixel row or column is refused.
 Image modes (``read_image``): 16-bit grayscale (``I;16``, ``I``) is scaled to 8 bits (65535 ->
 255, not clipped), float (``F``) from [0, 1]; palette, grayscale+alpha, CMYK and RGBA images
-become RGB (alpha is dropped, after the palette's transparency is applied).
+become RGB (alpha is dropped, after the palette's transparency is applied). An EXIF orientation
+is applied: a photo stored sideways with ``Orientation=6`` is read upright.
 
 Paths: every path is resolved to its real path, so a folder reached twice (a symlink loop, the
 same folder named twice, a symlink to a sibling) is read once; FIFOs, devices and sockets are
@@ -29,6 +34,7 @@ decoding.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -41,7 +47,7 @@ from typing import Any
 
 import av
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import kind_of, os_reason, path_stat, regular_file
@@ -78,6 +84,8 @@ class Source:
     path: Path
     files: tuple[Path, ...] = ()  # the images of an image folder, in natural order
     named: bool = True  # named on the command line (not found inside a directory)
+    # Images of a folder left out as another format of a kept frame: (left out, kept).
+    duplicates: tuple[tuple[Path, Path], ...] = ()
 
 
 @dataclass
@@ -89,6 +97,28 @@ class Skipped:
     def add(self, path: Path | str, reason: str) -> None:
         log.warning("skipped %s: %s", path, reason)
         self.items.append({"path": str(path), "reason": reason})
+
+
+@contextlib.contextmanager
+def warnings_after_success() -> Iterator[None]:
+    """Holds the "skipped ..." warnings logged inside and logs them only if no error escapes.
+
+    A failed command then prints only its one ``error:`` line, not a warning per undecodable
+    frame before it.
+    """
+    held: list[logging.LogRecord] = []
+
+    def hold(record: logging.LogRecord) -> bool:
+        held.append(record)
+        return False
+
+    log.addFilter(hold)
+    try:
+        yield
+    finally:
+        log.removeFilter(hold)
+    for record in held:  # only reached on success
+        log.handle(record)
 
 
 GAP = None  # yielded by decode_source where frames were lost: the clip must be cut there
@@ -151,7 +181,7 @@ def discover_sources(paths: list[Path]) -> tuple[list[Source], list[dict]]:
             continue
         if stat.S_ISREG(st.st_mode):
             seen.add(real)
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+            if path.suffix.lower() in IMAGE_SUFFIXES and not _is_animated(path):
                 sources.append(Source("images", path, (path,)))
             else:  # let PyAV decide whether it decodes: any container it knows is welcome
                 sources.append(Source("video", path))
@@ -207,20 +237,27 @@ def _walk(
         ignored.append({"path": str(folder), "reason": f"deeper than {MAX_DEPTH} folders"})
         return []
     entries = _entries(folder, ignored, named)
-    images = []
+    images, animated = [], set()
     for entry, mode in entries:
         image = stat.S_ISREG(mode) and entry.suffix.lower() in IMAGE_SUFFIXES
-        if image and _real(entry) not in seen:
-            seen.add(_real(entry))
-            images.append(entry)
-    found = [Source("images", folder, tuple(images), named=False)] if images else []
+        if not image or _real(entry) in seen:
+            continue
+        if _is_animated(entry):  # its frames are a clip of their own: a video source below
+            animated.add(entry)
+            continue
+        seen.add(_real(entry))
+        images.append(entry)
+    images, duplicates = _one_per_stem(images)
+    found = []
+    if images:
+        found.append(Source("images", folder, tuple(images), named=False, duplicates=duplicates))
     for entry, mode in entries:
         suffix = entry.suffix.lower()
         if stat.S_ISDIR(mode):
             found.extend(_walk(entry, ignored, seen, depth + 1))
         elif not stat.S_ISREG(mode):
             ignored.append({"path": str(entry), "reason": f"{kind_of(mode)}, not a file"})
-        elif suffix in VIDEO_SUFFIXES:
+        elif suffix in VIDEO_SUFFIXES or entry in animated:
             if _real(entry) in seen:
                 ignored.append({"path": str(entry), "reason": "already read (a symlink or repeat)"})
                 continue
@@ -229,6 +266,50 @@ def _walk(
         elif suffix not in IMAGE_SUFFIXES:
             ignored.append({"path": str(entry), "reason": "not a video or image"})
     return found
+
+
+_FORMAT_RANK = {".png": 0, ".jpg": 1, ".jpeg": 1}  # lossless first
+
+
+def _one_per_stem(images: list[Path]) -> tuple[list[Path], tuple[tuple[Path, Path], ...]]:
+    """One image per stem (case ignored): ``f_1.png`` and ``f_1.jpg`` are one frame twice.
+
+    Keeps the PNG (lossless), else the first in natural order; returns the kept images in their
+    order and the (left out, kept) pairs.
+    """
+    kept: dict[str, Path] = {}
+    for path in images:
+        best = kept.setdefault(path.stem.lower(), path)
+        if _FORMAT_RANK[path.suffix.lower()] < _FORMAT_RANK[best.suffix.lower()]:
+            kept[path.stem.lower()] = path
+    chosen = set(kept.values())
+    left_out = tuple((p, kept[p.stem.lower()]) for p in images if p not in chosen)
+    return [p for p in images if p in chosen], left_out
+
+
+def _is_animated(path: Path) -> bool:
+    """Whether an image file holds more than one frame (an animated GIF or APNG, whatever its
+    suffix). Only the header is read; a file that cannot be read counts as a still (reading it
+    as an image later says why)."""
+    try:
+        # O_NONBLOCK: should the path be swapped for a FIFO after the listing, open does not block.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    with os.fdopen(fd, "rb") as f:
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode) or not f.read(8).startswith(_ANIMATABLE):
+                return False
+            f.seek(0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with Image.open(f) as image:
+                    return image.format in ("GIF", "PNG") and bool(getattr(image, "is_animated", 0))
+        except DECODER_ERRORS:
+            return False
+
+
+_ANIMATABLE = (b"GIF87a", b"GIF89a", b"\x89PNG\r\n\x1a\n")
 
 
 def fit_frame(
@@ -338,13 +419,22 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                         str(path),
                         "resize it (frames of up to 8192x8192 are read)",
                     )
-                return to_rgb(image)
+                return to_rgb(_upright(image))
     except UserError:
         raise
     except Image.DecompressionBombWarning as err:
         raise UserError(f"cannot read as an image ({err})", str(path), fix) from None
     except DECODER_ERRORS as err:
         raise UserError(f"cannot read as an image ({_short(err)})", str(path), fix) from None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """The image turned as its EXIF orientation says (a phone photo stored sideways)."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except DECODER_ERRORS:  # an unreadable EXIF block: the pixels are still good
+        return image
+    return ImageOps.exif_transpose(image) if orientation in range(2, 9) else image
 
 
 def decode_source(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.ndarray] | None]:
@@ -356,6 +446,10 @@ def decode_source(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.nd
 
 
 def _decode_images(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.ndarray] | None]:
+    for left_out, kept in source.duplicates:
+        skipped.add(
+            left_out, f"same stem as {kept.name}: one frame stored twice ({kept.name} used)"
+        )
     lost = False
     for number, path in enumerate(source.files):
         try:
@@ -393,7 +487,10 @@ def _decode_video(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.nd
         return
     with container:
         if not container.streams.video:
-            skipped.add(source.path, "no video stream")
+            what = no_video_stream(container)
+            if source.named:
+                raise UserError(what, str(source.path), NO_VIDEO_FIX)
+            skipped.add(source.path, what)
             return
         stream = container.streams.video[0]
         pixels = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
@@ -430,6 +527,17 @@ def _decode_video(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.nd
                     return
                 yield number, rgb
                 number += 1
+
+
+NO_VIDEO_FIX = "pass a video that has frames (`ffprobe FILE` lists the streams a file holds)"
+
+
+def no_video_stream(container: Any) -> str:
+    """What a container without a video stream holds, e.g. ``no video stream (only audio)``."""
+    kinds = sorted({stream.type for stream in container.streams})
+    if not kinds:
+        return "no video stream: the file holds no streams at all, so no frames"
+    return f"no video stream: the file holds only {' and '.join(kinds)}"
 
 
 def _packets(container: Any, stream: Any, source: Source, skipped: Skipped) -> Iterator[Any]:

@@ -1,0 +1,235 @@
+"""Odd frame inputs through the real CLI: files with no video stream, animated images, EXIF
+orientation and one frame stored in two formats."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from tests.conftest import smoke_checkpoint
+from varnext_ray.cli import main
+from varnext_ray.dataset import decode_images
+from varnext_ray.media import write_video
+from varnext_ray.sources import discover_sources, read_image
+
+ORIENTATION = 0x0112  # the EXIF tag
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return smoke_checkpoint(tmp_path_factory.mktemp("odd"), "ckpt", 0)
+
+
+def _run(argv: list[str | Path], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _ingest(folder: Path, out: Path, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
+    argv = ["ingest", folder, "--out", out, "--size", "64x36", "--val", "0", "--test", "0"]
+    return _run(argv, capsys)
+
+
+def _one_error(code: int, err: str) -> str:
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def _audio_only(path: Path) -> Path:
+    """An mp4 holding one AAC stream and no video stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=44100)
+        for _ in range(8):
+            frame = av.AudioFrame.from_ndarray(
+                np.zeros((1, 1024), np.float32), format="fltp", layout="mono"
+            )
+            frame.sample_rate = 44100
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def _no_frames(path: Path, codec: str) -> Path:
+    """A video written with a video stream and 0 frames (mp4 then keeps no stream at all)."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream(codec, rate=30)
+    stream.width, stream.height, stream.pix_fmt = 96, 54, "yuv420p"
+    container.start_encoding()
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    return path
+
+
+def _ball(i: int, size: tuple[int, int] = (96, 54)) -> np.ndarray:
+    """(H, W, 3) uint8: a white square moving right by 8 px a frame over a grey background."""
+    w, h = size
+    frame = np.full((h, w, 3), 40, np.uint8)
+    frame[h // 3 : h // 3 + 14, 8 * i : 8 * i + 14] = 255
+    return frame
+
+
+def _sideways(path: Path) -> Path:
+    """A JPEG stored 36 wide x 64 tall, red along its stored top edge, EXIF Orientation=6
+    (rotate 90 degrees clockwise to view): upright it is 64x36 with the red band on the right."""
+    stored = np.full((64, 36, 3), 30, np.uint8)
+    stored[:10, :, 0] = 250
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[ORIENTATION] = 6
+    image.save(path, exif=exif, quality=95)
+    return path
+
+
+# ---- files with no video stream, or no frames -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p: _audio_only(p / "audio_only.mp4"), "no video stream: the file holds only audio"),
+        (lambda p: _no_frames(p / "empty.mp4", "libx264"), "no streams at all, so no frames"),
+        (lambda p: _no_frames(p / "empty.avi", "mpeg4"), "the video has no frames"),
+    ],
+    ids=["audio-only", "0-frame-mp4", "0-frame-avi"],
+)
+def test_predict_a_video_without_frames_is_one_clear_error(
+    make, expected: str, ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    video = make(tmp_path)
+    code, _, err = _run(
+        ["predict", "--checkpoint", ckpt, "--video", video, "--out", tmp_path / "x.mp4"], capsys
+    )
+    line = _one_error(code, err)
+    assert expected in line and "longer video" not in line and "warning" not in err
+    assert not list(tmp_path.glob("x*"))
+
+
+def test_predict_a_too_short_video_says_how_many_frames_it_has(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    video = tmp_path / "two.mp4"
+    write_video(video, iter([_ball(0), _ball(1)]))
+    code, _, err = _run(
+        ["predict", "--checkpoint", ckpt, "--video", video, "--out", tmp_path / "x.mp4"], capsys
+    )
+    line = _one_error(code, err)
+    assert "no triplet" in line and "the video has 2" in line and "pass a longer video" in line
+
+
+def test_ingest_a_named_file_with_no_video_stream_is_one_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    audio = _audio_only(tmp_path / "audio_only.mp4")
+    code, _, err = _run(["ingest", audio, "--out", tmp_path / "ds"], capsys)
+    assert "no video stream: the file holds only audio" in _one_error(code, err)
+    assert not (tmp_path / "ds").exists()
+
+
+# ---- animated images ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt"),
+    [("motion.gif", "GIF"), ("motion.png", "GIF"), ("motion.png", "PNG")],
+    ids=["gif", "gif-named-png", "apng"],
+)
+def test_an_animated_image_in_a_folder_is_a_clip(
+    name: str, fmt: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    pictures = [Image.fromarray(_ball(i)) for i in range(10)]
+    pictures[0].save(
+        folder / name, format=fmt, save_all=True, append_images=pictures[1:], duration=100, loop=0
+    )
+    code, out, err = _ingest(folder, tmp_path / "ds", capsys)
+    assert code == 0 and "wrote 10 frames in 1 clips" in out, err
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    [source] = manifest["sources"]
+    assert source["kind"] == "video" and source["frames_decoded"] == 10
+    assert manifest["skipped"] == []
+
+
+def test_an_animated_image_beside_frames_is_its_own_source_and_a_still_gif_is_a_frame(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(_ball(i)).save(folder / f"frame_{i}.png")
+    Image.fromarray(_ball(3)).save(folder / "frame_3.png", format="GIF")  # one frame: a still
+    pictures = [Image.fromarray(_ball(i)) for i in range(4)]
+    pictures[0].save(folder / "zoom.png", format="PNG", save_all=True, append_images=pictures[1:])
+    sources, _ = discover_sources([folder])
+    assert [(s.kind, s.path.name, len(s.files)) for s in sources] == [
+        ("images", "frames", 4),
+        ("video", "zoom.png", 0),
+    ]
+
+
+# ---- EXIF orientation -----------------------------------------------------------------------
+
+
+def test_exif_orientation_is_applied_when_an_image_is_read(tmp_path: Path) -> None:
+    frame = read_image(_sideways(tmp_path / "side.jpg"))
+    assert frame.shape == (36, 64, 3)
+    assert frame[:, -8:, 0].mean() > 200 and frame[:, :20, 0].mean() < 60  # red on the right
+
+
+def test_predict_reads_sideways_jpegs_upright(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    a, b = _sideways(tmp_path / "a.jpg"), _sideways(tmp_path / "b.jpg")
+    code, _, err = _run(
+        ["predict", "--checkpoint", ckpt, "--out", tmp_path / "p.png", a, b], capsys
+    )
+    assert code == 0, err
+    with Image.open(tmp_path / "p.png") as predicted:
+        assert predicted.size == (64, 36)  # the upright size, not the stored 36x64
+
+
+def test_ingest_reads_sideways_jpegs_upright(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        _sideways(folder / f"img_{i}.jpg")
+    code, _, err = _ingest(folder, tmp_path / "ds", capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    table = pq.read_table(tmp_path / "ds" / manifest["clips"][0]["files"][0])
+    frames = decode_images(table.column("image").to_pylist(), "raw", (64, 36))  # (3, 36, 64, 3)
+    assert frames.shape == (3, 36, 64, 3)
+    assert frames[:, :, -8:, 0].mean() > 200 and frames[:, :, :20, 0].mean() < 60
+
+
+# ---- one frame in two formats ---------------------------------------------------------------
+
+
+def test_one_frame_in_two_formats_is_read_once_with_a_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(4):
+        Image.fromarray(_ball(i)).save(folder / f"f{i:03d}.jpg", quality=95)
+        Image.fromarray(_ball(i)).save(folder / f"f{i:03d}.png")
+    code, out, err = _ingest(folder, tmp_path / "ds", capsys)
+    assert code == 0 and "wrote 4 frames in 1 clips" in out, err
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    assert [Path(s["path"]).name for s in manifest["skipped"]] == [
+        f"f{i:03d}.jpg" for i in range(4)
+    ]
+    assert all("f0" in s["reason"] and "png used" in s["reason"] for s in manifest["skipped"])
+    assert manifest["clips"][0]["source_frames"] == [0, 3]
+    assert "f000.jpg" in caplog.text and "one frame stored twice" in caplog.text
