@@ -980,6 +980,31 @@ BEFORE_RAY: dict[str, Raw] = {
         arch(set_key({"channels": 3, "height": 72, "width": 128}, "input")),
     ),
     "preflight-train-workers-0": (TRAIN + " --workers 0", "workers must be >= 1 (got 0)", None),
+    # found by a hostile pass: each reached Ray (or MLflow) before it failed, with exit 1
+    "preflight-train-cpus-finer-than-ray": (
+        TRAIN + " --cpus-per-worker 1e-9",
+        "--cpus-per-worker must be 0 or at least 0.0001 (got 1e-09)",
+        None,
+    ),
+    "preflight-train-seed-negative": (TRAIN + " --seed -1", "the seed must be in 0..", None),
+    "preflight-train-seed-huge": (TRAIN + " --seed " + "9" * 23, "the seed must be in 0..", None),
+    "preflight-train-experiment-long": (
+        TRAIN + " --experiment " + "x" * 600,
+        "the experiment name is longer than 100 characters (600)",
+        None,
+    ),
+    "preflight-train-storage-a-file": (
+        "train --config {smoke} --data {dataset} --storage {f}/runs "
+        "--tracking-uri sqlite:///{tmp}/m.db",
+        "notes.txt is a file, not a folder",
+        file("notes.txt", "mine"),
+    ),
+    "preflight-train-autoscaling-unclear": (
+        TRAIN,
+        "VARNEXT_AUTOSCALING must be 1 or 0 (got 'maybe')",
+        None,
+        {"VARNEXT_AUTOSCALING": "maybe"},
+    ),
     "preflight-train-cpus-nan": (
         TRAIN + " --cpus-per-worker nan",
         "--cpus-per-worker must be a finite number >= 0 (got nan)",

@@ -232,3 +232,48 @@ def test_a_tracking_server_lost_mid_sweep_stops_it_in_one_line_and_resume_finish
     assert all(r.info.status == "FINISHED" for r in runs), [
         (r.info.run_name, r.info.status) for r in runs
     ]
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "said", "reason"),
+    [
+        (signal.SIGTERM, 143, "terminated (SIGTERM)", "terminated (SIGTERM)"),
+        (signal.SIGINT, 130, "interrupted (keyboard)", "interrupted"),
+    ],
+)
+def test_a_signal_during_training_ends_it_in_one_line_with_its_run_killed(
+    dataset_dir: Path, tmp_path: Path, signum: int, code: int, said: str, reason: str
+) -> None:
+    """The real CLI in its own process, signalled while its worker group trains. SIGTERM gave
+    Ray's C++ stack dump and exit 134 (Ray's handler replaced the CLI's, and a Python handler's
+    exception other than KeyboardInterrupt cannot end a ray.get); Ctrl-C gave exit 1 without a
+    word (Ray Train aborts the run, then ray.get raises SystemExit). Both left the MLflow run
+    RUNNING."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [sys.executable, "-m", "varnext_ray.cli", "train", "--config", str(SMOKE)]
+    argv += ["--data", str(dataset_dir), "--epochs", "2", "--steps", "100000"]
+    argv += ["--storage", str(tmp_path / "ray"), "--name", "stop", "--tracking-uri", uri]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray
+    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+
+    _wait(
+        "the worker group",
+        lambda: proc.poll() is not None or (tmp_path / "mlflow.db").exists(),
+        time.monotonic() + 120,
+    )
+    time.sleep(15)  # past ray.init, the dataset and the worker group's start: inside fit()
+    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert proc.returncode == code, err[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(f"error: {said}: MLflow run "), errors
+    assert "is KILLED" in errors[0] and "continues it" in errors[0]
+    run = mlflow.MlflowClient(uri).search_runs(
+        [mlflow.MlflowClient(uri).get_experiment_by_name("varnext").experiment_id]
+    )[0]
+    assert run.info.status == "KILLED" and run.data.tags["failure_reason"] == reason
+    assert "***" not in err  # no C++ stack dump

@@ -222,3 +222,33 @@ def test_a_run_of_another_architecture_is_not_resumed(
     with pytest.raises(UserError, match="holds another architecture"):
         check_same_arch(storage, "smoke_64x36-ds", load_arch(edited))
     check_same_arch(storage, "smoke_64x36-ds", load_arch(SMOKE))  # the same one resumes
+
+
+@pytest.mark.parametrize(("damage", "said"), [("short", "has 100 bytes"), ("null", "is NoneType")])
+def test_a_damaged_frame_in_a_shard_is_one_line_and_its_run_is_failed(
+    ray_local,
+    dataset_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+    said: str,
+) -> None:
+    """A frame cut short (or missing) inside a Parquet shard is found only when Ray Data
+    decodes it: its UserError used to reach the CLI wrapped in Ray Data's UserCodeException
+    (exit 1, "unexpected ... this is a bug"), and the MLflow run stayed RUNNING."""
+    data = Path(shutil.copytree(dataset_dir, tmp_path / "ds"))
+    shard = sorted((data / "train").glob("*.parquet"))[0]
+    table = pq.read_table(shard)
+    images = table.column("image").to_pylist()
+    images[1] = images[1][:100] if damage == "short" else None
+    at = table.column_names.index("image")
+    pq.write_table(table.set_column(at, "image", pa.array(images, pa.binary())), shard)
+    assert main(_train_argv(data, tmp_path)) == 2
+    err = capsys.readouterr().err  # Ray's own warnings (no free CPU, ...) may come first
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and f"a stored frame {said}" in errors[0], err
+    assert "re-run 'varnext ingest'" in errors[0] and "Traceback" not in err
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("varnext").experiment_id])
+    assert run.info.status == "FAILED" and said in run.data.tags["failure_reason"]

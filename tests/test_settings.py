@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,22 @@ def test_train_cli_budgets_2000_steps_by_default_and_passes_steps_through(
     capsys.readouterr()
     assert [(s.steps, s.epochs) for s in seen] == [(2000, 10), (300, 3), (None, 10)]
     assert seen[0].objective == "extrap_psnr_motion"
+
+
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("", "is empty"),
+        ("   ", "is empty"),
+        ("a\nb", "holds '\\n'"),
+        ("x" * 101, "longer than 100 characters (101)"),
+    ],
+)
+def test_an_experiment_name_mlflow_would_refuse_after_ray_started_is_refused(
+    name: str, said: str
+) -> None:
+    from varnext_ray.settings import check_experiment_name
+
+    with pytest.raises(UserError, match=re.escape(said)):
+        check_experiment_name(name)
+    check_experiment_name("smoke sweep 2")  # spaces are fine in MLflow and here

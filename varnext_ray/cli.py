@@ -18,7 +18,7 @@ from varnext_ray.cli_args import Parser, subcommand
 from varnext_ray.cli_jobs import JOB_COMMANDS
 from varnext_ray.dataset import ENCODINGS, load_manifest
 from varnext_ray.dataset import info as dataset_info
-from varnext_ray.errors import Terminated, UserError, escape, sigterm_raises
+from varnext_ray.errors import UserError, escape, sigterm_raises, terminated, user_error_in
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.sources import parse_size
 from varnext_ray.synth import FORMATS, write_synthetic
@@ -297,19 +297,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: staged outputs are removed
             return int(args.run(args) or 0)
-    except UserError as err:
-        sys.stderr.write(f"error: {err}\n")
+    except UserError as err:  # a RayTaskError(UserError) too, whose own text is Ray's header
+        sys.stderr.write(f"error: {user_error_in(err) or err}\n")
         return 2
     except BrokenPipeError:  # e.g. `varnext data info DS --json | head`
         sys.stderr.close()
         return 0
-    except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted (keyboard): nothing half-written was kept\n")
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated, or Ray's after it)
+        hint = getattr(err, "hint", "") or "nothing half-written was kept"
+        if terminated():
+            sys.stderr.write(f"error: terminated (SIGTERM): {hint}\n")
+            return 143
+        sys.stderr.write(f"error: interrupted (keyboard): {hint}\n")
         return 130
-    except Terminated:
-        sys.stderr.write("error: terminated (SIGTERM): nothing half-written was kept\n")
-        return 143
     except Exception as err:  # a bug, not the user's mistake: one line, the story in a file
+        found = user_error_in(err)  # a UserError raised in a Ray task (a damaged frame)
+        if found is not None:
+            sys.stderr.write(f"error: {found}\n")
+            return 2
         sys.stderr.write(unexpected_error_line(err, save_traceback(err)) + "\n")
         return 1
 

@@ -22,7 +22,7 @@ from varnext_ray.cli_args import (
 )
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import DEFAULT_OBJECTIVE
-from varnext_ray.settings import MAX_NAME, TrainSettings, check_name
+from varnext_ray.settings import MAX_NAME, TrainSettings, check_experiment_name, check_name
 
 DEFAULT_STEPS = 2000  # varnext train's budget: enough to learn (see docs/training.md)
 
@@ -150,9 +150,12 @@ def _preflight(
     within a second, not after a cluster start-up (and nothing is written before them)."""
     from varnext_ray.cluster import Resources
     from varnext_ray.dataset import load_manifest
+    from varnext_ray.safe_io import check_storage_writable
     from varnext_ray.train import check_dataset, check_frame_size  # imports torch
 
     Resources(args.workers, args.gpus_per_worker, args.cpus_per_worker).check()
+    check_experiment_name(args.experiment)
+    check_storage_writable(args.storage)
     check_dataset(args.data, settings, args.workers)
     check_frame_size(load_manifest(args.data).size, input_shape, args.data)
     tracking.check_reachable(tracking.resolve_tracking_uri(args.tracking_uri))

@@ -12,6 +12,8 @@ import contextlib
 import logging
 import math
 import os
+import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,9 @@ from varnext_ray import console
 from varnext_ray.errors import UserError
 
 log = logging.getLogger(__name__)
+
+
+MIN_SHARE = 0.0001  # the finest fraction of a CPU or GPU Ray schedules
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,17 @@ class Resources:
                     flag,
                     "pass e.g. 0.5 or 1",
                 )
+        for flag, value in (
+            ("--gpus-per-worker", self.gpus_per_worker),
+            ("--cpus-per-worker", self.cpus_per_worker),
+        ):
+            if value and value < MIN_SHARE:  # Ray refuses finer shares, after it has started
+                raise UserError(
+                    f"{flag} must be 0 or at least {MIN_SHARE} (got {value:g})",
+                    flag,
+                    f"pass e.g. 0.5, or at least {MIN_SHARE}",
+                )
+        _autoscaling()  # an unclear VARNEXT_AUTOSCALING is refused here, before Ray
         if self.cpus_per_worker == 0 and not self.gpus_per_worker:
             raise UserError(
                 "a worker needs some CPU or GPU (--cpus-per-worker 0 without GPUs)",
@@ -101,8 +117,18 @@ def check_resources(resources: Resources, cpus_per_worker: float) -> None:
 
 
 def _autoscaling() -> bool:
-    """True on a cluster started by the launcher, whose nodes may still be coming."""
-    return bool(os.environ.get("VARNEXT_AUTOSCALING"))
+    """True on a cluster started by the launcher (``VARNEXT_AUTOSCALING=1``), whose nodes may
+    still be coming; "0", "false", "no", "off" or empty mean no, anything else is refused."""
+    text = os.environ.get("VARNEXT_AUTOSCALING", "").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise UserError(
+        f"VARNEXT_AUTOSCALING must be 1 or 0 (got {text[:40]!r})",
+        "VARNEXT_AUTOSCALING",
+        "set it to 1 on a cluster whose nodes the autoscaler adds, else unset it",
+    )
 
 
 def object_store_fits(nbytes: int, share: float = 0.25) -> bool:
@@ -178,7 +204,8 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
         env = {"RAY_ADDRESS": address} if _is_gcs_address(address) else {}
         env |= _job_env(TRAIN_ENV)
         try:
-            ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
+            with _keep_sigterm_handler():
+                ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
         except (ConnectionError, RuntimeError) as err:
             raise UserError(
                 f"could not join the Ray cluster ({str(err).strip().splitlines()[0][:200]})",
@@ -195,7 +222,11 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
     # a second interpreter that applies it and execs the real worker (0.2-0.7 s per process
     # here, and a sweep trial starts about a dozen of them).
     env = {"RAY_GCS_SERVER_PORT": str(port), "RAY_ADDRESS": f"127.0.0.1:{port}"}
-    with _environment(env | LOOPBACK_ENV | _job_env(TRAIN_ENV, LOCAL_TRAIN_ENV)), _loopback():
+    with (
+        _environment(env | LOOPBACK_ENV | _job_env(TRAIN_ENV, LOCAL_TRAIN_ENV)),
+        _loopback(),
+        _keep_sigterm_handler(),
+    ):
         ray.init(
             address="local",  # a new instance, never one that `ray start` left recorded in /tmp
             num_cpus=num_cpus,
@@ -205,6 +236,22 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
             log_to_driver=True,
         )
     secure_token_file()
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler() -> Iterator[None]:
+    """The process's Python SIGTERM handler (the CLI's: :func:`errors.sigterm_raises`) stays
+    in place across ``ray.init``, which installs its own and, through its core worker, a C++
+    one that prints a stack dump and aborts (exit 134, the MLflow run left RUNNING)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(previous):  # a Python handler; with none (SIG_DFL), Ray's stays
+            signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager

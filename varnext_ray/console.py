@@ -77,10 +77,18 @@ def quiet_train_worker() -> None:
 
 
 def quiet_ray_data() -> None:
-    """Ray Data in this process: no "Starting execution of Dataset ..." notes unless ``-v``."""
+    """Ray Data in this process: no "Starting execution of Dataset ..." notes unless ``-v``,
+    and no traceback of an exception a task raised: the executor logs it, then raises it to
+    the caller, where the CLI prints its one line (a damaged frame) or saves it (a bug)."""
     import ray.data
 
     ray.data.DataContext.get_current().print_on_execution_start = is_verbose()
+    if not is_verbose():
+        from ray.data import exceptions
+        from ray.data._internal.execution import streaming_executor_state
+
+        for module in (streaming_executor_state, exceptions):
+            logging.getLogger(module.__name__).setLevel(logging.CRITICAL)
 
 
 def progress_metrics(objective: str) -> list[str]:

@@ -75,6 +75,9 @@ def decode_images(blobs: Sequence[bytes], encoding: str, size: tuple[int, int]) 
     width, height = size
     out = np.empty((len(blobs), height, width, 3), np.uint8)
     fix = "re-run 'varnext ingest': the Parquet files do not match dataset.json"
+    if any(not isinstance(blob, bytes) for blob in blobs):  # a null cell, or text
+        kind = next(type(b).__name__ for b in blobs if not isinstance(b, bytes))
+        raise UserError(f"a stored frame is {kind}, not image bytes", "dataset image column", fix)
     if encoding == "raw":  # one copy, into a writable array that torch can share
         flat = out.reshape(len(blobs), -1)
         for i, blob in enumerate(blobs):
@@ -347,10 +350,15 @@ def read_parquet(files: list[str]) -> ray.data.Dataset:
     delivers 1.4-3.9x the frames/s of Ray 2.60's default V2 one on these datasets (a few large
     binary cells per row), e.g. 500 vs 231 (jpeg, 640x360) and 1,760 vs 508 (raw, 160x90).
     The setting is read when the plan is built, so it is switched for this call only.
+
+    A UserError raised while a frame is decoded (a damaged shard) reaches the caller as itself
+    (``raise_original_map_exception``), not as Ray Data's ``UserCodeException`` whose text
+    alone holds it: the CLI then prints its one line, exit 2, not "unexpected error".
     """
     import ray.data
 
     context = ray.data.DataContext.get_current()
+    context.raise_original_map_exception = True
     default = context.use_datasource_v2
     context.use_datasource_v2 = not PARQUET_V1
     try:

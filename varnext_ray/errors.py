@@ -97,18 +97,49 @@ def user_error_in(error: BaseException) -> UserError | None:
         if id(current) in seen:
             continue
         seen.add(id(current))
+        cause = getattr(current, "cause", None)
+        if isinstance(cause, UserError):  # a RayTaskError(UserError): its text is Ray's header
+            return cause
         if isinstance(current, UserError):
             return current
-        linked = (getattr(current, "cause", None), current.__cause__, current.__context__)
+        linked = (cause, current.__cause__, current.__context__)
         stack.extend(e for e in linked if isinstance(e, BaseException))
     return None
 
 
-class Terminated(BaseException):
-    """SIGTERM arrived while :func:`sigterm_raises` was active (a BaseException, like Ctrl-C)."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while :func:`sigterm_raises` was active.
+
+    A KeyboardInterrupt, so that whatever unwinds on Ctrl-C unwinds on SIGTERM too, Ray's
+    ``ray.get`` included: a signal handler's exception interrupts its wait only if it is a
+    KeyboardInterrupt or SystemExit (another is lost there, and the wait goes on). Ray raises
+    its own KeyboardInterrupt then, so :func:`terminated` says whether SIGTERM was the cause.
+    ``hint`` says what the command left and how to continue; the CLI prints it.
+    """
+
+    def __init__(self, hint: str = "") -> None:
+        super().__init__(hint)
+        self.hint = hint
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what the command left and how to continue (the CLI prints ``hint``)."""
+
+    def __init__(self, hint: str) -> None:
+        super().__init__(hint)
+        self.hint = hint
+
+
+_SIGTERM_SEEN = threading.Event()
+
+
+def terminated() -> bool:
+    """Whether SIGTERM arrived inside the current :func:`sigterm_raises` block."""
+    return _SIGTERM_SEEN.is_set()
 
 
 def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    _SIGTERM_SEEN.set()
     raise Terminated
 
 
@@ -122,6 +153,7 @@ def sigterm_raises() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    _SIGTERM_SEEN.clear()
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield

@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import stat
+import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -383,6 +384,30 @@ def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> It
             with contextlib.suppress(OSError):
                 folder.rmdir()
         raise
+
+
+def check_storage_writable(storage: str | Path, flag: str = "--storage") -> None:
+    """Refuses a local ``storage`` folder that cannot be made or written (a file on the way, a
+    read-only or immutable folder), before Ray starts; writes nothing that stays. A URI
+    (``s3://...``) is left to its filesystem."""
+    if "://" in str(storage):
+        return
+    path = Path(storage).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
+    if not existing.is_dir():
+        raise UserError(
+            f"{existing} is {kind_of(existing.lstat().st_mode)}, not a folder",
+            flag,
+            "pass a folder (new or existing) for Ray's checkpoints and run state",
+        )
+    try:  # the only test of writability that holds for root and immutable folders alike
+        os.rmdir(tempfile.mkdtemp(prefix=".varnext-check-", dir=existing))
+    except OSError as err:
+        raise UserError(
+            f"cannot write in {existing} ({os_reason(err)})",
+            flag,
+            "pass a folder you can write, or make this one writable",
+        ) from None
 
 
 def check_trusted_storage(path: str) -> None:

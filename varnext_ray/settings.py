@@ -45,6 +45,25 @@ def name_problem(name: object) -> str | None:
     return None
 
 
+def check_experiment_name(name: str) -> None:
+    """An MLflow experiment name: 1..MAX_NAME printable characters (MLflow's own refusal of an
+    empty or overlong name came only after Ray had started)."""
+    bad = [ch for ch in name if not ch.isprintable()]
+    if not name.strip() or bad or len(name) > MAX_NAME:
+        raise UserError(
+            "the experiment name is empty"
+            if not name.strip()
+            else f"the experiment name holds {bad[0]!r}"
+            if bad
+            else f"the experiment name is longer than {MAX_NAME} characters ({len(name)})",
+            "--experiment",
+            "pass a short name such as smoke",
+        )
+
+
+MAX_SEED = 2**32 - 1  # shuffle seeds add epochs and ranks to it; numpy takes up to 2**64 - 1
+
+
 def check_name(name: str, where: str) -> None:
     """Raises a UserError when ``name`` cannot be a directory under ``--storage``."""
     problem = name_problem(name)
@@ -152,6 +171,10 @@ class TrainSettings:
                 f"weight decay must be a finite number >= 0 (got {self.weight_decay})",
                 "weight_decay",
                 "e.g. 0 or 1e-4",
+            )
+        if not 0 <= self.seed <= MAX_SEED:  # numpy and torch refuse negative or huge seeds
+            raise UserError(
+                f"the seed must be in 0..{MAX_SEED} (got {self.seed})", "--seed", "pass e.g. 0"
             )
         if self.objective not in OBJECTIVES:
             raise UserError(

@@ -168,8 +168,16 @@ def experiment_id(uri: str, name: str) -> str:
             artifact_location=artifact_location(uri, name),
             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
         )
-    except Exception:  # created concurrently by another trial
-        return c.get_experiment_by_name(name).experiment_id
+    except Exception as err:  # created concurrently by another trial, or refused
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise UserError(
+                f"MLflow could not create the experiment {name[:60]!r} "
+                f"({failure_summary(err, 200)})",
+                uri,
+                "pass a short plain --experiment name such as smoke",
+            ) from None
+        return found.experiment_id
 
 
 def start_run(

@@ -14,6 +14,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -27,7 +28,13 @@ from varnext_ray import console, mlflow_extras, tracking
 from varnext_ray.arch import ArchConfig
 from varnext_ray.cluster import Resources, check_resources, cluster_cpus
 from varnext_ray.dataset import FRAME_CHANNELS, load_manifest, triplet_index
-from varnext_ray.errors import UserError, failure_summary
+from varnext_ray.errors import (
+    Interrupted,
+    Terminated,
+    UserError,
+    failure_summary,
+    terminated,
+)
 from varnext_ray.settings import TrainSettings, check_name
 from varnext_ray.train_data import (
     DataKey,
@@ -299,25 +306,37 @@ def train(
     run_id = tracking.run_for_directory(
         uri, experiment, f"{storage}/{name}", name, params, tags={"varnext.kind": "train"}
     )
-    tracking.write_record(f"{storage}/{name}", {"sha256": arch_digest(arch)}, ARCH_FILE)
-    tracking.log_dict(uri, run_id, arch.to_dict(), "arch/arch.json")
-    mlflow_extras.log_dataset_inputs(uri, run_id, data)
-    trainer = build_trainer(
-        arch=arch,
-        data=data,
-        settings=settings,
-        resources=resources,
-        storage=storage,
-        name=name,
-        tracking_run=tracking.TrackingRun(uri, run_id),
-    )
     try:
+        tracking.write_record(f"{storage}/{name}", {"sha256": arch_digest(arch)}, ARCH_FILE)
+        tracking.log_dict(uri, run_id, arch.to_dict(), "arch/arch.json")
+        mlflow_extras.log_dataset_inputs(uri, run_id, data)
+        trainer = build_trainer(
+            arch=arch,
+            data=data,
+            settings=settings,
+            resources=resources,
+            storage=storage,
+            name=name,
+            tracking_run=tracking.TrackingRun(uri, run_id),
+        )
         result, overhead = timed_fit(trainer, started)
     except ray.train.TrainingFailedError as err:
         reason = failure_summary(err)
         with tracking.store_failures(uri, "as the run ended", STORE_FIX):
             tracking.end_run(uri, run_id, "FAILED", reason)
         raise TrainingFailed(reason, run_id) from None
+    except (KeyboardInterrupt, SystemExit):
+        # Ctrl-C: Ray Train's own handler aborts the run gracefully, then Ray's get() raises
+        # SystemExit(1); SIGTERM: a KeyboardInterrupt (errors.Terminated). The run was stopped.
+        how = "terminated (SIGTERM)" if terminated() else "interrupted"
+        with contextlib.suppress(Exception):  # a store that is gone must not hide the signal
+            tracking.end_run(uri, run_id, "KILLED", how)
+        hint = f"MLflow run {run_id} is KILLED; {RESUME_HINT}"
+        raise (Terminated(hint) if terminated() else Interrupted(hint)) from None
+    except Exception as err:  # the data (a damaged frame), the storage: never left RUNNING
+        with contextlib.suppress(Exception):
+            tracking.end_run(uri, run_id, "FAILED", failure_summary(err))
+        raise
     with tracking.store_failures(uri, "as the run ended", STORE_FIX):
         tracking.log_metrics(uri, run_id, overhead, step=0)
         best = best_checkpoint(result, settings.objective, settings.mode)
@@ -367,10 +386,8 @@ def overhead_metrics(
     }
 
 
-STORE_FIX = (
-    "bring the store back, then run the same varnext train command (same --storage and --name):"
-    " it continues from the last checkpoint"
-)
+RESUME_HINT = "the same varnext train command (same --storage and --name) continues it"
+STORE_FIX = f"bring the store back; {RESUME_HINT} from the last checkpoint"
 
 
 class TrainingFailed(RuntimeError):
