@@ -18,17 +18,25 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from varnext_ray import console, tracking
 from varnext_ray.arch import parse_arch
 from varnext_ray.cluster import Resources, cluster_cpus
-from varnext_ray.errors import UserError, failure_summary, user_error_in
+from varnext_ray.errors import (
+    Interrupted,
+    Terminated,
+    UserError,
+    failure_summary,
+    terminated,
+    user_error_in,
+)
 from varnext_ray.safe_io import check_trusted_storage
 from varnext_ray.search_space import DefineByRun, SearchSpace, point_to_arch
 from varnext_ray.settings import TrainSettings
@@ -318,14 +326,21 @@ def run_sweep(
         prepared=prepared,
     )
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # Ctrl-C raises KeyboardInterrupt here, as SIGTERM does, rather than make Tune stop and
+    # return as if the sweep had ended (its state is saved at every trial event either way).
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     tuner = _tuner(space, options, constants, path, resume)
     try:
         results = tuner.fit()
+    except KeyboardInterrupt:  # SIGTERM (errors.Terminated) inside Tune's loop
+        _interrupted(uri, experiment, parent)
     except Exception as err:  # Tune stopped: a callback's UserError (the store failed) says why
         found = user_error_in(err)
         if found is None:
             raise
         raise found from None
+    if len(results) < options.samples or results.num_terminated + results.num_errors < len(results):
+        _interrupted(uri, experiment, parent)  # stopped (SIGUSR1) with trials left to run
     with tracking.store_failures(uri, "as the sweep ended", STORE_FIX):
         rows = summarise(results, space, base)
         errors = {r["trial_id"]: r["error"] for r in rows}
@@ -341,6 +356,23 @@ def run_sweep(
             )
         tracking.end_run(uri, parent, "FINISHED")
     return SweepOutcome(parent_run_id=parent, path=path, rows=rows, best=best)
+
+
+def _interrupted(uri: str, experiment: str, parent: str) -> NoReturn:
+    """The sweep was stopped by a signal: its open MLflow runs become KILLED (``--resume``
+    reopens them) and the CLI says how to continue (exit 130, or 143 for SIGTERM)."""
+    with contextlib.suppress(Exception):  # a store that is gone must not hide the signal
+        store = tracking.client(uri)
+        experiment_id = store.get_experiment_by_name(experiment).experiment_id
+        running = f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'"
+        for run in tracking.search_all_runs(store, experiment_id, filter_string=running):
+            tracking.end_run(uri, run.info.run_id, "KILLED", "the sweep was stopped")
+        tracking.end_run(uri, parent, "KILLED", "stopped by a signal")
+    hint = (
+        f"the sweep's MLflow run {parent} and its open trials are KILLED; the same varnext "
+        "sweep command with --resume continues it"
+    )
+    raise (Terminated(hint) if terminated() else Interrupted(hint)) from None
 
 
 def _base_triplets(base: dict[str, Any], settings: TrainSettings) -> bool:
