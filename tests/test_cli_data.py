@@ -158,3 +158,17 @@ def test_user_error_survives_pickling() -> None:
         "fix it",
         "bad (here): fix it",
     )
+
+
+def test_an_out_path_that_is_not_utf8_is_refused_before_writing(tmp_path: Path, capsys) -> None:
+    """A Latin-1 byte in --out (``\\xff``, a surrogate in Python's view) failed inside pyarrow
+    with UnicodeEncodeError, exit 1."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(4):
+        Image.new("RGB", (32, 18), (i * 40, 0, 0)).save(frames / f"frame_{i:03d}.png")
+    out = tmp_path / "io_out\udcff"
+    code, _, err = _run(["ingest", str(frames), "--out", str(out), "--size", "32x18"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "the dataset's path is not UTF-8 text" in err and "io_out\\udcff" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["frames"]

@@ -302,6 +302,7 @@ def ingest(sources: list[Path], out: Path, opts: IngestOptions) -> dict:
     """
     opts.check()
     check_new_dir(out, "--out")  # refuse an unusable --out (non-empty, a file...) early
+    _check_utf8_path(out)
     found, ignored = discover_sources(sources)
     # Written into .<name>.partial-<pid>-<random> beside --out and renamed when complete (an
     # existing empty folder is replaced; anything else is refused); a failure removes it all.
@@ -314,6 +315,19 @@ def ingest(sources: list[Path], out: Path, opts: IngestOptions) -> dict:
                 str(out),
                 "free some space or choose another --out; nothing was kept",
             ) from None
+
+
+def _check_utf8_path(out: Path) -> None:
+    """pyarrow writes the shards, and Ray Data reads them, by UTF-8 path: a name holding other
+    bytes (a Latin-1 ``\xff``) failed in pyarrow with a UnicodeEncodeError, exit 1."""
+    try:
+        str(out.absolute()).encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(
+            "the dataset's path is not UTF-8 text, which pyarrow and Ray Data need",
+            ascii(str(out))[1:-1],
+            "choose a --out whose name (and parent folders) use UTF-8 characters only",
+        ) from None
 
 
 def _ingest_into(
