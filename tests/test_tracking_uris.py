@@ -220,3 +220,26 @@ def test_best_on_another_program_database_exits_2_with_one_line(
 def test_a_real_mlflow_server_passes_the_health_check(mlflow_server: str) -> None:
     tracking.check_reachable(mlflow_server, timeout_s=5.0)
     tracking.check_reachable(mlflow_server + "/", timeout_s=5.0)
+
+
+def test_a_store_another_process_is_creating_is_not_refused(tmp_path: Path) -> None:
+    """Two commands started at once on a new store: while one runs MLflow's migrations, the
+    file passes through every older schema, and the other refused it as "an older schema ...
+    run mlflow db upgrade" (seen in CI: a test polling the store it waits for). A refusal now
+    waits for the file to settle."""
+    import subprocess
+    import sys
+
+    db = tmp_path / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    maker = subprocess.Popen(
+        [sys.executable, "-c", f"import mlflow; mlflow.MlflowClient({uri!r}).search_experiments()"]
+    )
+    checks = 0
+    while maker.poll() is None:
+        if db.exists():
+            tracking_uri.check_reachable(uri)  # never an "older schema" mid-migration
+            checks += 1
+        time.sleep(0.02)
+    assert maker.returncode == 0 and checks > 0
+    tracking_uri.check_reachable(uri)

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -227,10 +228,40 @@ NO_STORE_FIX = "pass the --tracking-uri your runs were logged to (or set MLFLOW_
 
 def _check_sqlite_store(path: Path, uri: str, *, existing: bool, timeout_s: float) -> None:
     """A UserError unless the SQLite file at ``path`` is an MLflow store of this MLflow's schema
-    (or, unless ``existing``, holds no tables yet); read through a read-only connection."""
-    tables, versions = _sqlite_tables(path, timeout_s)
-    if tables is None:  # busy or locked by a writer: MLflow waits for it
-        return
+    (or, unless ``existing``, holds no tables yet); read through a read-only connection.
+
+    A store that another process is creating or upgrading right now (two commands started at
+    once on a new store) passes through every older schema on its way: a refusal is given only
+    once the file has stopped changing for :data:`SETTLED_S` (or after :data:`SETTLE_MAX_S`).
+    """
+    started = changed = time.monotonic()
+    last: tuple | None = None
+    while True:
+        tables, versions = _sqlite_tables(path, timeout_s)
+        if tables is None:  # busy or locked by a writer: MLflow waits for it
+            return
+        try:
+            _check_sqlite_tables(path, uri, tables, versions, existing=existing)
+            return
+        except UserError:
+            stat = path.stat()
+            stamp = (stat.st_size, stat.st_mtime_ns, tuple(versions), frozenset(tables))
+            now = time.monotonic()
+            if stamp != last:
+                last, changed = stamp, now
+            if now - changed >= SETTLED_S or now - started >= SETTLE_MAX_S:
+                raise
+            time.sleep(0.25)
+
+
+SETTLED_S = 1.5  # unchanged this long: no other process is creating or upgrading the store
+SETTLE_MAX_S = 15.0
+
+
+def _check_sqlite_tables(
+    path: Path, uri: str, tables: set[str], versions: list[str], *, existing: bool
+) -> None:
+    """The verdict of :func:`_check_sqlite_store` on one reading of the file."""
     own = sorted(t for t in tables if not t.startswith(("sqlite_", "alembic_")))
     if not own:
         if existing:
