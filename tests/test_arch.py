@@ -263,6 +263,12 @@ BAD = [
     ),
     ("beta_negative", _set("loss.beta", -1), "loss.beta: must be >= 0.0 (got -1)"),
     ("beta_nan", _set("loss.beta", float("nan")), "loss.beta: must be a finite number (got NaN)"),
+    ("beta_huge", _set("loss.beta", 1e300), "loss.beta: must be <= 1000000.0 (got 1e+300)"),
+    (
+        "linearity_huge",
+        _set("loss.linearity_weight", 1e7),
+        "loss.linearity_weight: must be <= 1000000.0 (got 10000000.0)",
+    ),
     ("missing", _set("latent", _DELETE), "latent_dim: must be given (missing)"),
     ("not_object", _set("encoder.conv[0]", 3), "encoder.conv[0]: must be an object {...} (got 3)"),
     (

@@ -54,6 +54,7 @@ BAD = [
     ({"laten_dim": [8]}, r'laten_dim: unknown key \(did you mean "latent_dim"\?\)'),
     ({"batch_size": "32"}, r"batch_size: must be a list"),
     ({"epochs": 0}, r"epochs: must be >= 1"),
+    ({"beta": {"low": 1, "high": 1e9, "log": True}}, r"beta: must be <= 1,000,000.0 \(got 1,000,"),
     (
         {"latent_kind": ["round"]},
         r"latent_kind\[0\]: must be 'flat' or 'spatial' \(got \"round\"\)",

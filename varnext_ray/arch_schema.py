@@ -102,7 +102,10 @@ def _pair(value: Any) -> Any:
 INT_MAX = 2**31 - 1  # what torch's conv and linear layers accept for a size
 PosInt = Annotated[int, Strict(), Field(ge=1, le=INT_MAX)]
 NonNegInt = Annotated[int, Strict(), Field(ge=0, le=INT_MAX)]
-NonNegFloat = Annotated[float, Strict(), Field(ge=0.0)]
+# A loss weight above this makes the float32 loss overflow or swamps the other terms to noise:
+# beta-VAE and linearity weights in use are below 100.
+MAX_LOSS_WEIGHT = 1e6
+LossWeight = Annotated[float, Strict(), Field(ge=0.0, le=MAX_LOSS_WEIGHT)]
 Dropout = Annotated[float, Strict(), Field(ge=0.0, lt=1.0)]
 Activation = Annotated[str, Strict(), _one_of(ACTIVATIONS)]
 _STRICT = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
@@ -335,10 +338,10 @@ class LossConfig(BaseModel):
 
     model_config = _STRICT
     reconstruction: Annotated[str, Strict(), _one_of(RECONSTRUCTIONS)] = "mse"
-    beta: NonNegFloat = 1.0
+    beta: LossWeight = 1.0
     kl_warmup_epochs: NonNegInt = 0
-    free_bits: NonNegFloat = 0.0
-    linearity_weight: NonNegFloat = Field(
+    free_bits: LossWeight = 0.0
+    linearity_weight: LossWeight = Field(
         0.0, validation_alias=AliasChoices("linearity_weight", "linearity")
     )
 

@@ -40,7 +40,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
-from varnext_ray.arch_schema import INT_MAX
+from varnext_ray.arch_schema import INT_MAX, MAX_LOSS_WEIGHT
 from varnext_ray.config_errors import problems_from_validation
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
@@ -162,13 +162,13 @@ def _values(spec: Any) -> list:
 
 
 # Each searched value's bounds (least, most), as the architecture (arch_schema: PosInt,
-# NonNegFloat) and the settings (TrainSettings.check) bound the field it sets; lr is > 0.
+# LossWeight) and the settings (TrainSettings.check) bound the field it sets; lr is > 0.
 _BOUNDS: dict[str, tuple[float, float]] = {
     "latent_dim": (1, INT_MAX),
     "latent_channels": (1, INT_MAX),
     "batch_size": (1, MAX_BATCH_SIZE),
-    "beta": (0.0, math.inf),
-    "linearity_weight": (0.0, math.inf),
+    "beta": (0.0, MAX_LOSS_WEIGHT),
+    "linearity_weight": (0.0, MAX_LOSS_WEIGHT),
     "lr": (0.0, math.inf),
 }
 
