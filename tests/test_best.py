@@ -6,7 +6,9 @@ from __future__ import annotations
 import inspect
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -187,3 +189,42 @@ def test_best_ranks_by_what_train_and_sweep_optimise_unless_told() -> None:
     train = build_parser().parse_args(["train", "--data", "d", "--config", "a.json"]).objective
     space = SearchSpace.model_fields["objective"].default
     assert api == {cli} == {train} == {space} == {TrainSettings().objective}
+
+
+def _store_with(root: Path, name: str, edit: Any) -> str:
+    """A SQLite store whose one train run logged a smoke checkpoint changed by ``edit(dir)``."""
+    uri = tracking.resolve_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+    tracking.client(uri).create_experiment(name, artifact_location=str(root / "artifacts"))
+    run_id = tracking.start_run(uri, name, run_name="only", tags={"varnext.kind": "train"})
+    tracking.log_metrics(uri, run_id, {"best_extrap_psnr": 10.0}, step=0)
+    checkpoint = smoke_checkpoint(root, "ckpt", 0, background=np.zeros((36, 64, 3), np.uint8))
+    edit(checkpoint)
+    tracking.log_artifact(uri, run_id, checkpoint, "checkpoint")
+    tracking.end_run(uri, run_id)
+    return uri
+
+
+def test_best_downloads_only_the_files_meta_lists(tmp_path: Path) -> None:
+    """A stray file in the run's checkpoint folder (a 2 GB leftover, say) stays in the store."""
+    uri = _store_with(tmp_path, "stray", lambda d: (d / "stray.bin").write_bytes(b"x" * 4096))
+    out = download_best(uri, "stray", tmp_path / "best", "extrap_psnr")
+    listed = json.loads((out / "meta.json").read_text())["files"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([*listed, "meta.json", "run.json"])
+    assert "background.png" in listed
+
+
+@pytest.mark.parametrize("damage", ["missing", "altered"])
+def test_best_refuses_a_checkpoint_missing_or_altering_a_listed_file(
+    tmp_path: Path, damage: str
+) -> None:
+    def edit(checkpoint: Path) -> None:
+        if damage == "missing":
+            (checkpoint / "background.png").unlink()
+        else:
+            (checkpoint / "background.png").write_bytes(b"not the png meta.json hashed")
+
+    uri = _store_with(tmp_path, "damaged", edit)
+    with pytest.raises(UserError) as err:
+        download_best(uri, "damaged", tmp_path / "best", "extrap_psnr")
+    assert "does not load" in err.value.what and "background.png" in str(err.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "ckpt", "mlflow.db"]

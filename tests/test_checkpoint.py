@@ -157,6 +157,13 @@ def torch_save_bytes() -> bytes:
     return buffer.getvalue()
 
 
+def _list_outside(path: Path) -> None:
+    """meta.json lists a file outside the directory (its hash is the real one)."""
+    meta = json.loads((path / "meta.json").read_text())
+    meta["files"]["../model.safetensors"] = meta["files"]["model.safetensors"]
+    (path / "meta.json").write_text(json.dumps(meta))
+
+
 def _corrupt(case: str, path: Path) -> None:
     bad_arch = json.dumps({**TINY, "latent_dim": 0}).encode()
     other = build_vae(parse_arch({**TINY, "latent_dim": 5}, "other"))
@@ -178,6 +185,7 @@ def _corrupt(case: str, path: Path) -> None:
             path / "model.safetensors", (other_dir / "model.safetensors").read_bytes(), rehash=True
         ),
         "not a checkpoint": lambda: rewrite(path / "meta.json", b'{"format": "x"}', rehash=False),
+        "listed outside": lambda: _list_outside(path),
     }
     actions[case]()
 
@@ -195,6 +203,7 @@ def _corrupt(case: str, path: Path) -> None:
         ("torch.save zip", r"not a safetensors file .*\(.*model\.safetensors\): .*pickled"),
         ("wrong weights", r"weights do not match arch\.json: .*size mismatch"),
         ("not a checkpoint", r"not a varnext checkpoint .*\(.*meta\.json\)"),
+        ("listed outside", r'meta.json: files must be a table of plain file names .*"\.\./m'),
     ],
 )
 def test_a_damaged_checkpoint_is_refused_with_a_clear_message(

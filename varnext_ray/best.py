@@ -98,6 +98,26 @@ def _check_empty_dir(out: Path) -> None:
         )
 
 
+def _download_listed(client: Any, run_id: str, tmp: Path) -> Path:
+    """The run's ``checkpoint/`` artifact in ``tmp``: meta.json first, then the files it lists
+    and nothing else (a stray file beside them stays in the store), each sha256-checked."""
+    from varnext_ray.checkpoint import META, read_meta, verify_files
+
+    local = tmp / "checkpoint"
+    local.mkdir()
+    client.download_artifacts(run_id, f"checkpoint/{META}", str(local))
+    listed = read_meta(local)["files"]
+    stored = {Path(f.path).name for f in client.list_artifacts(run_id, "checkpoint")}
+    missing = sorted(set(listed) - stored)
+    if missing:
+        what = "checkpoint file is missing (meta.json lists it)"
+        raise UserError(what, str(local / missing[0]), "re-log the whole checkpoint directory")
+    for name in listed:
+        client.download_artifacts(run_id, f"checkpoint/{name}", str(local))
+    verify_files(local)
+    return local
+
+
 def download_best(
     uri: str | None,
     experiment: str,
@@ -128,8 +148,7 @@ def download_best(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        client = tracking.client(run["tracking_uri"])
-        local = Path(client.download_artifacts(run["run_id"], "checkpoint", str(tmp)))
+        local = _download_listed(tracking.client(run["tracking_uri"]), run["run_id"], tmp)
         load_checkpoint(local)
         (local / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
         if out.exists():
@@ -139,7 +158,8 @@ def download_best(
         what = f"download failed ({str(err).splitlines()[0][:200]})"
         raise UserError(what, where, "check the artifact store is reachable") from None
     except UserError as err:
-        what = f"the run's checkpoint does not load: {err.what}"
+        file = Path(err.where).name if err.where.startswith(str(tmp)) else err.where
+        what = f"the run's checkpoint does not load: {file}: {err.what}"
         raise UserError(what, where, "pick another run (--metric) or retrain it") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

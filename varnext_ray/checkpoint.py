@@ -203,7 +203,7 @@ def save_checkpoint(
     if optimizer is not None:
         files[OPT_TENSORS], files[OPT_JSON] = optimizer_files(optimizer)
     for name, data in more.items():
-        if name in files or name == META or Path(name).name != name:
+        if name in files or not _plain_name(name):
             raise ValueError(f"extra checkpoint file name {name!r} is reserved or not plain")
         files[name] = data
     tmp = directory.with_name(f".{directory.name}.tmp-{uuid.uuid4().hex[:8]}")
@@ -232,6 +232,16 @@ def _read_json(path: Path, data: bytes) -> Any:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def _plain_name(name: str) -> bool:
+    """A file name with no folder part (never ``..``, ``meta.json`` or a control character)."""
+    return (
+        Path(name).name == name
+        and name not in ("", ".", "..", META)
+        and "\\" not in name
+        and name.isprintable()
+    )
+
+
 def _check_meta(meta: dict[str, Any], path: Path) -> None:
     """The keys readers rely on, with their types (a hand-edited meta.json is refused)."""
 
@@ -243,6 +253,8 @@ def _check_meta(meta: dict[str, Any], path: Path) -> None:
     if not isinstance(files, dict):
         raise UserError('meta.json has no "files" table of sha256 hashes', str(path), _RESAVE)
     for name, digest in files.items():
+        if not _plain_name(name):
+            raise bad("files", "a table of plain file names in the directory", name)
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise bad(f"files.{name}", "a sha256 hex digest", digest)
     epoch = meta.get("epoch", 0)
@@ -288,12 +300,17 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
 
 def _file_bytes(path: Path, limit: int) -> bytes:
     """A checkpoint file's bytes: a regular file (never a FIFO) of at most ``limit`` bytes."""
+    _check_regular(path)
+    return read_bounded(path, limit, "checkpoint file", _RESAVE)
+
+
+def _check_regular(path: Path) -> None:
+    """UserError unless ``path`` is a regular file (missing, a folder or a FIFO are refused)."""
     st = path_stat(path, "checkpoint file", _RESAVE)
     if st is None:
         raise UserError("checkpoint file is missing", str(path), _RESAVE)
     if not stat.S_ISREG(st.st_mode):
         raise UserError(f"checkpoint file is {kind_of(st.st_mode)}", str(path), _RESAVE)
-    return read_bounded(path, limit, "checkpoint file", _RESAVE)
 
 
 def read_listed_file(
@@ -316,9 +333,35 @@ def _verified_bytes(directory: Path, meta: dict[str, Any], name: str, limit: int
     data = _file_bytes(path, limit)
     got = hashlib.sha256(data).hexdigest()
     if got != want:
-        what = f"file was altered: sha256 {got[:12]}... does not match meta.json ({want[:12]}...)"
-        raise UserError(what, str(path), _RESAVE)
+        raise _altered(path, got, want)
     return data
+
+
+def _altered(path: Path, got: str, want: str) -> UserError:
+    what = f"file was altered: sha256 {got[:12]}... does not match meta.json ({want[:12]}...)"
+    return UserError(what, str(path), _RESAVE)
+
+
+def verify_files(directory: str | Path) -> dict[str, Any]:
+    """Checks that every file meta.json lists is in ``directory`` with its sha256 (read in
+    chunks, so any size), and returns meta.json.
+
+    Raises:
+        UserError: meta.json is not valid, or a listed file is missing, not a regular file or
+            was altered.
+    """
+    directory = Path(directory)
+    meta = read_meta(directory)
+    for name, want in meta["files"].items():
+        path = directory / name
+        _check_regular(path)
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+        if digest.hexdigest() != want:
+            raise _altered(path, digest.hexdigest(), want)
+    return meta
 
 
 _NOT_ST = "checkpoints hold weights as safetensors (pickled .pt files are refused); re-save it"

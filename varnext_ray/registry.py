@@ -302,6 +302,8 @@ def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Pat
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
+    from varnext_ray.checkpoint import verify_files
+
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(
@@ -326,6 +328,7 @@ def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Pat
                 model_uri,
                 "pass a model registered by varnext best --register",
             )
+        verify_files(checkpoint)  # every file meta.json lists, with its sha256
         if out.exists():
             out.rmdir()
         checkpoint.rename(out)
