@@ -69,6 +69,7 @@ from varnext_ray.errors import UserError
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.sources import parse_size
 from varnext_ray.synth import write_synthetic
+from varnext_ray.train_data import TRAIN_BLOCK_ROWS
 
 GOAL_FPS_PER_CORE = 1000
 GOAL_SIZE = (640, 360)
@@ -197,7 +198,7 @@ def make_dataset(path: str, variant: str) -> Any:
     reader = dataset_module.PARQUET_V1  # the project's reader: V1 (dataset.read_parquet)
     dataset_module.PARQUET_V1 = reader and variant != "v2_reader"
     try:
-        ds = frames_dataset(path, "train")
+        ds = frames_dataset(path, "train", block_rows=TRAIN_BLOCK_ROWS)  # as training reads
     finally:
         dataset_module.PARQUET_V1 = reader
     if variant == "workers":

@@ -351,6 +351,13 @@ def read_parquet(files: list[str]) -> ray.data.Dataset:
     binary cells per row), e.g. 500 vs 231 (jpeg, 640x360) and 1,760 vs 508 (raw, 160x90).
     The setting is read when the plan is built, so it is switched for this call only.
 
+    One read task per file (ingest writes at most 1,024 frames per file), never Ray Data's
+    default of splitting each file's output into more blocks than there are files: a split
+    read cannot fuse with the map that decodes its frames (``frames_dataset``), and the two
+    operators then pass every frame through the object store between them. Measured at
+    160x90 raw, 8,000 frames, 2 CPUs: 1,840 frames/s split and unfused, 6,500 with one task
+    per file, fused (benchmarks/data_path.py; docs/data.md).
+
     A UserError raised while a frame is decoded (a damaged shard) reaches the caller as itself
     (``raise_original_map_exception``), not as Ray Data's ``UserCodeException`` whose text
     alone holds it: the CLI then prints its one line, exit 2, not "unexpected error".
@@ -362,19 +369,24 @@ def read_parquet(files: list[str]) -> ray.data.Dataset:
     default = context.use_datasource_v2
     context.use_datasource_v2 = not PARQUET_V1
     try:
-        return ray.data.read_parquet(files)
+        return ray.data.read_parquet(files, override_num_blocks=len(files))
     finally:
         context.use_datasource_v2 = default
 
 
-def frames_dataset(path: str | Path, split: str) -> ray.data.Dataset:
+def frames_dataset(path: str | Path, split: str, block_rows: int | None = None) -> ray.data.Dataset:
     """A Ray Dataset of the split's frames: ``image`` uint8 (H, W, 3), ``clip``, ``frame_index``.
 
     ``clip`` is the clip's position in the manifest's ``clips`` list (numeric, so every column
     converts to a tensor in ``iter_torch_batches``).
 
-    Rows come clip by clip in time order; shuffle with ``randomize_block_order()`` or
-    ``random_shuffle()`` for training. Works with the ``streaming_split`` Ray Train applies.
+    Rows come clip by clip in time order, in blocks of up to a file's frames (the read and the
+    decoding run as one fused Ray task per file), or of ``block_rows`` frames when given (a
+    streaming repartition, fused into the same task). Shuffle with ``randomize_block_order()``
+    or ``random_shuffle()`` for training: blocks are what the first one moves, so training asks
+    for small ones (:data:`~varnext_ray.train_data.TRAIN_BLOCK_ROWS`); every block costs time
+    in the object store (measured at 160x90 raw, 2 CPUs: 8,300 frames/s in blocks of a file,
+    4,000 in blocks of 64). Works with the ``streaming_split`` Ray Train applies.
     """
 
     manifest = load_manifest(path)
@@ -387,7 +399,7 @@ def frames_dataset(path: str | Path, split: str) -> ray.data.Dataset:
         )
     ds = read_parquet(files).select_columns(["clip_id", "frame_index", "image"])
     clip_numbers = {c["id"]: i for i, c in enumerate(manifest.clips())}
-    return ds.map_batches(
+    frames = ds.map_batches(
         _decode_batch,
         fn_kwargs={
             "encoding": manifest.encoding,
@@ -395,8 +407,11 @@ def frames_dataset(path: str | Path, split: str) -> ray.data.Dataset:
             "clip_numbers": clip_numbers,
         },
         batch_format="numpy",
-        batch_size=64,
+        batch_size=None,  # whole read blocks: a batch size keeps Ray Data from fusing the read
     )
+    if block_rows is not None:
+        frames = frames.repartition(target_num_rows_per_block=block_rows)
+    return frames
 
 
 class _SequenceReader:

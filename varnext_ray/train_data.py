@@ -36,6 +36,13 @@ from varnext_ray.settings import TrainSettings
 
 log = logging.getLogger(__name__)
 
+# Frames per block of the training split. Training shuffles the order of its blocks and then
+# rows within a 256-frame buffer (TrainSettings.shuffle_buffer), so a block is the unit that
+# moves: blocks of a whole file (up to 1,024 consecutive frames of one clip) would fill the
+# buffer, and so each batch, with seconds of one clip. 64 keeps 4+ blocks, usually of other
+# clips and times, in the buffer (blocks held 64-110 frames before the read was fused).
+TRAIN_BLOCK_ROWS = 64
+
 
 @dataclass(frozen=True)
 class DataKey:
@@ -114,7 +121,7 @@ def prepare_run_data(data: Path | str, settings: TrainSettings, *, triplets: boo
         train = triplets_dataset(data, "train", stride=settings.stride)
     else:
         rows = int(manifest.data["splits"]["train"])
-        train = frames_dataset(data, "train")
+        train = frames_dataset(data, "train", block_rows=TRAIN_BLOCK_ROWS)
     val_rows = min(settings.val_triplets, len(triplet_index(manifest, "val", settings.stride)))
     val = triplets_dataset(data, "val", stride=settings.stride, limit=settings.val_triplets)
     horizons = rollout_horizons(data, settings)
