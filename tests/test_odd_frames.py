@@ -91,6 +91,25 @@ def _sideways(path: Path) -> Path:
     return path
 
 
+def _sideways_video(path: Path, frames: int = 6) -> Path:
+    """An mp4 stored 36 wide x 64 tall, red along its stored top edge, whose display matrix
+    says to turn it 90 degrees clockwise (as a phone filming upright stores it): upright it is
+    64x36 with the red band on the right."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 36, 64, "yuv420p"
+        stream.set_display_rotation(-90)  # counter-clockwise degrees: -90 is a clockwise turn
+        for _ in range(frames):
+            stored = np.full((64, 36, 3), 30, np.uint8)
+            stored[:10, :, 0] = 250
+            frame = av.VideoFrame.from_ndarray(stored, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
 # ---- files with no video stream, or no frames -------------------------------------------------
 
 
@@ -233,3 +252,18 @@ def test_one_frame_in_two_formats_is_read_once_with_a_warning(
     assert all("f0" in s["reason"] and "png used" in s["reason"] for s in manifest["skipped"])
     assert manifest["clips"][0]["source_frames"] == [0, 3]
     assert "f000.jpg" in caplog.text and "one frame stored twice" in caplog.text
+
+
+def test_a_video_is_read_as_its_display_matrix_turns_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "phone"
+    folder.mkdir()
+    _sideways_video(folder / "upright.mp4")
+    code, _, err = _ingest(folder, tmp_path / "ds", capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    table = pq.read_table(tmp_path / "ds" / manifest["clips"][0]["files"][0])
+    frames = decode_images(table.column("image").to_pylist(), "raw", (64, 36))
+    assert frames.shape == (6, 36, 64, 3)  # the stored 36x64, turned: not stretched
+    assert frames[:, :, -8:, 0].mean() > 200 and frames[:, :, :20, 0].mean() < 60

@@ -508,7 +508,7 @@ def _decode_video(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.nd
         for packet in _packets(container, stream, source, skipped):
             try:  # frames over the pixel limit are never converted (None)
                 frames = [
-                    f.to_ndarray(format="rgb24") if f.width * f.height <= MAX_PIXELS else None
+                    _upright_frame(f) if f.width * f.height <= MAX_PIXELS else None
                     for f in packet.decode()
                 ]
             except DECODER_ERRORS as err:
@@ -527,6 +527,14 @@ def _decode_video(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.nd
                     return
                 yield number, rgb
                 number += 1
+
+
+def _upright_frame(frame: Any) -> np.ndarray:
+    """A decoded video frame as RGB, turned as its display matrix says players show it (a
+    phone filming upright stores its frames sideways with a rotation of -90 or 90 degrees)."""
+    rgb = frame.to_ndarray(format="rgb24")
+    turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 NO_VIDEO_FIX = "pass a video that has frames (`ffprobe FILE` lists the streams a file holds)"
