@@ -40,11 +40,13 @@ Usage:
     python benchmarks/sweep_efficiency.py --seeds 5 6 7       # a rerun on other seeds
     python benchmarks/sweep_efficiency.py --space search_spaces/smoke.json --samples 16 --epochs 4
     python benchmarks/sweep_efficiency.py --quick --out /tmp/se.json   # smoke run, no docs
+    python benchmarks/sweep_efficiency.py --from-json benchmarks/results/sweep_efficiency.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import math
 import shutil
@@ -122,12 +124,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a smoke run of about a minute")
     p.add_argument("--out", type=Path, help="JSON results (default benchmarks/results/...)")
     p.add_argument("--docs", type=Path, help="markdown page whose section is replaced")
+    p.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="RESULTS",
+        help="train nothing: analyse the runs a results JSON holds again (after a change to "
+        "the analysis) and write it back to --out (default: the same file)",
+    )
     args = p.parse_args(argv)
     quick = args.quick
     args.seeds = args.seeds or ([0] if quick else [0, 1, 2, 3, 4])
     args.samples = args.samples or (4 if quick else 24)
     args.epochs = args.epochs or (2 if quick else 9)
     args.frames = args.frames or (30 if quick else 550)
+    if args.from_json is not None and args.out is None:
+        args.out = args.from_json
     default_outputs(args, "sweep_efficiency")
     if min(args.samples, args.epochs, args.batch_size, args.clips) < 1:
         p.error("--samples, --epochs, --batch-size and --clips must be >= 1")
@@ -280,17 +291,29 @@ def compute_to_reach(values: list[float], target: float, direction: str) -> int 
 
 
 def asha_replay(
-    curves: list[list[float]], target: float, objective: str, direction: str, epochs: int
+    curves: list[list[float]],
+    target: float,
+    objective: str,
+    direction: str,
+    epochs: int,
+    asha: tuple[int, int] | None = None,
 ) -> int | None:
     """Trial-epochs random search would have spent to reach ``target`` had ASHA stopped its
     trials: the scheduler ``varnext sweep`` uses (:func:`make_scheduler`) replayed on random
     search's own trials, in their order, each cut where ASHA stops it. Nothing is trained
     again: a trial's first epochs are the same whether or not it is stopped later. Beside the
     TPE + ASHA figure it shows how much of the saving early stopping alone gives, and how much
-    TPE's choice of points adds. None: not reached with these trials."""
-    from ray.tune.schedulers import TrialScheduler
+    TPE's choice of points adds. None: not reached with these trials.
 
-    scheduler = make_scheduler(SweepOptions(scheduler="asha"), epochs)
+    ``asha``: (reduction factor, grace period) of another ASHA to replay instead
+    (:func:`replay_grid`)."""
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    if asha is None:
+        scheduler = make_scheduler(SweepOptions(scheduler="asha"), epochs)
+    else:
+        factor, grace = asha
+        scheduler = ASHAScheduler(max_t=epochs + 1, grace_period=grace, reduction_factor=factor)
     scheduler.set_search_properties(objective, direction)
     spent = 0
     for i, curve in enumerate(curves):
@@ -350,6 +373,43 @@ def compare(runs: list[dict], direction: str, objective: str = "", epochs: int =
             }
         )
     return rows
+
+
+REPLAY_GRID = [(factor, grace) for factor in (2, 3, 4) for grace in (1, 2, 3)]
+
+
+def replay_grid(runs: list[dict], direction: str, objective: str, epochs: int) -> list[dict]:
+    """ASHA with other reduction factors and grace periods, each replayed on random search's
+    trials of every seed (:func:`asha_replay`): whether any early-stopping setting alone would
+    reach the goal, with nothing trained again. Also says, per seed, whether random search's
+    first trial already reached the target (then no search that starts with a random point,
+    TPE's start-up included, can spend less than it did, and the seed's ratio is 1 at best)."""
+    grid = []
+    for asha in REPLAY_GRID:
+        ratios = []
+        for seed in sorted({r["seed"] for r in runs}):
+            random = next(r for r in runs if r["seed"] == seed and r["method"] == "random_fifo")
+            if random["best"] is None:
+                continue
+            target = target_for(random["best"], direction)
+            need = compute_to_reach(random["objective_by_trial_epoch"], target, direction)
+            spent = asha_replay(
+                random["objective_by_trial"], target, objective, direction, epochs, asha
+            )
+            ratios.append(math.inf if spent is None or not need else spent / need)
+        grid.append(
+            {
+                "reduction_factor": asha[0],
+                "grace_period": asha[1],
+                "ratios": [round(r, 3) if math.isfinite(r) else None for r in ratios],
+                "median_ratio": _finite(statistics.median(ratios)) if ratios else None,
+            }
+        )
+    return grid
+
+
+def _finite(value: float) -> float | None:
+    return round(value, 3) if math.isfinite(value) else None
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -414,7 +474,39 @@ def markdown(report: dict[str, Any]) -> str:
         "script's docstring); trial-epochs do not depend on that. Small spaces and budgets make "
         "the ratio noisy: a lucky early random trial sets a target that is reached early.",
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _grid_lines(report)) + "\n"
+
+
+def _grid_lines(report: dict[str, Any]) -> list[str]:
+    """The replay grid's table (absent from results written before it existed)."""
+    grid = report.get("replay_grid")
+    if not grid:
+        return []
+    epochs = report["settings"]["epochs"]
+    first = [
+        r["seed"]
+        for r in report["comparison"]
+        if r["compute_to_target"]["random_fifo"] is not None
+        and r["compute_to_target"]["random_fifo"] <= epochs
+    ]
+    lines = [
+        "",
+        "Other ASHA settings, each replayed on random search's trials of every seed (nothing "
+        f"trained again; `varnext sweep` uses reduction factor 2, grace 1). Random search's "
+        f"first trial reached the target in seed(s) {', '.join(map(str, first)) or 'none'}: "
+        "in those seeds no search that starts with a random point (TPE's start-up trials are random, "
+        "seeded like random search's) can spend less, so the ratio is 1 at best.",
+        "",
+        "| reduction factor | grace period (epochs) | ratio per seed | median |",
+        "|---|---|---|---|",
+    ]
+    for g in grid:
+        per_seed = ", ".join("never" if r is None else f"{r:.3f}" for r in g["ratios"])
+        lines.append(
+            f"| {g['reduction_factor']} | {g['grace_period']} | {per_seed} | "
+            f"{_num(g['median_ratio'])} |"
+        )
+    return lines
 
 
 def _num(value: float | None) -> str:
@@ -457,6 +549,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Runs both methods for every seed, prints the section, writes the JSON (and docs)."""
     argv, started, clock = begin(argv)
     args = parse_args(argv)
+    if args.from_json is not None:
+        return reanalyse(args.from_json, args, started, argv)
     machine = machine_info()
     space, base = load_space(args.space)
     size = (base["input"]["width"], base["input"]["height"])
@@ -502,11 +596,27 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
         "summary": summarise(rows, runs),
         "comparison": rows,
+        "replay_grid": replay_grid(runs, space.direction, space.objective, args.epochs),
         "runs": runs,
         "wall_seconds": round(time.perf_counter() - clock, 1),
     }
     section = markdown(report)
     publish(report, section, SECTION, args.out, args.docs)
+    return report
+
+
+def reanalyse(path: Path, args: argparse.Namespace, started: str, argv: list[str]) -> dict:
+    """A results JSON's runs analysed again (its measurement, timestamp and command kept)."""
+    report = json.loads(path.read_text())
+    s, runs = report["settings"], report["runs"]
+    rows = compare(runs, s["direction"], s["objective"], s["epochs"])
+    report |= {
+        "summary": summarise(rows, runs),
+        "comparison": rows,
+        "replay_grid": replay_grid(runs, s["direction"], s["objective"], s["epochs"]),
+        "reanalysed": report_head("sweep_efficiency", started, argv),
+    }
+    publish(report, markdown(report), SECTION, args.out, args.docs)
     return report
 
 

@@ -19,6 +19,7 @@ from benchmarks.sweep_efficiency import (
     asha_replay,
     compare,
     compute_to_reach,
+    replay_grid,
     summarise,
 )
 
@@ -78,6 +79,46 @@ def test_asha_replay_cuts_random_searchs_trials_where_the_scheduler_stops_them()
     (row,) = compare(runs, "max", "psnr", epochs=4)
     assert row["random_asha_replay"] == 9 and row["replay_ratio"] == 0.75
     assert summarise([row], runs)["replay_median_ratio"] == 0.75
+
+
+def test_the_replay_grid_tries_each_asha_setting_on_every_seed(tmp_path: Path) -> None:
+    # seed 0: the second trial reaches 20 at its last epoch; seed 1: the first trial does
+    late = [[10.0, 11.0, 12.0, 13.0], [5.0, 6.0, 7.0, 20.0], [12.0, 14.0, 16.0, 17.0]]
+    early = [[18.0, 19.0, 19.5, 20.0], [5.0, 6.0, 7.0, 8.0]]
+    runs = [
+        {"method": "random_fifo", "seed": seed, "trial_epochs": 4 * len(curves), "best": 20.0,
+         "objective_by_trial_epoch": [v for c in curves for v in c],
+         "objective_by_trial": curves}
+        for seed, curves in ((0, late), (1, early))
+    ]  # fmt: skip
+    grid = {(g["reduction_factor"], g["grace_period"]): g for g in replay_grid(runs, "max", "p", 4)}
+    assert len(grid) == 9
+    # grace 1, halving: trial 2 is below trial 1 at epoch 1 and stops: 20 is never seen
+    assert grid[2, 1]["ratios"] == [None, 1.0] and grid[2, 1]["median_ratio"] is None
+    # grace 3: trial 2 runs on to epoch 3 (stopped there too: 7 < 12), never reaching 20
+    assert grid[2, 3]["ratios"] == [None, 1.0]
+    assert all(g["ratios"][1] == 1.0 for g in grid.values())  # the first trial: 1 at best
+    # --from-json analyses saved runs again without training and writes the grid's table
+    saved = {
+        "benchmark": "sweep_efficiency", "timestamp": "T", "command": "c",
+        "machine": {"cores": 2, "cpu_model": "cpu"},
+        "settings": {"space": "s.json", "samples": 3, "epochs": 4, "seeds": [0, 1],
+                     "objective": "p", "direction": "max", "equal": "compute"},
+        "runs": runs + [
+            {"method": "tpe_asha", "seed": seed, "trial_epochs": 2, "best": 19.9,
+             "objective_by_trial_epoch": [15.0, 19.9]}
+            for seed in (0, 1)
+        ],
+    }  # fmt: skip
+    path, docs = tmp_path / "se.json", tmp_path / "bench.md"
+    path.write_text(json.dumps(saved))
+    docs.write_text("# Benchmarks\n\n## Sweep efficiency\n\nold\n")
+    proc = _run("sweep_efficiency.py", ["--from-json", str(path), "--docs", str(docs)])
+    again = json.loads(path.read_text())
+    assert again["timestamp"] == "T" and again["reanalysed"]["command"].endswith(str(docs))
+    assert [r["compute_to_target"]["tpe_asha"] for r in again["comparison"]] == [2, 2]
+    assert len(again["replay_grid"]) == 9 and "| 4 | 3 |" in docs.read_text()
+    assert "first trial reached the target in seed(s) 1:" in proc.stdout
 
 
 def test_a_seed_that_never_reaches_the_target_counts_as_the_worst_ratio() -> None:
