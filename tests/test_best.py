@@ -136,7 +136,7 @@ BAD = [  # (argv with {placeholders}, text the error line must contain)
         f"best --experiment {EXPERIMENT} --metric psnr --out {{tmp}}/o --tracking-uri {{store}}",
         "unknown metric 'psnr'",
     ),
-    (f"best --experiment {EXPERIMENT} --out {{tmp}} --tracking-uri {{store}}", "not an empty"),
+    (f"best --experiment {EXPERIMENT} --out {{tmp}} --tracking-uri {{store}}", "is not empty"),
     (
         f"best --experiment {EXPERIMENT} --out {{tmp}}/o --tracking-uri sqlite:///{{tmp}}/x.db",
         "no MLflow database",
@@ -228,3 +228,43 @@ def test_best_refuses_a_checkpoint_missing_or_altering_a_listed_file(
         download_best(uri, "damaged", tmp_path / "best", "extrap_psnr")
     assert "does not load" in err.value.what and "background.png" in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts", "ckpt", "mlflow.db"]
+
+
+def test_best_refuses_a_symlinked_out_before_searching(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    argv = ["best", "--experiment", "nope", "--out", tmp_path / "link", "--tracking-uri", store]
+    code, _, err = _run(argv, capsys)  # no such experiment: the folder is refused first
+    assert code == 2 and "output is a symlink (to " in err and "nope" not in err
+    assert list((tmp_path / "real").iterdir()) == []
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path):
+    """A real 300 KiB tmpfs with 8 KiB left (needs the right to mount, as root in CI has)."""
+    import subprocess
+
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)])
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (mount / "fill").write_bytes(b"\0" * 290 * 1024)
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_best_on_a_full_disk_says_so(
+    store: str, full_disk: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = full_disk / "best"
+    argv = ["best", "--experiment", EXPERIMENT, "--out", out, "--tracking-uri", store]
+    argv += ["--metric", "extrap_psnr"]
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "cannot write the download (the checkpoint needs " in err
+    assert "are free there) (" in err and err.count("\n") == 1
+    assert sorted(p.name for p in full_disk.iterdir()) == ["fill"]  # no staging folder left

@@ -13,18 +13,22 @@ Example:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from varnext_ray import objectives, tracking
 from varnext_ray.errors import UserError
+from varnext_ray.safe_io import absolute_new_dir, check_new_dir, os_reason, size_text, staged_dir
 
 RUN_FILE = "run.json"  # written beside the checkpoint's files by download_best
 KIND_TAG, KINDS = "varnext.kind", ("train", "trial")
+# errors of writing the download here, not of reading the store
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+FULL_BYTES = 1024 * 1024  # less free than this after a failed download: the disk filled up
 
 
 # ---- the best run -----------------------------------------------------------------------------
@@ -89,33 +93,42 @@ def find_best_run(
     )
 
 
-def _check_empty_dir(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(
-            "output exists and is not an empty directory",
-            str(out),
-            "pass a new --out directory so nothing is overwritten",
-        )
-
-
-def _download_listed(client: Any, run_id: str, tmp: Path) -> Path:
-    """The run's ``checkpoint/`` artifact in ``tmp``: meta.json first, then the files it lists
-    and nothing else (a stray file beside them stays in the store), each sha256-checked."""
+def _download_listed(client: Any, run_id: str, local: Path) -> None:
+    """The run's ``checkpoint/`` artifact into ``local``: meta.json first, then the files it
+    lists and nothing else (a stray file beside them stays in the store), each sha256-checked."""
     from varnext_ray.checkpoint import META, read_meta, verify_files
 
-    local = tmp / "checkpoint"
-    local.mkdir()
     client.download_artifacts(run_id, f"checkpoint/{META}", str(local))
     listed = read_meta(local)["files"]
-    stored = {Path(f.path).name for f in client.list_artifacts(run_id, "checkpoint")}
-    missing = sorted(set(listed) - stored)
+    stored = {Path(f.path).name: f.file_size for f in client.list_artifacts(run_id, "checkpoint")}
+    missing = sorted(set(listed) - set(stored))
     if missing:
         what = "checkpoint file is missing (meta.json lists it)"
         raise UserError(what, str(local / missing[0]), "re-log the whole checkpoint directory")
+    need, free = sum(stored[name] or 0 for name in listed), shutil.disk_usage(local).free
+    if need > free:
+        raise NoRoom(f"the checkpoint needs {size_text(need)}; {size_text(free)} are free there")
     for name in listed:
         client.download_artifacts(run_id, f"checkpoint/{name}", str(local))
     verify_files(local)
-    return local
+
+
+class NoRoom(Exception):
+    """The download does not fit where ``--out`` is (not a fault of the run or its store)."""
+
+
+def _write_failure(err: Exception, staging: Path) -> str | None:
+    """Why writing the download failed, if it was the local disk: MLflow reports a failed
+    local write as "Failed to download artifacts", with no cause attached."""
+    if isinstance(err, NoRoom):
+        return str(err)
+    if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
+        return os_reason(err)
+    try:
+        free = shutil.disk_usage(staging).free
+    except OSError:
+        return None
+    return f"the disk is full: {size_text(free)} free" if free < FULL_BYTES else None
 
 
 def download_best(
@@ -126,41 +139,40 @@ def download_best(
 ) -> Path:
     """Downloads the best run's checkpoint into ``out``, checks it loads, writes ``run.json``.
 
-    The files go to a temporary directory beside ``out`` first and are renamed into place once
-    the checkpoint loads, so ``out`` never holds half a download.
+    The files go to a staging folder beside ``out`` first and are renamed into place once the
+    checkpoint loads (:func:`~varnext_ray.safe_io.staged_dir`), so ``out`` never holds half a
+    download.
 
     Returns:
         ``out``, a checkpoint directory for :func:`~varnext_ray.checkpoint.load_checkpoint`
         plus ``run.json`` (run id and name, metric, value, tracking URI, experiment).
 
     Raises:
-        UserError: ``out`` is not new or empty, see :func:`find_best_run`, or the download
-            fails or does not load.
+        UserError: ``out`` is not a new or empty folder that can be written (checked before
+            the search), see :func:`find_best_run`, or the download fails or does not load.
     """
     from mlflow.exceptions import MlflowException
 
     from varnext_ray.checkpoint import load_checkpoint  # imports torch
 
-    out = Path(out)
-    _check_empty_dir(out)
+    out = absolute_new_dir(out, "--out")
+    check_new_dir(out, "--out")
     run = find_best_run(uri, experiment, metric)
     where = f"run {run['run_id']}, artifact checkpoint/"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        local = _download_listed(tracking.client(run["tracking_uri"]), run["run_id"], tmp)
-        load_checkpoint(local)
-        (local / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
-        if out.exists():
-            out.rmdir()
-        local.rename(out)
-    except MlflowException as err:
-        what = f"download failed ({str(err).splitlines()[0][:200]})"
-        raise UserError(what, where, "check the artifact store is reachable") from None
-    except UserError as err:
-        file = Path(err.where).name if err.where.startswith(str(tmp)) else err.where
-        what = f"the run's checkpoint does not load: {file}: {err.what}"
-        raise UserError(what, where, "pick another run (--metric) or retrain it") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with staged_dir(out, "--out") as staging:
+        try:
+            _download_listed(tracking.client(run["tracking_uri"]), run["run_id"], staging)
+            load_checkpoint(staging)
+            (staging / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+        except (MlflowException, OSError, NoRoom) as err:
+            why = _write_failure(err, staging)
+            if why is not None:
+                fix = "free space there, or choose another --out"
+                raise UserError(f"cannot write the download ({why})", str(out), fix) from None
+            what = f"download failed ({str(err).splitlines()[0][:200]})"
+            raise UserError(what, where, "check the artifact store is reachable") from None
+        except UserError as err:
+            file = Path(err.where).name if err.where.startswith(str(staging)) else err.where
+            what = f"the run's checkpoint does not load: {file}: {err.what}"
+            raise UserError(what, where, "pick another run (--metric) or retrain it") from None
     return out

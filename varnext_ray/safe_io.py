@@ -300,6 +300,10 @@ def check_new_dir(path: str | Path, flag: str, *, allow_empty: bool = True) -> N
     st = path_stat(path, f"{flag} is unusable", fix)
     if st is None and os.path.islink(path):
         raise UserError("output already exists (a symlink to nothing)", str(path), fix)
+    if st is not None and os.path.islink(path):  # a new folder is renamed into place: not
+        real = os.path.realpath(path)  # through a link, which it would replace or fail on
+        what = f"output is a symlink (to {real}); the new folder cannot go through it"
+        raise UserError(what, str(path), f"pass the folder it points to ({real}) as {flag}")
     if st is not None:
         if not stat.S_ISDIR(st.st_mode):
             raise UserError(f"output already exists ({kind_of(st.st_mode)})", str(path), fix)
@@ -389,8 +393,10 @@ def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> It
 def check_storage_writable(storage: str | Path, flag: str = "--storage") -> None:
     """Refuses a local ``storage`` folder that cannot be made or written (a file on the way, a
     read-only or immutable folder), before Ray starts; writes nothing that stays. A URI
-    (``s3://...``) is left to its filesystem."""
+    (``s3://...``) is checked for a scheme pyarrow knows and a bucket, and otherwise left to
+    its filesystem (opening it may ask the network, e.g. for an S3 bucket's region)."""
     if "://" in str(storage):
+        _check_storage_uri(str(storage), flag)
         return
     path = Path(storage).absolute()
     existing = next(p for p in (path, *path.parents) if p.exists() or p.is_symlink())
@@ -408,6 +414,30 @@ def check_storage_writable(storage: str | Path, flag: str = "--storage") -> None
             flag,
             "pass a folder you can write, or make this one writable",
         ) from None
+
+
+# The URI schemes of pyarrow's file systems (pyarrow.fs.FileSystem.from_uri), and whether the
+# URI must name a bucket or a host first.
+STORAGE_SCHEMES = {
+    **dict.fromkeys(("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss"), True),
+    **dict.fromkeys(("file", "local", "mock"), False),
+}
+
+
+def _check_storage_uri(uri: str, flag: str) -> None:
+    """A storage URI whose scheme pyarrow opens, with its bucket or host where it needs one."""
+    from urllib.parse import urlsplit
+
+    fix = "pass a local folder, or a URI pyarrow opens (s3://BUCKET/path, gs://BUCKET/path)"
+    try:
+        parts = urlsplit(uri)
+    except ValueError as err:
+        raise UserError(f"not a valid storage URI ({err})", flag, fix) from None
+    scheme = parts.scheme.lower()
+    if scheme not in STORAGE_SCHEMES:
+        raise UserError(f"unknown storage URI scheme {scheme!r} in {uri}", flag, fix)
+    if STORAGE_SCHEMES[scheme] and not parts.netloc:
+        raise UserError(f"the storage URI {uri} names no bucket or host", flag, fix)
 
 
 def check_trusted_storage(path: str) -> None:
