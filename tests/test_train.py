@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import REPO
+from varnext_ray import tracking
 from varnext_ray.arch import load_arch, parse_arch
 from varnext_ray.background import load_background, training_background
 from varnext_ray.checkpoint import load_checkpoint
@@ -21,7 +22,7 @@ from varnext_ray.dataset import load_manifest, sequence_index, triplet_index
 from varnext_ray.errors import UserError
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.settings import TrainSettings
-from varnext_ray.train import TrainingFailed, check_dataset, train
+from varnext_ray.train import TrainingFailed, check_dataset, check_same_experiment, train
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -81,6 +82,25 @@ def first_run(ray_local, dataset_dir: Path, tmp_path_factory: pytest.TempPathFac
     tmp = tmp_path_factory.mktemp("train")
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
     return tmp, uri, _train(dataset_dir, tmp, uri, epochs=2)
+
+
+def test_a_run_of_another_experiment_is_not_continued_under_its_name(
+    first_run, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Re-running with another --experiment would log into the old run's experiment (and train
+    nothing once its epochs are done): refused, naming the experiment that holds it."""
+    tmp, uri, outcome = first_run
+    uri = tracking.resolve_tracking_uri(uri)
+    with pytest.raises(UserError) as err:
+        check_same_experiment(tmp / "ray", "smoke", "other", uri, epochs=5)
+    assert f"is MLflow run {outcome.run_id} of experiment 'test-train', not 'other'" in str(err)
+    assert "pass --experiment test-train to continue it, or another --name" in str(err)
+    check_same_experiment(tmp / "ray", "new-name", "other", uri, epochs=5)  # a new run
+    with caplog.at_level("WARNING", logger="varnext_ray.train"):
+        check_same_experiment(tmp / "ray", "smoke", "test-train", uri, epochs=3)
+        assert "nothing is left" not in caplog.text  # one more epoch to train
+        check_same_experiment(tmp / "ray", "smoke", "test-train", uri, epochs=2)
+    assert "already trained 2 epochs (--epochs 2): nothing is left to train" in caplog.text
 
 
 def test_two_ranks_step_and_report_the_contract(first_run, dataset_dir: Path) -> None:

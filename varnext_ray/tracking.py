@@ -151,6 +151,18 @@ def artifact_location(uri: str, name: str) -> str | None:
     return str(database.parent / ARTIFACTS_DIR / (name if plain else uuid.uuid4().hex))
 
 
+def experiment_of_run(uri: str, run_id: str) -> str | None:
+    """The name of the experiment that MLflow run ``run_id`` belongs to; None when the store
+    holds no such run (or its experiment was deleted)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client(uri)
+    try:
+        return c.get_experiment(c.get_run(run_id).info.experiment_id).name
+    except MlflowException:
+        return None
+
+
 def experiment_id(uri: str, name: str) -> str:
     """The id of experiment ``name``, created if it does not exist; tagged
     ``mlflow.experimentKind = custom_model_development`` unless it has a kind already."""
@@ -303,7 +315,14 @@ def storage_path(run_dir: str | Path) -> tuple[Any, str]:
 
     text = str(run_dir)
     if "://" in text:
-        return pyarrow.fs.FileSystem.from_uri(text)
+        try:
+            return pyarrow.fs.FileSystem.from_uri(text)
+        except (pyarrow.ArrowInvalid, OSError, ValueError) as err:  # no such scheme, no JVM
+            raise UserError(
+                f"cannot open the storage URI ({str(err).splitlines()[0][:160]})",
+                text,
+                "pass a local folder, or a URI pyarrow opens (s3://BUCKET/path, gs://BUCKET/path)",
+            ) from None
     return pyarrow.fs.LocalFileSystem(), str(Path(text).resolve())
 
 

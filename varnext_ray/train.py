@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -147,27 +148,67 @@ def check_same_arch(storage: Path | str, name: str, arch: ArchConfig) -> None:
         )
 
 
-_NO_BOUNDS = {"max_params": math.inf, "max_activation_bytes": math.inf}  # compare, not judge
+def check_same_experiment(
+    storage: Path | str, name: str, experiment: str, tracking_uri: str, epochs: int
+) -> None:
+    """Before Ray: refuses to continue a run of another MLflow experiment under this name (it
+    would go on logging there, and ``--experiment`` would stay empty), and says when the run
+    has no epoch left to train.
+
+    Raises:
+        UserError: ``<storage>/<name>`` records an MLflow run of this tracking store that
+            belongs to another experiment.
+    """
+    directory = run_dir(storage, name)
+    record = tracking.read_json_record(directory, tracking.RUN_FILE)
+    if record is not None and record.get("tracking_uri") == tracking_uri:
+        run_id = tracking.read_record(directory)
+        theirs = tracking.experiment_of_run(tracking_uri, run_id) if run_id else None
+        if theirs is not None and theirs != experiment:
+            raise UserError(
+                f"a run named {name!r} in {directory.rsplit('/', 1)[0]} is MLflow run {run_id} "
+                f"of experiment {theirs!r}, not {experiment!r}",
+                "--experiment",
+                f"pass --experiment {theirs} to continue it, or another --name to start a new "
+                f"run in {experiment!r}",
+            )
+    epochs_done = [int(d[6:]) for d in _subdirs(directory) if re.fullmatch(r"epoch_\d+", d)]
+    done = max(epochs_done, default=0)
+    if done >= epochs:
+        log.warning(
+            "the run named %r already trained %d epochs (--epochs %d): nothing is left to "
+            "train; pass a larger --epochs to train it on, or another --name for a new run",
+            name,
+            done,
+            epochs,
+        )
 
 
-def _checkpoint_archs(directory: str) -> list[dict[str, Any]]:
-    """The normalised architectures of the checkpoints in a run directory (unreadable ones are
-    skipped: resuming reports them)."""
+def _subdirs(directory: str) -> list[str]:
+    """The names of a run directory's folders (checkpoints are ``epoch_NNNN``); none if it
+    cannot be read."""
     import pyarrow.fs
-
-    from varnext_ray.arch import parse_arch
 
     fs, path = tracking.storage_path(directory)
     try:
         entries = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     except OSError:
         return []
+    return [e.base_name for e in entries if e.type == pyarrow.fs.FileType.Directory]
+
+
+_NO_BOUNDS = {"max_params": math.inf, "max_activation_bytes": math.inf}  # compare, not judge
+
+
+def _checkpoint_archs(directory: str) -> list[dict[str, Any]]:
+    """The normalised architectures of the checkpoints in a run directory (unreadable ones are
+    skipped: resuming reports them)."""
+    from varnext_ray.arch import parse_arch
+
     archs = []
-    for entry in entries:
-        if entry.type != pyarrow.fs.FileType.Directory:
-            continue
+    for base_name in _subdirs(directory):
         try:
-            where = f"{directory}/{entry.base_name}"  # keeps a storage URI's scheme
+            where = f"{directory}/{base_name}"  # keeps a storage URI's scheme
             stored = tracking.read_json_record(where, "arch.json")
             if stored is not None:
                 archs.append(parse_arch(stored, where, **_NO_BOUNDS).to_dict())
