@@ -999,6 +999,16 @@ BEFORE_RAY: dict[str, Raw] = {
         "notes.txt is a file, not a folder",
         file("notes.txt", "mine"),
     ),
+    "preflight-train-storage-unknown-scheme": (
+        TRAIN + " --storage bogus://x/y",
+        "unknown storage URI scheme 'bogus' in bogus://x/y (--storage)",
+        None,
+    ),
+    "preflight-train-storage-no-bucket": (
+        TRAIN + " --storage s3:///runs",
+        "the storage URI s3:///runs names no bucket or host (--storage)",
+        None,
+    ),
     "preflight-train-autoscaling-unclear": (
         TRAIN,
         "VARNEXT_AUTOSCALING must be 1 or 0 (got 'maybe')",
