@@ -494,8 +494,8 @@ def _grid_lines(report: dict[str, Any]) -> list[str]:
         "Other ASHA settings, each replayed on random search's trials of every seed (nothing "
         f"trained again; `varnext sweep` uses reduction factor 2, grace 1). Random search's "
         f"first trial reached the target in seed(s) {', '.join(map(str, first)) or 'none'}: "
-        "in those seeds no search that starts with a random point (TPE's start-up trials are random, "
-        "seeded like random search's) can spend less, so the ratio is 1 at best.",
+        "in those seeds no search that starts with a random point (TPE's start-up trials are "
+        "random, seeded like random search's) can spend less, so the ratio is 1 at best.",
         "",
         "| reduction factor | grace period (epochs) | ratio per seed | median |",
         "|---|---|---|---|",

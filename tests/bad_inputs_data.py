@@ -911,6 +911,12 @@ TRACKING_URIS: dict[str, tuple[str, str, str, Setup | None]] = {
         None,
     ),
     "server-bad-port": ("http://127.0.0.1:notaport", "the tracking URI has a bad port", "", None),
+    "server-password-hidden": (  # nothing listens on port 9 here; the password is never shown
+        "http://user:secret@127.0.0.1:9/",
+        "(http://user:***@127.0.0.1:9/)",
+        "",
+        None,
+    ),
 }
 TRAIN = "train --config {smoke} --data {dataset} {track}"
 SWEEP_SMOKE = f"sweep --space {SMOKE_SPACE} --data {{dataset}} {{track}}"

@@ -86,6 +86,10 @@ def test_report_says_whether_the_line_beats_copy_last(
 
 def test_a_workdir_that_already_ran_is_refused_before_ray(tmp_path: Path) -> None:
     (tmp_path / "ray").mkdir()
+    stopped = "a demo that was stopped before it ended is in this work directory"
+    with pytest.raises(UserError, match=stopped):  # its sweep began, no best checkpoint came
+        demo.run_demo(tmp_path)
+    (tmp_path / "best").mkdir()
     with pytest.raises(UserError, match="a demo already ran in this work directory"):
         demo.run_demo(tmp_path)
 

@@ -14,6 +14,7 @@ from tests.conftest import smoke_checkpoint
 from varnext_ray.arch import load_arch
 from varnext_ray.checkpoint import Checkpoint
 from varnext_ray.cli import main
+from varnext_ray.errors import UserError
 from varnext_ray.media import write_video
 from varnext_ray.model import build_vae
 from varnext_ray.predict import predict_frames
@@ -81,6 +82,30 @@ def test_predict_frames_is_the_decoded_latent_line() -> None:
     big = [np.asarray(Image.fromarray(f).resize((128, 72))) for f in (a, b)]
     assert fit_frame(big[0], (64, 36)).shape == (36, 64, 3)
     assert predict_frames(ckpt, *big)[0].shape == (72, 128, 3)
+
+
+def test_frames_of_another_aspect_ratio_give_the_part_the_model_saw(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """4:3 frames for a 16:9 model: the prediction is their 16:9 centre crop at their own
+    resolution (it was stretched over the whole 4:3 frame), with a warning; frames too small
+    to be the model's input without enlarging them over 16 times a side are refused."""
+    torch.manual_seed(1)
+    cfg = load_arch(SMOKE)
+    ckpt = Checkpoint(arch=cfg, model=build_vae(cfg).eval(), meta={}, path=Path("in-memory"))
+    rng = np.random.default_rng(0)
+    a, b = (rng.integers(0, 256, (96, 128, 3), dtype=np.uint8) for _ in range(2))
+    with caplog.at_level("WARNING", logger="varnext_ray.predict"):
+        (got,) = predict_frames(ckpt, a, b)
+    assert got.shape == (72, 128, 3)  # the 128x72 centre crop, not 128x96
+    assert "128x96 frames are not the model's aspect ratio (64x36): predicting their 128x72" in (
+        caplog.text
+    )
+    same = predict_frames(ckpt, a[12:84], b[12:84])[0]  # the crop itself: the same prediction
+    np.testing.assert_array_equal(got, same)
+    tiny = np.zeros((2, 3, 3), np.uint8)
+    with pytest.raises(UserError, match=r"3x2 frames are too small for this 64x36 model"):
+        predict_frames(ckpt, tiny, tiny)
 
 
 def _mp4_frames(path: Path) -> tuple[int, tuple[int, int]]:

@@ -176,6 +176,9 @@ def test_cli_writes_the_page_and_logs_it_to_the_sweep_run(
     )
     assert _row_names(page) == ORDER[:4]
     assert [p.name for p in (tmp_path / "sub").iterdir()] == ["r.html"]  # no temp file left
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "sub" / "r.html").stat().st_mode & 0o777 == 0o666 & ~umask  # shareable
     client = mlflow.MlflowClient(store["uri"])
     assert [a.path for a in client.list_artifacts(parent, "report")] == ["report/report.html"]
     logged = client.download_artifacts(parent, "report/report.html", str(tmp_path))

@@ -69,6 +69,9 @@ def test_write_atomic_replaces_whole_or_refuses(tmp_path: Path) -> None:
         write_atomic(target, b"three", overwrite=False)
     assert target.read_bytes() == b"two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temp file left
+    target.chmod(0o640)
+    write_atomic(target, b"four")  # a replaced file keeps its mode
+    assert target.stat().st_mode & 0o777 == 0o640 and target.read_bytes() == b"four"
     with pytest.raises(ValueError):
         safe_io.json_bytes({"x": math.nan})  # NaN is never written
 

@@ -18,7 +18,14 @@ from varnext_ray.cli_args import Parser, subcommand
 from varnext_ray.cli_jobs import JOB_COMMANDS
 from varnext_ray.dataset import ENCODINGS, load_manifest
 from varnext_ray.dataset import info as dataset_info
-from varnext_ray.errors import UserError, escape, sigterm_raises, terminated, user_error_in
+from varnext_ray.errors import (
+    UserError,
+    escape,
+    redact,
+    sigterm_raises,
+    terminated,
+    user_error_in,
+)
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.sources import parse_size
 from varnext_ray.synth import FORMATS, write_synthetic
@@ -336,7 +343,7 @@ def save_traceback(err: BaseException) -> str:
 
 def unexpected_error_line(err: BaseException, traceback_file: str) -> str:
     """The one line an unexpected exception gets: its type and message, and the traceback file."""
-    message = escape(str(err).strip().splitlines()[0][:200]) if str(err).strip() else ""
+    message = escape(redact(str(err).strip().splitlines()[0][:200])) if str(err).strip() else ""
     return (
         f"error: unexpected {type(err).__name__}{': ' + message if message else ''} "
         f"(full traceback in {traceback_file}): this is a bug in varnext; please report it "

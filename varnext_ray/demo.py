@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from varnext_ray.errors import UserError
+from varnext_ray.errors import Interrupted, Terminated, UserError
 from varnext_ray.safe_io import kind_of, os_reason, path_stat
 
 REPO = Path(__file__).resolve().parent.parent
@@ -143,8 +143,11 @@ def run_demo(
     workdir = workdir.resolve()
     _check_workdir(workdir)
     if (workdir / "ray").exists():
+        ended = (workdir / "best").exists()
         raise UserError(
-            "a demo already ran in this work directory",
+            "a demo already ran in this work directory"
+            if ended
+            else "a demo that was stopped before it ended is in this work directory",
             str(workdir),
             "pass another --workdir, or remove this one to run it again",
         )
@@ -171,15 +174,22 @@ def run_demo(
     data = prepare_data(workdir)
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     space, base = load_space(DEMO_SPACE)
-    outcome = run_sweep(
-        space=space,
-        base=base,
-        data=data,
-        experiment=EXPERIMENT,
-        tracking_uri=uri,
-        storage=workdir / "ray",
-        options=options,
-    )
+    try:
+        outcome = run_sweep(
+            space=space,
+            base=base,
+            data=data,
+            experiment=EXPERIMENT,
+            tracking_uri=uri,
+            storage=workdir / "ray",
+            options=options,
+        )
+    except (Interrupted, Terminated) as stop:  # the sweep's hint names a command never typed
+        hint = (
+            f"the demo's sweep was stopped and its MLflow runs are KILLED (in {uri}); remove "
+            f"{workdir} or pass another --workdir to run the demo again"
+        )
+        raise type(stop)(hint) from None
     print("\n" + summary_table(outcome, space.objective))
     if outcome.best is None:
         print("no trial finished: see the errors above")

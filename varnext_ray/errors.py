@@ -7,6 +7,7 @@ dataset) is raised as a :class:`UserError`; the CLI prints it as one line and ex
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import threading
 import unicodedata
@@ -36,11 +37,20 @@ def escape(text: str) -> str:
     return "".join(out)
 
 
+# The password of a URI's user part, ``scheme://user:PASSWORD@host``: never printed.
+_URI_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s/:@]*):[^\s/@]*@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@`` URI shown as ``***``."""
+    return _URI_PASSWORD.sub(r"\1:***@", text)
+
+
 class UserError(Exception):
     """A problem with the user's input, reported as ``<what> (<where>): <how to fix>``.
 
     Control characters in any part are escaped (see :func:`escape`), so the message is always
-    exactly one line.
+    exactly one line, and URI passwords are hidden (:func:`redact`).
 
     Args:
         what: What is wrong, with the value received.
@@ -52,9 +62,9 @@ class UserError(Exception):
     """
 
     def __init__(self, what: str, where: str, fix: str) -> None:
-        self.what = escape(what)
-        self.where = escape(where)
-        self.fix = escape(fix)
+        self.what = escape(redact(what))
+        self.where = escape(redact(where))
+        self.fix = escape(redact(fix))
         super().__init__(f"{self.what} ({self.where}): {self.fix}")
 
     def __reduce__(self) -> tuple:

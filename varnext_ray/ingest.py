@@ -37,6 +37,7 @@ from varnext_ray.errors import UserError
 from varnext_ray.safe_io import check_new_dir, json_bytes, os_reason, staged_dir
 from varnext_ray.sources import (
     GAP,
+    MAX_UPSCALE,
     Skipped,
     Source,
     decode_source,
@@ -51,7 +52,6 @@ log = logging.getLogger(__name__)
 TRIPLET_FRAMES = 3  # frames t, t+s, t+2s: the least a clip must keep to be of use
 ROW_GROUP = 32  # frames per Parquet row group (raw 640x360: ~22 MB before compression)
 FILE_FRAMES = 1024  # frames per Parquet file
-MAX_UPSCALE = 16  # --size may enlarge the frames' centre crop at most this many times a side
 
 
 @dataclass(frozen=True)

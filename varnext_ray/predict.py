@@ -2,9 +2,10 @@
 
 Two frames are fitted to the model's input size with :func:`~varnext_ray.sources.fit_frame`
 (centre crop to the model's aspect ratio, then resize), encoded to their means z1, z2,
-extrapolated to z2 + k(z2 - z1) for k = 1..steps, decoded, and resized back to the input frames'
-size. Where the aspect ratios differ, the prediction shows the centre crop the model saw,
-stretched to the input size.
+extrapolated to z2 + k(z2 - z1) for k = 1..steps, decoded, and resized back to the size of
+that centre crop: the input frames' size when the aspect ratios agree; otherwise the part of
+the frames the model saw, undistorted, with a warning. Frames whose crop would be enlarged
+more than :data:`~varnext_ray.sources.MAX_UPSCALE` times, as ingest refuses them, are refused.
 
 Example:
     >>> ckpt = load_checkpoint(download_best(None, "smoke", "runs/best"))
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import math
 import uuid
 from collections.abc import Iterator
@@ -31,9 +33,12 @@ from varnext_ray.media import FPS, save_gif, save_png, write_video
 from varnext_ray.model import extrapolate, rollout
 from varnext_ray.safe_io import check_output_files, regular_file
 from varnext_ray.sources import (
+    MAX_UPSCALE,
     NO_VIDEO_FIX,
     Skipped,
     Source,
+    centre_crop,
+    crop_size,
     decode_source,
     fit_frame,
     no_video_stream,
@@ -41,6 +46,7 @@ from varnext_ray.sources import (
     warnings_after_success,
 )
 
+log = logging.getLogger(__name__)
 VIDEO_OUTPUTS = (".mp4", ".gif")
 _CHUNK = 32  # video frames encoded per batch
 
@@ -54,13 +60,46 @@ def load_frame(path: str | Path) -> np.ndarray:
     return read_image(path)
 
 
+def _model_size(ckpt: Checkpoint) -> tuple[int, int]:
+    return ckpt.arch.input.width, ckpt.arch.input.height
+
+
+def seen_part(ckpt: Checkpoint, frame: np.ndarray, where: str) -> np.ndarray:
+    """The centre crop of ``frame`` the model sees (the whole frame when the aspect ratios
+    agree), warned about when it is not the whole frame, refused when it would be enlarged
+    more than :data:`~varnext_ray.sources.MAX_UPSCALE` times a side."""
+    (width, height), (h, w) = _model_size(ckpt), frame.shape[:2]
+    crop_w, crop_h = crop_size((w, h), (width, height))
+    if max(width / crop_w, height / crop_h) > MAX_UPSCALE:
+        raise UserError(
+            f"{w}x{h} frames are too small for this {width}x{height} model: their "
+            f"{crop_w}x{crop_h} centre crop would be enlarged over {MAX_UPSCALE} times a side",
+            where,
+            f"pass frames of at least {-(-width // MAX_UPSCALE)}x{-(-height // MAX_UPSCALE)} "
+            "pixels, from the camera the model was trained on",
+        )
+    if (crop_w, crop_h) != (w, h):
+        log.warning(
+            "%s: %dx%d frames are not the model's aspect ratio (%dx%d): predicting their "
+            "%dx%d centre crop",
+            where,
+            w,
+            h,
+            width,
+            height,
+            crop_w,
+            crop_h,
+        )
+    return centre_crop(frame, (width, height))
+
+
 def _model_input(ckpt: Checkpoint, frames: list[np.ndarray]) -> torch.Tensor:
     """(H, W, 3) uint8 frames -> (B, 3, h, w) floats in [0, 1] at the model's input size."""
     cfg = ckpt.arch.input
     if cfg.channels != 3:  # training reads RGB frames too
         fix = "predict reads RGB frames: use a model with 3 input channels"
         raise UserError(f"model has {cfg.channels} input channels", str(ckpt.path), fix)
-    fitted = np.stack([fit_frame(f, (cfg.width, cfg.height)) for f in frames])  # (B, h, w, 3)
+    fitted = np.stack([fit_frame(f, _model_size(ckpt)) for f in frames])  # (B, h, w, 3)
     x = torch.from_numpy(fitted).permute(0, 3, 1, 2).float().div_(255.0)  # (B, 3, h, w)
     return x.to(next(ckpt.model.parameters()).device)
 
@@ -133,7 +172,7 @@ def predict_frames(
 
     The frames are fitted to the model's input size (:func:`~varnext_ray.sources.fit_frame`),
     encoded to their means z1, z2, extrapolated to z2 + k(z2 - z1) for k = 1..steps, decoded
-    and resized back to the input frames' size.
+    and resized back to the size of the part of the frames the model saw (:func:`seen_part`).
 
     Args:
         checkpoint: A loaded checkpoint (its model is put in eval mode).
@@ -142,13 +181,16 @@ def predict_frames(
         steps: How many frames to predict: t+2s, t+3s, ...
 
     Returns:
-        ``steps`` images, (H, W, 3) uint8 RGB each, the input frames' size.
+        ``steps`` images, (H, W, 3) uint8 RGB each, the input frames' size (their centre
+        crop's where their aspect ratio is not the model's).
 
     Example:
         >>> nxt, after = predict_frames(ckpt, load_frame("a.png"), load_frame("b.png"), steps=2)
     """
     _check_steps(steps)
     _check_same_size(frame_a, frame_b, "frame_a, frame_b")
+    frame_a = seen_part(checkpoint, frame_a, "frame_a")
+    frame_b = centre_crop(frame_b, _model_size(checkpoint))
     model = checkpoint.model.eval()
     with torch.inference_mode():
         mu, _ = model.encode(_model_input(checkpoint, [frame_a, frame_b]))  # (2, D)
@@ -266,11 +308,15 @@ def _panels(
     consecutive frames; after the last triplet it holds the video's last frames. ``counts``:
     see :func:`_chunks`.
     """
-    model = ckpt.model.eval()
+    model, checked = ckpt.model.eval(), False
     for chunk in _chunks(source, counts):
         if chunk is None:  # frames lost: t, t+s, t+2s must be neighbours in time
             history.clear()
             continue
+        if not checked:  # once, for the video: its frames all have the first one's size
+            seen_part(ckpt, chunk[0], str(source.path))
+            checked = True
+        chunk = [centre_crop(frame, _model_size(ckpt)) for frame in chunk]
         with torch.inference_mode():
             mus = model.encode(_model_input(ckpt, chunk))[0]  # (B, D)
             pairs, latents = [], []

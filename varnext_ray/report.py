@@ -16,7 +16,6 @@ from __future__ import annotations
 import base64
 import logging
 import math
-import os
 import re
 import shutil
 import tempfile
@@ -28,7 +27,7 @@ from varnext_ray import tracking
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import OBJECTIVES
 from varnext_ray.report_page import STRIPS, SweepReport, Trial, render_page
-from varnext_ray.safe_io import check_output_files
+from varnext_ray.safe_io import check_output_files, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -258,18 +257,6 @@ def check_out(out: Path, uri: str, *, overwrite: bool = False) -> None:
         )
 
 
-def _write_atomic(text: str, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(
     uri: str | None,
     experiment: str,
@@ -301,7 +288,8 @@ def write_report(
     report = gather(uri, experiment, sweep_id)
     add_images(report)
     text = render_page(report, top=top)
-    _write_atomic(text, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(out, text.encode("utf-8"), flag="--out")  # mode: the umask's, or the old page's
     tmp = tempfile.mkdtemp(prefix="varnext-report-")
     try:
         (Path(tmp) / ARTIFACT_FILE).write_text(text, encoding="utf-8")

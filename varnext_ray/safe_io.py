@@ -259,7 +259,8 @@ def write_atomic(
     """Writes ``data`` to ``path`` through a temporary sibling and a rename (never half a file).
 
     ``overwrite=False`` refuses (UserError) an existing ``path`` instead of replacing it; the
-    check and the rename are one atomic step (``os.link`` fails on an existing name).
+    check and the rename are one atomic step (``os.link`` fails on an existing name). A new
+    file's mode follows the umask, a replaced file keeps its own.
     """
     path = Path(path)
     where = flag or str(path)
@@ -270,6 +271,8 @@ def write_atomic(
             f.flush()
             os.fsync(f.fileno())
         if overwrite:
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
             os.replace(tmp, path)
         else:
             try:

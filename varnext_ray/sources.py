@@ -312,6 +312,9 @@ def _is_animated(path: Path) -> bool:
 _ANIMATABLE = (b"GIF87a", b"GIF89a", b"\x89PNG\r\n\x1a\n")
 
 
+MAX_UPSCALE = 16  # a frame's centre crop is enlarged at most this many times a side to fit
+
+
 def fit_frame(
     frame: np.ndarray,
     size: tuple[int, int],
@@ -328,11 +331,7 @@ def fit_frame(
     h, w = frame.shape[:2]
     if (w, h) == (width, height):
         return frame
-    crop_w, crop_h = w, h
-    if w * height > h * width:  # too wide: crop the sides
-        crop_w = round(h * width / height)
-    elif w * height < h * width:  # too tall: crop top and bottom
-        crop_h = round(w * height / width)
+    crop_w, crop_h = crop_size((w, h), size)
     if min(crop_w, crop_h) < 1:
         raise UserError(
             f"a {w}x{h} frame cropped to the aspect ratio of {width}x{height} keeps no pixels "
@@ -348,14 +347,27 @@ def fit_frame(
             where,
             f"pass a size near the frames' own, e.g. --size {_like(w, h)}",
         )
-    if crop_w < w:
-        x0 = (w - crop_w) // 2
-        frame = frame[:, x0 : x0 + crop_w]
-    elif crop_h < h:
-        y0 = (h - crop_h) // 2
-        frame = frame[y0 : y0 + crop_h]
-    image = Image.fromarray(np.ascontiguousarray(frame))
+    image = Image.fromarray(np.ascontiguousarray(centre_crop(frame, size)))
     return np.asarray(image.resize((width, height), Image.BILINEAR, reducing_gap=2.0))
+
+
+def crop_size(frame_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
+    """(W, H) of the centre crop of a ``frame_size`` frame to the aspect ratio of ``size``."""
+    (w, h), (width, height) = frame_size, size
+    if w * height > h * width:  # too wide: crop the sides
+        return round(h * width / height), h
+    if w * height < h * width:  # too tall: crop top and bottom
+        return w, round(w * height / width)
+    return w, h
+
+
+def centre_crop(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """The centre of (H, W, 3) ``frame`` at the aspect ratio of ``size`` = (W, H), at the
+    frame's own resolution (a view, not a copy)."""
+    h, w = frame.shape[:2]
+    crop_w, crop_h = crop_size((w, h), size)
+    x0, y0 = (w - crop_w) // 2, (h - crop_h) // 2
+    return frame[y0 : y0 + crop_h, x0 : x0 + crop_w]
 
 
 def _like(w: int, h: int) -> str:
