@@ -669,9 +669,15 @@ IMAGES_AND_OPTIONS: dict[str, Raw] = {
     ),
     "max-params-env-negative": (
         ARCH_CHECK,
-        "VARNEXT_MAX_PARAMS must be a positive number or 'inf' (got '-1')",
+        "VARNEXT_MAX_PARAMS must be a number >= 1 or 'inf' (got '-1')",
         arch(lambda data: None),
         {"VARNEXT_MAX_PARAMS": "-1"},
+    ),
+    "max-params-env-fraction": (
+        ARCH_CHECK,
+        "VARNEXT_MAX_PARAMS must be a number >= 1 or 'inf' (got '0.5')",
+        arch(lambda data: None),
+        {"VARNEXT_MAX_PARAMS": "0.5"},
     ),
     "crop-keeps-no-pixels": (
         "ingest {f} --out {out} --size 8x128",

@@ -157,6 +157,16 @@ def torch_save_bytes() -> bytes:
     return buffer.getvalue()
 
 
+def _nan_weights(path: Path) -> bytes:
+    """The checkpoint's weights with one tensor made NaN, as safetensors bytes."""
+    from safetensors.torch import load, save
+
+    weights = load((path / "model.safetensors").read_bytes())
+    first = next(iter(weights))
+    weights[first] = torch.full_like(weights[first], float("nan"))
+    return save(weights)
+
+
 def _list_outside(path: Path) -> None:
     """meta.json lists a file outside the directory (its hash is the real one)."""
     meta = json.loads((path / "meta.json").read_text())
@@ -186,6 +196,7 @@ def _corrupt(case: str, path: Path) -> None:
         ),
         "not a checkpoint": lambda: rewrite(path / "meta.json", b'{"format": "x"}', rehash=False),
         "listed outside": lambda: _list_outside(path),
+        "nan weights": lambda: rewrite(path / "model.safetensors", _nan_weights(path), rehash=True),
     }
     actions[case]()
 
@@ -204,6 +215,7 @@ def _corrupt(case: str, path: Path) -> None:
         ("wrong weights", r"weights do not match arch\.json: .*size mismatch"),
         ("not a checkpoint", r"not a varnext checkpoint .*\(.*meta\.json\)"),
         ("listed outside", r'meta.json: files must be a table of plain file names .*"\.\./m'),
+        ("nan weights", r"the weights hold NaN or infinite values \(.*\(.*model\.safetensors\)"),
     ],
 )
 def test_a_damaged_checkpoint_is_refused_with_a_clear_message(
@@ -214,6 +226,22 @@ def test_a_damaged_checkpoint_is_refused_with_a_clear_message(
     with pytest.raises(UserError, match=message) as err:
         load_checkpoint(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_training_runs_folder_is_not_taken_for_a_checkpoint(trained, tmp_path: Path) -> None:
+    _, _, path = trained
+    run = tmp_path / "run"
+    for epoch in ("epoch_0001", "epoch_0002"):
+        (run / epoch).mkdir(parents=True)
+        for f in path.iterdir():
+            (run / epoch / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(UserError) as err:
+        load_checkpoint(run)
+    assert "a training run's folder, holding 2 checkpoint(s) (epoch_0001 .. epoch_0002)" in str(
+        err.value
+    )
+    assert f"pass one of them, e.g. {run / 'epoch_0002'}" in str(err.value)
+    load_checkpoint(run / "epoch_0002")
 
 
 def test_a_missing_directory_is_refused(tmp_path: Path) -> None:

@@ -85,7 +85,7 @@ def test_current_folder_is_refused(
         (["--bump-probability", "inf"], "in [0, 1] (got inf)"),
         (["--clips", "100000000", "--frames", "100000000"], "at most 10000 clips of 100000 frames"),
         (["--frames", "2"], "need at least 1 clip of 3 frames"),
-        (["--size", "8192x4608", "--format", "png"], "each side of a frame must be 8..4096"),
+        (["--size", "8192x4608", "--format", "png"], "size must be WxH with each side 8..4096"),
         (["--clips", "1000", "--size", "4096x2304", "--format", "png"], "over the 20 GiB limit"),
         (["--size", "63x36"], "H.264 needs an even width"),
     ],

@@ -265,9 +265,9 @@ def _limit(value: float | None, env: str, default: int) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not value > 0:  # NaN, zero and negative limits would refuse every architecture
+    if not value >= 1:  # NaN, zero, fractions and negatives would refuse every architecture
         raise UserError(
-            f"{env} must be a positive number or 'inf' (got {text[:40]!r})",
+            f"{env} must be a number >= 1 or 'inf' (got {text[:40]!r})",
             env,
             f"unset it or set e.g. {default}",
         )

@@ -287,6 +287,16 @@ def read_meta(directory: str | Path) -> dict[str, Any]:
             what = f"checkpoint is {kind_of(st.st_mode)}, not a directory"
         raise UserError(what, str(directory), fix)
     path = directory / META
+    if not path.exists() and not path.is_symlink():
+        epochs = sorted(p.name for p in directory.glob("epoch_*") if (p / META).is_file())
+        if epochs:  # a training run's folder, which holds one checkpoint per epoch
+            raise UserError(
+                f"this is a training run's folder, holding {len(epochs)} checkpoint(s) "
+                f"({epochs[0]} .. {epochs[-1]}), not a checkpoint",
+                str(directory),
+                f"pass one of them, e.g. {directory / epochs[-1]}, or the folder that "
+                "varnext best downloads",
+            )
     meta = _read_json(path, _file_bytes(path, META_LIMIT))
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
@@ -529,6 +539,13 @@ def load_checkpoint(
     header = safetensors_header(model_path, data)
     _check_header(header, expected, model_path)
     weights = _safetensors(model_path, data)
+    for name, tensor in weights.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UserError(
+                f"the weights hold NaN or infinite values ({name})",
+                str(model_path),
+                "use a checkpoint from an epoch before training diverged (lower lr or beta)",
+            )
     model = build_vae(arch)
     _load_weights(model, weights, model_path)
     return Checkpoint(arch=arch, model=model.to(device), meta=meta, path=directory)

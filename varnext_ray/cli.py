@@ -29,6 +29,7 @@ from varnext_ray.errors import (
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.sources import parse_size
 from varnext_ray.synth import FORMATS, write_synthetic
+from varnext_ray.synth import MAX_SIDE as SYNTH_MAX_SIDE
 
 log = logging.getLogger("varnext")
 
@@ -100,7 +101,7 @@ def _run_synth(args: argparse.Namespace) -> int:
         args.out_dir,
         clips=args.clips,
         frames=args.frames,
-        size=parse_size(args.size),
+        size=parse_size(args.size, max_side=SYNTH_MAX_SIDE),
         seed=args.seed,
         fmt=args.format,
         bump_probability=args.bump_probability,

@@ -124,16 +124,17 @@ def warnings_after_success() -> Iterator[None]:
 GAP = None  # yielded by decode_source where frames were lost: the clip must be cut there
 
 
-def parse_size(text: str, where: str = "--size") -> tuple[int, int]:
+def parse_size(text: str, where: str = "--size", max_side: int = MAX_SIDE) -> tuple[int, int]:
     """Parses ``WxH`` into (W, H), raising a UserError for anything else.
 
-    Each side is 8..8192 and the longer side at most :data:`MAX_ASPECT` times the shorter.
+    Each side is 8..``max_side`` and the longer side at most :data:`MAX_ASPECT` times the
+    shorter.
     """
     match = re.fullmatch(r"\s*([0-9]{1,6})\s*[xX]\s*([0-9]{1,6})\s*", text)
     shown = repr(text if len(text) <= 40 else text[:37] + "...")
-    if not match or not all(8 <= int(side) <= MAX_SIDE for side in match.groups()):
+    if not match or not all(8 <= int(side) <= max_side for side in match.groups()):
         raise UserError(
-            f"size must be WxH with each side 8..{MAX_SIDE} (got {shown})",
+            f"size must be WxH with each side 8..{max_side} (got {shown})",
             where,
             "pass e.g. --size 640x360",
         )
