@@ -269,7 +269,7 @@ def test_a_step_budget_trains_whole_passes_per_epoch(
     outcome = _train(dataset_dir, tmp_path, uri, epochs=2, name="budget", steps=budget)
     m = outcome.metrics
     assert m["train_passes"] == 3 and m["epoch"] == 2
-    # three whole passes over the split: 3 x the frames and 3 x the steps of one pass
-    assert m["train_frames"] == 3 * first.metrics["train_frames"]
-    assert m["train_steps"] == 3 * per_pass
+    # three copies of the split in one stream: 3 x the frames, steps within a batch of 3 passes
+    assert m["train_frames"] == pytest.approx(3 * first.metrics["train_frames"], abs=2)
+    assert 3 * per_pass - 2 <= m["train_steps"] <= 3 * per_pass
     assert m["steps"] == 2 * m["train_steps"] >= budget - 4

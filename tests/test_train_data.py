@@ -57,14 +57,14 @@ def _rows(dataset) -> list[tuple[int, int]]:
     return list(zip(batch["clip"].tolist(), batch["frame_index"].tolist(), strict=True))
 
 
-def test_a_run_reads_its_rows_in_a_seeded_order(prepared) -> None:
+def test_a_run_takes_whole_passes_in_a_seeded_order(prepared) -> None:
     rows = prepared.train_rows
-    one = run_datasets(prepared, seed=1, workers=1)
-    assert set(one) == {train_part(0), "val", "rollout"}
-    assert _rows(one[train_part(0)]) and one[train_part(0)].count() == rows
+    three = run_datasets(prepared, passes=3, seed=1, workers=1)
+    assert set(three) == {train_part(0), "val", "rollout"}
+    assert _rows(three[train_part(0)]) and three[train_part(0)].count() == 3 * rows
 
     def order(seed: int) -> list[tuple[int, int]]:
-        return _rows(run_datasets(prepared, seed, workers=1)[train_part(0)])
+        return _rows(run_datasets(prepared, 1, seed, workers=1)[train_part(0)])
 
     assert order(1) == order(1) and sorted(order(1)) == sorted(order(2))
     assert prepared.train.num_blocks() > 1  # the seed decides the order of the blocks
@@ -73,16 +73,17 @@ def test_a_run_reads_its_rows_in_a_seeded_order(prepared) -> None:
 
 def test_materialised_rows_are_cut_into_one_equal_part_per_worker(prepared) -> None:
     rows, workers = prepared.train_rows, 3
-    datasets = run_datasets(prepared, seed=0, workers=workers)
+    datasets = run_datasets(prepared, passes=2, seed=0, workers=workers)
     parts = [_rows(datasets[train_part(rank)]) for rank in range(workers)]
     assert set(datasets) == {*map(train_part, range(workers)), "val", "rollout"}
-    # as a streaming split: floor(rows / workers) rows each, disjoint
-    assert [len(p) for p in parts] == [rows // workers] * workers
-    assert all(len(set(p)) == rows // workers for p in parts)
-    assert len(set().union(*map(set, parts))) == workers * (rows // workers)
+    # as a streaming split: floor(rows / workers) rows each, disjoint; 2 passes of each
+    assert [len(p) for p in parts] == [2 * (rows // workers)] * workers
+    firsts = [set(p) for p in parts]
+    assert all(len(f) == rows // workers for f in firsts)
+    assert len(set().union(*firsts)) == workers * (rows // workers)
     streaming = replace(prepared, train=prepared.train.map_batches(lambda b: b))
     assert not streaming.train_materialised
-    assert set(run_datasets(streaming, 0, workers)) == {"train", "val", "rollout"}
+    assert set(run_datasets(streaming, 1, 0, workers)) == {"train", "val", "rollout"}
     assert streaming.cut(workers).parts == ()  # streaming rows are split by Ray Train
 
 
@@ -94,10 +95,10 @@ def test_parts_cut_once_are_what_each_run_reads(prepared) -> None:
     assert sorted(_rows(cut.parts[0])) != sorted(_rows(cut.parts[1]))
     # swapped, the parts differ from what cutting again would give: a run must read these
     swapped = replace(cut, parts=cut.parts[::-1])
-    datasets = run_datasets(swapped, seed=0, workers=2)
+    datasets = run_datasets(swapped, passes=1, seed=0, workers=2)
     for rank, part in enumerate(swapped.parts):
         assert sorted(_rows(datasets[train_part(rank)])) == sorted(_rows(part))
-    three = run_datasets(cut, seed=0, workers=3)
+    three = run_datasets(cut, passes=1, seed=0, workers=3)
     assert [three[train_part(r)].count() for r in range(3)] == [prepared.train_rows // 3] * 3
 
 

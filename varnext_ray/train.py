@@ -260,7 +260,7 @@ def build_trainer(
     passes = settings.passes_per_epoch(
         steps_per_pass(prepared.train_rows, settings.batch_size, resources.workers)
     )
-    datasets = run_datasets(prepared, settings.seed, resources.workers)
+    datasets = run_datasets(prepared, passes, settings.seed, resources.workers)
     loop = LoopConfig(
         arch=arch.to_dict(),
         settings=settings,

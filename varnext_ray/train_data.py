@@ -3,9 +3,9 @@
 ``varnext train`` prepares its own; a sweep prepares one :class:`RunData` before its first
 trial and every trial shares it through the object store, so no trial re-reads or re-decodes
 the frames, nor recomputes the background (issue #18: reading the dataset in each trial's
-driver was the largest fixed cost of a short trial). What differs between trials (the
-number of workers and the shuffle seed) is applied per run by :func:`run_datasets`, lazily,
-on the shared blocks.
+driver was the largest fixed cost of a short trial). What differs between trials (the batch
+size, hence the passes per epoch, and the shuffle seed) is applied per run by
+:func:`run_datasets`, lazily, on the shared blocks.
 
 Each split is materialised when its decoded frames fit in a quarter of the object store;
 otherwise it stays a streaming read (Ray Data then re-reads it every epoch).
@@ -164,10 +164,9 @@ def train_part(rank: int) -> str:
     return f"train_{rank}"
 
 
-def run_datasets(prepared: RunData, seed: int, workers: int) -> dict[str, Any]:
-    """The datasets of one run: the training rows in a seeded block order, the validation rows
-    and the rollout sequences. Every worker iterates its share of the training rows in
-    lockstep, ``passes_per_epoch`` times per epoch (:class:`~varnext_ray.train_loop.LoopConfig`).
+def run_datasets(prepared: RunData, passes: int, seed: int, workers: int) -> dict[str, Any]:
+    """The datasets of one run: ``passes`` whole passes over the training rows per epoch in one
+    stream (every worker iterates its share once, in lockstep), in a seeded block order.
 
     Materialised training rows are cut here into ``workers`` equal parts, ``train_0``,
     ``train_1``, ... (``Dataset.split(equal=True)``: the same floor(rows / workers) rows per
@@ -177,26 +176,26 @@ def run_datasets(prepared: RunData, seed: int, workers: int) -> dict[str, Any]:
     object store that is a process start on every trial's critical path (issue #18).
     Streaming rows stay one ``train`` dataset that Ray Train streaming-splits
     (:func:`datasets_to_split`).
-
-    Several passes per epoch are several iterations of this one dataset, never a union of
-    copies of it: copies of a materialised dataset share its block refs, and Ray Data's block
-    prefetcher refuses a window holding one ref twice (``Wait requires a list of unique
-    ray_waitables``, logged with a traceback by every worker).
     """
     if prepared.train_materialised:
         parts = prepared.parts
         if len(parts) != workers:
             parts = prepared.train.split(workers, equal=True)
         datasets = {
-            train_part(rank): part.randomize_block_order(seed=seed + rank)
+            train_part(rank): _passes(part, passes).randomize_block_order(seed=seed + rank)
             for rank, part in enumerate(parts)
         }
     else:
-        datasets = {"train": prepared.train.randomize_block_order(seed=seed)}
+        datasets = {"train": _passes(prepared.train, passes).randomize_block_order(seed=seed)}
     datasets["val"] = prepared.val
     if prepared.rollout is not None:
         datasets["rollout"] = prepared.rollout
     return datasets
+
+
+def _passes(train: Any, passes: int) -> Any:
+    """``passes`` whole passes over ``train`` as one dataset."""
+    return train.union(*[train] * (passes - 1)) if passes > 1 else train
 
 
 def steps_per_pass(rows: int, batch_size: int, workers: int) -> int:

@@ -1,8 +1,8 @@
 """The per-worker training loop that Ray Train runs on every DDP rank.
 
 Each epoch: one pass over this rank's shard of the training frames (or triplets, when the
-architecture's linearity weight is on; with a ``steps`` budget, ``passes_per_epoch`` whole
-passes, each with its own shuffle seed), then the
+architecture's linearity weight is on; with a ``steps`` budget the driver streams
+``passes_per_epoch`` copies of the split, so the pass is that many whole passes), then the
 validation loss and the extrapolation metrics (:mod:`varnext_ray.metrics`) on this rank's
 shard of the validation triplets, and the
 multi-step rollout metrics on its shard of the validation sequences, summed and all-reduced
@@ -16,7 +16,6 @@ ranks stop together even if their shards differ in length (uneven shards would h
 
 from __future__ import annotations
 
-import itertools
 import math
 import random
 import sys
@@ -138,7 +137,7 @@ def train_epoch(
     epoch: int,
     device: torch.device,
 ) -> dict[str, float]:
-    """One epoch over this rank's training shard: ``loop.passes_per_epoch`` whole passes.
+    """One pass over this rank's training shard.
 
     On triplets (``loop.on_triplets``) the three frames go through the model as one batch of
     3B; the loss is :func:`~varnext_ray.model.vae_loss`, the same quantity as ``val_loss``.
@@ -155,15 +154,11 @@ def train_epoch(
     keys = ("x1", "x2", "x3") if loop.on_triplets else ("image",)
     total = torch.zeros(4, dtype=torch.float64)  # loss * frames, frames, curvature * B, B
     steps = 0
-    passes = loop.passes_per_epoch
-    batches = itertools.chain.from_iterable(
-        shard.iter_torch_batches(  # called lazily, as the pass before it ends
-            batch_size=settings.batch_size,
-            local_shuffle_buffer_size=settings.shuffle_buffer or None,
-            local_shuffle_seed=settings.seed + 1000 * (epoch * passes + one) + _rank(),
-            device="cpu",
-        )
-        for one in range(passes)
+    batches = shard.iter_torch_batches(
+        batch_size=settings.batch_size,
+        local_shuffle_buffer_size=settings.shuffle_buffer or None,
+        local_shuffle_seed=settings.seed + 1000 * epoch + _rank(),
+        device="cpu",
     )
     for step, frames in enumerate(_batches(batches, device, keys)):
         x = torch.cat(frames)  # (B or 3B, C, H, W)
