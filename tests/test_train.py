@@ -93,8 +93,10 @@ def test_a_run_of_another_experiment_is_not_continued_under_its_name(
     uri = tracking.resolve_tracking_uri(uri)
     with pytest.raises(UserError) as err:
         check_same_experiment(tmp / "ray", "smoke", "other", uri, epochs=5)
-    assert f"is MLflow run {outcome.run_id} of experiment 'test-train', not 'other'" in str(err)
-    assert "pass --experiment test-train to continue it, or another --name" in str(err)
+    assert f"is MLflow run {outcome.run_id} of experiment 'test-train', not 'other'" in str(
+        err.value
+    )
+    assert "pass --experiment test-train to continue it, or another --name" in str(err.value)
     check_same_experiment(tmp / "ray", "new-name", "other", uri, epochs=5)  # a new run
     with caplog.at_level("WARNING", logger="varnext_ray.train"):
         check_same_experiment(tmp / "ray", "smoke", "test-train", uri, epochs=3)
