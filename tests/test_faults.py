@@ -5,11 +5,13 @@ See docs/reliability.md for the whole table of what survives what and which test
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,23 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 SMOKE = REPO / "configs" / "smoke_64x36.json"
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
+
+
+@contextlib.contextmanager
+def _reaped(proc: Any) -> Iterator[Any]:
+    """``proc`` killed with every process under it (its own Ray node) if the test fails, so a
+    run that ignored its signal cannot go on loading the machine for the tests after it."""
+    import psutil
+
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            family = psutil.Process(proc.pid).children(recursive=True)
+            for one in [psutil.Process(proc.pid), *family]:
+                with contextlib.suppress(psutil.Error):
+                    one.kill()
+            proc.wait()
 
 
 def _wait(what: str, check: Any, deadline: float, alive: threading.Thread | None = None) -> Any:
@@ -258,16 +277,16 @@ def test_a_signal_during_training_ends_it_in_one_line_with_its_run_killed(
     argv += ["--storage", str(tmp_path / "ray"), "--name", "stop", "--tracking-uri", uri]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-
-    _wait(
-        "the worker group",
-        lambda: proc.poll() is not None or (tmp_path / "mlflow.db").exists(),
-        time.monotonic() + 120,
-    )
-    time.sleep(15)  # past ray.init, the dataset and the worker group's start: inside fit()
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=120)
+    with _reaped(proc):
+        _wait(
+            "the worker group",
+            lambda: proc.poll() is not None or (tmp_path / "mlflow.db").exists(),
+            time.monotonic() + 120,
+        )
+        time.sleep(15)  # past ray.init, the dataset and the worker group's start: inside fit()
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=120)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert proc.returncode == code, err[-3000:]
     assert len(errors) == 1 and errors[0].startswith(f"error: {said}: MLflow run "), errors
@@ -299,15 +318,16 @@ def test_a_signal_during_a_sweep_ends_it_in_one_line_with_its_runs_killed(
     argv += ["--storage", str(tmp_path / "ray"), "--experiment", "stop", "--tracking-uri", uri]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray
     proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
-    _wait(
-        "the first trial's run",
-        lambda: proc.poll() is not None or any((tmp_path / "ray").rglob("trial-*/*run.json")),
-        time.monotonic() + 300,
-    )
-    time.sleep(10)  # the trial's worker group is training
-    assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-    proc.send_signal(signum)
-    _, err = proc.communicate(timeout=180)
+    with _reaped(proc):
+        _wait(
+            "the first trial's run",
+            lambda: proc.poll() is not None or any((tmp_path / "ray").rglob("trial-*/*run.json")),
+            time.monotonic() + 300,
+        )
+        time.sleep(10)  # the trial's worker group is training
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=180)
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert proc.returncode == code, err[-3000:]
     assert len(errors) == 1 and errors[0].startswith(f"error: {said}: the sweep's MLflow run")
