@@ -32,6 +32,20 @@ SMOKE = REPO / "configs" / "smoke_64x36.json"
 SNAPSHOT = "checkpoint_manager_snapshot.json"  # Ray Train's record of registered checkpoints
 
 
+def _popen(argv: list[str], cwd: Path, env: dict[str, str]) -> Any:
+    """The CLI in its own process with SIGINT at its default, as a terminal starts it: a
+    runner started in the background (``cmd &`` without job control) ignores SIGINT, and its
+    children inherit that, so Ctrl-C would never reach them."""
+    import subprocess
+
+    def default_sigint() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+    return subprocess.Popen(
+        argv, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint
+    )
+
+
 @contextlib.contextmanager
 def _reaped(proc: Any) -> Iterator[Any]:
     """``proc`` killed with every process under it (its own Ray node) if the test fails, so a
@@ -268,7 +282,6 @@ def test_a_signal_during_training_ends_it_in_one_line_with_its_run_killed(
     exception other than KeyboardInterrupt cannot end a ray.get); Ctrl-C gave exit 1 without a
     word (Ray Train aborts the run, then ray.get raises SystemExit). Both left the MLflow run
     RUNNING."""
-    import subprocess
     import sys
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -276,7 +289,7 @@ def test_a_signal_during_training_ends_it_in_one_line_with_its_run_killed(
     argv += ["--data", str(dataset_dir), "--epochs", "2", "--steps", "100000"]
     argv += ["--storage", str(tmp_path / "ray"), "--name", "stop", "--tracking-uri", uri]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    proc = _popen(argv, tmp_path, env)
     with _reaped(proc):
         _wait(
             "the worker group",
@@ -308,7 +321,6 @@ def test_a_signal_during_a_sweep_ends_it_in_one_line_with_its_runs_killed(
     """Ctrl-C: Tune stops, saves its state and returns, and the sweep went on to close its
     runs FINISHED, print a summary and exit 0 as if it had ended. SIGTERM ended it without
     closing its runs. Now both say how to continue and leave the runs KILLED."""
-    import subprocess
     import sys
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -317,7 +329,7 @@ def test_a_signal_during_a_sweep_ends_it_in_one_line_with_its_runs_killed(
     argv += ["--samples", "3", "--epochs", "2", "--steps", "100000", "--scheduler", "fifo"]
     argv += ["--storage", str(tmp_path / "ray"), "--experiment", "stop", "--tracking-uri", uri]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray
-    proc = subprocess.Popen(argv, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    proc = _popen(argv, tmp_path, env)
     with _reaped(proc):
         _wait(
             "the first trial's run",

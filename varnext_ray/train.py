@@ -21,7 +21,6 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -361,15 +360,15 @@ def train(
             name=name,
             tracking_run=tracking.TrackingRun(uri, run_id),
         )
-        with _ctrl_c_interrupts():
-            result, overhead = timed_fit(trainer, started)
+        result, overhead = timed_fit(trainer, started)
     except ray.train.TrainingFailedError as err:
         reason = failure_summary(err)
         with tracking.store_failures(uri, "as the run ended", STORE_FIX):
             tracking.end_run(uri, run_id, "FAILED", reason)
         raise TrainingFailed(reason, run_id) from None
     except (KeyboardInterrupt, SystemExit):
-        # Ctrl-C: a KeyboardInterrupt (_ctrl_c_interrupts); SIGTERM: one too (errors.Terminated).
+        # Ctrl-C: Ray Train's own handler aborts the run gracefully, then Ray's get() raises
+        # SystemExit(1); SIGTERM: a KeyboardInterrupt (errors.Terminated). The run was stopped.
         how = "terminated (SIGTERM)" if terminated() else "interrupted"
         with contextlib.suppress(Exception):  # a store that is gone must not hide the signal
             tracking.end_run(uri, run_id, "KILLED", how)
@@ -389,26 +388,6 @@ def train(
         best_checkpoint=best[0].path if best else None,
         path=str(result.path),
     )
-
-
-@contextlib.contextmanager
-def _ctrl_c_interrupts() -> Iterator[None]:
-    """Ctrl-C during ``fit()`` raises KeyboardInterrupt in its wait, as SIGTERM does.
-
-    On the main thread Ray Train installs its own SIGINT handler, which asks the run's
-    controller to abort and lets ``fit()`` return. Under load that abort was seen to be lost
-    (a CI run: the process went on training after Ctrl-C, until the test's timeout). With the
-    handler left out, Python's own raises KeyboardInterrupt in ``ray.get``; the driver ends,
-    and Ray ends the controller and the workers it owns.
-    """
-    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
-
-    register = DataParallelTrainer._register_sigint_handler
-    DataParallelTrainer._register_sigint_handler = lambda self, controller: None
-    try:
-        yield
-    finally:
-        DataParallelTrainer._register_sigint_handler = register
 
 
 def timed_fit(trainer: Any, started: float) -> tuple[Any, dict[str, float]]:
