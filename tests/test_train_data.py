@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,8 @@ from varnext_ray.train_data import (
     steps_per_pass,
     train_part,
 )
+from varnext_ray.train_loop import train_prefetch_batches
+from varnext_ray.worker_entry import LoopConfig
 
 
 def test_steps_per_pass_follows_the_equal_split() -> None:
@@ -85,6 +88,38 @@ def test_materialised_rows_are_cut_into_one_equal_part_per_worker(prepared) -> N
     assert not streaming.train_materialised
     assert set(run_datasets(streaming, 1, 0, workers)) == {"train", "val", "rollout"}
     assert streaming.cut(workers).parts == ()  # streaming rows are split by Ray Train
+
+
+def test_several_passes_over_a_part_are_read_without_prefetcher_errors(prepared) -> None:
+    """Copies of a materialised part share its blocks; a block smaller than a batch put one
+    block of two passes in the prefetcher's window, and Ray Data logged a traceback per window
+    ("Wait requires a list of unique ray_waitables") from runs that then succeeded."""
+    passes, settings = 3, TrainSettings()
+    part = run_datasets(prepared, passes=passes, seed=0, workers=2)[train_part(0)]
+    blocks = [m.num_rows for bundle in part.iter_internal_ref_bundles() for m in bundle.metadata]
+    assert min(blocks) < settings.batch_size  # the case that logged them
+    loop = LoopConfig(
+        arch={}, settings=settings, on_triplets=False, rollout_steps=0,
+        passes_per_epoch=passes, train_parts=True,
+    )  # fmt: skip
+    errors: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda record: errors.append(record.getMessage())  # type: ignore[method-assign]
+    ray_data = logging.getLogger("ray.data")  # Ray's own handlers; it does not propagate
+    ray_data.addHandler(handler)
+    try:
+        rows = sum(
+            len(batch["frame_index"])
+            for batch in part.iter_torch_batches(
+                batch_size=settings.batch_size,
+                prefetch_batches=train_prefetch_batches(loop),
+                local_shuffle_buffer_size=settings.shuffle_buffer,
+            )
+        )
+    finally:
+        ray_data.removeHandler(handler)
+    assert rows == passes * (prepared.train_rows // 2)
+    assert not errors
 
 
 def test_parts_cut_once_are_what_each_run_reads(prepared) -> None:
