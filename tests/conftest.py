@@ -190,7 +190,9 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
             "--include-dashboard=true",
             "--disable-usage-stats",
         ],
-        env=env,
+        # Ray 2.60's `ray start --block` drains its node for 30 s on SIGTERM (for Serve
+        # replicas on Kubernetes); a test's head has nothing to drain: stop at once.
+        env=env | {"RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
