@@ -95,7 +95,15 @@ def test_sequences_hold_every_step_of_one_clip(ray_local, dataset_dir: Path) -> 
 
 
 def test_triplet_limit_and_errors(ray_local, dataset_dir: Path) -> None:
-    assert triplets_dataset(dataset_dir, "val", stride=1, limit=7).count() == 7
+    manifest, clips = load_manifest(dataset_dir), load_manifest(dataset_dir).clips()
+    limited = triplets_dataset(dataset_dir, "val", stride=1, limit=7, chunk=4).materialize()
+    rows = limited.take_all()
+    assert len(rows) == 7 and len({(r["clip"], r["t"]) for r in rows}) == 7
+    for row in rows:  # spread anchors, each still the right frames
+        frames = _clip_frames(dataset_dir, clips[row["clip"]])
+        np.testing.assert_array_equal(row["x3"], frames[row["t"] + 2])
+    # anchors a limit spreads out are read about `chunk` per task, not one task each
+    assert limited.num_blocks() == 2 < len(triplet_index(manifest, "val", 1))
     with pytest.raises(UserError, match="has no triplets of stride 100"):
         triplets_dataset(dataset_dir, "val", stride=100)
 

@@ -501,7 +501,20 @@ def sequences_dataset(
     ranges = _ranges(index, chunk)
     items = ray.data.from_items([{"clip": numbers[c], "start": a, "stop": b} for c, a, b in ranges])
     reader = _SequenceReader(manifest, stride, length)
-    return items.map_batches(reader, batch_size=1, batch_format="numpy")
+    return items.map_batches(
+        reader, batch_size=_ranges_per_task(ranges, chunk), batch_format="numpy"
+    )
+
+
+def _ranges_per_task(ranges: list[tuple[str, int, int]], chunk: int) -> int:
+    """How many ranges one reading task takes: about ``chunk`` sequences' worth on average.
+
+    Dense anchors make ranges of ``chunk`` sequences (one per task); a ``limit`` spreads its
+    anchors out, one sequence per range, and a task per range then cost more than the read
+    (128 validation triplets at 64x36: 2.2 s in 128 tasks, 0.7 s in 16).
+    """
+    sequences = sum(stop - start for _, start, stop in ranges)
+    return max(1, round(chunk * len(ranges) / max(sequences, 1)))
 
 
 def _ranges(index: list[tuple[str, int]], chunk: int) -> list[tuple[str, int, int]]:
