@@ -141,6 +141,20 @@ def test_a_database_uri_without_its_driver_names_the_package_to_install() -> Non
     assert "secret" not in str(e.value)
 
 
+@pytest.mark.parametrize(
+    "uri", [" sqlite:////tmp/m.db", "http://127.0.0.1:5000\n", "sqlite:////tmp/a\tb.db"]
+)
+def test_a_uri_with_stray_whitespace_is_refused_as_such(uri: str) -> None:
+    with pytest.raises(UserError, match="starts or ends with a space, or holds a control"):
+        tracking.check_reachable(uri)
+
+
+def test_a_space_inside_a_sqlite_path_is_a_path(tmp_path: Path) -> None:
+    folder = tmp_path / "my runs"
+    folder.mkdir()
+    tracking.check_reachable(f"sqlite:///{folder}/mlflow.db")  # a new store there: fine
+
+
 @pytest.fixture
 def silent_server() -> Iterator[str]:
     """A TCP server on 127.0.0.1 that accepts connections and never answers."""

@@ -39,6 +39,12 @@ def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False)
     is installed and its host accepts a connection; an http(s) server answers MLflow's
     ``/health`` within ``timeout_s``. Nothing is written to the store.
     """
+    if uri != uri.strip() or any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        raise UserError(
+            "the tracking URI starts or ends with a space, or holds a control character",
+            repr(uri),
+            "remove it (a stray space or newline in MLFLOW_TRACKING_URI or --tracking-uri)",
+        )
     parsed = urlparse(uri)
     scheme = parsed.scheme.split("+", 1)[0].lower()
     if scheme == "sqlite":
