@@ -415,7 +415,8 @@ def frames_dataset(path: str | Path, split: str, block_rows: int | None = None) 
 
 
 class _SequenceReader:
-    """Reads the frames of sequence ranges from a split's Parquet files (one Ray task each)."""
+    """Reads the frames of sequence ranges from a split's Parquet files (a few ranges per Ray
+    task: :func:`_ranges_per_task`)."""
 
     def __init__(self, manifest: Manifest, stride: int, length: int) -> None:
         self.manifest = manifest
