@@ -451,6 +451,38 @@ def test_an_address_nobody_answers_is_refused_in_bounded_time() -> None:
         _check_answers(f"ray://127.0.0.1:{server.getsockname()[1]}", timeout_s=1.0)
 
 
+def test_auto_is_the_recorded_cluster_and_a_stale_record_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A killed ``ray start`` leaves its address recorded; Ray's ``auto`` retried it for ever.
+
+    Ray also takes any GCS process running on the machine for ``auto``; the test suite runs
+    its own, so that scan is made to find none here. The record is Ray's real file, read by
+    Ray's own lookup from the temp folder that RAY_TMPDIR names.
+    """
+    import socket
+
+    from ray._private import services
+
+    from varnext_ray.cluster import _check_answers
+    from varnext_ray.errors import UserError
+
+    monkeypatch.setattr(services, "find_gcs_addresses", lambda: [])
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(UserError, match="no running Ray cluster was found on this machine"):
+        _check_answers("auto", timeout_s=1.0)
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    record = tmp_path / "ray" / "ray_current_cluster"
+    record.parent.mkdir()
+    record.write_text(f"127.0.0.1:{port}")
+    assert services.find_bootstrap_address(None) == f"127.0.0.1:{port}"  # where Ray looks
+    with pytest.raises(UserError, match=f"no Ray cluster answers there.*127.0.0.1:{port}"):
+        _check_answers("auto", timeout_s=1.0)
+
+
 def test_the_ray_token_is_kept_readable_by_its_owner_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -477,6 +509,40 @@ def test_the_ray_token_is_kept_readable_by_its_owner_only(
     secure_token_file()
     assert (shared / "token").stat().st_mode & 0o777 == 0o600
     assert shared.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(
+    "kind, problem",
+    [
+        ("script", "more than one word or line"),
+        ("folder", "a folder or a device"),
+        ("empty", "it is empty"),
+        ("missing", "no such file"),
+        ("binary", "not text"),
+    ],
+)
+def test_a_token_path_that_is_no_token_file_is_refused_and_left_as_it_was(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, problem: str
+) -> None:
+    from varnext_ray.cluster import secure_token_file
+    from varnext_ray.errors import UserError
+
+    path = tmp_path / kind
+    if kind == "script":
+        path.write_text("#!/bin/sh\necho hello\n")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "empty":
+        path.write_text("")
+    elif kind == "binary":
+        path.write_bytes(bytes(range(200, 256)))
+    if path.exists():
+        path.chmod(0o755)
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(path))
+    with pytest.raises(UserError, match=f"does not name a Ray token file .*{problem}"):
+        secure_token_file()
+    if path.exists():
+        assert path.stat().st_mode & 0o777 == 0o755  # not made private: it is not the token
 
 
 def test_a_local_rays_tasks_and_actors_get_the_jobs_variables(ray_local) -> None:

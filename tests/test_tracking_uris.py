@@ -149,6 +149,46 @@ def test_a_uri_with_stray_whitespace_is_refused_as_such(uri: str) -> None:
         tracking.check_reachable(uri)
 
 
+@pytest.mark.parametrize(
+    "uri, message",
+    [
+        ("http://[::1", "the tracking URI is malformed"),
+        ("SQLITE:////tmp/m.db", "begins with sqlite: in lower case"),
+        ("sqlite:////tmp/m.db?mode=ro", "takes no \\?options"),
+        ("sqlite:////tmp/m.db?uri=true&mode=memory", "takes no \\?options"),
+        ("databricks://no-such-profile", "no Databricks credentials are configured"),
+    ],
+)
+def test_malformed_and_unusable_uris_are_one_line(
+    uri: str, message: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    for name in ("DATABRICKS_HOST", "DATABRICKS_TOKEN", "DATABRICKS_CONFIG_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.databrickscfg
+    with pytest.raises(UserError, match=message):
+        tracking.check_reachable(uri)
+
+
+def test_a_sqlite_uri_with_a_driver_is_checked_as_sqlite(tmp_path: Path) -> None:
+    tracking.check_reachable(f"sqlite+pysqlite:///{tmp_path}/mlflow.db")  # MLflow opens these
+    with pytest.raises(UserError, match="folder of the MLflow database does not exist"):
+        tracking.check_reachable(f"sqlite+pysqlite:///{tmp_path}/nope/mlflow.db")
+
+
+@pytest.mark.parametrize("token", ["abc\ndef", "t\u00f6k\u00e9n\u20ac", " padded"])
+def test_a_token_http_cannot_send_is_refused_without_showing_it(
+    token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", token)
+    with socket.socket() as server:  # something listens: the check gets as far as the header
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        uri = f"http://127.0.0.1:{server.getsockname()[1]}"
+        with pytest.raises(UserError, match="MLFLOW_TRACKING_TOKEN") as e:
+            tracking.check_reachable(uri, timeout_s=2)
+    assert token.strip() not in str(e.value)
+
+
 def test_a_space_inside_a_sqlite_path_is_a_path(tmp_path: Path) -> None:
     folder = tmp_path / "my runs"
     folder.mkdir()

@@ -297,7 +297,7 @@ def _check_answers(address: str, timeout_s: float | None = None) -> None:
     import time
 
     if address == "auto":
-        return  # Ray looks the cluster up itself, and says so at once when there is none
+        address = _auto_address()
     hostport = address.split("://", 1)[-1].rstrip("/")
     host, _, port = hostport.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -323,9 +323,61 @@ def _check_answers(address: str, timeout_s: float | None = None) -> None:
     )
 
 
+def _auto_address() -> str:
+    """The cluster that ``auto`` means: the one Ray recorded as this machine's latest (what
+    ``ray start`` writes in its temp folder), else any running GCS here.
+
+    Ray looks it up the same way, but then retries a recorded cluster that no longer runs
+    (a ``ray start`` that was killed leaves its record) for ever, so the address it finds is
+    checked like any other.
+    """
+    from ray._private import services  # Ray's own lookup: no public API returns it
+
+    try:
+        found = services.get_ray_address_from_environment("auto", None)
+    except ConnectionError:
+        found = None
+    if not found or found == "auto":
+        raise UserError(
+            "no running Ray cluster was found on this machine",
+            "auto",
+            "start one (ray start --head), pass its HOST:PORT, or unset RAY_ADDRESS for a "
+            "local Ray",
+        )
+    return found
+
+
 def token_path() -> Path:
     """The Ray auth token file that Ray reads: ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``."""
     return Path(os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token")
+
+
+MAX_TOKEN_BYTES = 4096  # Ray's tokens are 64 hex digits (ray get-auth-token --generate)
+
+
+def _token_problem(path: Path) -> str | None:
+    """Why ``path`` is not a Ray token file, or None: it must be a regular file holding one
+    line of printable characters without spaces, at most :data:`MAX_TOKEN_BYTES`."""
+    import stat
+
+    try:
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            return "it is a folder or a device, not a file"
+        if st.st_size > MAX_TOKEN_BYTES:
+            return f"it holds {st.st_size:,} bytes; a token is one short line"
+        text = path.read_bytes().decode("ascii").strip()
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as err:
+        return f"it cannot be read ({err.strerror})"
+    except UnicodeDecodeError:
+        return "it is not text"
+    if not text:
+        return "it is empty"
+    if not text.isprintable() or any(c.isspace() for c in text):
+        return "it holds more than one word or line; a token is one"
+    return None
 
 
 def secure_token_file() -> None:
@@ -333,9 +385,21 @@ def secure_token_file() -> None:
 
     Ray writes ``~/.ray/auth_token`` with the default umask (world-readable on most systems),
     and a readable token lets any local user submit jobs. Files of another owner are left alone
-    (with a warning when others can read them).
+    (with a warning when others can read them). A file that ``RAY_AUTH_TOKEN_PATH`` names is
+    first checked to be a token file (Ray reads it whenever the variable is set): anything else
+    (a script, a folder, /dev/null) is a UserError and is left as it was.
     """
     path = token_path()
+    if os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        problem = _token_problem(path)
+        if problem:
+            raise UserError(
+                f"RAY_AUTH_TOKEN_PATH does not name a Ray token file ({problem})",
+                str(path),
+                "point it at the file that `ray get-auth-token --generate` writes, or unset it",
+            )
+    elif path.exists() and not path.is_file():
+        return  # not Ray's file: left alone
     # Ray's own folder is tightened; a folder the user chose (it may be shared, such as /tmp)
     # only gets a warning.
     own_folder = path.parent == Path.home() / ".ray"

@@ -45,12 +45,16 @@ def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False)
             repr(uri),
             "remove it (a stray space or newline in MLFLOW_TRACKING_URI or --tracking-uri)",
         )
-    parsed = urlparse(uri)
+    try:
+        parsed = urlparse(uri)
+    except ValueError as err:  # e.g. "Invalid IPv6 URL": an unclosed [
+        raise UserError(f"the tracking URI is malformed ({err})", uri, _URI_FIX) from None
     scheme = parsed.scheme.split("+", 1)[0].lower()
     if scheme == "sqlite":
         _check_sqlite(uri, existing=existing, timeout_s=timeout_s)
         return
     if scheme == "databricks":
+        _check_databricks(uri)
         return
     if scheme in DATABASE_SCHEMES:
         _check_database(uri, timeout_s)
@@ -123,15 +127,51 @@ def _check_health(uri: str, timeout_s: float) -> None:
         raise UserError(f"not an MLflow tracking server (GET /health: {status})", uri, fix)
 
 
+def _check_databricks(uri: str) -> None:
+    """A UserError unless MLflow finds Databricks credentials for ``uri`` (a profile of
+    ~/.databrickscfg, or DATABRICKS_HOST and DATABRICKS_TOKEN). Nothing is sent."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.databricks_utils import get_databricks_host_creds
+
+    quiet = logging.getLogger("mlflow.utils.databricks_utils")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warning would be a second line before ours
+    try:
+        get_databricks_host_creds(uri)
+    except MlflowException:
+        raise UserError(
+            "no Databricks credentials are configured for this tracking URI",
+            uri,
+            "add the profile to ~/.databrickscfg, or set DATABRICKS_HOST and DATABRICKS_TOKEN",
+        ) from None
+    finally:
+        quiet.setLevel(level)
+
+
+def _header_value(name: str) -> str | None:
+    """The environment variable ``name`` if an HTTP header can carry it, else a UserError
+    that names the variable but never shows its value (a secret)."""
+    value = os.environ.get(name)
+    if value and (
+        not value.isprintable() or any(ord(c) > 255 for c in value) or value != value.strip()
+    ):
+        raise UserError(
+            "a credential holds a newline, a space at an end, or a character HTTP cannot send",
+            name,
+            f"set {name} to the credential alone, on one line",
+        )
+    return value
+
+
 def _auth_headers() -> dict[str, str]:
     """The credentials MLflow's client would send, from its environment variables."""
     import base64
 
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    token = _header_value("MLFLOW_TRACKING_TOKEN")
     if token:
         return {"Authorization": f"Bearer {token}"}
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    password = os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    user = _header_value("MLFLOW_TRACKING_USERNAME")
+    password = _header_value("MLFLOW_TRACKING_PASSWORD")
     if user and password:
         pair = base64.b64encode(f"{user}:{password}".encode()).decode()
         return {"Authorization": f"Basic {pair}"}
@@ -189,11 +229,25 @@ def _check_sqlite(uri: str, *, existing: bool = False, timeout_s: float = 5.0) -
     """A SQLite tracking URI must be absolute and name an MLflow store or a new file in a folder."""
     import stat
 
-    if not uri.startswith("sqlite:////"):
+    scheme, _, rest = uri.partition(":")
+    if scheme.split("+", 1)[0] != "sqlite":  # SQLAlchemy has no dialect named SQLITE
+        raise UserError(
+            f"a SQLite tracking URI begins with sqlite: in lower case, not {scheme}:",
+            uri,
+            _URI_FIX,
+        )
+    if not rest.startswith("////"):
         raise UserError(
             "a SQLite tracking URI needs an absolute path (four slashes)", uri, _URI_FIX
         )
-    path = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    if "?" in rest:  # ?mode=ro, ?uri=true&...: MLflow and SQLite read these differently
+        raise UserError(
+            "a SQLite tracking URI takes no ?options here (MLflow would open another file "
+            "than the one checked)",
+            uri,
+            "remove everything from the ?",
+        )
+    path = Path(rest[len("///") :])
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
