@@ -127,3 +127,44 @@ def test_streaming_split_shards_disjointly(ray_local, dataset_dir: Path) -> None
     assert len(seen[0]) == len(seen[1]) > 0  # equal shards: equal DDP steps
     assert not set(seen[0]) & set(seen[1])
     assert len(seen[0]) + len(seen[1]) <= manifest.data["splits"]["train"]
+
+
+def _tampered(dataset_dir: Path, tmp_path: Path) -> tuple[Path, dict]:
+    import json
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset_dir, copy)
+    return copy, json.loads((copy / "dataset.json").read_text())
+
+
+def test_files_whose_keys_do_not_match_the_manifest_are_refused_before_reading(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    """Footers agree (row counts, column types), but the rows are another clip's, or their
+    frame indices are not the clip's: readers failed inside Ray with a KeyError or a
+    ValueError."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    renamed, manifest = _tampered(dataset_dir, tmp_path / "a")
+    manifest["clips"][0]["id"] = "renamed"
+    (renamed / "dataset.json").write_text(json.dumps(manifest))
+    load_manifest(renamed)  # the footers alone agree
+    with pytest.raises(UserError, match=r"clips\[0\]: .* holds frames of clip .*not 'renamed'"):
+        load_manifest(renamed, check_keys=True)
+
+    shifted, manifest = _tampered(dataset_dir, tmp_path / "b")
+    n, clip = next((n, c) for n, c in enumerate(manifest["clips"]) if c["split"] == "val")
+    file = shifted / clip["files"][0]
+    table = pq.read_table(file)
+    column = pc.add(table.column("frame_index"), pa.scalar(1000, pa.int32()))
+    pq.write_table(
+        table.set_column(table.schema.get_field_index("frame_index"), "frame_index", column), file
+    )
+    load_manifest(shifted)
+    with pytest.raises(UserError, match=rf"clips\[{n}\] .*frame_index values are not 0\.\."):
+        load_manifest(shifted, check_keys=True)
+    load_manifest(dataset_dir, check_keys=True)  # an ingested dataset passes

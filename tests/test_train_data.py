@@ -151,3 +151,31 @@ def test_triplet_training_counts_triplets(ray_local, dataset_dir: Path) -> None:
     assert data.train_rows == len(triplet_index(manifest, "train", 2)) == data.train.count()
     assert data.rollout is None and data.horizons == 0
     assert {"x1", "x2", "x3"} <= set(data.train.schema().names)
+
+
+def test_a_damaged_page_is_one_line_naming_its_file(
+    ray_local, dataset_dir: Path, tmp_path: Path
+) -> None:
+    """A footer that reads, a page of images that does not: found only when the split is
+    read; it was an 'unexpected RayTaskError(OSError)'."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from varnext_ray.errors import UserError
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset_dir, copy)
+    file = load_manifest(copy).files("train")[-1]
+    meta = pq.ParquetFile(file).metadata
+    image = meta.schema.to_arrow_schema().get_field_index("image")
+    chunk = meta.row_group(meta.num_row_groups - 1).column(image)
+    start = chunk.dictionary_page_offset or chunk.data_page_offset  # the chunk's first page
+    data = bytearray(Path(file).read_bytes())
+    for i in range(start, start + min(64, chunk.total_compressed_size)):
+        data[i] ^= 0x5A  # the header of the first page of the last images
+    Path(file).write_bytes(bytes(data))
+    load_manifest(copy, check_keys=True)  # footers and keys still read
+    with pytest.raises(UserError, match="a Parquet file of the 'train' split does not read") as e:
+        prepare_run_data(copy, TrainSettings(rollout_steps=2), triplets=False)
+    assert e.value.where == file

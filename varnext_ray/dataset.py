@@ -161,6 +161,7 @@ class _ManifestSchema(_Loose):
 
 
 _MANIFEST_FIX = "re-run 'varnext ingest' to rewrite the dataset (never edit dataset.json)"
+DAMAGED_FIX = "re-run 'varnext ingest' to rewrite the dataset: a file of it is damaged"
 
 
 def _check_files(root: Path, schema: _ManifestSchema, where: str) -> None:
@@ -192,6 +193,42 @@ def _check_files(root: Path, schema: _ManifestSchema, where: str) -> None:
         if rows != clip.frames:
             what = f"clips[{n}].frames: is {clip.frames} but its files hold {rows} rows"
             raise UserError(what, where, _MANIFEST_FIX)
+
+
+def _check_keys(root: Path, schema: _ManifestSchema, where: str) -> None:
+    """Every clip file's ``clip_id`` is its clip's id, and the clip's ``frame_index`` values,
+    file after file, are 0 .. frames-1: what readers look frames up by (two small columns are
+    read; the images are not)."""
+    for n, clip in enumerate(schema.clips):
+        indices = []
+        for file in clip.files:
+            try:
+                keys = pq.read_table(root / file, columns=["clip_id", "frame_index"])
+            except (OSError, pa.ArrowException, ValueError) as err:
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+                what = f"clips[{n}].files: {file!r} does not read ({reason})"
+                raise UserError(what, where, DAMAGED_FIX) from None
+            ids = set(keys.column("clip_id").unique().to_pylist())
+            if ids != {clip.id}:
+                shown = ", ".join(repr(i) for i in sorted(map(str, ids))[:3])
+                what = f"clips[{n}]: {file!r} holds frames of clip {shown}, not {clip.id!r}"
+                raise UserError(what, where, _MANIFEST_FIX)
+            indices.append(keys.column("frame_index").to_numpy(zero_copy_only=False))
+        found = np.concatenate(indices) if indices else np.empty(0, np.int64)
+        if not np.array_equal(found, np.arange(clip.frames)):
+            what = f"clips[{n}] ({clip.id!r}): its frame_index values are not 0..{clip.frames - 1}"
+            raise UserError(what, where, _MANIFEST_FIX)
+
+
+def damaged_file(manifest: Manifest, split: str) -> str | None:
+    """The first Parquet file of ``split`` that does not read whole, if any (a damaged page:
+    footers are checked when the manifest loads, pages only when read)."""
+    for file in manifest.files(split):
+        try:
+            pq.read_table(file)
+        except (OSError, pa.ArrowException, ValueError):
+            return file
+    return None
 
 
 def _check_columns(schema: pa.Schema, file: str, where: str) -> None:
@@ -241,12 +278,16 @@ class Manifest:
         return [str(self.root / f) for c in self.clips(split) for f in c["files"]]
 
 
-def load_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
+def load_manifest(
+    path: str | Path, *, check_files: bool = True, check_keys: bool = False
+) -> Manifest:
     """Reads a dataset's manifest, with a UserError for anything that is not a dataset.
 
     The manifest is read bounded (64 MiB), validated key by key (types, counts that add up)
     and, with ``check_files``, its Parquet files are checked to exist inside the dataset and to
-    hold as many rows as it says (their footers only).
+    hold as many rows as it says (their footers only); with ``check_keys`` (once per command,
+    before Ray: ``data info``, the training checks) their clip ids and frame indices are read
+    and compared with the manifest's clips too.
     """
     fix = "pass a directory written by 'varnext ingest'"
     st = path_stat(path, "dataset", fix)
@@ -279,8 +320,10 @@ def load_manifest(path: str | Path, *, check_files: bool = True) -> Manifest:
             f"re-ingest with this version (format {FORMAT_VERSION})",
         )
     schema = validate_manifest(data, str(file))
-    if check_files:
+    if check_files or check_keys:
         _check_files(root, schema, str(file))
+    if check_keys:
+        _check_keys(root, schema, str(file))
     return Manifest(root, data)
 
 

@@ -64,7 +64,7 @@ def check_dataset(
     data: Path, settings: TrainSettings, workers: int = 1, arch: ArchConfig | None = None
 ) -> None:
     """A clear error before training when the dataset cannot train or validate."""
-    manifest = load_manifest(data)
+    manifest = load_manifest(data, check_keys=True)
     if arch is not None:
         check_frame_size(manifest.size, arch.input.shape, data)
     on_triplets = settings.trains_on_triplets(arch) if arch else settings.train_on == "triplets"

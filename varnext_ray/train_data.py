@@ -25,6 +25,9 @@ from varnext_ray import console
 from varnext_ray.background import training_background
 from varnext_ray.cluster import object_store_fits
 from varnext_ray.dataset import (
+    DAMAGED_FIX,
+    Manifest,
+    damaged_file,
     frames_dataset,
     load_manifest,
     sequence_index,
@@ -32,6 +35,7 @@ from varnext_ray.dataset import (
     triplet_index,
     triplets_dataset,
 )
+from varnext_ray.errors import UserError
 from varnext_ray.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -132,13 +136,13 @@ def prepare_run_data(data: Path | str, settings: TrainSettings, *, triplets: boo
         )
     row_frames = 3 if triplets else 1
     if object_store_fits(rows * row_frames * frame_bytes):  # decode once, not every epoch
-        train = train.materialize()
+        train = _materialize(train, manifest, "train")
     if object_store_fits(val_rows * 3 * frame_bytes):
-        val = val.materialize()
+        val = _materialize(val, manifest, "val")
     if rollout is not None and object_store_fits(
         settings.rollout_sequences * (horizons + 2) * frame_bytes
     ):
-        rollout = rollout.materialize()
+        rollout = _materialize(rollout, manifest, "val")
     return RunData(
         key=key,
         train=train,
@@ -148,6 +152,27 @@ def prepare_run_data(data: Path | str, settings: TrainSettings, *, triplets: boo
         horizons=horizons,
         background=training_background(data),
     )
+
+
+def _materialize(ds: Any, manifest: Manifest, split: str) -> Any:
+    """``ds.materialize()``, with a UserError naming the file when a Parquet file of the split
+    does not read: its footer was checked before Ray (:func:`~varnext_ray.dataset.load_manifest`)
+    but a damaged page is only found by reading it."""
+    import pyarrow as pa
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ds.materialize()
+    except RayTaskError as err:
+        cause = getattr(err, "cause", None)
+        if not isinstance(cause, (OSError, pa.ArrowException)):
+            raise
+        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:200]
+        raise UserError(
+            f"a Parquet file of the {split!r} split does not read ({reason})",
+            damaged_file(manifest, split) or str(manifest.root),
+            DAMAGED_FIX,
+        ) from None
 
 
 def datasets_to_split(prepared: RunData) -> list[str]:
