@@ -747,7 +747,7 @@ BOUNDS: dict[str, Raw] = {
     ),
     "bound-flag-nan": (
         ARCH_CHECK + " --max-activation-bytes nan",
-        "argument --max-activation-bytes: must be > 0 (got 'nan')",
+        "argument --max-activation-bytes: must be a number >= 1 or 'inf' such as 2e9 (got 'nan')",
         arch(lambda data: None),
     ),
     "bound-train-latent-1e9": (

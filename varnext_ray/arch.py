@@ -66,12 +66,13 @@ from varnext_ray.arch_schema import (
     upsampled_size,
 )
 from varnext_ray.config_errors import problems_from_validation
-from varnext_ray.errors import UserError
+from varnext_ray.errors import UserError, list_problems
 from varnext_ray.safe_io import CONFIG_LIMIT, parse_json, read_bounded, size_text
 
 __all__ = [
     "ACTIVATIONS",
     "LATENT_KINDS",
+    "LIMIT_RULE",
     "MAX_ACTIVATION_BYTES",
     "MAX_PARAMS",
     "MIRROR_UPSAMPLES",
@@ -106,6 +107,7 @@ __all__ = [
     "mirror_upsample",
     "parse_arch",
     "parse_arch_json",
+    "parse_limit",
     "resolve_decoder",
     "upsampled_size",
 ]
@@ -255,23 +257,36 @@ def activation_bytes(rows: list[Row]) -> int:
     return 4 * sum(math.prod(row.shape) for row in rows)
 
 
+LIMIT_RULE = "a number >= 1 or 'inf'"  # what parse_limit accepts, for error messages
+
+
+def parse_limit(text: str) -> float | None:
+    """A size limit as written (``2e9``, ``2_000_000_000``, ``inf``), rounded down to a whole
+    number; None unless it is :data:`LIMIT_RULE`. The rule of the environment variables and of
+    the CLI's ``--max-params`` / ``--max-activation-bytes``."""
+    try:
+        value = float(text.strip().replace("_", ""))
+    except ValueError:
+        return None
+    if not value >= 1:  # NaN, zero, fractions and negatives would refuse every architecture
+        return None
+    return value if math.isinf(value) else float(int(value))
+
+
 def _limit(value: float | None, env: str, default: int) -> float:
     if value is not None:
         return value
-    text = os.environ.get(env, "").strip().replace("_", "")
+    text = os.environ.get(env, "").strip()
     if not text:
         return default
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not value >= 1:  # NaN, zero, fractions and negatives would refuse every architecture
+    limit = parse_limit(text)
+    if limit is None:
         raise UserError(
-            f"{env} must be a number >= 1 or 'inf' (got {text[:40]!r})",
+            f"{env} must be {LIMIT_RULE} (got {text.replace('_', '')[:40]!r})",
             env,
             f"unset it or set e.g. {default}",
         )
-    return value if math.isinf(value) else float(int(value))
+    return limit
 
 
 def check_bounds(
@@ -346,23 +361,18 @@ def parse_arch(
     else:
         check_bounds(cfg, where, max_params=max_params, max_activation_bytes=max_activation_bytes)
         return cfg
-    head = "invalid architecture" + (f", {len(problems)} problems" if len(problems) > 1 else "")
-    raise UserError(f"{head}: {'; '.join(problems)}", where, _FIX)
+    raise UserError(list_problems("invalid architecture", problems), where, _FIX)
 
 
 def parse_arch_json(data: bytes | str, where: str, **limits: float | None) -> ArchConfig:
     """Parses architecture JSON text (bytes or str): syntax, duplicate keys, then
     :func:`parse_arch` (``limits``: its ``max_params`` and ``max_activation_bytes``)."""
-    duplicates: list[str] = []
     data = parse_json(
         data,
         where,
         allow_nan=True,  # the schema names the field: "must be a finite number (got NaN)"
-        object_pairs_hook=lambda pairs: _no_duplicates(pairs, duplicates),
+        refuse_duplicates=True,  # names the first few, each key cut short
     )
-    if duplicates:
-        keys = ", ".join(f'"{k}"' for k in duplicates)
-        raise UserError(f"duplicate key {keys} in one object", where, "keep one of each")
     return parse_arch(data, where, **limits)
 
 
@@ -387,12 +397,3 @@ def load_arch(
     return parse_arch_json(
         data, where, max_params=max_params, max_activation_bytes=max_activation_bytes
     )
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]], duplicates: list[str]) -> dict[str, Any]:
-    seen: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in seen:
-            duplicates.append(key)
-        seen[key] = value
-    return seen

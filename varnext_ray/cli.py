@@ -19,8 +19,10 @@ from varnext_ray.cli_jobs import JOB_COMMANDS
 from varnext_ray.dataset import ENCODINGS, load_manifest
 from varnext_ray.dataset import info as dataset_info
 from varnext_ray.errors import (
+    GuardedStdout,
     UserError,
     escape,
+    guarded_stdout,
     redact,
     sigterm_raises,
     terminated,
@@ -200,7 +202,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data_info(args: argparse.Namespace) -> int:
-    summary = dataset_info(load_manifest(args.dataset), args.stride)
+    summary = dataset_info(load_manifest(args.dataset, check_keys=True), args.stride)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -257,15 +259,13 @@ def _add_arch(sub: argparse._SubParsersAction) -> None:
 
 
 def _size_limit(text: str) -> float:
-    """A positive count such as ``2000000000``, ``2e9`` or ``inf`` (argparse type)."""
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be a number such as 2e9 (got {text[:40]!r})"
-        ) from None
-    if not value > 0:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"must be > 0 (got {text[:40]!r})")
+    """A limit such as ``2000000000``, ``2e9`` or ``inf`` (argparse type): the rule of the
+    environment variables ``VARNEXT_MAX_PARAMS`` and ``VARNEXT_MAX_ACTIVATION_BYTES``."""
+    from varnext_ray.arch import LIMIT_RULE, parse_limit  # imports torch
+
+    value = parse_limit(text)
+    if value is None:  # 1e-300 was taken, then every architecture was "over the limit of 0"
+        raise argparse.ArgumentTypeError(f"must be {LIMIT_RULE} such as 2e9 (got {text[:40]!r})")
     return value
 
 
@@ -302,15 +302,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     logging.addLevelName(logging.WARNING, "warning")
     logging.addLevelName(logging.INFO, "info")
+    with guarded_stdout() as stdout:
+        return _run(args, stdout)
+
+
+def _run(args: argparse.Namespace, stdout: GuardedStdout) -> int:
+    """Runs the chosen subcommand; every way it can end is one line on stderr at most."""
     try:
         with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: staged outputs are removed
-            return int(args.run(args) or 0)
+            status = int(args.run(args) or 0)
+            stdout.finish()  # the output is written only once it is flushed
+            return status
     except UserError as err:  # a RayTaskError(UserError) too, whose own text is Ray's header
         sys.stderr.write(f"error: {user_error_in(err) or err}\n")
         return 2
-    except BrokenPipeError:  # e.g. `varnext data info DS --json | head`
-        sys.stderr.close()
-        return 0
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated, or Ray's after it)
         hint = getattr(err, "hint", "") or "nothing half-written was kept"
         if terminated():
@@ -319,6 +324,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"error: interrupted (keyboard): {hint}\n")
         return 130
     except Exception as err:  # a bug, not the user's mistake: one line, the story in a file
+        if stdout.caused(err):  # a full disk or a closed pipe behind standard output
+            failed = stdout.failure_error()
+            if failed is None:  # e.g. `varnext data info DS --json | head`: quietly
+                return 0
+            sys.stderr.write(f"error: {failed}\n")
+            return 2
         found = user_error_in(err)  # a UserError raised in a Ray task (a damaged frame)
         if found is not None:
             sys.stderr.write(f"error: {found}\n")

@@ -6,16 +6,18 @@ import argparse
 import re
 import sys
 
-from varnext_ray.errors import escape
+from varnext_ray.errors import MAX_WHAT, escape, shorten
 
 
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        # A value argparse quotes back may be a 5,000-digit number or hold a newline.
+        # A value argparse quotes back may be a 5,000-digit number or hold a newline, and
+        # "unrecognized arguments: ..." lists every one of them.
         message = re.sub(r"'([^']{60})[^']{20,}'", r"'\1...'", message)
-        sys.stderr.write(f"error: {escape(message)} ({self.prog}): see '{self.prog} --help'\n")
+        message = shorten(escape(message), MAX_WHAT)
+        sys.stderr.write(f"error: {message} ({self.prog}): see '{self.prog} --help'\n")
         raise SystemExit(2)
 
 

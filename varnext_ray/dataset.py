@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pydantic_core import PydanticCustomError
 
 from varnext_ray.config_errors import problems_from_validation
-from varnext_ray.errors import UserError
+from varnext_ray.errors import UserError, list_problems
 from varnext_ray.safe_io import MANIFEST_LIMIT, kind_of, path_stat, read_json
 
 if TYPE_CHECKING:
@@ -249,8 +249,8 @@ def validate_manifest(data: Any, where: str) -> _ManifestSchema:
         return _ManifestSchema.model_validate(data)
     except ValidationError as err:
         problems = problems_from_validation(err, {(): _ManifestSchema})
-        head = "invalid manifest" + (f", {len(problems)} problems" if len(problems) > 1 else "")
-        raise UserError(f"{head}: {'; '.join(problems[:5])}", where, _MANIFEST_FIX) from None
+        what = list_problems("invalid manifest", problems)
+        raise UserError(what, where, _MANIFEST_FIX) from None
 
 
 @dataclass(frozen=True)

@@ -2,17 +2,23 @@
 
 Every mistake a user can make (a bad file, bad JSON, an impossible architecture, a missing
 dataset) is raised as a :class:`UserError`; the CLI prints it as one line and exits with status 2.
+Here too: what keeps that line short (:func:`shorten`, :func:`list_problems`), and the guard
+that tells a failing standard output (a full disk, a closed pipe) from the command's own files.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import re
 import signal
+import sys
 import threading
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from types import FrameType
+from typing import Any, TextIO
 
 # Control characters (newline, escape, ...), format characters (bidi overrides), line and
 # paragraph separators and lone surrogates (undecodable file names): printed escaped.
@@ -46,11 +52,44 @@ def redact(text: str) -> str:
     return _URI_PASSWORD.sub(r"\1:***@", text)
 
 
+# An error line stays readable whatever it quotes: each part is cut in the middle beyond these,
+# a list of problems names the first MAX_PROBLEMS (each cut to MAX_PROBLEM_CHARS) and counts
+# the rest. A 200,000-item list in a config made a 600 KB line before.
+MAX_WHAT, MAX_WHERE, MAX_FIX = 3000, 1000, 1000
+MAX_PROBLEMS, MAX_PROBLEM_CHARS = 5, 300
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` if at most ``limit`` characters, else its start and end around a marker saying
+    how much was cut (``[1,234 characters cut]``); never longer than ``limit``."""
+    if len(text) <= limit:
+        return text
+    marker = f" ...[{len(text):,} characters cut]... "
+    keep = max(limit - len(marker), 0)
+    head, tail = keep - keep // 3, keep // 3
+    marker = f" ...[{len(text) - keep:,} characters cut]... "
+    return text[:head] + marker + text[len(text) - tail :]
+
+
+def list_problems(head: str, problems: Sequence[str], most: int = MAX_PROBLEMS) -> str:
+    """``head, N problems: first; second; ...; and K more``, or ``head: the problem`` for one.
+
+    The first ``most`` problems are listed, each cut to :data:`MAX_PROBLEM_CHARS` (a value
+    quoted whole can be megabytes), and the rest counted, so the line stays short.
+    """
+    shown = [shorten(problem, MAX_PROBLEM_CHARS) for problem in problems[:most]]
+    if len(problems) > most:
+        shown.append(f"and {len(problems) - most:,} more")
+    count = f", {len(problems):,} problems" if len(problems) > 1 else ""
+    return f"{head}{count}: {'; '.join(shown)}"
+
+
 class UserError(Exception):
     """A problem with the user's input, reported as ``<what> (<where>): <how to fix>``.
 
     Control characters in any part are escaped (see :func:`escape`), so the message is always
-    exactly one line, and URI passwords are hidden (:func:`redact`).
+    exactly one line, URI passwords are hidden (:func:`redact`), and each part is cut to at
+    most a few thousand characters (:func:`shorten`), whatever it quotes.
 
     Args:
         what: What is wrong, with the value received.
@@ -62,9 +101,9 @@ class UserError(Exception):
     """
 
     def __init__(self, what: str, where: str, fix: str) -> None:
-        self.what = escape(redact(what))
-        self.where = escape(redact(where))
-        self.fix = escape(redact(fix))
+        self.what = shorten(escape(redact(what)), MAX_WHAT)
+        self.where = shorten(escape(redact(where)), MAX_WHERE)
+        self.fix = shorten(escape(redact(fix)), MAX_FIX)
         super().__init__(f"{self.what} ({self.where}): {self.fix}")
 
     def __reduce__(self) -> tuple:
@@ -169,3 +208,87 @@ def sigterm_raises() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+_FULL = {getattr(errno, name, None) for name in ("ENOSPC", "EDQUOT", "EFBIG")} - {None}
+
+
+class GuardedStdout:
+    """Standard output that remembers the first OSError its writes raised (and raises it on).
+
+    A full disk (``> /dev/full``), a closed pipe (``| head``) or a failing device surfaces in
+    whatever ``print`` met it; the CLI then tells that apart from an OSError of the command's
+    own files through :meth:`caused`. Everything else is the wrapped stream's.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.failure: OSError | None = None
+
+    def _call(self, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self.stream, method)(*args)
+        except OSError as err:
+            self.failure = self.failure or err
+            raise
+
+    def write(self, text: str) -> int:
+        return self._call("write", text)
+
+    def writelines(self, lines: Any) -> None:
+        self._call("writelines", lines)
+
+    def flush(self) -> None:
+        self._call("flush")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
+
+    def finish(self) -> None:
+        """Flushes what is buffered; raises the failure of any earlier write, even one that
+        the command caught: its output is then incomplete."""
+        self.flush()
+        if self.failure is not None:
+            raise self.failure
+
+    def caused(self, error: BaseException) -> bool:
+        """Whether ``error`` is this stream's failure, or was raised while handling it."""
+        seen: BaseException | None = error
+        for _ in range(20):
+            if seen is None or self.failure is None:
+                return False
+            if seen is self.failure:
+                return True
+            seen = seen.__cause__ or seen.__context__
+        return False
+
+    def failure_error(self) -> UserError | None:
+        """The failure as the CLI reports it; None for a closed pipe (``| head``), which ends
+        the command quietly, as Python tools do. Later writes then go to the null device, so
+        nothing is reported again when the interpreter flushes its streams at exit."""
+        failure = self.failure
+        with contextlib.suppress(OSError, ValueError):  # no file descriptor (a test's capture)
+            fd = self.stream.fileno()
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, fd)
+            os.close(null)
+        if failure is None or isinstance(failure, BrokenPipeError):
+            return None
+        return UserError(
+            f"cannot write the output: {failure.strerror or failure}",
+            "standard output",
+            ("free some space there" if failure.errno in _FULL else "check where it goes")
+            + ", or redirect the output elsewhere; what was printed is incomplete",
+        )
+
+
+@contextlib.contextmanager
+def guarded_stdout() -> Iterator[GuardedStdout]:
+    """Inside, ``sys.stdout`` is a :class:`GuardedStdout` of the one before (put back after)."""
+    guard = GuardedStdout(sys.stdout)
+    sys.stdout = guard  # type: ignore[assignment]
+    try:
+        yield guard
+    finally:
+        if sys.stdout is guard:
+            sys.stdout = guard.stream

@@ -42,7 +42,7 @@ from pydantic_core import PydanticCustomError
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
 from varnext_ray.arch_schema import INT_MAX, MAX_LOSS_WEIGHT
 from varnext_ray.config_errors import problems_from_validation
-from varnext_ray.errors import UserError
+from varnext_ray.errors import UserError, list_problems
 from varnext_ray.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from varnext_ray.settings import MAX_BATCH_SIZE, MAX_EPOCHS, name_problem
 
@@ -340,8 +340,7 @@ def parse_space(data: Any, where: str) -> SearchSpace:
         return SearchSpace.model_validate(data)
     except ValidationError as err:
         problems = [_drop_form(p) for p in problems_from_validation(err, _SECTIONS)]
-    head = "invalid search space" + (f", {len(problems)} problems" if len(problems) > 1 else "")
-    raise UserError(f"{head}: {'; '.join(problems)}", where, _FIX)
+    raise UserError(list_problems("invalid search space", problems), where, _FIX)
 
 
 def _drop_form(problem: str) -> str:
