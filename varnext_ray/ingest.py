@@ -41,8 +41,11 @@ from varnext_ray.sources import (
     Skipped,
     Source,
     decode_source,
+    describe_ignored,
     discover_sources,
     fit_frame,
+    ignored_fixes,
+    unexpected_ignored,
     warnings_after_success,
 )
 from varnext_ray.splits import SplitShares, plan_splits
@@ -308,13 +311,28 @@ def ingest(sources: list[Path], out: Path, opts: IngestOptions) -> dict:
     # existing empty folder is replaced; anything else is refused); a failure removes it all.
     with warnings_after_success(), staged_dir(out, "--out") as partial:
         try:
-            return _ingest_into(found, partial, opts, ignored)
+            manifest = _ingest_into(found, partial, opts, ignored)
         except OSError as err:  # disk full, permissions changed under us
             raise UserError(
                 f"cannot write the dataset ({os_reason(err)})",
                 str(out),
                 "free some space or choose another --out; nothing was kept",
             ) from None
+    _warn_left_out(ignored)
+    return manifest
+
+
+def _warn_left_out(ignored: list[dict]) -> None:
+    """One warning line for folders the search left out that the user meant to ingest (too
+    deep, unreadable): their frames are missing from the dataset, which otherwise looks whole."""
+    lost = unexpected_ignored(ignored)
+    if lost:
+        log.warning(
+            "the search left out %s: their frames are not in the dataset (listed under "
+            "`ignored` in dataset.json); %s",
+            describe_ignored(lost),
+            "; or ".join(ignored_fixes(lost)),
+        )
 
 
 def _check_utf8_path(out: Path) -> None:
@@ -355,13 +373,17 @@ def _ingest_into(
         staged.extend(clips)
         records.append(record)
     if not staged:
-        raise UserError(
+        what = (
             unusable[0].replace("frame", "frame in any source", 1)
             if unusable
-            else "no decodable frame in any source",
-            ", ".join(str(s.path) for s in found),
-            _no_frame_hint(bool(unusable)),
+            else "no decodable frame in any source"
         )
+        fix = _no_frame_hint(bool(unusable))
+        lost = unexpected_ignored(ignored)
+        if lost:  # what the search left out may be what the user meant to ingest
+            what += f"; the search left out {describe_ignored(lost)}"
+            fix = "; or ".join([*ignored_fixes(lost), fix])
+        raise UserError(what, ", ".join(str(s.path) for s in found), fix)
     longest = max(len(c.source_frames) for c in staged)
     if longest < TRIPLET_FRAMES:
         raise UserError(

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -18,20 +19,56 @@ import av
 import numpy as np
 from PIL import Image
 
-from varnext_ray.safe_io import write_atomic
+from varnext_ray.errors import UserError
+from varnext_ray.safe_io import os_reason, write_atomic
 
 FPS = 30  # frame rate of written videos unless told otherwise
+
+
+@contextlib.contextmanager
+def parent_folders(path: str | Path) -> Iterator[Path]:
+    """Creates the missing parent folders of ``path`` for the block; removes them again (those
+    still empty) if the block fails, so a refused or failed write leaves no empty folders.
+
+    Raises:
+        UserError: A folder cannot be created (nothing is left behind then either).
+    """
+    path = Path(path)
+    missing: list[Path] = []  # deepest first
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:  # made meanwhile by someone else: theirs, not ours
+                continue
+            except OSError as err:
+                raise UserError(
+                    f"cannot create the folder ({os_reason(err)})",
+                    str(folder),
+                    "choose an output path in a folder you can write to",
+                ) from None
+            made.append(folder)
+        yield path
+    except BaseException:
+        for folder in reversed(made):  # deepest first; one that now holds something stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:
     """Writes a uint8 (H, W, 3) array as a PNG (parent folders created); returns the path."""
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3:
         raise ValueError(f"expected a uint8 (H, W, 3) array (got {array.dtype} {array.shape})")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
-    return write_atomic(path, buffer.getvalue())  # never half a picture
+    with parent_folders(path) as path:
+        return write_atomic(path, buffer.getvalue())  # never half a picture
 
 
 def write_png_folder(folder: Path, frames: Iterator[np.ndarray]) -> int:
@@ -51,17 +88,16 @@ def save_gif(
     Pictures narrower than ``min_width`` are scaled up by a whole factor (nearest neighbour),
     so small frames stay visible.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(p) for p in pictures]
     width, height = images[0].size
     scale = max(1, min_width // max(width, 1))
     if scale > 1:
         size = (width * scale, height * scale)
         images = [image.resize(size, Image.Resampling.NEAREST) for image in images]
-    images[0].save(
-        path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0
-    )
+    with parent_folders(path) as path:
+        images[0].save(
+            path, format="GIF", save_all=True, append_images=images[1:], duration=frame_ms, loop=0
+        )
     return path
 
 

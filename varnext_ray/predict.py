@@ -29,7 +29,7 @@ from PIL import Image
 
 from varnext_ray.checkpoint import Checkpoint
 from varnext_ray.errors import UserError
-from varnext_ray.media import FPS, save_gif, save_png, write_video
+from varnext_ray.media import FPS, parent_folders, save_gif, save_png, write_video
 from varnext_ray.model import extrapolate, rollout
 from varnext_ray.safe_io import check_output_files, regular_file
 from varnext_ray.sources import (
@@ -64,10 +64,10 @@ def _model_size(ckpt: Checkpoint) -> tuple[int, int]:
     return ckpt.arch.input.width, ckpt.arch.input.height
 
 
-def seen_part(ckpt: Checkpoint, frame: np.ndarray, where: str) -> np.ndarray:
+def seen_part(ckpt: Checkpoint, frame: np.ndarray, where: str, *, warn: bool = True) -> np.ndarray:
     """The centre crop of ``frame`` the model sees (the whole frame when the aspect ratios
-    agree), warned about when it is not the whole frame, refused when it would be enlarged
-    more than :data:`~varnext_ray.sources.MAX_UPSCALE` times a side."""
+    agree), warned about (with ``warn``) when it is not the whole frame, refused when it would
+    be enlarged more than :data:`~varnext_ray.sources.MAX_UPSCALE` times a side."""
     (width, height), (h, w) = _model_size(ckpt), frame.shape[:2]
     crop_w, crop_h = crop_size((w, h), (width, height))
     if max(width / crop_w, height / crop_h) > MAX_UPSCALE:
@@ -78,7 +78,7 @@ def seen_part(ckpt: Checkpoint, frame: np.ndarray, where: str) -> np.ndarray:
             f"pass frames of at least {-(-width // MAX_UPSCALE)}x{-(-height // MAX_UPSCALE)} "
             "pixels, from the camera the model was trained on",
         )
-    if (crop_w, crop_h) != (w, h):
+    if warn and (crop_w, crop_h) != (w, h):
         log.warning(
             "%s: %dx%d frames are not the model's aspect ratio (%dx%d): predicting their "
             "%dx%d centre crop",
@@ -270,29 +270,42 @@ def _video_source(video: str | Path) -> tuple[Source, float]:
     return Source("video", path), float(rate) if rate else float(FPS)
 
 
-def _chunks(source: Source, counts: dict[str, int]) -> Iterator[list[np.ndarray] | None]:
-    """Consecutive decoded frames in lists of up to ``_CHUNK``; None where frames were lost.
+def _chunks(
+    source: Source, counts: dict[str, Any]
+) -> Iterator[tuple[int, list[np.ndarray]] | None]:
+    """Consecutive decoded frames of one size, as (number of the first in the video, up to
+    ``_CHUNK`` frames); None where frames were lost.
 
-    ``counts`` gets ``frames`` (decoded), ``gaps`` and ``longest`` (frames in a row).
+    A chunk never spans a change of frame size (clips of different sizes joined end to end,
+    or a stream that switches resolution), so a new size always starts a new chunk.
+    ``counts`` gets ``frames`` (decoded), ``gaps``, ``longest`` (frames in a row of one size)
+    and ``sizes``: [(number, (W, H)), ...] of the first frame of each size in a row.
     """
     chunk: list[np.ndarray] = []
-    run = 0
+    first = run = 0
     for item in decode_source(source, Skipped()):
-        if item is None or len(chunk) == _CHUNK:
+        resized = item is not None and bool(chunk) and item[1].shape != chunk[0].shape
+        if item is None or resized or len(chunk) == _CHUNK:
             if chunk:
-                yield chunk
+                yield first, chunk
             chunk = []
         if item is None:
             counts["gaps"] += 1
             run = 0
             yield None
-        else:
-            chunk.append(item[1])
-            counts["frames"] += 1
-            run += 1
-            counts["longest"] = max(counts["longest"], run)
+            continue
+        number, frame = item
+        if not counts["sizes"] or counts["sizes"][-1][1] != frame.shape[1::-1]:
+            counts["sizes"].append((number, frame.shape[1::-1]))
+            run = 0
+        if not chunk:
+            first = number
+        chunk.append(frame)
+        counts["frames"] += 1
+        run += 1
+        counts["longest"] = max(counts["longest"], run)
     if chunk:
-        yield chunk
+        yield first, chunk
 
 
 def _panels(
@@ -300,37 +313,86 @@ def _panels(
     source: Source,
     stride: int,
     history: collections.deque,
-    counts: dict[str, int],
+    counts: dict[str, Any],
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(frame t+s, truth t+2s, prediction) for every triplet of the video, in order.
 
-    ``history`` (maxlen 2 * stride + 1) holds (frame, mean latent) pairs of the latest
-    consecutive frames; after the last triplet it holds the video's last frames. ``counts``:
-    see :func:`_chunks`.
+    Every frame is shown at the size of the part of the video's first frame the model sees
+    (:func:`seen_part`); frames of another size (the video changes resolution) are encoded
+    from their own centre crop and shown resized to it, and the triplets start again at each
+    change of size, as after a gap. ``history`` (maxlen 2 * stride + 1) holds (frame as shown,
+    mean latent) pairs of the latest consecutive frames; after the last triplet it holds the
+    video's last frames. ``counts``: see :func:`_chunks`, and ``shown``, (W, H) shown.
     """
-    model, checked = ckpt.model.eval(), False
-    for chunk in _chunks(source, counts):
-        if chunk is None:  # frames lost: t, t+s, t+2s must be neighbours in time
+    model, shape, shown = ckpt.model.eval(), None, None
+    for item in _chunks(source, counts):
+        if item is None:  # frames lost: t, t+s, t+2s must be neighbours in time
             history.clear()
             continue
-        if not checked:  # once, for the video: its frames all have the first one's size
-            seen_part(ckpt, chunk[0], str(source.path))
-            checked = True
-        chunk = [centre_crop(frame, _model_size(ckpt)) for frame in chunk]
+        number, chunk = item
+        if chunk[0].shape != shape:  # the first frame, or a change of size: checked once each
+            crop = _seen_part_from(ckpt, chunk[0], source.path, number if shape else None)
+            shown = counts["shown"] = shown or (crop.shape[1], crop.shape[0])
+            shape = chunk[0].shape
+            history.clear()  # no triplet spans two sizes
+        crops = [centre_crop(frame, _model_size(ckpt)) for frame in chunk]
         with torch.inference_mode():
-            mus = model.encode(_model_input(ckpt, chunk))[0]  # (B, D)
+            mus = model.encode(_model_input(ckpt, crops))[0]  # (B, D)
             pairs, latents = [], []
-            for frame, mu in zip(chunk, mus, strict=True):
+            for crop, mu in zip(crops, mus, strict=True):
+                frame = crop if crop.shape[1::-1] == shown else fit_frame(crop, shown)
                 history.append((frame, mu))
                 if len(history) == history.maxlen:
                     pairs.append((history[stride][0], frame))
                     latents.append(extrapolate(history[0][1], history[stride][1]))
             if not latents:
                 continue
-            size = (chunk[0].shape[1], chunk[0].shape[0])
-            predictions = _to_images(model.decode(torch.stack(latents)), size)  # (B, D) in
+            predictions = _to_images(model.decode(torch.stack(latents)), shown)  # (B, D) in
         for (last, truth), prediction in zip(pairs, predictions, strict=True):
             yield last, truth, prediction
+
+
+def _seen_part_from(
+    ckpt: Checkpoint, frame: np.ndarray, video: Path, number: int | None
+) -> np.ndarray:
+    """:func:`seen_part` of the video's first frame (``number`` None) or of the first frame of
+    a new size; a refusal of the latter names that frame and how to cut the video there."""
+    if number is None:
+        return seen_part(ckpt, frame, str(video))
+    try:  # its crop is said in the one warning about the sizes (_warn_sizes)
+        return seen_part(ckpt, frame, f"{video}, frame {number}", warn=False)
+    except UserError as err:
+        h, w = frame.shape[:2]
+        raise UserError(
+            f"the frame size changes to {w}x{h} at frame {number}, and {err.what}",
+            err.where,
+            f"predict the part before it (e.g. `ffmpeg -i {video.name} -frames:v {number} "
+            f"part.mp4`), or {err.fix}",
+        ) from None
+
+
+def _warn_sizes(video: str | Path, counts: dict[str, Any]) -> None:
+    """One warning for a video whose frame size changes: where, and how it was handled."""
+    sizes = counts["sizes"]  # (first frame number, (W, H)) of each size in a row
+    if len(sizes) < 2:
+        return
+    listed = [
+        f"{w}x{h}" + (f" from frame {n}" if i else "") for i, (n, (w, h)) in enumerate(sizes[:4])
+    ]
+    more = ", ..." if len(sizes) > 4 else ""
+    w, h = counts["shown"]
+    log.warning(
+        "%s: the frame size changes %d time%s (%s%s): every frame is predicted from its own "
+        "centre crop and shown at %dx%d (the first frame's crop), and the triplets start again at "
+        "each change (cut the video at those frames to predict each part at its own size)",
+        video,
+        len(sizes) - 1,
+        "" if len(sizes) == 2 else "s",
+        ", then ".join(listed),
+        more,
+        w,
+        h,
+    )
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -387,13 +449,14 @@ def predict_video(
     source, fps = _video_source(video)
     history: collections.deque = collections.deque(maxlen=2 * stride + 1)
     scores: dict[str, list[float]] = {"extrap": [], "copy_last": []}
-    counts = {"frames": 0, "gaps": 0, "longest": 0}
-    with warnings_after_success():  # a failure prints its one error line, no warnings first
+    counts: dict[str, Any] = {"frames": 0, "gaps": 0, "longest": 0, "sizes": [], "shown": None}
+    with warnings_after_success(log):  # a failure prints its one error line, no warnings
         frames = _side_by_side(_panels(checkpoint, source, stride, history, counts), scores)
         first = next(frames, None)
         if first is None:
             raise _no_triplet(video, stride, counts)
         count = _write_video_file(out, itertools.chain([first], frames), fps)
+        _warn_sizes(video, counts)
         paths: list[Path] = []
         if len(history) > stride:  # after a gap at the very end there may be too few
             a, b = history[-1 - stride][0], history[-1][0]
@@ -409,7 +472,7 @@ def predict_video(
     }
 
 
-def _no_triplet(video: str | Path, stride: int, counts: dict[str, int]) -> UserError:
+def _no_triplet(video: str | Path, stride: int, counts: dict[str, Any]) -> UserError:
     """The error for a video without 2s + 1 consecutive decodable frames, saying what it has."""
     frames, longest = counts["frames"], counts["longest"]
     if frames == 0:
@@ -421,8 +484,13 @@ def _no_triplet(video: str | Path, stride: int, counts: dict[str, int]) -> UserE
         f"no triplet: predicting t+2s from t and t+s needs {need} consecutive decodable "
         f"frames (stride {stride}); the video has {frames}"
     )
+    breaks = []
     if counts["gaps"]:
-        what += f", at most {longest} in a row between undecodable stretches"
+        breaks.append("undecodable stretches")
+    if len(counts["sizes"]) > 1:
+        breaks.append(f"{len(counts['sizes']) - 1} changes of frame size")
+    if breaks:
+        what += f", at most {longest} in a row between {' and '.join(breaks)}"
     fix = "pass a longer video"
     if longest >= 3:
         fix += f" or --stride {(longest - 1) // 2} or less"
@@ -430,17 +498,21 @@ def _no_triplet(video: str | Path, stride: int, counts: dict[str, int]) -> UserE
 
 
 def _write_video_file(out: Path, frames: Iterator[np.ndarray], fps: float) -> int:
-    """Writes to a temporary file beside ``out`` and renames it into place; returns the count."""
-    out.parent.mkdir(parents=True, exist_ok=True)
+    """Writes to a temporary file beside ``out`` and renames it into place; returns the count.
+
+    Missing folders of ``out`` are created for it, and removed again if the writing fails
+    (frames are predicted while it writes, so a refusal can come after the first frame).
+    """
     tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}{out.suffix.lower()}")
-    try:
-        if out.suffix.lower() == ".gif":
-            pictures = list(frames)
-            save_gif(pictures, tmp, frame_ms=max(20, round(1000 / fps)))
-            count = len(pictures)
-        else:
-            count = write_video(tmp, frames, fps=max(1, round(fps)))
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with parent_folders(out):
+        try:
+            if out.suffix.lower() == ".gif":
+                pictures = list(frames)
+                save_gif(pictures, tmp, frame_ms=max(20, round(1000 / fps)))
+                count = len(pictures)
+            else:
+                count = write_video(tmp, frames, fps=max(1, round(fps)))
+            tmp.replace(out)
+        finally:
+            tmp.unlink(missing_ok=True)
     return count

@@ -43,7 +43,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import av
 import numpy as np
@@ -100,25 +100,31 @@ class Skipped:
 
 
 @contextlib.contextmanager
-def warnings_after_success() -> Iterator[None]:
-    """Holds the "skipped ..." warnings logged inside and logs them only if no error escapes.
+def warnings_after_success(*others: logging.Logger) -> Iterator[None]:
+    """Holds the "skipped ..." warnings logged inside (and whatever ``others`` log) and logs
+    them only if no error escapes.
 
     A failed command then prints only its one ``error:`` line, not a warning per undecodable
     frame before it.
     """
-    held: list[logging.LogRecord] = []
+    held: list[tuple[logging.Logger, logging.LogRecord]] = []
+    loggers = [log, *others]
+    filters = []
+    for logger in loggers:
 
-    def hold(record: logging.LogRecord) -> bool:
-        held.append(record)
-        return False
+        def hold(record: logging.LogRecord, logger: logging.Logger = logger) -> bool:
+            held.append((logger, record))
+            return False
 
-    log.addFilter(hold)
+        logger.addFilter(hold)
+        filters.append(hold)
     try:
         yield
     finally:
-        log.removeFilter(hold)
-    for record in held:  # only reached on success
-        log.handle(record)
+        for logger, hold in zip(loggers, filters, strict=True):
+            logger.removeFilter(hold)
+    for logger, record in held:  # only reached on success, in the order they were logged
+        logger.handle(record)
 
 
 GAP = None  # yielded by decode_source where frames were lost: the clip must be cut there
@@ -193,15 +199,92 @@ def discover_sources(paths: list[Path]) -> tuple[list[Source], list[dict]]:
                 str(path),
                 "pass a video file, an image or a folder of them",
             )
+        before = len(ignored)
         found = _walk(path, ignored, seen, 0, named=True)
         if not found:
-            raise UserError(
-                "no videos or images found in the folder",
-                str(path),
-                f"put videos ({', '.join(sorted(VIDEO_SUFFIXES))}) or PNG/JPEG frames in it",
-            )
+            raise _nothing_found(path, ignored[before:])
         sources.extend(found)
     return sources, ignored
+
+
+def _nothing_found(folder: Path, left_out: list[dict]) -> UserError:
+    """The error for a named folder with no source in it, saying what its search left out."""
+    what = "no videos or images found in the folder"
+    fixes = [f"put videos ({', '.join(sorted(VIDEO_SUFFIXES))}) or PNG/JPEG frames in it"]
+    if left_out:
+        what += f"; its search left out {describe_ignored(left_out)}"
+        fixes = [*ignored_fixes(left_out), *fixes]
+    return UserError(what, str(folder), "; or ".join(fixes))
+
+
+class _LeftOut(NamedTuple):
+    """A kind of ``ignored`` entry, known by how its reason starts."""
+
+    start: str
+    one: str
+    many: str
+    expected: bool  # False: frames the user meant to ingest are lost, so it is always said
+    fix: str = ""
+
+
+_LEFT_OUT = (
+    _LeftOut(
+        "deeper than",
+        f"folder over {MAX_DEPTH} levels deep",
+        f"folders over {MAX_DEPTH} levels deep",
+        False,
+        f"pass the deep folder itself (a search goes {MAX_DEPTH} folder levels down)",
+    ),
+    _LeftOut(
+        "cannot list",
+        "unreadable folder",
+        "unreadable folders",
+        False,
+        "make the folders readable (chmod) or run as a user who can read them",
+    ),
+    _LeftOut(
+        "cannot read",
+        "unreadable entry",
+        "unreadable entries",
+        False,
+        "make the entries readable or remove broken links",
+    ),
+    _LeftOut(
+        "not a video or image", "file not a video or image", "files not videos or images", True
+    ),
+)
+_OTHER = _LeftOut("", "other entry", "other entries", True)  # repeats, FIFOs, devices
+
+
+def _left_out(entry: dict) -> _LeftOut:
+    return next((k for k in _LEFT_OUT if entry["reason"].startswith(k.start)), _OTHER)
+
+
+def unexpected_ignored(ignored: list[dict]) -> list[dict]:
+    """The entries of ``ignored`` a user would not expect: folders too deep, unreadable ones."""
+    return [entry for entry in ignored if not _left_out(entry).expected]
+
+
+def describe_ignored(ignored: list[dict]) -> str:
+    """``ignored`` counted by reason with one example each, unexpected reasons first, e.g.
+    ``1 folder over 32 levels deep (e.g. a/a/...), 2 files not videos or images (e.g. x.txt)``."""
+    groups: dict[_LeftOut, list[dict]] = {}
+    for entry in sorted(ignored, key=lambda e: _left_out(e).expected):
+        groups.setdefault(_left_out(entry), []).append(entry)
+    parts = []
+    for kind, entries in groups.items():
+        example = entries[0]["path"]
+        if kind.start in ("cannot list", "cannot read", ""):  # the reason says more
+            example += f": {entries[0]['reason']}"
+        parts.append(
+            f"{len(entries)} {kind.one if len(entries) == 1 else kind.many} (e.g. {example})"
+        )
+    return ", ".join(parts)
+
+
+def ignored_fixes(ignored: list[dict]) -> list[str]:
+    """What to do about the unexpected entries of ``ignored``, one fix per reason."""
+    return list(dict.fromkeys(_left_out(e).fix for e in unexpected_ignored(ignored)))
 
 
 def _entries(folder: Path, ignored: list[dict], named: bool) -> list[tuple[Path, int]]:
