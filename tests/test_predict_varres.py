@@ -115,3 +115,15 @@ def test_no_triplet_between_changes_of_size_says_so(ckpt: Path, tmp_path: Path) 
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert "the video has 6, at most 2 in a row between 2 changes of frame size" in lines[0]
     assert not (tmp_path / "p").exists()
+
+
+def test_ingest_names_the_frame_from_which_a_video_is_too_small(tmp_path: Path) -> None:
+    """The same joined video, ingested at a size its last part cannot reach: the refusal says
+    from which frame, not only that --size is wrong."""
+    video = _joined(tmp_path, [((64, 36), 10), ((8, 8), 6)])
+    done = _varnext("ingest", video, "--out", tmp_path / "ds", "--size", "640x360", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "from frame 10 on" in lines[0] and str(video) in lines[0], lines
+    assert "cut the video before frame 10" in lines[0]
+    assert not (tmp_path / "ds").exists()

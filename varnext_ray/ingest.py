@@ -220,7 +220,13 @@ def stage_source(
             frame = fit_frame(raw, opts.size, max_upscale=MAX_UPSCALE)
         except UserError as err:
             if source.kind != "images" or len(source.files) < 2:
-                raise  # a video's frames all share the size: --size is wrong for it
+                if source.kind == "images":
+                    raise  # one picture: --size is wrong for it
+                raise UserError(  # a video: say from which frame (its size may change)
+                    f"{err.what}, from frame {number} on" if number else err.what,
+                    str(source.path),
+                    f"{err.fix}, or cut the video before frame {number}" if number else err.fix,
+                ) from None
             # One odd frame among a folder's (a thumbnail, a banner): skip it, cut the clip.
             skipped.add(source.files[number], err.what)
             unfit = unfit or err.what
