@@ -10,7 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import io
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -19,46 +18,9 @@ import av
 import numpy as np
 from PIL import Image
 
-from varnext_ray.errors import UserError
-from varnext_ray.safe_io import os_reason, write_atomic
+from varnext_ray.safe_io import parent_folders, write_atomic
 
 FPS = 30  # frame rate of written videos unless told otherwise
-
-
-@contextlib.contextmanager
-def parent_folders(path: str | Path) -> Iterator[Path]:
-    """Creates the missing parent folders of ``path`` for the block; removes them again (those
-    still empty) if the block fails, so a refused or failed write leaves no empty folders.
-
-    Raises:
-        UserError: A folder cannot be created (nothing is left behind then either).
-    """
-    path = Path(path)
-    missing: list[Path] = []  # deepest first
-    parent = path.absolute().parent
-    while not parent.exists() and parent != parent.parent:
-        missing.append(parent)
-        parent = parent.parent
-    made: list[Path] = []
-    try:
-        for folder in reversed(missing):
-            try:
-                folder.mkdir()
-            except FileExistsError:  # made meanwhile by someone else: theirs, not ours
-                continue
-            except OSError as err:
-                raise UserError(
-                    f"cannot create the folder ({os_reason(err)})",
-                    str(folder),
-                    "choose an output path in a folder you can write to",
-                ) from None
-            made.append(folder)
-        yield path
-    except BaseException:
-        for folder in reversed(made):  # deepest first; one that now holds something stays
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
 
 
 def save_png(array: np.ndarray, path: str | Path) -> Path:

@@ -29,9 +29,9 @@ from PIL import Image
 
 from varnext_ray.checkpoint import Checkpoint
 from varnext_ray.errors import UserError
-from varnext_ray.media import FPS, parent_folders, save_gif, save_png, write_video
+from varnext_ray.media import FPS, save_gif, save_png, write_video
 from varnext_ray.model import extrapolate, rollout
-from varnext_ray.safe_io import check_output_files, regular_file
+from varnext_ray.safe_io import check_output_files, parent_folders, regular_file
 from varnext_ray.sources import (
     MAX_UPSCALE,
     NO_VIDEO_FIX,

@@ -353,44 +353,76 @@ def absolute_new_dir(path: str | Path, flag: str) -> Path:
 
 
 @contextlib.contextmanager
+def parent_folders(
+    path: str | Path, fix: str = "choose an output path in a folder you can write to"
+) -> Iterator[Path]:
+    """Creates the missing parent folders of ``path`` for the block; removes them again (those
+    still empty) if the block fails, so a refused or failed write leaves no empty folders.
+
+    Raises:
+        UserError: A folder cannot be created (nothing is left behind then either).
+    """
+    path = Path(path)
+    missing: list[Path] = []  # deepest first
+    parent = path.absolute().parent
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    made: list[Path] = []
+    try:
+        for folder in reversed(missing):
+            try:
+                folder.mkdir()
+            except FileExistsError:  # made meanwhile by someone else: theirs, not ours
+                continue
+            except OSError as err:
+                raise UserError(
+                    f"cannot create the folder ({os_reason(err)})",
+                    str(folder),
+                    fix,
+                ) from None
+            made.append(folder)
+        yield path
+    except BaseException:
+        for folder in reversed(made):  # deepest first; one that now holds something stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
+
+
+@contextlib.contextmanager
 def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> Iterator[Path]:
     """Yields a temporary folder beside ``target``; renames it to ``target`` on success.
 
     Named ``.<name>.partial-<pid>-<random>``: a killed run leaves a hidden folder that never
     reads as the output. On any failure the staging folder and the parent folders this call
-    created are removed. The target must be new or an empty folder (:func:`check_new_dir`).
+    created (:func:`parent_folders`) are removed. The target must be new or an empty folder
+    (:func:`check_new_dir`).
     """
     target = absolute_new_dir(target, flag)
     check_new_dir(target, flag, allow_empty=allow_empty)
     fix = f"choose another {flag}"
-    created: list[Path] = []
-    parent = target.parent
-    while not parent.exists() and parent != parent.parent:
-        created.append(parent)
-        parent = parent.parent
     staging = target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    try:
+    with parent_folders(staging, fix):
         try:
-            for folder in reversed(created):
-                folder.mkdir()
-            staging.mkdir()
-        except OSError as err:
-            raise UserError(f"cannot create ({os_reason(err)})", str(target), fix) from None
-        yield staging
-        try:
-            os.rename(staging, target)  # replaces an empty folder; refuses one that filled up
-        except OSError as err:
-            what = (
-                "output appeared while writing" if target.exists() else "cannot rename into place"
-            )
-            raise UserError(f"{what} ({os_reason(err)})", str(target), fix) from None
-        _fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        for folder in created:
-            with contextlib.suppress(OSError):
-                folder.rmdir()
-        raise
+            try:
+                staging.mkdir()
+            except OSError as err:
+                raise UserError(f"cannot create ({os_reason(err)})", str(target), fix) from None
+            yield staging
+            try:
+                os.rename(staging, target)  # replaces an empty folder; refuses one that filled
+            except OSError as err:
+                what = (
+                    "output appeared while writing"
+                    if target.exists()
+                    else "cannot rename into place"
+                )
+                raise UserError(f"{what} ({os_reason(err)})", str(target), fix) from None
+            _fsync_dir(target.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
 
 def check_storage_writable(storage: str | Path, flag: str = "--storage") -> None:
