@@ -174,6 +174,11 @@ def _list_outside(path: Path) -> None:
     (path / "meta.json").write_text(json.dumps(meta))
 
 
+def _set_meta(path: Path, key: str, value: object) -> None:
+    meta = json.loads((path / "meta.json").read_text())
+    (path / "meta.json").write_text(json.dumps({**meta, key: value}))
+
+
 def _corrupt(case: str, path: Path) -> None:
     bad_arch = json.dumps({**TINY, "latent_dim": 0}).encode()
     other = build_vae(parse_arch({**TINY, "latent_dim": 5}, "other"))
@@ -197,6 +202,10 @@ def _corrupt(case: str, path: Path) -> None:
         "not a checkpoint": lambda: rewrite(path / "meta.json", b'{"format": "x"}', rehash=False),
         "listed outside": lambda: _list_outside(path),
         "nan weights": lambda: rewrite(path / "model.safetensors", _nan_weights(path), rehash=True),
+        # a version field nobody read: a later format, or one edited by hand, loaded
+        "later format": lambda: _set_meta(path, "format_version", 99),
+        "format as text": lambda: _set_meta(path, "format_version", "1"),
+        "no format version": lambda: _set_meta(path, "format_version", None),
     }
     actions[case]()
 
@@ -216,6 +225,9 @@ def _corrupt(case: str, path: Path) -> None:
         ("not a checkpoint", r"not a varnext checkpoint .*\(.*meta\.json\)"),
         ("listed outside", r'meta.json: files must be a table of plain file names .*"\.\./m'),
         ("nan weights", r"the weights hold NaN or infinite values \(.*\(.*model\.safetensors\)"),
+        ("later format", r"unsupported checkpoint format 99 \(this varnext reads format 1\)"),
+        ("format as text", r'unsupported checkpoint format "1"'),
+        ("no format version", r"unsupported checkpoint format null"),
     ],
 )
 def test_a_damaged_checkpoint_is_refused_with_a_clear_message(

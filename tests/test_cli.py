@@ -47,3 +47,69 @@ def test_usage_errors_quote_long_or_control_values_in_one_short_line(
         cli.main(["synth", "out", "--clips", "1\nerror: forged"])
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "\\n" in err, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["synth", ""],
+        ["ingest", "clips", "--out", ""],
+        ["data", "info", ""],
+        ["arch", "check", ""],
+        ["train", "--config", "a.json", "--data", "d", "--storage", ""],
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
+    argv: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``Path("")`` is ``.``: ``--storage ''`` passed every check as the current folder."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert "an empty path" in err and len(err.strip().splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_word_taken_for_an_unknown_option_is_named_with_the_way_to_pass_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``ingest -x.mp4`` said only that SOURCE was missing."""
+    with pytest.raises(SystemExit):
+        cli.main(["ingest", "-x.mp4", "--out", "ds"])
+    err = capsys.readouterr().err
+    assert "-x.mp4 is not an option of varnext ingest" in err and "./-x.mp4" in err, err
+    with pytest.raises(SystemExit):
+        cli.main(["--bogus"])
+    err = capsys.readouterr().err
+    assert "--bogus is not an option of varnext" in err and "./" not in err, err
+    with pytest.raises(SystemExit):  # an abbreviation of a real option is not unknown
+        cli.main(["ingest", "--ou", "ds"])
+    assert "is not an option" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("value", "verbose"),
+    [("off", False), ("false", False), ("0", False), ("", False), ("yes", True), ("1", True)],
+)
+def test_varnext_verbose_reads_yes_and_no_like_the_other_switches(
+    value: str, verbose: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any value but "" and "0" was on: VARNEXT_VERBOSE=false turned Ray's logs on."""
+    from varnext_ray import console
+
+    monkeypatch.setenv("VARNEXT_VERBOSE", value)
+    assert console.is_verbose() is verbose
+
+
+def test_a_varnext_verbose_that_is_neither_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VARNEXT_VERBOSE", "maybe")
+    assert cli.main(["data", "info", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: VARNEXT_VERBOSE must be 1 or 0 (got 'maybe')"), err

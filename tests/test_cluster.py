@@ -451,6 +451,45 @@ def test_an_address_nobody_answers_is_refused_in_bounded_time() -> None:
         _check_answers(f"ray://127.0.0.1:{server.getsockname()[1]}", timeout_s=1.0)
 
 
+@pytest.mark.parametrize(
+    ("address", "said"),
+    [
+        ("http://127.0.0.1:8265", "the Ray dashboard's"),  # what `ray job submit` takes
+        ("https://head:8265", "the Ray dashboard's"),
+        ("gcs://127.0.0.1:6379", "unknown scheme 'gcs'"),
+        ("127.0.0.1:6379,127.0.0.1:6380", "a Ray address is HOST:PORT"),
+        ("me@127.0.0.1:6379", "a Ray address is HOST:PORT"),
+        ("127.0.0.1:6379/x", "a Ray address is HOST:PORT"),
+        ("::1:6379", "a Ray address is HOST:PORT"),  # IPv6 needs its brackets
+    ],
+)
+def test_an_address_of_another_form_is_refused_before_any_connection(
+    address: str, said: str
+) -> None:
+    """Only the host:port part was read, so the dashboard's URL (something answers there)
+    reached ``ray.init`` (exit 1) and a list of addresses waited for an answer."""
+    from varnext_ray.cluster import _check_answers
+    from varnext_ray.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(said)):
+        _check_answers(address, timeout_s=30.0)
+
+
+def test_an_ipv6_address_in_brackets_is_taken() -> None:
+    import socket
+
+    from varnext_ray.cluster import _check_answers
+
+    try:
+        server = socket.socket(socket.AF_INET6)
+        server.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with server:
+        server.listen()
+        _check_answers(f"[::1]:{server.getsockname()[1]}", timeout_s=1.0)
+
+
 def test_auto_is_the_recorded_cluster_and_a_stale_record_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

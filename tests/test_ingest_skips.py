@@ -150,3 +150,22 @@ def test_a_file_named_twice_is_read_once(tmp_path: Path) -> None:
     manifest = json.loads((out / "dataset.json").read_text())
     assert len(manifest["sources"]) == 1 and manifest["frames"] == 8
     assert manifest["ignored"] == [{"path": str(video), "reason": "named twice (read once)"}]
+
+
+def test_a_broken_file_in_a_folder_is_skipped_once_and_its_name_cannot_forge_a_line(
+    tmp_path: Path,
+) -> None:
+    """Its warning printed the name's newline raw (a second, forged ``error:`` line), and it
+    was skipped twice: "cannot open as a video", then "no decodable frame"."""
+    folder = tmp_path / "in"
+    _clip(folder, fmt="mp4")
+    broken = folder / "bad\nerror: forged.mp4"
+    broken.write_bytes(b"not a video")
+    out = tmp_path / "ds"
+    done = _ingest(folder, out=out)
+    assert done.returncode == 0, done.stderr
+    assert not any(line.startswith("error:") for line in done.stderr.splitlines()), done.stderr
+    assert "bad\\nerror: forged.mp4" in done.stderr
+    assert "1 skipped" in done.stdout, done.stdout
+    manifest = json.loads((out / "dataset.json").read_text())
+    assert [item["path"] for item in manifest["skipped"]] == [str(broken)], manifest["skipped"]

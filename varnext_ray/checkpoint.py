@@ -249,6 +249,14 @@ def _check_meta(meta: dict[str, Any], path: Path) -> None:
         shown = json.dumps(got)[:60] if isinstance(got, (str, int, float, list, dict)) else got
         return UserError(f"meta.json: {key} must be {want} (got {shown})", str(path), _RESAVE)
 
+    version = meta.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise UserError(
+            f"unsupported checkpoint format {json.dumps(version)[:40]} (this varnext reads "
+            f"format {FORMAT_VERSION})",
+            str(path),
+            "use the varnext version that wrote it, or train the model again with this one",
+        )
     files = meta.get("files")
     if not isinstance(files, dict):
         raise UserError('meta.json has no "files" table of sha256 hashes', str(path), _RESAVE)

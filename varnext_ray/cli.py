@@ -11,10 +11,9 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 from varnext_ray import __version__, console
-from varnext_ray.cli_args import Parser, subcommand
+from varnext_ray.cli_args import Parser, path_arg, subcommand
 from varnext_ray.cli_jobs import JOB_COMMANDS
 from varnext_ray.dataset import ENCODINGS, load_manifest
 from varnext_ray.dataset import info as dataset_info
@@ -71,7 +70,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "out_dir",
-        type=Path,
+        type=path_arg,
         metavar="OUT_DIR",
         help="new or empty directory (filled only when every clip is written)",
     )
@@ -111,7 +110,7 @@ def _run_synth(args: argparse.Namespace) -> int:
     bumps = sum(len(c["bumps"]) for c in manifest["clips"])
     print(
         f"wrote {len(manifest['clips'])} clips x {args.frames} frames ({args.size}, "
-        f"{args.format}, {bumps} camera bumps) to {args.out_dir}"
+        f"{args.format}, {bumps} camera bumps) to {escape(args.out_dir)}"
     )
     return 0
 
@@ -125,12 +124,12 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "sources",
-        type=Path,
+        type=path_arg,
         nargs="+",
         metavar="SOURCE",
         help="video files, image folders, or folders of either",
     )
-    p.add_argument("--out", type=Path, required=True, help="the dataset directory to create")
+    p.add_argument("--out", type=path_arg, required=True, help="the dataset directory to create")
     p.add_argument("--size", default="640x360", help="WxH of the frames (default 640x360)")
     p.add_argument("--every", type=int, default=1, help="keep every Nth frame (default 1)")
     p.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
@@ -179,7 +178,7 @@ def _run_ingest(args: argparse.Namespace) -> int:
     splits = ", ".join(f"{k} {v}" for k, v in manifest["splits"].items())
     print(
         f"wrote {manifest['frames']} frames in {len(manifest['clips'])} clips ({splits}; "
-        f"{len(manifest['skipped'])} skipped) to {args.out}"
+        f"{len(manifest['skipped'])} skipped) to {escape(args.out)}"
     )
     return 0
 
@@ -195,7 +194,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
         "Show a frame dataset's frames, clips and splits.",
         "varnext data info runs/dataset --json",
     )
-    p.add_argument("dataset", type=Path, metavar="DATASET")
+    p.add_argument("dataset", type=path_arg, metavar="DATASET")
     p.add_argument("--stride", type=int, default=1, help="triplet stride to count (default 1)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(run=_run_data_info)
@@ -208,7 +207,8 @@ def _run_data_info(args: argparse.Namespace) -> int:
         return 0
     w, h = summary["size"]
     print(
-        f"{summary['path']}: {summary['frames']} frames of {w}x{h} ({summary['encoding']}), "
+        f"{escape(summary['path'])}: {summary['frames']} frames of {w}x{h} "
+        f"({summary['encoding']}), "
         f"{summary['clips']} clips from {summary['sources']} sources, "
         f"{summary['skipped']} skipped, split by {summary['split_policy']} "
         f"(seed {summary['seed']})"
@@ -238,7 +238,7 @@ def _add_arch(sub: argparse._SubParsersAction) -> None:
         "Validate an architecture and print each layer's output shape and parameters.",
         "varnext arch check configs/seed_640x360.json --json",
     )
-    p.add_argument("config", type=Path, metavar="CONFIG.json")
+    p.add_argument("config", type=path_arg, metavar="CONFIG.json")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--max-params",
@@ -294,12 +294,14 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    console.set_verbose(args.verbose)  # before Ray is imported
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s: %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        console.set_verbose(args.verbose)  # before Ray is imported
+    except UserError as err:  # VARNEXT_VERBOSE is neither yes nor no
+        sys.stderr.write(f"error: {err}\n")
+        return 2
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(console.OneLineFormatter("%(levelname)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     logging.addLevelName(logging.WARNING, "warning")
     logging.addLevelName(logging.INFO, "info")
     with guarded_stdout() as stdout:

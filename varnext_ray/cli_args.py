@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+from collections.abc import Sequence
+from pathlib import Path
 
 from varnext_ray.errors import MAX_WHAT, escape, shorten
 
@@ -12,13 +14,54 @@ from varnext_ray.errors import MAX_WHAT, escape, shorten
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit status 2."""
 
+    _seen: tuple[str, ...] = ()  # the arguments this parser was last given
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        self._seen = tuple(sys.argv[1:] if args is None else args)
+        return super().parse_known_args(args, namespace)
+
     def error(self, message: str) -> None:  # type: ignore[override]
         # A value argparse quotes back may be a 5,000-digit number or hold a newline, and
         # "unrecognized arguments: ..." lists every one of them.
         message = re.sub(r"'([^']{60})[^']{20,}'", r"'\1...'", message)
+        unknown = self._unknown_options()
+        if unknown and "unrecognized arguments" not in message:
+            # argparse set the word aside as an option it does not know, then missed the
+            # positional it was meant to be ("required: SOURCE")
+            message += f"; {unknown[0]} is not an option of {self.prog}"
+            if self._subparsers is None:  # a command's own words are paths
+                message += f" (a file or folder of that name is written ./{unknown[0]})"
         message = shorten(escape(message), MAX_WHAT)
         sys.stderr.write(f"error: {message} ({self.prog}): see '{self.prog} --help'\n")
         raise SystemExit(2)
+
+    def _unknown_options(self) -> list[str]:
+        """The arguments before any ``--`` that look like options this parser does not have
+        (abbreviations of its long options count as known)."""
+        unknown = []
+        for arg in self._seen:
+            if arg == "--":
+                break
+            if arg == "-" or not arg.startswith("-") or self._negative_number_matcher.match(arg):
+                continue
+            name = arg.split("=", 1)[0]
+            if not any(option.startswith(name) for option in self._option_string_actions):
+                unknown.append(arg)
+        return unknown
+
+
+def path_arg(text: str) -> Path:
+    """argparse ``type`` of a path: ``Path("")`` would silently be the current folder."""
+    return Path(location_arg(text))
+
+
+def location_arg(text: str) -> str:
+    """argparse ``type`` of a path or URI (``--storage``), refusing an empty one."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path: name a file or folder ('.' is this one)")
+    return text
 
 
 def subcommand(
@@ -74,6 +117,7 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
     """--storage and --address."""
     p.add_argument(
         "--storage",
+        type=location_arg,
         default="runs/ray",
         help="Ray Train/Tune storage for checkpoints (default runs/ray)",
     )

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -118,14 +119,8 @@ def check_resources(resources: Resources, cpus_per_worker: float) -> None:
 
 def _autoscaling() -> bool:
     """True on a cluster started by the launcher (``VARNEXT_AUTOSCALING=1``), whose nodes may
-    still be coming; "0", "false", "no", "off" or empty mean no, anything else is refused."""
-    text = os.environ.get("VARNEXT_AUTOSCALING", "").strip().lower()
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("", "0", "false", "no", "off"):
-        return False
-    raise UserError(
-        f"VARNEXT_AUTOSCALING must be 1 or 0 (got {text[:40]!r})",
+    still be coming (:func:`console.env_flag`'s values)."""
+    return console.env_flag(
         "VARNEXT_AUTOSCALING",
         "set it to 1 on a cluster whose nodes the autoscaler adds, else unset it",
     )
@@ -298,15 +293,7 @@ def _check_answers(address: str, timeout_s: float | None = None) -> None:
 
     if address == "auto":
         address = _auto_address()
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError(
-            "a Ray address is HOST:PORT (the head's GCS, e.g. 127.0.0.1:6379), "
-            "ray://HOST:PORT or auto",
-            address,
-            "pass --address or RAY_ADDRESS in one of those forms",
-        )
+    host, port = _host_port(address)
     timeout_s = CONNECT_TIMEOUT_S if timeout_s is None else timeout_s
     deadline, reason = time.monotonic() + timeout_s, "no answer"
     while time.monotonic() < deadline:
@@ -321,6 +308,49 @@ def _check_answers(address: str, timeout_s: float | None = None) -> None:
         address,
         "start the cluster (ray start --head, or ray up) or unset RAY_ADDRESS for a local Ray",
     )
+
+
+def _host_port(address: str) -> tuple[str, int]:
+    """The host and port of a ``HOST:PORT`` or ``ray://HOST:PORT`` address (a host name or an
+    IP address, ``[...]`` around IPv6), or a UserError saying what the forms are."""
+    import ipaddress
+    import urllib.parse
+
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "", address
+    problem = ""
+    if scheme.lower() in ("http", "https"):
+        problem = (
+            "an http:// address is the Ray dashboard's (what `ray job submit` takes); "
+            "varnext joins the cluster through its GCS"
+        )
+    elif scheme and scheme != "ray":
+        problem = f"unknown scheme {scheme!r}"
+    host, port = "", None
+    with contextlib.suppress(ValueError):  # urlsplit: a bad port or IPv6 literal
+        parts = urllib.parse.urlsplit("//" + rest.rstrip("/"))
+        port = parts.port
+        host = parts.hostname or ""
+        if parts.path or parts.query or parts.fragment or "@" in parts.netloc:
+            host = ""
+    if host.startswith("[") or ":" in host:
+        with contextlib.suppress(ValueError):
+            ipaddress.IPv6Address(host.strip("[]"))
+            host = host.strip("[]")
+    elif not _HOST_NAME.fullmatch(host):
+        host = ""
+    if problem or not host or not port:
+        raise UserError(
+            "a Ray address is HOST:PORT (the head's GCS, e.g. 127.0.0.1:6379), "
+            "ray://HOST:PORT or auto" + (f"; {problem}" if problem else ""),
+            address,
+            "pass --address or RAY_ADDRESS in one of those forms",
+        )
+    return host, port
+
+
+_HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?")
 
 
 def _auto_address() -> str:

@@ -21,11 +21,21 @@ import os
 import warnings
 from typing import Any
 
+from varnext_ray.errors import UserError, escape
+
 VERBOSE_ENV = "VARNEXT_VERBOSE"
 QUIET_ENV = {
     "RAY_DATA_LOG_LEVEL": "WARNING",  # Ray Data's per-dataset execution notes
     "PYTHONWARNINGS": "ignore::DeprecationWarning",  # Ray's own, from its internal actors
 }
+
+
+class OneLineFormatter(logging.Formatter):
+    """Log lines whose message has its control characters escaped (:func:`errors.escape`): a
+    warning that quotes a file name holding a newline cannot print a second, forged line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape(super().formatMessage(record))
 
 
 def set_verbose(verbose: bool) -> None:
@@ -40,8 +50,19 @@ def set_verbose(verbose: bool) -> None:
 
 
 def is_verbose() -> bool:
-    """Whether Ray's own INFO logs go to the console (``varnext -v``)."""
-    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+    """Whether Ray's own INFO logs go to the console (``varnext -v``, or VARNEXT_VERBOSE=1)."""
+    return env_flag(VERBOSE_ENV, "set it to 1 for Ray's own logs, else unset it")
+
+
+def env_flag(name: str, fix: str) -> bool:
+    """A yes/no environment variable: "1", "true", "yes", "on" mean yes; "0", "false", "no",
+    "off" or empty (or unset) mean no; anything else is a UserError whose fix is ``fix``."""
+    text = os.environ.get(name, "").strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("", "0", "false", "no", "off"):
+        return False
+    raise UserError(f"{name} must be 1 or 0 (got {text[:40]!r})", name, fix)
 
 
 def ray_env_vars() -> dict[str, str]:

@@ -367,6 +367,7 @@ def _ingest_into(
     records = []
     unusable: list[str] = []  # why sources whose frames decoded kept none
     for index, source in enumerate(found):
+        before = len(skipped.items)
         clips, record, unfit = stage_source(source, index, opts, staging, skipped)
         if not clips:
             # Frames that decoded but fit no --size (a folder's 1x1 thumbnails) say why.
@@ -375,7 +376,8 @@ def _ingest_into(
                 unusable.append(what)
             if source.named:
                 raise UserError(what, str(source.path), _no_frame_hint(bool(unfit)))
-            skipped.add(source.path, what)
+            if not any(item["path"] == str(source.path) for item in skipped.items[before:]):
+                skipped.add(source.path, what)  # unless its decoding said why already
         staged.extend(clips)
         records.append(record)
     if not staged:
