@@ -6,6 +6,7 @@ signal it while its first clip is being written.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -176,3 +177,19 @@ def test_interrupted_ingest_keeps_nothing(tmp_path: Path, signum: int) -> None:
     argv = ["ingest", "src", "--out", "out", "--size", "160x90"]
     _interrupt(tmp_path, argv, ".out.partial-*/*", signum)
     assert [p.name for p in tmp_path.iterdir()] == ["src"]  # no out/, no staging folder
+
+
+def test_a_full_disk_names_the_clip_in_out_dir_and_keeps_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The video writer's own error named the clip in synth's hidden staging folder."""
+    from tests.test_media import tmpfs
+
+    with contextlib.contextmanager(tmpfs)(tmp_path / "tiny", 64, 8) as disk:
+        err = _refused(
+            capsys,
+            ["synth", str(disk / "s"), "--clips", "4", "--frames", "60", "--size", "320x180"],
+            "No space left on device",
+        )
+        assert f"({disk / 's' / 'clip_000.mp4'})" in err, err
+        assert sorted(p.name for p in disk.iterdir()) == ["fill"]

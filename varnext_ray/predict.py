@@ -18,8 +18,8 @@ import collections
 import itertools
 import logging
 import math
-import uuid
-from collections.abc import Iterator
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,10 @@ import torch
 from PIL import Image
 
 from varnext_ray.checkpoint import Checkpoint
-from varnext_ray.errors import UserError
-from varnext_ray.media import FPS, save_gif, save_png, write_video
+from varnext_ray.errors import UserError, escape
+from varnext_ray.media import FPS, save_gif, save_png, staged_files, write_video
 from varnext_ray.model import extrapolate, rollout
-from varnext_ray.safe_io import check_output_files, parent_folders, regular_file
+from varnext_ray.safe_io import check_output_files, regular_file
 from varnext_ray.sources import (
     MAX_UPSCALE,
     NO_VIDEO_FIX,
@@ -82,7 +82,7 @@ def seen_part(ckpt: Checkpoint, frame: np.ndarray, where: str, *, warn: bool = T
         log.warning(
             "%s: %dx%d frames are not the model's aspect ratio (%dx%d): predicting their "
             "%dx%d centre crop",
-            where,
+            escape(where),
             w,
             h,
             width,
@@ -206,11 +206,25 @@ def rollout_paths(out: str | Path, steps: int) -> list[Path]:
     return [out.with_name(f"{out.stem}_k{k}.png") for k in range(1, steps + 1)]
 
 
-def _check_suffix(out: Path, allowed: tuple[str, ...], what: str) -> None:
+def _out_path(out: str | Path, allowed: tuple[str, ...], what: str) -> Path:
+    """``--out`` as a Path, if it names a file of an ``allowed`` type.
+
+    A trailing ``/`` (or a last part ``.``) names a folder, never a file; it is refused here
+    from the string, since ``Path`` drops it (``Path("x.png/")`` is ``x.png``).
+    """
+    text = os.fspath(out)
+    if text.endswith(("/", os.sep, "/.")) or text in (".", ""):
+        raise UserError(
+            "--out names a folder (it ends in a slash); predictions are written to a file",
+            text,
+            f"name the file, e.g. {os.path.join(text.rstrip('/.') or '.', 'pred' + allowed[0])}",
+        )
+    out = Path(text)
     if out.suffix.lower() not in allowed:
         got = out.suffix or "no suffix"
         fix = f"name --out with one of {', '.join(allowed)}"
         raise UserError(f"unsupported output type for {what} ({got})", str(out), fix)
+    return out
 
 
 def predict_image_files(
@@ -230,18 +244,49 @@ def predict_image_files(
     Returns:
         The PNGs written, in order k = 1..steps.
     """
-    out = Path(out)
-    _check_suffix(out, (".png",), "two frames")
+    out = _out_path(out, (".png",), "two frames")
     _check_steps(steps)
-    _check_outputs(checkpoint, rollout_paths(out, steps), [frame_a, frame_b], overwrite)
+    outs = rollout_paths(out, steps)
+    _check_outputs(checkpoint, outs, [frame_a, frame_b], overwrite)
     a, b = load_frame(frame_a), load_frame(frame_b)
     _check_same_size(a, b, f"{frame_a}, {frame_b}")
     images = predict_frames(checkpoint, a, b, steps)
-    return _save_pngs(images, rollout_paths(out, steps))
+    with staged_files(outs, overwrite=overwrite) as stage:  # all of them, or none
+        return _save_pngs(images, outs, stage)
 
 
-def _save_pngs(images: list[np.ndarray], paths: list[Path]) -> list[Path]:
-    return [save_png(image, path) for image, path in zip(images, paths, strict=True)]
+def _save_pngs(
+    images: list[np.ndarray], paths: list[Path], stage: Callable[[Path], Path]
+) -> list[Path]:
+    """Writes each image to ``stage(path)`` (:func:`~varnext_ray.media.staged_files`);
+    returns ``paths``. A failing write names the path itself, not the staging folder."""
+    for image, path in zip(images, paths, strict=True):
+        save_png(image, stage(path), where=str(path))
+    return paths
+
+
+def frame_lines(paths: Sequence[Path], frame_a: str | Path, frame_b: str | Path) -> list[str]:
+    """The lines ``varnext predict`` prints for two frames, paths escaped
+    (:func:`~varnext_ray.errors.escape`): a name holding a newline cannot forge a line."""
+    a, b = escape(str(frame_a)), escape(str(frame_b))
+    return [
+        f"wrote {escape(str(path))}: frame t+{k + 1}s predicted from {a} (t) and {b} (t+s)"
+        for k, path in enumerate(paths, start=1)
+    ]
+
+
+def video_lines(summary: dict[str, Any]) -> list[str]:
+    """The lines ``varnext predict --video`` prints for :func:`predict_video`'s summary,
+    paths escaped as in :func:`frame_lines`."""
+    w, h = summary["size"]
+    lines = [
+        f"wrote {escape(summary['video'])}: {summary['frames']} frames of {w}x{h} "
+        f"[truth | prediction], extrap_psnr {summary['extrap_psnr']:.2f} dB vs copy_last_psnr "
+        f"{summary['copy_last_psnr']:.2f} dB"
+    ]
+    for k, path in enumerate(summary["rollout"], start=1):
+        lines.append(f"wrote {escape(path)}: rollout step k={k} past the video's last frame")
+    return lines
 
 
 # ---- videos -----------------------------------------------------------------------------------
@@ -385,7 +430,7 @@ def _warn_sizes(video: str | Path, counts: dict[str, Any]) -> None:
         "%s: the frame size changes %d time%s (%s%s): every frame is predicted from its own "
         "centre crop and shown at %dx%d (the first frame's crop), and the triplets start again at "
         "each change (cut the video at those frames to predict each part at its own size)",
-        video,
+        escape(str(video)),
         len(sizes) - 1,
         "" if len(sizes) == 2 else "s",
         ", then ".join(listed),
@@ -441,26 +486,28 @@ def predict_video(
     Example:
         >>> predict_video(ckpt, "clip.mp4", "runs/pred.mp4", steps=3)["extrap_psnr"]
     """
-    out = Path(out)
-    _check_suffix(out, VIDEO_OUTPUTS, "a video")
+    out = _out_path(out, VIDEO_OUTPUTS, "a video")
     _check_steps(steps)
     _check_stride(stride)
-    _check_outputs(checkpoint, [out, *rollout_paths(out, steps)], [video], overwrite)
+    outs = [out, *rollout_paths(out, steps)]
+    _check_outputs(checkpoint, outs, [video], overwrite)
     source, fps = _video_source(video)
     history: collections.deque = collections.deque(maxlen=2 * stride + 1)
     scores: dict[str, list[float]] = {"extrap": [], "copy_last": []}
     counts: dict[str, Any] = {"frames": 0, "gaps": 0, "longest": 0, "sizes": [], "shown": None}
-    with warnings_after_success(log):  # a failure prints its one error line, no warnings
+    # A failure prints its one error line, no warnings, and leaves none of the files.
+    with warnings_after_success(log), staged_files(outs, overwrite=overwrite) as stage:
         frames = _side_by_side(_panels(checkpoint, source, stride, history, counts), scores)
         first = next(frames, None)
         if first is None:
             raise _no_triplet(video, stride, counts)
-        count = _write_video_file(out, itertools.chain([first], frames), fps)
+        count = _write_video_file(stage(out), itertools.chain([first], frames), fps, str(out))
         _warn_sizes(video, counts)
         paths: list[Path] = []
         if len(history) > stride:  # after a gap at the very end there may be too few
             a, b = history[-1 - stride][0], history[-1][0]
-            paths = _save_pngs(predict_frames(checkpoint, a, b, steps), rollout_paths(out, steps))
+            images = predict_frames(checkpoint, a, b, steps)
+            paths = _save_pngs(images, rollout_paths(out, steps), stage)
     return {
         "video": str(out),
         "frames": count,
@@ -497,22 +544,14 @@ def _no_triplet(video: str | Path, stride: int, counts: dict[str, Any]) -> UserE
     return UserError(what, str(video), fix)
 
 
-def _write_video_file(out: Path, frames: Iterator[np.ndarray], fps: float) -> int:
-    """Writes to a temporary file beside ``out`` and renames it into place; returns the count.
+def _write_video_file(path: Path, frames: Iterator[np.ndarray], fps: float, where: str) -> int:
+    """Writes the side-by-side video (``.gif`` or ``.mp4``) to ``path``; returns the count.
 
-    Missing folders of ``out`` are created for it, and removed again if the writing fails
-    (frames are predicted while it writes, so a refusal can come after the first frame).
+    Frames are predicted while it writes, so a refusal can come after the first frame; a
+    failing write is a UserError naming ``where`` (:mod:`varnext_ray.media`).
     """
-    tmp = out.with_name(f".{out.stem}.tmp-{uuid.uuid4().hex[:8]}{out.suffix.lower()}")
-    with parent_folders(out):
-        try:
-            if out.suffix.lower() == ".gif":
-                pictures = list(frames)
-                save_gif(pictures, tmp, frame_ms=max(20, round(1000 / fps)))
-                count = len(pictures)
-            else:
-                count = write_video(tmp, frames, fps=max(1, round(fps)))
-            tmp.replace(out)
-        finally:
-            tmp.unlink(missing_ok=True)
-    return count
+    if path.suffix.lower() == ".gif":
+        pictures = list(frames)
+        save_gif(pictures, path, frame_ms=max(20, round(1000 / fps)), where=where)
+        return len(pictures)
+    return write_video(path, frames, fps=max(1, round(fps)), where=where)

@@ -235,7 +235,9 @@ def write_synthetic(
     _check_synth_args(clips, frames, size, seed, fmt, bump_probability)
     with staged_dir(out_dir, "OUT_DIR") as partial:
         try:
-            return _write_into(partial, clips, frames, size, seed, fmt, bump_probability)
+            return _write_into(
+                partial, clips, frames, size, seed, fmt, bump_probability, shown=Path(out_dir)
+            )
         except OSError as err:  # disk full, permissions changed under us
             raise UserError(
                 f"cannot write the clips ({os_reason(err)})",
@@ -252,6 +254,8 @@ def _write_into(
     seed: int,
     fmt: str,
     bump_probability: float,
+    *,
+    shown: Path,  # where the clips will be once complete: what errors name
 ) -> dict:
     rng = np.random.default_rng(seed)
     background = scene_background(seed, size)
@@ -260,8 +264,11 @@ def _write_into(
         plan = plan_clip(rng, frames, size, bump_probability)
         clip_rng = np.random.default_rng([seed, index])
         name = f"clip_{index:03d}" + (".mp4" if fmt == "mp4" else "")
-        writer = write_video if fmt == "mp4" else write_png_folder
-        written = writer(out_dir / name, render_clip(plan, background, clip_rng))
+        pictures = render_clip(plan, background, clip_rng)
+        if fmt == "mp4":  # a failing write is a UserError (a full disk), named in OUT_DIR
+            written = write_video(out_dir / name, pictures, where=str(shown / name))
+        else:
+            written = write_png_folder(out_dir / name, pictures)
         bumps = [plan.bump_frame] if plan.bump_frame is not None else []
         records.append(
             {

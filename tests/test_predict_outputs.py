@@ -1,0 +1,195 @@
+"""predict writes a set of files (the output, rollout frames ``<stem>_kN.png``): all or none.
+
+A full disk is a real tmpfs (mounting needs root, as CI has; skipped otherwise); the
+checkpoint, the frames and the video are real. Also: a trailing slash on --out, and paths that
+hold a newline in what predict prints.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_media import _tree, tmpfs
+from tests.test_output_inputs import _refused
+from tests.test_output_inputs import inputs as shared_inputs
+from varnext_ray.checkpoint import Checkpoint, load_checkpoint
+from varnext_ray.cli import main
+from varnext_ray.errors import UserError
+from varnext_ray.predict import (
+    frame_lines,
+    predict_image_files,
+    predict_video,
+    seen_part,
+    video_lines,
+)
+
+inputs = shared_inputs  # the fixture: two PNG frames, a 12-frame mp4 and a checkpoint
+
+
+@pytest.fixture(scope="module")
+def ckpt(inputs: dict[str, Path]) -> Checkpoint:
+    return load_checkpoint(inputs["ckpt"])
+
+
+@pytest.fixture
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 64 KiB tmpfs with 12 KiB left: a few small PNGs fit, a 1000-frame rollout not."""
+    yield from tmpfs(tmp_path / "tiny", 64, 12)
+
+
+# ---- a full disk: nothing of the set is kept, nothing old is lost ------------------------------
+
+
+def test_a_rollout_that_fills_the_disk_leaves_no_frame_and_no_folder(
+    inputs: dict[str, Path], full_disk: Path, capsys: pytest.CaptureFixture
+) -> None:
+    before = _tree(full_disk)
+    out = full_disk / "sub" / "p.png"
+    argv = ["predict", "--checkpoint", inputs["ckpt"], "--out", out, "--steps", "1000"]
+    line = _refused([*argv, inputs["a"], inputs["b"]], capsys, "No space left on device")
+    assert f"({full_disk}/sub/p_k" in line  # the frame that did not fit, not a staging path
+    assert _tree(full_disk) == before  # no p_k1.png..., no sub/, no staging folder
+
+
+def test_a_full_disk_with_overwrite_keeps_every_old_frame(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """--overwrite of a rollout that no longer fits: the old frames stay, none is mixed in."""
+    for disk in tmpfs(tmp_path / "tiny", 64, 24):  # the old frames, and room for 3 new ones
+        for k in (1, 2, 3):
+            (disk / f"p_k{k}.png").write_bytes(f"old frame {k}".encode())
+        before = _tree(disk)
+        argv = ["predict", "--checkpoint", inputs["ckpt"], "--out", disk / "p.png"]
+        argv += ["--steps", "1000", "--overwrite", inputs["a"], inputs["b"]]
+        _refused(argv, capsys, "No space left on device")
+        assert _tree(disk) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "steps"),
+    [
+        ("v/p.mp4", 30),  # the video fits, its rollout does not
+        ("p.gif", 1),  # the GIF itself does not fit (was an OSError, exit 1)
+        ("p.mp4", 1),  # nor the mp4 (PyAV's error)
+    ],
+)
+def test_a_video_prediction_on_a_full_disk_leaves_nothing(
+    inputs: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    name: str,
+    steps: int,
+) -> None:
+    room = 30 if steps > 1 else 2  # KiB left: the side-by-side mp4 is about 10 KiB
+    for disk in tmpfs(tmp_path / "tiny", 64, room):
+        before = _tree(disk)
+        argv = ["predict", "--checkpoint", inputs["ckpt"], "--video", inputs["video"]]
+        argv += ["--out", disk / name, "--steps", str(steps)]
+        _refused(argv, capsys, "No space left on device")
+        assert _tree(disk) == before
+
+
+def test_the_whole_set_appears_when_it_fits(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "new" / "v.mp4"
+    argv = ["predict", "--checkpoint", inputs["ckpt"], "--video", inputs["video"]]
+    assert main([str(a) for a in [*argv, "--out", out, "--steps", "3"]]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in out.parent.iterdir()) == [
+        "v.mp4",
+        "v_k1.png",
+        "v_k2.png",
+        "v_k3.png",
+    ]
+
+
+# ---- --out with a trailing slash names a folder -------------------------------------------------
+
+
+@pytest.mark.parametrize("tail", ["/", "/."])
+def test_an_out_ending_in_a_slash_is_refused(
+    ckpt: Checkpoint, inputs: dict[str, Path], tmp_path: Path, tail: str
+) -> None:
+    for out, call in (
+        ("x.png", lambda o: predict_image_files(ckpt, inputs["a"], inputs["b"], o, 1)),
+        ("v.mp4", lambda o: predict_video(ckpt, inputs["video"], o)),
+    ):
+        with pytest.raises(UserError, match=r"names a folder .*: name the file, e\.g\. .*/pred"):
+            call(str(tmp_path / out) + tail)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.xfail(
+    strict=True, reason="needs cli_jobs: predict --out as a str (cli_args.location_arg)"
+)
+def test_cli_refuses_an_out_ending_in_a_slash(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["predict", "--checkpoint", inputs["ckpt"], "--out", f"{tmp_path}/x.png/"]
+    _refused([*argv, inputs["a"], inputs["b"]], capsys, "names a folder")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---- what predict prints: one line per path, whatever the path holds ---------------------------
+
+FORGED = "w\nerror: fake.png"
+
+
+def test_printed_lines_escape_paths_holding_a_newline() -> None:
+    lines = frame_lines([Path(f"o/{FORGED}")], Path(FORGED), "b.png")
+    shown = r"w\nerror: fake.png"
+    assert lines == [f"wrote o/{shown}: frame t+2s predicted from {shown} (t) and b.png (t+s)"]
+    summary = {
+        "video": f"{FORGED}.mp4",
+        "frames": 3,
+        "size": [128, 36],
+        "extrap_psnr": 1.0,
+        "copy_last_psnr": 2.0,
+        "rollout": [f"{FORGED}_k1.png"],
+    }
+    lines = video_lines(summary)
+    assert len(lines) == 2 and not any("\n" in line for line in lines)
+    assert all(r"w\nerror: fake" in line for line in lines)
+
+
+def test_a_warning_naming_a_path_is_one_line(
+    ckpt: Checkpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="varnext_ray.predict"):
+        seen_part(ckpt, np.zeros((96, 96, 3), np.uint8), f"{FORGED}.mp4")
+    [record] = caplog.records
+    assert "\n" not in record.getMessage() and r"w\nerror: fake.png.mp4: " in record.getMessage()
+
+
+@pytest.mark.xfail(strict=True, reason="needs cli_jobs._run_predict to print predict.frame_lines")
+def test_cli_prints_a_forged_frame_name_escaped(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    frame = tmp_path / FORGED
+    frame.write_bytes(inputs["a"].read_bytes())
+    out = tmp_path / "nl\nx.png"
+    assert (
+        main(
+            [
+                str(a)
+                for a in [
+                    "predict",
+                    "--checkpoint",
+                    inputs["ckpt"],
+                    "--out",
+                    out,
+                    frame,
+                    inputs["b"],
+                ]
+            ]
+        )
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and "\nerror:" not in printed, printed
