@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -268,3 +269,29 @@ def test_best_on_a_full_disk_says_so(
     assert code == 2 and "cannot write the download (the checkpoint needs " in err
     assert "are free there) (" in err and err.count("\n") == 1
     assert sorted(p.name for p in full_disk.iterdir()) == ["fill"]  # no staging folder left
+
+
+def test_a_better_run_without_its_checkpoint_is_named_in_a_warning(
+    store: str, tmp_path: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """trial-no-checkpoint (25.0) ranks above trial-best (20.0) but holds no checkpoint/ (never
+    uploaded, or its artifact folder removed): best picked trial-best without a word."""
+    argv = ["best", "--experiment", EXPERIMENT, "--tracking-uri", store, "--out"]
+    code, out, _ = _run([*argv, tmp_path / "best", "--metric", "extrap_psnr"], capsys)
+    assert code == 0 and "best run: trial-best " in out
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].startswith("trial-no-checkpoint ("), warnings
+    assert "best_extrap_psnr 25.0000" in warnings[0] and "skipped for trial-best" in warnings[0]
+
+
+def test_a_run_name_with_a_newline_is_printed_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    uri = _store_with(tmp_path, "odd", lambda d: None)
+    client = tracking.client(uri)
+    run = client.search_runs([client.get_experiment_by_name("odd").experiment_id])[0]
+    client.set_tag(run.info.run_id, "mlflow.runName", "two\nlines\x1b[31m")
+    argv = ["best", "--experiment", "odd", "--out", tmp_path / "best", "--tracking-uri", uri]
+    code, out, _ = _run([*argv, "--metric", "extrap_psnr"], capsys)
+    assert code == 0 and "best run: two\\nlines\\x1b[31m (" in out
+    assert "\x1b" not in out and not any(line.startswith("lines") for line in out.splitlines())

@@ -21,6 +21,7 @@ from PIL import Image
 from tests.conftest import REPO, smoke_checkpoint
 from varnext_ray import console, mlflow_extras, registry, tracking
 from varnext_ray.cli import main
+from varnext_ray.errors import UserError
 
 EXP = "registry-test"
 MODEL = "reg-vae"
@@ -187,6 +188,10 @@ def test_predict_from_the_registry(
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
 
 
+SWEEP_REGISTER = ["sweep", "--space", str(REPO / "search_spaces" / "smoke.json")]
+SWEEP_REGISTER += ["--data", "nowhere", "--register"]
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
@@ -194,18 +199,9 @@ def test_predict_from_the_registry(
         (["predict", "--model", "runs:/abc/model"], "not a registered model URI"),
         (["predict"], "pass --checkpoint DIR or --model"),
         (["best", "--experiment", EXP, "--register", "a/b"], "invalid registered model name"),
-        (  # refused before any Ray starts
-            [
-                "sweep",
-                "--space",
-                str(REPO / "search_spaces" / "smoke.json"),
-                "--data",
-                "nowhere",
-                "--register",
-                "x:y",
-            ],
-            "invalid registered model name",
-        ),
+        ([*SWEEP_REGISTER, "x:y"], "invalid registered model name"),  # before any Ray
+        # MLflow refused it only once the whole sweep had run
+        ([*SWEEP_REGISTER, ".."], "invalid registered model name '..'"),
     ],
 )
 def test_bad_model_inputs_are_one_line_errors(
@@ -363,3 +359,130 @@ def test_console_is_quiet_by_default_and_verbose_brings_ray_logs_back(
         "best_val_loss",
         "copy_last_psnr",
     ]
+
+
+# ---- hostile pass 5: the store predict --model reads, and names MLflow refuses ----------------
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``folder`` with its size and mtime."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }
+
+
+@pytest.mark.timeout(120)  # a closed port must not hang in MLflow's retries
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("sqlite:///{tmp}/notes.db", "not a SQLite database"),
+        ("sqlite:///{tmp}/empty.db", "holds no MLflow store (it is empty)"),
+        ("sqlite:///{tmp}/missing.db", "no MLflow database at this path"),
+        ("sqlite:///{tmp}/nodir/new.db", "no MLflow database at this path"),
+        ("sqlite:///relative.db", "no MLflow database at this path"),
+        (None, "no MLflow database at this path"),  # ./mlflow.db
+        ("http://127.0.0.1:1", "MLflow tracking server unreachable"),
+        ("foo://x", "unsupported MLflow tracking URI"),
+        ("file:///{tmp}/mlruns", "unsupported MLflow tracking URI"),
+        ("{tmp}/x.db", "no scheme"),
+    ],
+)
+def test_predict_model_reads_an_existing_store_as_best_does(
+    uri: str | None,
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """It only resolved the URI: a missing or empty database was created as a new store,
+    a file of another kind was an "unexpected DatabaseError", a closed port hung."""
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "notes.db").write_text("my notes, not a database\n")
+    (work / "empty.db").touch()
+    a, b = _frames(work)
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    argv = ["predict", "--model", f"models:/{MODEL}/1", "--out", str(work / "p.png"), str(a)]
+    argv += [str(b)] + ([] if uri is None else ["--tracking-uri", uri.format(tmp=work)])
+    before = _snapshot(work)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and expected in err[0], err
+    assert _snapshot(work) == before
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("..", "MLflow refuses it"),
+        (".", "MLflow refuses it"),
+        ("a\nb", "control character"),
+        ("\x1b[31mred", "control character"),
+        ("a\u202eb", "control character"),  # a bidi override
+        ("a?b", "models:/NAME@champion would not name it"),  # registered, never read back
+        ("a" * 300, "longer than MLflow's 256"),
+    ],
+)
+def test_a_model_name_mlflow_refuses_is_refused_before_best_downloads(
+    name: str, why: str, store: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """`..` passed, and MLflow refused it after --out was downloaded (left there, with an
+    orphaned logged model): exit 1."""
+    client = mlflow.MlflowClient(store["uri"], registry_uri=store["uri"])
+    models = len(client.search_registered_models())
+    logged = len(client.search_logged_models([client.get_experiment_by_name(EXP).experiment_id]))
+    out = tmp_path / "o"
+    argv = ["best", "--experiment", EXP, "--out", str(out), "--tracking-uri", store["uri"]]
+    assert main([*argv, "--metric", "extrap_psnr", "--register", name]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "invalid registered model name" in err[0] and why in err[0], err
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    assert len(client.search_registered_models()) == models
+    exp = client.get_experiment_by_name(EXP).experiment_id
+    assert len(client.search_logged_models([exp])) == logged
+
+
+def test_the_python_api_checks_the_name_too(store: dict, registered: dict) -> None:
+    with pytest.raises(UserError, match=r"invalid registered model name '\.\.'"):
+        registry.register_checkpoint(
+            store["uri"], store["runs"]["trial-good"], registered["out"], ".."
+        )
+
+
+def test_a_model_whose_files_left_the_artifact_store_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """MLflow's "No artifacts found" note came first, then "holds no varnext checkpoint"."""
+    import shutil
+
+    from tests.conftest import smoke_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = tracking.start_run(uri, "gone-files", run_name="r", tags={"varnext.kind": "train"})
+    registry.register_checkpoint(uri, run, smoke_checkpoint(tmp_path, "ck", 0), "gone")
+    shutil.rmtree(tmp_path / tracking.ARTIFACTS_DIR)
+    a, b = _frames(tmp_path)
+    capsys.readouterr()  # MLflow's notes while the store was made
+    argv = ["predict", "--model", "models:/gone/1", "--tracking-uri", uri]
+    assert main([*argv, "--out", str(tmp_path / "p.png"), str(a), str(b)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "files are missing from its artifact store" in err[0], err
+    assert not (tmp_path / "p.png").exists()
+
+
+@pytest.mark.slow  # starts an mlflow server unless another test module already did
+def test_a_registered_model_downloads_through_an_mlflow_server(
+    mlflow_server: str, tmp_path: Path
+) -> None:
+    """predict --model checks a server as best does (GET /health), then downloads through it."""
+    from tests.conftest import smoke_checkpoint
+    from varnext_ray.checkpoint import load_checkpoint
+
+    run = tracking.start_run(
+        mlflow_server, "reg-http", run_name="r", tags={"varnext.kind": "train"}
+    )
+    registry.register_checkpoint(mlflow_server, run, smoke_checkpoint(tmp_path, "ck", 4), "http")
+    out = registry.download_checkpoint(mlflow_server, "models:/http@champion", tmp_path / "o")
+    assert load_checkpoint(out).meta["extra"]["name"] == "ck"

@@ -155,3 +155,101 @@ def test_a_sqlite_stores_artifacts_live_beside_its_database(
         location = tracking.client(uri).get_experiment(strange).artifact_location
         assert Path(location).parent == tmp_path / store / tracking.ARTIFACTS_DIR
     assert list(elsewhere.iterdir()) == []
+
+
+# ---- a deleted experiment (hostile pass 5) ----------------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every path under ``folder`` with its size and mtime."""
+    return {
+        str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+    }
+
+
+@pytest.fixture
+def deleted(uri: str) -> tuple[str, str]:
+    """A store whose experiment ``gone`` (one run) was deleted: (uri, its id)."""
+    tracking.start_run(uri, "gone", run_name="r", tags={"varnext.kind": "train"})
+    client = tracking.client(uri)
+    experiment_id = client.get_experiment_by_name("gone").experiment_id
+    client.delete_experiment(experiment_id)
+    return uri, experiment_id
+
+
+def test_a_deleted_experiment_is_refused_saying_how_to_restore_it(
+    deleted: tuple[str, str], tmp_path: Path
+) -> None:
+    """MLflow still finds a deleted experiment by name: runs were refused in it after Ray
+    started (exit 1), and best and report searched it as if it were empty."""
+    uri, experiment_id = deleted
+    before = _snapshot(tmp_path)
+    restore = rf"mlflow experiments restore --experiment-id {experiment_id}\b"
+    with pytest.raises(UserError, match=rf"experiment 'gone' was deleted .*{restore}"):
+        tracking.check_experiment(uri, "gone")  # train and sweep, before Ray
+    assert _snapshot(tmp_path) == before
+    with pytest.raises(UserError, match="was deleted"):
+        tracking.existing_experiment(tracking.client(uri), "gone", uri)  # best, report
+    with pytest.raises(UserError, match="was deleted"):
+        tracking.experiment_id(uri, "gone")  # a run's start, if deleted after the check
+    tracking.check_experiment(uri, "another")  # a new name is fine
+
+
+@pytest.mark.parametrize("made", ["missing", "empty"])
+def test_checking_the_experiment_of_a_store_not_made_yet_creates_nothing(
+    tmp_path: Path, made: str
+) -> None:
+    if made == "empty":
+        (tmp_path / "mlflow.db").touch()
+    before = _snapshot(tmp_path)
+    tracking.check_experiment(f"sqlite:///{tmp_path / 'mlflow.db'}", "smoke")
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["best", "report"])
+def test_best_and_report_on_a_deleted_experiment_say_it_was_deleted(
+    deleted: tuple[str, str], tmp_path: Path, command: str, capsys: pytest.CaptureFixture
+) -> None:
+    from varnext_ray.cli import main
+
+    uri, _ = deleted
+    out = tmp_path / ("o" if command == "best" else "o.html")
+    before = _snapshot(tmp_path)
+    assert main([command, "--experiment", "gone", "--tracking-uri", uri, "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    assert "experiment 'gone' was deleted" in lines[0], lines[0]
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_train_and_sweep_into_a_deleted_experiment_are_refused_before_ray(
+    deleted: tuple[str, str],
+    dataset_dir: Path,
+    tmp_path: Path,
+    command: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    import ray
+
+    from tests.conftest import REPO
+    from varnext_ray.cli import main
+
+    def no_ray(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(ray, "init", no_ray)
+    uri, _ = deleted
+    if command == "train":
+        argv = ["train", "--config", str(REPO / "configs" / "smoke_64x36.json")]
+    else:
+        argv = ["sweep", "--space", str(REPO / "search_spaces" / "smoke.json")]
+    argv += ["--data", str(dataset_dir), "--experiment", "gone", "--tracking-uri", uri]
+    argv += ["--storage", str(tmp_path / "storage"), "--address", "127.0.0.1:1"]
+    before = _snapshot(tmp_path)
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "experiment 'gone' was deleted" in lines[0], lines
+    assert _snapshot(tmp_path) == before

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import shutil
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any
 from varnext_ray import objectives, tracking
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import absolute_new_dir, check_new_dir, os_reason, size_text, staged_dir
+
+log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"  # written beside the checkpoint's files by download_best
 KIND_TAG, KINDS = "varnext.kind", ("train", "trial")
@@ -39,57 +42,87 @@ def _has_checkpoint(client: Any, run_id: str) -> bool:
     return any(f.path.endswith("meta.json") for f in client.list_artifacts(run_id, "checkpoint"))
 
 
+class NoRunQualifies(UserError):
+    """No run of the experiment (or sweep) has the metric and a checkpoint."""
+
+
 def find_best_run(
-    uri: str | None, experiment: str, metric: str = objectives.DEFAULT_OBJECTIVE
+    uri: str | None,
+    experiment: str,
+    metric: str = objectives.DEFAULT_OBJECTIVE,
+    *,
+    sweep: str | None = None,
 ) -> dict[str, Any]:
     """The best train/trial run of ``experiment`` by ``best_<metric>`` that holds a checkpoint.
+
+    Better runs without a checkpoint are skipped, and named in one warning line.
 
     Args:
         uri: Tracking URI; None means ``MLFLOW_TRACKING_URI`` or ``./mlflow.db``.
         experiment: The MLflow experiment (``--experiment`` of train and sweep).
         metric: An objective of :data:`~varnext_ray.objectives.OBJECTIVES` (``best_`` optional).
+        sweep: Only the trials of this sweep (its parent run's id).
 
     Returns:
         ``run_id``, ``run_name``, ``status``, ``kind``, ``metric`` (``best_<name>``), ``value``,
         ``experiment`` and ``tracking_uri``.
 
     Raises:
-        UserError: Unknown metric or experiment, unreachable store, or no run qualifies.
+        UserError: Unknown metric, unknown or deleted experiment, unreachable store;
+            :class:`NoRunQualifies` if no run qualifies.
     """
     direction = objectives.direction(metric)
     key = f"best_{metric.removeprefix('best_')}"
     uri, client = tracking.open_store(uri)
     exp = tracking.existing_experiment(client, experiment, uri)
     order = f"metrics.{key} {'DESC' if direction == 'max' else 'ASC'}"
-    seen, logged = 0, set()
-    not_failed = "attributes.status != 'FAILED'"
-    runs = tracking.search_all_runs(
-        client, exp.experiment_id, filter_string=not_failed, order_by=order, page_size=500
-    )
-    for run in runs:
+    seen, logged, skipped = 0, set(), []
+    runs = "attributes.status != 'FAILED'"
+    if sweep is not None:
+        runs += f" and tags.mlflow.parentRunId = '{sweep}'"
+    for run in tracking.search_all_runs(
+        client, exp.experiment_id, filter_string=runs, order_by=order, page_size=500
+    ):
         seen += 1
         logged |= {m for m in run.data.metrics if m.startswith("best_")}
         value = run.data.metrics.get(key)
         kind = run.data.tags.get(KIND_TAG)
         if value is None or not math.isfinite(value) or kind not in KINDS:
             continue
-        if _has_checkpoint(client, run.info.run_id):
-            return {
-                "run_id": run.info.run_id,
-                "run_name": run.info.run_name,
-                "status": run.info.status,
-                "kind": kind,
-                "metric": key,
-                "value": value,
-                "experiment": experiment,
-                "tracking_uri": uri,
-            }
+        if not _has_checkpoint(client, run.info.run_id):
+            skipped.append(f"{run.info.run_name} ({run.info.run_id}, {key} {value:.4f})")
+            continue
+        if skipped:
+            _warn_skipped(skipped, str(run.info.run_name))
+        return {
+            "run_id": run.info.run_id,
+            "run_name": run.info.run_name,
+            "status": run.info.status,
+            "kind": kind,
+            "metric": key,
+            "value": value,
+            "experiment": experiment,
+            "tracking_uri": uri,
+        }
     hint = f"runs log {', '.join(sorted(logged))}" if logged else "no run logged a best_ metric"
-    raise UserError(
+    raise NoRunQualifies(
         f"no train/trial run with {key} and a checkpoint artifact ({seen} searched, FAILED "
         "ones skipped)",
-        f"experiment {experiment!r}",
+        f"experiment {experiment!r}" + (f", sweep {sweep}" if sweep else ""),
         f"pick another --metric ({hint}) or train one with --objective {key[5:]}",
+    )
+
+
+def _warn_skipped(skipped: list[str], picked: str) -> None:
+    """One warning line naming the better runs passed over for holding no checkpoint (the
+    CLI's log format escapes control characters in run names)."""
+    shown = "; ".join(skipped[:3]) + (f"; and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+    log.warning(
+        "%s %s no checkpoint/ artifact with its meta.json (never uploaded, or removed from "
+        "the artifact store): skipped for %s",
+        shown,
+        "holds" if len(skipped) == 1 else "hold",
+        picked,
     )
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray import tracking
-from varnext_ray.errors import UserError
+from varnext_ray.errors import UserError, shorten
 from varnext_ray.objectives import DEFAULT_OBJECTIVE
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per file
@@ -142,6 +143,7 @@ def register_checkpoint(
 
     from varnext_ray.checkpoint import load_checkpoint
 
+    check_model_name(name, "name")
     ckpt = load_checkpoint(checkpoint)  # refuses a damaged checkpoint before anything is logged
     client = _client(uri)
     run = client.get_run(run_id)
@@ -217,8 +219,8 @@ def register_run(
 ) -> dict[str, Any]:
     """Downloads run ``run_id``'s ``checkpoint/`` artifact and registers it (see
     :func:`register_checkpoint`)."""
-    uri = tracking.resolve_tracking_uri(uri)
-    client = tracking.client(uri)
+    check_model_name(name, "name")
+    uri, client = tracking.open_store(uri)
     with tempfile.TemporaryDirectory(prefix="varnext-register-") as tmp:
         try:
             local = client.download_artifacts(run_id, "checkpoint", tmp)
@@ -243,36 +245,55 @@ def register_best(
 def register_sweep_best(
     uri: str | None, experiment: str, parent_run_id: str, name: str, objective: str
 ) -> dict[str, Any] | None:
-    """Registers the best trial of one sweep (by ``best_<objective>``, FAILED trials and trials
-    without a checkpoint skipped); None when no trial qualifies."""
-    from varnext_ray import objectives
+    """Registers the best trial of one sweep (:func:`~varnext_ray.best.find_best_run` among the
+    sweep's trials); None when no trial qualifies."""
+    from varnext_ray.best import NoRunQualifies, find_best_run
 
-    uri = tracking.resolve_tracking_uri(uri)
-    client = tracking.client(uri)
-    exp = tracking.existing_experiment(client, experiment, uri)
-    key = f"best_{objective.removeprefix('best_')}"
-    order = f"metrics.{key} {'DESC' if objectives.direction(objective) == 'max' else 'ASC'}"
-    trials = f"tags.mlflow.parentRunId = '{parent_run_id}' and attributes.status != 'FAILED'"
-    for run in tracking.search_all_runs(
-        client, exp.experiment_id, filter_string=trials, order_by=order
-    ):
-        if key not in run.data.metrics:
-            continue
-        if any(
-            f.path.endswith("meta.json")
-            for f in client.list_artifacts(run.info.run_id, "checkpoint")
-        ):
-            return register_run(uri, run.info.run_id, name, metric=key)
-    return None
+    try:
+        run = find_best_run(uri, experiment, objective, sweep=parent_run_id)
+    except NoRunQualifies:
+        return None
+    return register_run(run["tracking_uri"], run["run_id"], name, metric=run["metric"])
 
 
-def check_model_name(name: str) -> None:
-    """A UserError for a registered-model name MLflow would refuse or mangle."""
-    if not name or name != name.strip() or "/" in name or ":" in name or "@" in name:
+MAX_MODEL_NAME = 256  # MLflow's registered_models.name column (a server database enforces it)
+
+
+def check_model_name(name: str, where: str = "--register") -> None:
+    """A UserError for a registered-model name MLflow would refuse, or could not read back.
+
+    MLflow's own rule (``mlflow.utils.validation._validate_model_name``: not empty, no ``/``
+    or ``:``, not a path that resolves elsewhere such as ``.`` or ``..``), checked before
+    anything runs, and more: the name must come back whole from ``models:/NAME@champion`` and
+    ``models:/NAME/1`` (a ``?`` would not), hold no ``@`` (``models:/a@b`` reads as alias
+    ``b``), no control character and no space at an end, and fit MLflow's database column.
+    """
+    from mlflow.exceptions import MlflowException
+    from mlflow.store.artifact.utils.models import _parse_model_uri
+    from mlflow.utils.validation import _validate_model_name
+
+    why = None
+    if not name.isprintable() or name != name.strip():
+        why = "it starts or ends with a space, or holds a control character"
+    elif len(name) > MAX_MODEL_NAME:
+        why = f"it is longer than MLflow's {MAX_MODEL_NAME} characters"
+    elif "@" in name:
+        why = "models:/NAME@ALIAS could not tell it from an alias"
+    else:
+        try:
+            _validate_model_name(name)
+            by_alias = _parse_model_uri(f"models:/{name}@{ALIAS}")
+            by_version = _parse_model_uri(f"models:/{name}/1")
+        except MlflowException as err:
+            why = f"MLflow refuses it: {str(err).splitlines()[0][:300]}"
+        else:
+            if (by_alias.name, by_alias.alias, by_version.name) != (name, ALIAS, name):
+                why = "models:/NAME@champion would not name it (MLflow reads such URIs as URLs)"
+    if why is not None:
         raise UserError(
-            f"invalid registered model name {name!r}",
-            "--register",
-            "use letters, digits, '-', '_' or '.', without '/', ':' or '@'",
+            f"invalid registered model name {shorten(repr(name), 120)}: {why}",
+            where,
+            "use letters, digits, '-', '_' or '.' (not only dots), e.g. smoke-vae",
         )
 
 
@@ -296,8 +317,9 @@ def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Pat
     ``models:/NAME/VERSION``) into ``out`` (new or empty); returns ``out``.
 
     Raises:
-        UserError: ``out`` is not new or empty, the model does not exist or holds no
-            ``checkpoint`` artifact.
+        UserError: ``out`` is not new or empty, the tracking URI names no existing store
+            (:func:`~varnext_ray.tracking.open_store`, as ``best`` reads it), the model does
+            not exist or holds no ``checkpoint`` artifact.
     """
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
@@ -315,12 +337,25 @@ def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Pat
             "--model",
             "pass models:/NAME@champion or models:/NAME/VERSION",
         )
-    uri = tracking.resolve_tracking_uri(uri)
+    uri, _ = tracking.open_store(uri)  # an existing store, as best and report read it
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    quiet = logging.getLogger("mlflow.store.artifact.artifact_repo")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # "No artifacts found ...": a second line before ours
     try:
         with _tracking_uri(uri):
-            local = Path(download_artifacts(artifact_uri=model_uri, dst_path=str(tmp)))
+            local = Path(
+                download_artifacts(
+                    artifact_uri=model_uri, dst_path=str(tmp), tracking_uri=uri, registry_uri=uri
+                )
+            )
+        if not any(local.iterdir()):
+            raise UserError(
+                "the registered model's files are missing from its artifact store",
+                model_uri,
+                "restore them, or register the model again (varnext best --register)",
+            )
         checkpoint = _checkpoint_artifact(local)
         if checkpoint is None:
             raise UserError(
@@ -339,5 +374,6 @@ def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Pat
             "check the name and alias (mlflow ui: Models), and --tracking-uri",
         ) from None
     finally:
+        quiet.setLevel(level)
         shutil.rmtree(tmp, ignore_errors=True)
     return out

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray.errors import UserError, failure_summary
-from varnext_ray.tracking_uri import NO_STORE_FIX, check_reachable
+from varnext_ray.tracking_uri import NO_STORE_FIX, check_reachable, store_exists
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,27 @@ def search_all_runs(
             return
 
 
+def active(experiment: Any, uri: str) -> Any:
+    """``experiment`` (an MLflow ``Experiment``), unless it was deleted: MLflow still finds a
+    deleted experiment by name, refuses runs in it and searches none of its runs."""
+    if experiment.lifecycle_stage == "deleted":
+        raise UserError(
+            f"the MLflow experiment {experiment.name!r} was deleted "
+            f"(id {experiment.experiment_id})",
+            uri,
+            f"restore it (MLFLOW_TRACKING_URI={uri} mlflow experiments restore --experiment-id "
+            f"{experiment.experiment_id}), or pass another --experiment (MLflow keeps a deleted "
+            "experiment's name until `mlflow gc` removes it)",
+        )
+    return experiment
+
+
 def existing_experiment(store: Any, name: str, uri: str) -> Any:
-    """The experiment called ``name``; a UserError listing the experiments that exist."""
+    """The experiment called ``name``; a UserError listing the experiments that exist, or
+    saying that it was deleted."""
     found = store.get_experiment_by_name(name)
     if found is not None:
-        return found
+        return active(found, uri)
     names = sorted(e.name for e in store.search_experiments())
     raise UserError(
         f"no experiment named {name!r}",
@@ -163,14 +179,32 @@ def experiment_of_run(uri: str, run_id: str) -> str | None:
         return None
 
 
+def check_experiment(uri: str, name: str) -> None:
+    """Before Ray: a UserError if the store (checked by :func:`check_reachable`) holds the
+    experiment ``name`` and it was deleted (:func:`active`). A store not made yet is not
+    opened: opening it would create it."""
+    if not store_exists(uri):
+        return
+    fix = "check --tracking-uri (or MLFLOW_TRACKING_URI) and that the store is up"
+    with store_failures(uri, "while looking up the experiment", fix):
+        found = client(uri).get_experiment_by_name(name)
+    if found is not None:
+        active(found, uri)
+
+
 def experiment_id(uri: str, name: str) -> str:
     """The id of experiment ``name``, created if it does not exist; tagged
-    ``mlflow.experimentKind = custom_model_development`` unless it has a kind already."""
+    ``mlflow.experimentKind = custom_model_development`` unless it has a kind already.
+
+    Raises:
+        UserError: The experiment was deleted (:func:`active`), or MLflow refuses the name.
+    """
     from varnext_ray.mlflow_extras import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
 
     c = client(uri)
     found = c.get_experiment_by_name(name)
     if found is not None:
+        active(found, uri)
         if EXPERIMENT_KIND_TAG not in (found.tags or {}):  # made before the convention
             c.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return found.experiment_id
@@ -189,7 +223,7 @@ def experiment_id(uri: str, name: str) -> str:
                 uri,
                 "pass a short plain --experiment name such as smoke",
             ) from None
-        return found.experiment_id
+        return active(found, uri).experiment_id
 
 
 def start_run(

@@ -281,6 +281,20 @@ def _check_sqlite(uri: str, *, existing: bool = False, timeout_s: float = 5.0) -
         _check_sqlite_store(path, uri, existing=existing, timeout_s=timeout_s)
 
 
+def store_exists(uri: str) -> bool:
+    """Whether the store of ``uri`` (passed by :func:`check_reachable`) exists already, so that
+    opening it creates nothing: a SQLite file holding MLflow's tables; any server or other
+    database."""
+    scheme, _, rest = uri.partition(":")
+    if scheme.split("+", 1)[0].lower() != "sqlite":
+        return True
+    path = Path(rest[len("///") :])
+    if not path.is_file():
+        return False
+    tables, _ = _sqlite_tables(path, 2.0)
+    return tables is None or MLFLOW_TABLES.issubset(tables)  # None: a writer holds it
+
+
 # Tables every MLflow store has had since its first schema.
 MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs", "metrics", "params", "tags"})
 NO_STORE_FIX = "pass the --tracking-uri your runs were logged to (or set MLFLOW_TRACKING_URI)"
