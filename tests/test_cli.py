@@ -57,6 +57,9 @@ def test_usage_errors_quote_long_or_control_values_in_one_short_line(
         ["data", "info", ""],
         ["arch", "check", ""],
         ["train", "--config", "a.json", "--data", "d", "--storage", ""],
+        ["best", "--experiment", "e", "--out", ""],
+        ["demo", "--workdir", ""],  # ran in the current folder
+        ["predict", "--checkpoint", "", "--out", "p.png", "a.png", "b.png"],
     ],
 )
 def test_an_empty_path_is_refused_not_taken_for_the_current_folder(

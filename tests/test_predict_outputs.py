@@ -125,9 +125,6 @@ def test_an_out_ending_in_a_slash_is_refused(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.xfail(
-    strict=True, reason="needs cli_jobs: predict --out as a str (cli_args.location_arg)"
-)
 def test_cli_refuses_an_out_ending_in_a_slash(
     inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -167,7 +164,6 @@ def test_a_warning_naming_a_path_is_one_line(
     assert "\n" not in record.getMessage() and r"w\nerror: fake.png.mp4: " in record.getMessage()
 
 
-@pytest.mark.xfail(strict=True, reason="needs cli_jobs._run_predict to print predict.frame_lines")
 def test_cli_prints_a_forged_frame_name_escaped(
     inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -18,9 +18,11 @@ from varnext_ray.cli_args import (
     add_resource_args,
     add_rollout_args,
     add_tracking_args,
+    location_arg,
+    path_arg,
     subcommand,
 )
-from varnext_ray.errors import UserError
+from varnext_ray.errors import UserError, escape
 from varnext_ray.objectives import DEFAULT_OBJECTIVE
 from varnext_ray.settings import MAX_NAME, TrainSettings, check_experiment_name, check_name
 
@@ -35,8 +37,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "varnext train --config configs/smoke_64x36.json --data runs/dataset --steps 2000 "
         "--epochs 10",
     )
-    p.add_argument("--config", type=Path, required=True, help="architecture JSON")
-    p.add_argument("--data", type=Path, required=True, help="frame dataset (varnext ingest)")
+    p.add_argument("--config", type=path_arg, required=True, help="architecture JSON")
+    p.add_argument("--data", type=path_arg, required=True, help="frame dataset (varnext ingest)")
     p.add_argument(
         "--steps",
         type=int,
@@ -160,7 +162,9 @@ def _preflight(
     check_storage_writable(args.storage)
     check_dataset(args.data, settings, args.workers)
     check_frame_size(load_manifest(args.data).size, input_shape, args.data)
-    tracking.check_reachable(tracking.resolve_tracking_uri(args.tracking_uri))
+    uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_reachable(uri)
+    tracking.check_experiment(uri, args.experiment)  # a deleted one: MLflow refuses runs in it
 
 
 def _add_best(sub: argparse._SubParsersAction) -> None:
@@ -171,7 +175,9 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
         "varnext best --experiment smoke --out runs/best --metric extrap_psnr_motion",
     )
     add_tracking_args(p, None)
-    p.add_argument("--out", type=Path, required=True, metavar="DIR", help="new or empty directory")
+    p.add_argument(
+        "--out", type=path_arg, required=True, metavar="DIR", help="new or empty directory"
+    )
     p.add_argument(
         "--metric",
         default=DEFAULT_OBJECTIVE,
@@ -193,10 +199,11 @@ def _add_register_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _print_registered(version: dict) -> None:
+    model_uri = escape(version["model_uri"])
     print(
-        f"registered {version['model_uri']} (version {version['version']} of "
-        f"{version['name']}, from run {version['run_id']}); predict with: varnext predict "
-        f"--model {version['model_uri']} --out pred.png FRAME_A FRAME_B"
+        f"registered {model_uri} (version {version['version']} of {escape(version['name'])}, "
+        f"from run {version['run_id']}); predict with: varnext predict --model {model_uri} "
+        "--out pred.png FRAME_A FRAME_B"
     )
 
 
@@ -220,11 +227,12 @@ def _run_best(args: argparse.Namespace) -> int:
     path = download_best(args.tracking_uri, args.experiment, args.out, args.metric)
     run = read_json(path / RUN_FILE, what="run details")  # written by download_best
     print(
-        f"best run: {run['run_name']} ({run['run_id']}, {run['kind']}, {run['status']}) "
+        f"best run: {escape(run['run_name'])} ({run['run_id']}, {run['kind']}, {run['status']}) "
         f"with {run['metric']} {run['value']:.4f}"
     )
-    print(f"checkpoint: {path} (run details in {path / RUN_FILE})")
-    print(f"predict with: varnext predict --checkpoint {path} --out pred.png FRAME_A FRAME_B")
+    shown = escape(str(path))
+    print(f"checkpoint: {shown} (run details in {escape(str(path / RUN_FILE))})")
+    print(f"predict with: varnext predict --checkpoint {shown} --out pred.png FRAME_A FRAME_B")
     if args.register is not None:
         version = register_checkpoint(
             run["tracking_uri"], run["run_id"], path, args.register, metric=run["metric"]
@@ -244,7 +252,11 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep", default=None, metavar="RUN_ID", help="default: the latest sweep")
     p.add_argument("--top", type=int, default=10, metavar="N", help="best trials shown (10)")
     p.add_argument(
-        "--out", type=Path, default=None, metavar="PATH", help="default report_<experiment>.html"
+        "--out",
+        type=path_arg,
+        default=None,
+        metavar="PATH",
+        help="default report_<experiment>.html",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out page")
     p.set_defaults(run=_run_report)
@@ -275,9 +287,15 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         "  varnext predict --checkpoint runs/best --video clip.mp4 --out pred.mp4",
     )
     p.add_argument(
-        "frames", type=Path, nargs="*", metavar="FRAME", help="FRAME_A FRAME_B: frames t and t+s"
+        "frames",
+        type=path_arg,
+        nargs="*",
+        metavar="FRAME",
+        help="FRAME_A FRAME_B: frames t and t+s",
     )
-    p.add_argument("--checkpoint", type=Path, default=None, metavar="DIR", help="from varnext best")
+    p.add_argument(
+        "--checkpoint", type=path_arg, default=None, metavar="DIR", help="from varnext best"
+    )
     p.add_argument(
         "--model",
         default=None,
@@ -293,13 +311,17 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--out",
-        type=Path,
+        type=location_arg,
         required=True,
         metavar="OUT",
         help="a .png for two frames (steps K > 1: <stem>_k1.png...), a .mp4 or .gif for a video",
     )
     p.add_argument(
-        "--video", type=Path, default=None, metavar="IN", help="predict every triplet of a video"
+        "--video",
+        type=path_arg,
+        default=None,
+        metavar="IN",
+        help="predict every triplet of a video",
     )
     p.add_argument(
         "--steps", type=int, default=1, metavar="K", help="frames to roll out (default 1)"
@@ -343,24 +365,15 @@ def _run_predict(args: argparse.Namespace) -> int:
         paths = predict.predict_image_files(
             ckpt, *args.frames, args.out, args.steps, overwrite=args.overwrite
         )
-        for k, path in enumerate(paths, start=1):
-            print(
-                f"wrote {path}: frame t+{k + 1}s predicted from {args.frames[0]} (t) and "
-                f"{args.frames[1]} (t+s)"
-            )
+        for line in predict.frame_lines(paths, *args.frames):
+            print(line)
         return 0
     stride = 1 if args.stride is None else args.stride
     summary = predict.predict_video(
         ckpt, args.video, args.out, args.steps, stride, overwrite=args.overwrite
     )
-    w, h = summary["size"]
-    print(
-        f"wrote {summary['video']}: {summary['frames']} frames of {w}x{h} [truth | prediction], "
-        f"extrap_psnr {summary['extrap_psnr']:.2f} dB vs copy_last_psnr "
-        f"{summary['copy_last_psnr']:.2f} dB"
-    )
-    for k, path in enumerate(summary["rollout"], start=1):
-        print(f"wrote {path}: rollout step k={k} past the video's last frame")
+    for line in predict.video_lines(summary):
+        print(line)
     return 0
 
 
@@ -384,8 +397,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         "varnext sweep --space search_spaces/smoke.json --data runs/dataset --samples 4 "
         "--experiment smoke",
     )
-    p.add_argument("--space", type=Path, required=True, help="search space JSON")
-    p.add_argument("--data", type=Path, required=True, help="frame dataset (varnext ingest)")
+    p.add_argument("--space", type=path_arg, required=True, help="search space JSON")
+    p.add_argument("--data", type=path_arg, required=True, help="frame dataset (varnext ingest)")
     p.add_argument("--samples", type=int, default=8, help="trials (default 8)")
     p.add_argument(
         "--epochs",
@@ -512,7 +525,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--workdir",
-        type=Path,
+        type=path_arg,
         default=Path("runs/demo"),
         help="where everything is written (default runs/demo)",
     )
