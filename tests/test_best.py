@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -295,3 +296,21 @@ def test_a_run_name_with_a_newline_is_printed_escaped(
     code, out, _ = _run([*argv, "--metric", "extrap_psnr"], capsys)
     assert code == 0 and "best run: two\\nlines\\x1b[31m (" in out
     assert "\x1b" not in out and not any(line.startswith("lines") for line in out.splitlines())
+
+
+@pytest.mark.parametrize("value", [math.inf, 1e308])
+def test_an_infinite_metric_is_never_the_best(tmp_path: Path, value: float) -> None:
+    """MLflow's SQLite store keeps inf as the largest float, which passed ``isfinite``: best
+    picked the run and printed its value as a 309-digit number."""
+    uri = _store_with(tmp_path, "inf", lambda d: None)
+    client = tracking.client(uri)
+    good = client.search_runs([client.get_experiment_by_name("inf").experiment_id])[0]
+    odd = tracking.start_run(uri, "inf", run_name="odd", tags={"varnext.kind": "train"})
+    client.log_metric(odd, "best_extrap_psnr", value)  # as edited by hand: varnext logs no inf
+    tracking.log_artifact(uri, odd, smoke_checkpoint(tmp_path, "odd", 3), "checkpoint")
+    tracking.end_run(uri, odd)
+    best = find_best_run(uri, "inf", "extrap_psnr")
+    if value == math.inf:
+        assert best["run_id"] == good.info.run_id
+    else:  # a large finite value is a value
+        assert best["run_id"] == odd

@@ -450,3 +450,25 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert case.expected in lines[0], lines[0]
     assert sorted(tmp_path.rglob("*")) == before, "the command wrote something"
+
+
+def test_a_page_written_meanwhile_by_another_report_is_kept(
+    store: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --overwrite the check came first and the write replaced whatever was there by
+    then: three reports to one --out all said "wrote" and replaced each other."""
+    from varnext_ray import report
+    from varnext_ray.errors import UserError
+
+    out = tmp_path / "same.html"
+    render = report.render_page
+
+    def render_while_another_report_writes(*args: Any, **kwargs: Any) -> str:
+        out.write_text("the other report's page")  # what a concurrent report writes
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(report, "render_page", render_while_another_report_writes)
+    with pytest.raises(UserError, match="output already exists"):
+        report.write_report(store["uri"], EXP, out=out)
+    assert out.read_text() == "the other report's page"
+    assert [p.name for p in tmp_path.iterdir()] == ["same.html"]

@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -87,7 +86,7 @@ def find_best_run(
         logged |= {m for m in run.data.metrics if m.startswith("best_")}
         value = run.data.metrics.get(key)
         kind = run.data.tags.get(KIND_TAG)
-        if value is None or not math.isfinite(value) or kind not in KINDS:
+        if not tracking.usable_metric(value) or kind not in KINDS:
             continue
         if not _has_checkpoint(client, run.info.run_id):
             skipped.append(f"{run.info.run_name} ({run.info.run_id}, {key} {value:.4f})")

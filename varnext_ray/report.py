@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import math
 import re
 import shutil
 import tempfile
@@ -133,9 +132,9 @@ def _trial(run: Any, objective: str) -> Trial:
         run_id=run.info.run_id,
         name=run.info.run_name or run.info.run_id,
         status=status.lower(),
-        metrics={k: v for k, v in run.data.metrics.items() if math.isfinite(v)},
+        metrics={k: v for k, v in run.data.metrics.items() if tracking.usable_metric(v)},
         point=_point(run.data.params),
-        objective=value if value is not None and math.isfinite(value) else None,
+        objective=value if tracking.usable_metric(value) else None,
         latent_dim=_int(run.data.params.get("arch.latent_dim")),
         params=_int(run.data.params.get("arch_params")),
         failure=run.data.tags.get("failure_reason", ""),
@@ -289,7 +288,8 @@ def write_report(
     add_images(report)
     text = render_page(report, top=top)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(out, text.encode("utf-8"), flag="--out")  # mode: the umask's, or the old page's
+    # without --overwrite, a page that appeared since check_out (another report) is kept
+    write_atomic(out, text.encode("utf-8"), overwrite=overwrite, flag="--out")
     tmp = tempfile.mkdtemp(prefix="varnext-report-")
     try:
         (Path(tmp) / ARTIFACT_FILE).write_text(text, encoding="utf-8")

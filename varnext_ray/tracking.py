@@ -19,6 +19,7 @@ import logging
 import math
 import os
 import re
+import sys
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -72,6 +73,12 @@ def open_store(uri: str | None) -> tuple[str, Any]:
         )
     check_reachable(uri, existing=True)
     return uri, client(uri)
+
+
+def usable_metric(value: float | None) -> bool:
+    """Whether a metric read back from MLflow is a real number: not NaN, and not infinite,
+    which MLflow's SQL stores keep as the largest float (so ``inf`` reads as 1.797e308)."""
+    return value is not None and math.isfinite(value) and abs(value) < sys.float_info.max
 
 
 def search_all_runs(
