@@ -260,6 +260,28 @@ def test_killed_driver_resumes_without_duplicate_runs(
     os.kill(proc.pid, signal.SIGKILL)  # mid-sweep: one trial done, the next one running
     proc.wait()
     log.close()
+    # Another --samples (Tune restores its own count: the sweep looked cut short, exit 130 and
+    # its run KILLED) or another store (a new database, then exit 1) is refused before Ray.
+    state = sorted(p.name for p in (tmp_path / "ray").rglob("*"))
+    for flag, value, said in [
+        ("--samples", "4", "--samples 4 (was 3)"),
+        ("--tracking-uri", f"sqlite:///{tmp_path / 'other.db'}", "--tracking-uri sqlite:///"),
+    ]:
+        changed = [*cmd]
+        changed[changed.index(flag) + 1] = value
+        refused = subprocess.run(
+            [*changed, "--resume", "--address", "127.0.0.1:1"],  # Ray is never reached
+            env=ray_head["env"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("error: --resume continues a sweep with the options")
+        assert said in refused.stderr and len(refused.stderr.splitlines()) == 1, refused.stderr
+    assert not (tmp_path / "other.db").exists()
+    assert sorted(p.name for p in (tmp_path / "ray").rglob("*")) == state
     done = subprocess.run(
         [*cmd, "--resume"],
         env=ray_head["env"],
@@ -276,3 +298,24 @@ def test_killed_driver_resumes_without_duplicate_runs(
     trial_ids = [r.data.tags["varnext.trial_id"] for r in children]
     assert len(trial_ids) == len(set(trial_ids)) == 3  # one run per trial, none duplicated
     assert all(r.info.status == "FINISHED" and r.data.metrics["epoch"] == 2 for r in children)
+
+
+@pytest.mark.parametrize("damaged", ["tuner.pkl", "experiment_state-2026-11-30_00-00-00.json"])
+def test_a_sweep_whose_tune_state_is_cut_short_is_refused(tmp_path: Path, damaged: str) -> None:
+    """A truncated ``tuner.pkl`` failed unpickling after Ray started (exit 1, the parent run
+    left RUNNING); a truncated ``experiment_state`` made Tune start the sweep over."""
+    import pickle
+
+    from varnext_ray.errors import UserError
+    from varnext_ray.sweep import check_resumable
+
+    folder = tmp_path / "sweep-e-smoke"
+    folder.mkdir()
+    state = {"trials": [{"id": str(i), "config": {"lr": 0.001 * i}} for i in range(50)]}
+    (folder / "tuner.pkl").write_bytes(pickle.dumps(state))
+    (folder / "experiment_state-2026-11-30_00-00-00.json").write_text(json.dumps(state))
+    check_resumable(str(folder))  # whole: taken
+    whole = (folder / damaged).read_bytes()
+    (folder / damaged).write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(UserError, match=r"the sweep's Tune state is damaged \("):
+        check_resumable(str(folder))

@@ -436,7 +436,14 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from varnext_ray.cluster import connect_ray
     from varnext_ray.safe_io import check_trusted_storage
     from varnext_ray.search_space import load_space
-    from varnext_ray.sweep import SweepOptions, check_resumable, run_sweep, sweep_path
+    from varnext_ray.sweep import (
+        SweepOptions,
+        check_resumable,
+        check_resume_matches,
+        run_sweep,
+        started_with,
+        sweep_path,
+    )
     from varnext_ray.sweep_results import summary_table
 
     space, base = load_space(args.space)
@@ -468,8 +475,11 @@ def _run_sweep(args: argparse.Namespace) -> int:
     _check_sweep_dir(args.experiment, space.name)
     _preflight(args, options.settings(space), parse_arch(base, str(args.space)).input.shape)
     if args.resume:  # Tune's state is unpickled: refuse storage others can write, before Ray
-        check_trusted_storage(sweep_path(args.storage, args.experiment, space.name))
-        check_resumable(sweep_path(args.storage, args.experiment, space.name))
+        path = sweep_path(args.storage, args.experiment, space.name)
+        check_trusted_storage(path)
+        check_resumable(path)
+        uri = tracking.resolve_tracking_uri(args.tracking_uri)
+        check_resume_matches(path, started_with(space, base, options, args.data, uri))
     connect_ray(args.address)
     outcome = run_sweep(
         space=space,

@@ -19,6 +19,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import time
@@ -167,9 +169,16 @@ def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
 
 
 def _parent_run(
-    uri: str, experiment: str, sweep_dir: str, name: str, params: dict, resume: bool
+    uri: str,
+    experiment: str,
+    sweep_dir: str,
+    name: str,
+    params: dict,
+    resume: bool,
+    started_with: dict[str, Any],
 ) -> str:
-    """The sweep's MLflow parent run: the recorded one on --resume, else a new one."""
+    """The sweep's MLflow parent run: the recorded one on --resume, else a new one, recorded
+    beside Tune's state with what the sweep was started with (:func:`check_resume_matches`)."""
     run_id = tracking.read_record(sweep_dir, SWEEP_FILE) if resume else None
     if run_id:
         tracking.client(uri).update_run(run_id, status="RUNNING")
@@ -177,8 +186,57 @@ def _parent_run(
     run_id = tracking.start_run(
         uri, experiment, run_name=name, params=params, tags={"varnext.kind": "sweep"}
     )
-    tracking.write_record(sweep_dir, {"run_id": run_id, "tracking_uri": uri}, SWEEP_FILE)
+    tracking.write_record(sweep_dir, {"run_id": run_id, **started_with}, SWEEP_FILE)
     return run_id
+
+
+def started_with(
+    space: SearchSpace, base: dict[str, Any], options: SweepOptions, data: Path | str, uri: str
+) -> dict[str, Any]:
+    """What a sweep is started with and ``--resume`` must be given again: Tune restores its own
+    searcher, scheduler and sample count, so a resume with other values would silently run
+    the old ones (or, with another ``--samples``, look like a sweep cut short)."""
+    settings = options.settings(space)
+    sweep = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "train"}
+    space_json = json.dumps(
+        {"space": space.model_dump(mode="json", warnings=False), "base": base}, sort_keys=True
+    )
+    return {
+        "tracking_uri": uri,
+        "data": str(Path(data).resolve()),
+        "space_sha256": hashlib.sha256(space_json.encode()).hexdigest(),
+        "options": {k: str(v) for k, v in tracking.flatten(sweep | asdict(settings)).items()},
+    }
+
+
+def check_resume_matches(path: str, now: dict[str, Any]) -> None:
+    """Refuses ``--resume`` with a tracking URI, dataset, search space or sweep option other
+    than the sweep's first command (:func:`started_with`); a sweep recorded by an older
+    varnext (no such record) is not checked."""
+    record = tracking.read_json_record(path, SWEEP_FILE) or {}
+    if "options" not in record:
+        return
+    then = {**record, **{f"--{k.replace('_', '-')}": v for k, v in record["options"].items()}}
+    current = {**now, **{f"--{k.replace('_', '-')}": v for k, v in now["options"].items()}}
+    named = {"tracking_uri": "--tracking-uri", "data": "--data", "space_sha256": "--space"}
+    changed = []
+    for key in sorted(set(then) | set(current), key=lambda k: (k not in named, k)):
+        if key in ("run_id", "options") or then.get(key) == current.get(key):
+            continue
+        if key == "space_sha256":
+            changed.append("--space (the search space or its base architecture changed)")
+        else:
+            changed.append(f"{named.get(key, key)} {current.get(key)} (was {then.get(key)})")
+    if changed:
+        raise UserError(
+            "--resume continues a sweep with the options it was started with, and "
+            + (f"{len(changed)} differ: " if len(changed) > 1 else "this one differs: ")
+            + "; ".join(changed[:5])
+            + (f"; and {len(changed) - 5} more" if len(changed) > 5 else ""),
+            path,
+            "repeat the first command's options with --resume, or start a new sweep "
+            "(another --experiment or --storage)",
+        )
 
 
 def make_searcher(space: SearchSpace, base: dict[str, Any], options: SweepOptions) -> Any:
@@ -258,13 +316,34 @@ def _tuner(
 
 
 def check_resumable(path: str) -> None:
-    """Refuses ``--resume`` of a sweep folder that holds no Tune state to restore."""
+    """Refuses ``--resume`` of a sweep folder that holds no Tune state to restore, or a local
+    one whose state is cut short: Tune would fail unpickling ``tuner.pkl`` after Ray started,
+    or throw away an unreadable ``experiment_state-*.json`` and start the sweep over."""
+    import pickletools
+
     import ray.tune
 
     if not ray.tune.Tuner.can_restore(path):
         raise UserError(
             "no sweep to resume", str(path), "run the same command without --resume to start it"
         )
+    if "://" in path:
+        return
+    folder = Path(path)
+    states = sorted(folder.glob("experiment_state-*.json"))
+    for file, check in [
+        (folder / "tuner.pkl", lambda data: all(pickletools.genops(data))),  # never executed
+        *[(state, json.loads) for state in states[-1:]],  # the one Tune restores
+    ]:
+        try:
+            check(file.read_bytes())
+        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:
+            raise UserError(
+                f"the sweep's Tune state is damaged ({str(err).splitlines()[0][:120]})",
+                str(file),
+                "restore the sweep folder from a backup, or start a new sweep (another "
+                "--experiment or --storage)",
+            ) from None
 
 
 def sweep_path(storage: Path | str, experiment: str, space_name: str) -> str:
@@ -300,13 +379,15 @@ def run_sweep(
             str(path),
             "pass --resume to continue it, or another --experiment or --storage",
         )
+    first = started_with(space, base, options, data, uri)
     if resume:
         check_trusted_storage(path)
         check_resumable(path)  # before the parent run is made and the data prepared
+        check_resume_matches(path, first)
     sweep = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "train"}
     space_params = space.model_dump(mode="json", warnings=False)
     params = tracking.flatten({"space": space_params, "sweep": sweep | asdict(settings)})
-    parent = _parent_run(uri, experiment, path, name, params, resume)
+    parent = _parent_run(uri, experiment, path, name, params, resume, first)
     prepared = None
     if options.share_data:
         started = time.perf_counter()
