@@ -206,6 +206,9 @@ def _corrupt(case: str, path: Path) -> None:
         "later format": lambda: _set_meta(path, "format_version", 99),
         "format as text": lambda: _set_meta(path, "format_version", "1"),
         "no format version": lambda: _set_meta(path, "format_version", None),
+        "key twice": lambda: (path / "meta.json").write_text(
+            (path / "meta.json").read_text().replace('"epoch":', '"epoch": 99, "epoch":', 1)
+        ),
     }
     actions[case]()
 
@@ -228,6 +231,7 @@ def _corrupt(case: str, path: Path) -> None:
         ("later format", r"unsupported checkpoint format 99 \(this varnext reads format 1\)"),
         ("format as text", r'unsupported checkpoint format "1"'),
         ("no format version", r"unsupported checkpoint format null"),
+        ("key twice", r'not valid JSON \(duplicate key "epoch" in one object\)'),
     ],
 )
 def test_a_damaged_checkpoint_is_refused_with_a_clear_message(

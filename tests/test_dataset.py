@@ -168,3 +168,16 @@ def test_files_whose_keys_do_not_match_the_manifest_are_refused_before_reading(
     with pytest.raises(UserError, match=rf"clips\[{n}\] .*frame_index values are not 0\.\."):
         load_manifest(shifted, check_keys=True)
     load_manifest(dataset_dir, check_keys=True)  # an ingested dataset passes
+
+
+def test_a_manifest_that_repeats_a_key_is_refused(dataset_dir: Path, tmp_path: Path) -> None:
+    """JSON keeps the last of two "frames": a hand-edited manifest said one thing and meant
+    another (architectures and search spaces already refused it)."""
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset_dir, copy)
+    text = (copy / "dataset.json").read_text()
+    (copy / "dataset.json").write_text(text.replace('"frames":', '"frames": 1, "frames":', 1))
+    with pytest.raises(UserError, match='duplicate key "frames" in one object'):
+        load_manifest(copy)

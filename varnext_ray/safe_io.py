@@ -163,13 +163,14 @@ def parse_json(
     allow_nan: bool = False,
     object_pairs_hook: Any = None,
     max_depth: int = MAX_JSON_DEPTH,
-    refuse_duplicates: bool = False,
+    refuse_duplicates: bool = True,
 ) -> Any:
     """Decodes JSON (UTF-8, an optional BOM), turning every failure into a UserError.
 
     ``allow_nan=False`` refuses ``NaN`` and ``Infinity`` (not JSON); True lets them through for
     a validator that names the field (architectures: ``must be a finite number``).
-    ``refuse_duplicates`` refuses an object that repeats a key (JSON keeps the last silently).
+    ``refuse_duplicates`` (the default) refuses an object that repeats a key: JSON keeps the
+    last silently, so a hand-edited file could say one thing and mean another.
     """
     duplicates: list[str] = []
     if refuse_duplicates and object_pairs_hook is None:
@@ -223,7 +224,7 @@ def read_json(
     fix: str = "check the path",
     allow_nan: bool = False,
     object_pairs_hook: Any = None,
-    refuse_duplicates: bool = False,
+    refuse_duplicates: bool = True,
 ) -> Any:
     """A JSON file's value: a regular file, at most ``limit`` bytes, valid UTF-8 JSON."""
     data = read_bounded(path, limit, what, fix)
