@@ -1005,6 +1005,17 @@ BEFORE_RAY: dict[str, Raw] = {
         "the experiment name is longer than 100 characters (600)",
         None,
     ),
+    # sixth pass: checkpoints and Ray's run state were written into the dataset
+    "preflight-train-storage-inside-data": (
+        TRAIN + " --storage {dataset}/val/runs",
+        "--storage lies inside the dataset (--data)",
+        None,
+    ),
+    "preflight-sweep-storage-is-data": (
+        SWEEP_SMOKE + " --storage {dataset}",
+        "--storage lies inside the dataset (--data)",
+        None,
+    ),
     "preflight-train-storage-a-file": (
         "train --config {smoke} --data {dataset} --storage {f}/runs "
         "--tracking-uri sqlite:///{tmp}/m.db",

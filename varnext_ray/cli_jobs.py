@@ -154,12 +154,13 @@ def _preflight(
     within a second, not after a cluster start-up (and nothing is written before them)."""
     from varnext_ray.cluster import Resources
     from varnext_ray.dataset import load_manifest
-    from varnext_ray.safe_io import check_storage_writable
+    from varnext_ray.safe_io import check_not_inside, check_storage_writable
     from varnext_ray.train import check_dataset, check_frame_size  # imports torch
 
     Resources(args.workers, args.gpus_per_worker, args.cpus_per_worker).check()
     check_experiment_name(args.experiment)
     check_storage_writable(args.storage)
+    check_not_inside(args.storage, "--storage", args.data, "the dataset (--data)")
     check_dataset(args.data, settings, args.workers)
     check_frame_size(load_manifest(args.data).size, input_shape, args.data)
     uri = tracking.resolve_tracking_uri(args.tracking_uri)

@@ -504,6 +504,19 @@ def check_trusted_storage(path: str) -> None:
             )
 
 
+def check_not_inside(out: str | Path, flag: str, folder: str | Path, role: str) -> None:
+    """A UserError if the local output folder ``out`` is ``folder`` (an input of the command,
+    ``role`` such as "the dataset (--data)") or lies inside it, symlinks resolved: the command
+    would write among what it reads. A URI (``s3://...``) is never inside a local folder."""
+    if "://" in str(out) or not _inside(Path(out), Path(folder)):
+        return
+    raise UserError(
+        f"{flag} lies inside {role}: the run would write among the files it reads",
+        str(out),
+        f"pass a {flag} outside {folder}",
+    )
+
+
 def _inside(path: Path, folder: Path) -> bool:
     """True if ``path`` (symlinks resolved) is ``folder`` or lies anywhere below it."""
     try:
