@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -314,3 +315,17 @@ def test_an_infinite_metric_is_never_the_best(tmp_path: Path, value: float) -> N
         assert best["run_id"] == good.info.run_id
     else:  # a large finite value is a value
         assert best["run_id"] == odd
+
+
+def test_a_checkpoint_file_larger_than_its_architecture_allows_is_refused_unread(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A 50 GB file in the store was copied and hashed (3 minutes) before it was refused."""
+    uri = _store_with(tmp_path, "big", lambda d: None)
+    (stored,) = (tmp_path / "artifacts").rglob("checkpoint/model.safetensors")
+    os.truncate(stored, 4 * 2**30)  # sparse: nothing is written
+    out = tmp_path / "best"
+    argv = ["best", "--experiment", "big", "--out", out, "--tracking-uri", uri]
+    code, _, err = _run([*argv, "--metric", "extrap_psnr"], capsys)
+    assert code == 2 and "does not load: model.safetensors: 4 GiB, more than" in err, err
+    assert "more than a checkpoint of its architecture holds" in err and not out.exists()

@@ -22,7 +22,14 @@ from typing import Any
 
 from varnext_ray import objectives, tracking
 from varnext_ray.errors import UserError
-from varnext_ray.safe_io import absolute_new_dir, check_new_dir, os_reason, size_text, staged_dir
+from varnext_ray.safe_io import (
+    CONFIG_LIMIT,
+    absolute_new_dir,
+    check_new_dir,
+    os_reason,
+    size_text,
+    staged_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +135,15 @@ def _warn_skipped(skipped: list[str], picked: str) -> None:
 def _download_listed(client: Any, run_id: str, local: Path) -> None:
     """The run's ``checkpoint/`` artifact into ``local``: meta.json first, then the files it
     lists and nothing else (a stray file beside them stays in the store), each sha256-checked."""
-    from varnext_ray.checkpoint import META, read_meta, verify_files
+    from varnext_ray.checkpoint import (
+        ARCH,
+        LISTED_FILE_LIMIT,
+        META,
+        file_limits,
+        read_arch,
+        read_meta,
+        verify_files,
+    )
 
     client.download_artifacts(run_id, f"checkpoint/{META}", str(local))
     listed = read_meta(local)["files"]
@@ -137,12 +152,40 @@ def _download_listed(client: Any, run_id: str, local: Path) -> None:
     if missing:
         what = "checkpoint file is missing (meta.json lists it)"
         raise UserError(what, str(local / missing[0]), "re-log the whole checkpoint directory")
+    # Every file is checked against what the loader would read of it before it is fetched:
+    # arch.json first (it sets the weights' sizes), then the rest.
+    limits = file_limits(read_arch(_fetch(client, run_id, local, ARCH, stored, {})))
     need, free = sum(stored[name] or 0 for name in listed), shutil.disk_usage(local).free
     if need > free:
         raise NoRoom(f"the checkpoint needs {size_text(need)}; {size_text(free)} are free there")
     for name in listed:
-        client.download_artifacts(run_id, f"checkpoint/{name}", str(local))
+        if name != ARCH:
+            _fetch(client, run_id, local, name, stored, limits, LISTED_FILE_LIMIT)
     verify_files(local)
+
+
+def _fetch(
+    client: Any,
+    run_id: str,
+    local: Path,
+    name: str,
+    stored: dict[str, int | None],
+    limits: dict[str, int],
+    default: int | None = None,
+) -> Path:
+    """Downloads ``checkpoint/<name>`` into ``local`` unless the store says it is larger than
+    ``limits[name]`` (arch.json: :data:`~varnext_ray.safe_io.CONFIG_LIMIT`); returns ``local``."""
+    limit = limits.get(name, default if default is not None else CONFIG_LIMIT)
+    size = stored.get(name) or 0
+    if size > limit:
+        raise UserError(
+            f"{size_text(size)}, more than a checkpoint of its architecture holds "
+            f"({size_text(limit)}): it was altered",
+            name,
+            "re-log the checkpoint the run saved, or pick another run (--metric)",
+        )
+    client.download_artifacts(run_id, f"checkpoint/{name}", str(local))
+    return local
 
 
 class NoRoom(Exception):

@@ -398,6 +398,44 @@ _DTYPES = {
 HEADER_LIMIT = 16 * 1024 * 1024  # a safetensors JSON header (ours are a few KB)
 
 
+def read_arch(
+    directory: str | Path,
+    *,
+    max_params: float | None = None,
+    max_activation_bytes: float | None = None,
+) -> ArchConfig:
+    """The validated architecture of a checkpoint directory (its sha256-checked arch.json)."""
+    directory = Path(directory)
+    data = _verified_bytes(directory, read_meta(directory), ARCH, CONFIG_LIMIT)
+    return parse_arch(
+        _read_json(directory / ARCH, data),
+        str(directory / ARCH),
+        max_params=max_params,
+        max_activation_bytes=max_activation_bytes,
+    )
+
+
+def file_limits(arch: ArchConfig) -> dict[str, int]:
+    """The most bytes the loaders read of each file a checkpoint of ``arch`` lists (any other
+    listed file: :data:`LISTED_FILE_LIMIT`), so that a file over it can be refused unread."""
+    weights = sum(nbytes for _, _, nbytes in expected_tensors(arch).values())
+    return {
+        META: META_LIMIT,
+        ARCH: CONFIG_LIMIT,
+        MODEL: _weights_limit(weights),
+        OPT_TENSORS: _optimizer_limit(weights),
+        OPT_JSON: META_LIMIT,
+    }
+
+
+def _weights_limit(weight_bytes: int) -> int:
+    return 8 + HEADER_LIMIT + weight_bytes
+
+
+def _optimizer_limit(param_bytes: int) -> int:
+    return 8 + HEADER_LIMIT + 4 * param_bytes + 2**20  # Adam: two moments (+ fp64 slack)
+
+
 def expected_tensors(arch: ArchConfig) -> dict[str, tuple[str, tuple[int, ...], int]]:
     """name -> (safetensors dtype, shape, bytes) of the model ``arch`` builds, allocating nothing
     (the model is built on PyTorch's ``meta`` device)."""
@@ -533,16 +571,10 @@ def load_checkpoint(
     """
     directory = Path(directory)
     meta = read_meta(directory)
-    arch_path, model_path = directory / ARCH, directory / MODEL
-    arch_data = _read_json(arch_path, _verified_bytes(directory, meta, ARCH, CONFIG_LIMIT))
-    arch = parse_arch(
-        arch_data,
-        str(arch_path),
-        max_params=max_params,
-        max_activation_bytes=max_activation_bytes,
-    )
+    model_path = directory / MODEL
+    arch = read_arch(directory, max_params=max_params, max_activation_bytes=max_activation_bytes)
     expected = expected_tensors(arch)
-    limit = 8 + HEADER_LIMIT + sum(nbytes for _, _, nbytes in expected.values())
+    limit = _weights_limit(sum(nbytes for _, _, nbytes in expected.values()))
     data = _verified_bytes(directory, meta, MODEL, limit)
     header = safetensors_header(model_path, data)
     _check_header(header, expected, model_path)
@@ -590,8 +622,7 @@ def load_optimizer_state(directory: str | Path, optimizer: torch.optim.Optimizer
         fix = "save the checkpoint with optimizer=... to resume, or start a fresh optimizer"
         raise UserError("checkpoint has no optimizer state", str(directory), fix)
     params = sum(p.numel() * p.element_size() for g in optimizer.param_groups for p in g["params"])
-    limit = 8 + HEADER_LIMIT + 4 * params + 1024 * 1024  # Adam: two moments (+ fp64 slack)
-    data = _verified_bytes(directory, meta, OPT_TENSORS, limit)
+    data = _verified_bytes(directory, meta, OPT_TENSORS, _optimizer_limit(params))
     tensors = _safetensors(directory / OPT_TENSORS, data)
     doc = _read_json(directory / OPT_JSON, _verified_bytes(directory, meta, OPT_JSON, META_LIMIT))
     try:
