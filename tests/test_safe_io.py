@@ -258,3 +258,16 @@ def test_a_staged_output_is_never_the_current_folder(
     ):
         pass
     assert here.is_dir() and list(tmp_path.iterdir()) == [here]
+
+
+def test_a_dangling_or_looping_storage_link_is_called_so(tmp_path: Path) -> None:
+    """It read "... is not a regular file, not a folder"."""
+    from varnext_ray.errors import UserError
+    from varnext_ray.safe_io import check_storage_writable
+
+    (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
+    (tmp_path / "a").symlink_to(tmp_path / "b")
+    (tmp_path / "b").symlink_to(tmp_path / "a")
+    for link in ("dangling", "a"):
+        with pytest.raises(UserError, match=r"is a symlink to nothing \(dangling, or a loop\)"):
+            check_storage_writable(tmp_path / link)

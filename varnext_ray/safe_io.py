@@ -51,6 +51,7 @@ _KINDS = (
     (stat.S_ISCHR, "a character device"),
     (stat.S_ISBLK, "a block device"),
     (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISLNK, "a symlink to nothing (dangling, or a loop)"),  # lstat of a broken link
 )
 
 
