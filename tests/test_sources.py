@@ -93,3 +93,24 @@ def test_discovery_recurses_and_reports_missing(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="no videos or images found"):
         discover_sources([tmp_path / "empty"])
+
+
+def test_a_huge_file_that_is_no_video_is_given_up_on_while_opening(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gigabytes of zeros named .gif were read to their end before FFmpeg gave up (about 3 s
+    per GB here: a 50 GB file was a hang). The open is bounded; the bound is lowered here."""
+    import os
+
+    from varnext_ray import sources
+
+    monkeypatch.setattr(sources, "OPEN_TIMEOUT_S", 0.3)
+    zeros = tmp_path / "zeros.gif"
+    zeros.touch()
+    os.truncate(zeros, 8 * 2**30)  # sparse: nothing is written
+    with pytest.raises(TimeoutError, match=r"no video stream found within 0.3 s"):
+        sources.open_video(zeros)
+    real = Path(__file__).resolve().parents[2] / "shared" / "data" / "traffic_overpass.avi"
+    if real.exists():  # a real video opens as before
+        with sources.open_video(real) as container:
+            assert container.streams.video[0].codec_context.width == 320

@@ -42,6 +42,7 @@ from varnext_ray.sources import (
     decode_source,
     fit_frame,
     no_video_stream,
+    open_video,
     read_image,
     warnings_after_success,
 )
@@ -303,7 +304,7 @@ def _video_source(video: str | Path) -> tuple[Source, float]:
 
     path = regular_file(video, "video", "pass an existing video file to --video")
     try:
-        with av.open(str(path)) as container:
+        with open_video(path) as container:
             if not container.streams.video:
                 raise UserError(no_video_stream(container), str(path), NO_VIDEO_FIX)
             rate = container.streams.video[0].average_rate

@@ -39,6 +39,7 @@ import logging
 import os
 import re
 import stat
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -562,11 +563,34 @@ def _decode_images(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.n
         yield number, rgb
 
 
+OPEN_TIMEOUT_S = 30.0
+
+
+def open_video(path: str | Path) -> Any:
+    """``av.open`` of a video file, given up after :data:`OPEN_TIMEOUT_S`.
+
+    Opening reads a container's header and probes its streams, milliseconds for a video; a
+    large file that is none (gigabytes of zeros named ``.gif``) was read to its end first, at
+    about 3 s per GB here. FFmpeg's interrupt callback (PyAV's open timeout) stops that read.
+
+    Raises:
+        TimeoutError: It did not open in time (FFmpeg itself then says "End of file").
+        Exception: What PyAV raises for a file that does not open.
+    """
+    started = time.monotonic()
+    try:
+        return av.open(str(path), timeout=(OPEN_TIMEOUT_S, None))
+    except Exception:
+        if time.monotonic() - started < OPEN_TIMEOUT_S:
+            raise
+    raise TimeoutError(f"no video stream found within {OPEN_TIMEOUT_S:g} s of reading")
+
+
 def _decode_video(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.ndarray] | None]:
     fix = "check the file plays, or convert it with ffmpeg"
     try:
         regular_file(source.path, "video", fix)  # never open a FIFO or a device
-        container = av.open(str(source.path))
+        container = open_video(source.path)
     except UserError:
         if source.named:
             raise
