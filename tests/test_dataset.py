@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 from pathlib import Path
 
@@ -180,4 +181,26 @@ def test_a_manifest_that_repeats_a_key_is_refused(dataset_dir: Path, tmp_path: P
     text = (copy / "dataset.json").read_text()
     (copy / "dataset.json").write_text(text.replace('"frames":', '"frames": 1, "frames":', 1))
     with pytest.raises(UserError, match='duplicate key "frames" in one object'):
+        load_manifest(copy)
+
+
+@pytest.mark.parametrize(
+    ("edit", "said"),
+    [
+        (('"format_version": 1', '"format_version": true'), "unsupported dataset format 'True'"),
+        (('"ratio": ', '"ratio": 1e400, "x": '), "1e400 is too large for a number"),
+    ],
+)
+def test_a_manifest_value_json_reads_loosely_is_refused(
+    dataset_dir: Path, tmp_path: Path, edit: tuple[str, str], said: str
+) -> None:
+    """``true`` equals 1 and Python reads ``1e400`` as infinity: both were taken."""
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dataset_dir, copy)
+    text = (copy / "dataset.json").read_text()
+    assert edit[0] in text, text[:400]
+    (copy / "dataset.json").write_text(text.replace(*edit, 1))
+    with pytest.raises(UserError, match=re.escape(said)):
         load_manifest(copy)

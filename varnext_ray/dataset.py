@@ -310,8 +310,8 @@ def load_manifest(
         data = read_json(file, what="manifest", limit=MANIFEST_LIMIT, fix=_MANIFEST_FIX)
     except UserError as err:
         raise UserError(f"unreadable manifest: {err.what}", str(file), _MANIFEST_FIX) from None
-    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
-        version = data.get("format_version") if isinstance(data, dict) else None
+    version = data.get("format_version") if isinstance(data, dict) else None
+    if type(version) is not int or version != FORMAT_VERSION:  # not `true`, which == 1
         raise UserError(
             f"unsupported dataset format {str(version)[:40]!r}"
             if isinstance(data, dict)

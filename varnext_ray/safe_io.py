@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import shutil
 import stat
@@ -142,6 +143,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON (use a finite number)")
 
 
+def _finite_float(text: str) -> float:
+    """A JSON number as a float; one too large for a float (``1e400``, which Python reads as
+    infinity) is refused like ``Infinity``."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is too large for a number (use a finite number)")
+    return value
+
+
 def _depth_ok(value: Any, limit: int) -> bool:
     """True if ``value`` nests at most ``limit`` lists/objects deep (iterative: no recursion)."""
     stack = [(value, 1)]
@@ -192,7 +202,9 @@ def parse_json(
             raise UserError(what, where, "save the file as UTF-8 JSON") from None
     else:
         text = data
-    kwargs: dict[str, Any] = {} if allow_nan else {"parse_constant": _reject_constant}
+    kwargs: dict[str, Any] = (
+        {} if allow_nan else {"parse_constant": _reject_constant, "parse_float": _finite_float}
+    )
     if object_pairs_hook is not None:
         kwargs["object_pairs_hook"] = object_pairs_hook
     try:
