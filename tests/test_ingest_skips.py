@@ -169,3 +169,13 @@ def test_a_broken_file_in_a_folder_is_skipped_once_and_its_name_cannot_forge_a_l
     assert "1 skipped" in done.stdout, done.stdout
     manifest = json.loads((out / "dataset.json").read_text())
     assert [item["path"] for item in manifest["skipped"]] == [str(broken)], manifest["skipped"]
+
+
+def test_a_dataset_inside_a_folder_it_reads_is_refused(tmp_path: Path) -> None:
+    """It was written among the sources, and a later ingest of the folder read it too."""
+    folder = tmp_path / "in"
+    _clip(folder, fmt="mp4")
+    before = sorted(p.name for p in folder.rglob("*"))
+    line = _one_line(_ingest(folder, out=folder / "ds"), 2, "error")
+    assert "--out lies inside the source folder" in line, line
+    assert sorted(p.name for p in folder.rglob("*")) == before

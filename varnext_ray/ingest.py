@@ -34,7 +34,13 @@ from PIL import Image
 from varnext_ray import __version__
 from varnext_ray.dataset import ENCODINGS, FORMAT_VERSION, MANIFEST, SPLITS, encode_image
 from varnext_ray.errors import UserError
-from varnext_ray.safe_io import check_new_dir, json_bytes, os_reason, staged_dir
+from varnext_ray.safe_io import (
+    check_new_dir,
+    check_not_inside,
+    json_bytes,
+    os_reason,
+    staged_dir,
+)
 from varnext_ray.sources import (
     GAP,
     MAX_UPSCALE,
@@ -312,6 +318,9 @@ def ingest(sources: list[Path], out: Path, opts: IngestOptions) -> dict:
     opts.check()
     check_new_dir(out, "--out")  # refuse an unusable --out (non-empty, a file...) early
     _check_utf8_path(out)
+    for source in sources:  # a dataset inside a folder it reads: the next ingest reads it too
+        if Path(source).is_dir():
+            check_not_inside(out, "--out", source, f"the source folder {source}")
     found, ignored = discover_sources(sources)
     # Written into .<name>.partial-<pid>-<random> beside --out and renamed when complete (an
     # existing empty folder is replaced; anything else is refused); a failure removes it all.

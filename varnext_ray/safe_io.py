@@ -524,7 +524,7 @@ def check_not_inside(out: str | Path, flag: str, folder: str | Path, role: str) 
     if "://" in str(out) or not _inside(Path(out), Path(folder)):
         return
     raise UserError(
-        f"{flag} lies inside {role}: the run would write among the files it reads",
+        f"{flag} lies inside {role}: the command would write among the files it reads",
         str(out),
         f"pass a {flag} outside {folder}",
     )
