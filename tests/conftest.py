@@ -16,6 +16,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
 
+from tests.ports import free_port, free_ports
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.synth import write_synthetic
 
@@ -57,14 +58,6 @@ def ray_local():
     ray.shutdown()
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextlib.contextmanager
 def running_mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
     """A real ``mlflow server`` on 127.0.0.1 (SQLite backend in ``root``, served artifacts);
@@ -76,7 +69,7 @@ def running_mlflow_server(root: Path, port: int | None = None) -> Iterator[str]:
     import time
     import urllib.request
 
-    port = port or _free_port()
+    port = port or free_port()
     cmd = [
         sys.executable,
         "-m",
@@ -173,7 +166,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory):
         check=True,
         capture_output=True,
     )
-    port, dashboard, agent = _free_port(), _free_port(), _free_port()
+    port, dashboard, agent = free_ports(3)
     log = open(tmp_path_factory.mktemp("ray_head") / "head.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.ports import free_ports
+
 BIN = Path(sys.executable).parent
 LABEL = "varnext_node_"  # a custom resource {"varnext_node_<name>": 1} names each node
 OBJECT_STORE_BYTES = 256 * 2**20  # tiny data; three default stores would claim 3 x 30% of RAM
@@ -49,13 +51,6 @@ JOIN_ON_LOOPBACK = (
     "m = types.ModuleType(c.__name__); m.__dict__.update(vars(c)); m.ENABLE_RAY_CLUSTER = True; "
     "s.ray_constants = m; sys.argv[0] = 'ray'; sys.exit(s.main())"
 )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that is free now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def wait_for(what: str, check: Callable[[], T], timeout_s: float, poll_s: float = 0.5) -> T:
@@ -211,14 +206,15 @@ def _start(
     """Starts one node's ``ray start --block`` in its own process group."""
     temp = root / name
     temp.mkdir()
-    ports = {
-        "--node-manager-port": free_port(),
-        "--object-manager-port": free_port(),
-        "--metrics-export-port": free_port(),
-        "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(),
-        "--runtime-env-agent-port": free_port(),
-    }
+    flags = (
+        "--node-manager-port",
+        "--object-manager-port",
+        "--metrics-export-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+    )
+    ports = dict(zip(flags, free_ports(len(flags)), strict=True))
     ray = [str(BIN / "ray")] if name == "head" else [sys.executable, "-c", JOIN_ON_LOOPBACK]
     cmd = [
         *ray,
@@ -290,7 +286,7 @@ def local_cluster(
     )
     # Short: Unix socket paths under it must stay below ~107 characters.
     root = Path(tempfile.mkdtemp(prefix="vnr-mn-", dir="/tmp"))
-    port, dashboard, client = free_port(), free_port(), free_port()
+    port, dashboard, client = free_ports(3)
     cluster = LocalCluster(
         address=f"127.0.0.1:{port}",
         dashboard=f"http://127.0.0.1:{dashboard}",

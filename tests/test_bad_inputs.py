@@ -27,7 +27,6 @@ import hashlib
 import json
 import pickle
 import shutil
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from PIL import Image
 
 from tests.bad_inputs_data import DATA_CASES
 from tests.conftest import REPO
+from tests.ports import free_port
 from varnext_ray.cli import main
 
 SMOKE = REPO / "configs" / "smoke_64x36.json"
@@ -177,13 +177,6 @@ def _rehashed_pickle(path: Path) -> None:
     meta = json.loads((path / "meta.json").read_text())
     meta["files"]["model.safetensors"] = hashlib.sha256(data).hexdigest()
     (path / "meta.json").write_text(json.dumps(meta))
-
-
-def _free_port() -> int:
-    """A loopback port with nothing listening (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 # ---- the corpus -------------------------------------------------------------------------------
@@ -421,7 +414,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         "tmp": str(tmp_path),
         "out": str(tmp_path / "out"),
         "track": f"--storage {tmp_path}/ray --tracking-uri sqlite:///{tmp_path}/m.db",
-        "port": _free_port(),
+        "port": free_port(),
     }
     if case.setup is not None:
         names["f"] = case.setup(tmp_path, inputs)

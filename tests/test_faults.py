@@ -224,9 +224,10 @@ def test_a_tracking_server_lost_mid_sweep_stops_it_in_one_line_and_resume_finish
     import subprocess
     import sys
 
-    from tests.conftest import _free_port, running_mlflow_server
+    from tests.conftest import running_mlflow_server
+    from tests.ports import free_port
 
-    store, port = tmp_path / "store", _free_port()
+    store, port = tmp_path / "store", free_port()
     store.mkdir()
     argv = [sys.executable, "-m", "varnext_ray.cli", "sweep", "--space"]
     argv += [str(REPO / "search_spaces" / "smoke.json"), "--data", str(dataset_dir)]

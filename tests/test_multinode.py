@@ -231,7 +231,9 @@ def _lose_a_node_and_recover(
     alive = wait_for(
         "the first trial's two Train workers", lambda: running(_both_workers(placements)), 300, 1
     )
-    (victim,) = {n for c, _, n in alive if c == "RayTrainWorker"}  # PACK: one node
+    victims = {n for c, _, n in alive if c == "RayTrainWorker"}
+    assert len(victims) == 1, f"the two Train workers are not on one node (PACK): {alive}"
+    (victim,) = victims
     drivers = {n for c, _, n in alive if c in ("ImplicitFunc", "TrainController")}
     assert victim != "head" and victim not in drivers, alive
     first_workers = {a for c, a, _ in alive if c == "RayTrainWorker"}

@@ -56,6 +56,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
+from tests.ports import free_port
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.synth import write_synthetic
 
@@ -87,12 +88,6 @@ MaxSessions 32
 MaxStartups 64
 Subsystem sftp /usr/lib/openssh/sftp-server
 """
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _needs() -> None:
@@ -210,12 +205,12 @@ def _derive_config(root: Path, ssh_port: int, ports: dict[str, int]) -> dict[str
     (ray_start,) = [i for i, cmd in enumerate(start) if "ray start --head" in cmd]
 
     def free(match: re.Match[str]) -> str:
-        return f"--{match.group(1)}={ports.setdefault(match.group(1), _free_port())}"
+        return f"--{match.group(1)}={ports.setdefault(match.group(1), free_port())}"
 
     cmd = re.sub(r"--([a-z-]+-port|port)=\d+", free, start[ray_start])
     agents = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port")
     for flag in (*agents, "runtime-env-agent-port"):
-        ports.setdefault(flag, _free_port())
+        ports.setdefault(flag, free_port())
     extra = [f"--{flag}={port}" for flag, port in ports.items() if flag != "mlflow"]
     extra = [flag for flag in extra if flag.split("=")[0] + "=" not in cmd]
     extra += ["--node-ip-address=127.0.0.1", "--num-cpus=2", f"--object-store-memory={2**28}"]
@@ -350,8 +345,8 @@ def test_ray_up_onprem_config_over_ssh_on_loopback(
     tmp_path: Path, alone_and_equipped: None
 ) -> None:
     root = tmp_path
-    ssh_port = _free_port()
-    ports = {"mlflow": _free_port()}
+    ssh_port = free_port()
+    ports = {"mlflow": free_port()}
     cfg = _derive_config(root, ssh_port, ports)
     config = root / "cluster.yaml"
     config.write_text(yaml.safe_dump(cfg, sort_keys=False))

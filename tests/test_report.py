@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from PIL import Image
 
 from tests.browser import CHROMIUM, HEADLESS_FLAGS
 from tests.conftest import REPO
+from tests.ports import free_port
 from varnext_ray import tracking
 from varnext_ray.cli import main
 from varnext_ray.media import save_png
@@ -406,12 +406,6 @@ CASES = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.parametrize(
     "case",
     [
@@ -430,7 +424,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         "tmp": tmp_path,
         "uri": store["uri"],
         "trial": store["new"]["runs"]["trial-a"],
-        "port": _free_port(),
+        "port": free_port(),
         "db": store["uri"][len("sqlite:///") :],
     }
     if case.setup is not None:
