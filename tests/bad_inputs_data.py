@@ -353,7 +353,7 @@ FILE_KINDS: dict[str, Raw] = {
     "kind-arch-directory": (ARCH_CHECK, "architecture file is a directory", folder("a.json")),
     "kind-arch-fifo": (ARCH_CHECK, FIFO, fifo("arch.json")),
     "kind-arch-dev-null": ("arch check /dev/null", "is a character device", None),
-    "kind-arch-under-a-file": ("arch check {a}/arch.json", "a parent of this path is a file", None),
+    "kind-arch-under-a-file": ("arch check {a}/arch.json", "is a file, not a folder", None),
     "kind-arch-symlink-loop": (ARCH_CHECK, "a symlink loop", symlink("x.json", "x.json")),
     "kind-arch-dangling-symlink": (
         ARCH_CHECK,
@@ -381,7 +381,7 @@ FILE_KINDS: dict[str, Raw] = {
     ),
     "kind-ingest-out-under-a-file": (
         "ingest {video} --out {f}/ds",
-        "a parent of this path is a file",
+        "is a file, not a folder",
         file("plain", "x"),
     ),
     "kind-ingest-out-dangling-symlink": (

@@ -375,9 +375,7 @@ CASES = {
     "sweep-is-a-trial-run": Case(REPORT + " --sweep {trial}", NOT_A_SWEEP),
     "sweep-unknown-id": Case(REPORT + " --sweep 0123abcd", NOT_A_SWEEP),
     "out-is-a-directory": Case(REPORT + " --out {tmp}", "--out is a directory"),
-    "out-under-a-file": Case(
-        REPORT + " --out {f}/r.html", "a parent of this path is a file", _file
-    ),
+    "out-under-a-file": Case(REPORT + " --out {f}/r.html", "is a file, not a folder", _file),
     "out-read-only": Case(
         REPORT + " --out {f}/r.html", "--out is not in a writable directory", _read_only
     ),

@@ -186,7 +186,7 @@ def test_saving_a_checkpoint_never_replaces_a_file_or_writes_under_one(
     (tmp_path / "plain").write_text("mine")
     for target, message in [
         (tmp_path / "plain", "path exists and is a file"),
-        (tmp_path / "plain" / "ckpt", "a parent of this path is a file"),
+        (tmp_path / "plain" / "ckpt", "is a file, not a folder"),
     ]:
         with pytest.raises(UserError, match=message):
             save_checkpoint(target, model=build_vae(cfg), arch_cfg=cfg, epoch=1, metrics={})
@@ -271,3 +271,18 @@ def test_a_dangling_or_looping_storage_link_is_called_so(tmp_path: Path) -> None
     for link in ("dangling", "a"):
         with pytest.raises(UserError, match=r"is a symlink to nothing \(dangling, or a loop\)"):
             check_storage_writable(tmp_path / link)
+
+
+def test_what_blocks_a_path_is_named_by_its_kind(tmp_path: Path) -> None:
+    """A FIFO where a split folder should be read "a parent of this path is a file"; an output
+    folder given as a symlink to a file hinted "pass the folder it points to (.../x.mp4)"."""
+    os.mkfifo(tmp_path / "val")
+    with pytest.raises(UserError, match=r"split: .*/val is a named pipe \(FIFO\), not a folder"):
+        safe_io.path_stat(tmp_path / "val" / "part-0.parquet", "split", "re-run ingest")
+    (tmp_path / "clip.mp4").write_bytes(b"mine")
+    (tmp_path / "ds").symlink_to(tmp_path / "clip.mp4")
+    with pytest.raises(UserError) as refused:
+        safe_io.check_new_dir(tmp_path / "ds", "--out")
+    assert refused.value.what == "output already exists (a file, through a symlink)"
+    assert refused.value.fix == "choose a new --out (existing data is never overwritten)"
+    assert (tmp_path / "clip.mp4").read_bytes() == b"mine"

@@ -319,3 +319,39 @@ def test_a_sweep_whose_tune_state_is_cut_short_is_refused(tmp_path: Path, damage
     (folder / damaged).write_bytes(whole[: len(whole) // 2])
     with pytest.raises(UserError, match=r"the sweep's Tune state is damaged \("):
         check_resumable(str(folder))
+
+
+def test_a_resume_with_other_options_names_each_difference(tmp_path: Path) -> None:
+    """The record beside Tune's state is compared field by field: a flag by its name, a setting
+    without a flag (a default of another varnext version) as a setting, the space by its digest."""
+    from varnext_ray import tracking
+    from varnext_ray.errors import UserError
+    from varnext_ray.sweep import SWEEP_FILE, check_resume_matches, started_with
+
+    space, base = load_space(REPO / "search_spaces" / "smoke.json")
+    first = started_with(space, base, SweepOptions(samples=3), tmp_path / "ds", "sqlite:///a.db")
+    tracking.write_record(tmp_path, {"run_id": "r1", **first}, SWEEP_FILE)
+    check_resume_matches(str(tmp_path), first)  # the same command: taken
+    edited = dict(base, latent_dim=base["latent_dim"] + 1)
+    train = replace(SweepOptions(samples=3).settings(space), torch_threads=2)
+    now = started_with(
+        space, edited, SweepOptions(samples=4, train=train), tmp_path / "other", "sqlite:///a.db"
+    )
+    with pytest.raises(UserError) as refused:
+        check_resume_matches(str(tmp_path), now)
+    said = str(refused.value)
+    assert "4 differ: --data " in said and f"(was {tmp_path / 'ds'})" in said
+    assert "--space (the search space or its base architecture changed)" in said
+    assert "--samples 4 (was 3)" in said and "the setting torch_threads 2 (was 1)" in said
+    assert "--tracking-uri" not in said
+
+
+def test_every_recorded_sweep_flag_is_a_flag_of_varnext_sweep() -> None:
+    import argparse
+
+    from varnext_ray.cli import build_parser
+    from varnext_ray.sweep import _SWEEP_FLAGS
+
+    (commands,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    flags = {s for a in commands.choices["sweep"]._actions for s in a.option_strings}
+    assert {f"--{key.replace('_', '-')}" for key in _SWEEP_FLAGS} <= flags

@@ -51,7 +51,7 @@ def _out_cases(tmp_path: Path) -> dict[str, Path]:
     ("case", "match"),
     [
         ("a file", "output already exists (a file)"),
-        ("under a file", "a parent of this path is a file"),
+        ("under a file", "is a file, not a folder"),
         ("a character device", "output already exists (a character device)"),
         ("a FIFO", "output already exists (a named pipe"),
         ("a dangling symlink", "a symlink to nothing"),
@@ -146,7 +146,9 @@ def test_demo_workdir_that_is_a_file_is_refused(
     (tmp_path / "afile").write_text("mine")
     argv = ["demo", "--workdir", str(tmp_path / "afile")]
     _refused(capsys, argv, "--workdir is a file, not a folder")
-    _refused(capsys, ["demo", "--workdir", str(tmp_path / "afile" / "d")], "parent of this path")
+    _refused(
+        capsys, ["demo", "--workdir", str(tmp_path / "afile" / "d")], "is a file, not a folder"
+    )
     assert _listing(tmp_path) == ["afile"]
     assert (tmp_path / "afile").read_text() == "mine"
 

@@ -87,13 +87,25 @@ def path_stat(path: str | Path, what: str, fix: str) -> os.stat_result | None:
     except FileNotFoundError:
         return None
     except NotADirectoryError:
-        raise UserError(f"{what}: a parent of this path is a file", str(path), fix) from None
+        raise UserError(f"{what}: {_not_a_folder(path)}", str(path), fix) from None
     except OSError as err:
         if err.errno == errno.ELOOP:
             raise UserError(f"{what}: a symlink loop", str(path), fix) from None
         raise UserError(f"{what}: cannot read ({os_reason(err)})", str(path), fix) from None
     except ValueError as err:  # an embedded NUL byte
         raise UserError(f"{what}: invalid path ({err})", str(path), fix) from None
+
+
+def _not_a_folder(path: str | Path) -> str:
+    """Why ``path`` cannot be reached (ENOTDIR): the first folder on its way that is not one."""
+    for parent in reversed(Path(path).parents):
+        try:
+            mode = os.stat(parent).st_mode
+        except OSError:
+            break
+        if not stat.S_ISDIR(mode):
+            return f"{parent} is {kind_of(mode)}, not a folder"
+    return "a parent of this path is not a folder"
 
 
 def regular_file(path: str | Path, what: str = "file", fix: str = "check the path") -> Path:
@@ -317,13 +329,14 @@ def check_new_dir(path: str | Path, flag: str, *, allow_empty: bool = True) -> N
     st = path_stat(path, f"{flag} is unusable", fix)
     if st is None and os.path.islink(path):
         raise UserError("output already exists (a symlink to nothing)", str(path), fix)
+    if st is not None and not stat.S_ISDIR(st.st_mode):
+        through = ", through a symlink" if os.path.islink(path) else ""
+        raise UserError(f"output already exists ({kind_of(st.st_mode)}{through})", str(path), fix)
     if st is not None and os.path.islink(path):  # a new folder is renamed into place: not
         real = os.path.realpath(path)  # through a link, which it would replace or fail on
         what = f"output is a symlink (to {real}); the new folder cannot go through it"
         raise UserError(what, str(path), f"pass the folder it points to ({real}) as {flag}")
     if st is not None:
-        if not stat.S_ISDIR(st.st_mode):
-            raise UserError(f"output already exists ({kind_of(st.st_mode)})", str(path), fix)
         if not allow_empty:
             raise UserError("output already exists", str(path), fix)
         try:

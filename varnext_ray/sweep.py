@@ -51,6 +51,15 @@ log = logging.getLogger(__name__)
 
 SWEEP_FILE = "varnext_sweep.json"  # the parent MLflow run of a sweep, beside Tune's state
 DRIVER_CPUS = 0.1  # each trial's driver only waits on its Train run
+# The recorded options ``varnext sweep`` has a flag for (tests/test_sweep.py checks each one);
+# the others are varnext's own defaults, which differ only between versions of varnext.
+_SWEEP_FLAGS = frozenset(
+    {
+        *("batch_size", "concurrency", "cpus_per_worker", "epochs", "gpus_per_worker"),
+        *("rollout_steps", "samples", "scheduler", "search", "seed", "steps", "train_on"),
+        *("val_triplets", "workers_per_trial"),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -77,6 +86,12 @@ class SweepOptions:
         """Every trial's training settings, before a point's overrides."""
         base = self.train or TrainSettings(epochs=space.epochs, val_triplets=256, seed=self.seed)
         return replace(base, objective=space.objective)
+
+    def params(self, space: SearchSpace) -> dict[str, Any]:
+        """The sweep's options and its trials' settings, as one nested dict (MLflow params,
+        and the record ``--resume`` is checked against)."""
+        sweep = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "train"}
+        return sweep | asdict(self.settings(space))
 
     def resources(self, cluster_cpus: float) -> Resources:
         """Each trial's workers, sharing the cluster's CPUs with the other running trials."""
@@ -196,8 +211,6 @@ def started_with(
     """What a sweep is started with and ``--resume`` must be given again: Tune restores its own
     searcher, scheduler and sample count, so a resume with other values would silently run
     the old ones (or, with another ``--samples``, look like a sweep cut short)."""
-    settings = options.settings(space)
-    sweep = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "train"}
     space_json = json.dumps(
         {"space": space.model_dump(mode="json", warnings=False), "base": base}, sort_keys=True
     )
@@ -205,7 +218,7 @@ def started_with(
         "tracking_uri": uri,
         "data": str(Path(data).resolve()),
         "space_sha256": hashlib.sha256(space_json.encode()).hexdigest(),
-        "options": {k: str(v) for k, v in tracking.flatten(sweep | asdict(settings)).items()},
+        "options": {k: str(v) for k, v in tracking.flatten(options.params(space)).items()},
     }
 
 
@@ -216,17 +229,19 @@ def check_resume_matches(path: str, now: dict[str, Any]) -> None:
     record = tracking.read_json_record(path, SWEEP_FILE) or {}
     if "options" not in record:
         return
-    then = {**record, **{f"--{k.replace('_', '-')}": v for k, v in record["options"].items()}}
-    current = {**now, **{f"--{k.replace('_', '-')}": v for k, v in now["options"].items()}}
-    named = {"tracking_uri": "--tracking-uri", "data": "--data", "space_sha256": "--space"}
-    changed = []
-    for key in sorted(set(then) | set(current), key=lambda k: (k not in named, k)):
-        if key in ("run_id", "options") or then.get(key) == current.get(key):
-            continue
-        if key == "space_sha256":
-            changed.append("--space (the search space or its base architecture changed)")
-        else:
-            changed.append(f"{named.get(key, key)} {current.get(key)} (was {then.get(key)})")
+    changed = [
+        f"{flag} {now[key]} (was {record.get(key)})"
+        for key, flag in (("tracking_uri", "--tracking-uri"), ("data", "--data"))
+        if record.get(key) != now[key]
+    ]
+    if record.get("space_sha256") != now["space_sha256"]:
+        changed.append("--space (the search space or its base architecture changed)")
+    then, current = record["options"], now["options"]
+    changed += [
+        f"{_option_name(key)} {current.get(key)} (was {then.get(key)})"
+        for key in sorted(set(then) | set(current))
+        if then.get(key) != current.get(key)
+    ]
     if changed:
         raise UserError(
             "--resume continues a sweep with the options it was started with, and "
@@ -237,6 +252,12 @@ def check_resume_matches(path: str, now: dict[str, Any]) -> None:
             "repeat the first command's options with --resume, or start a new sweep "
             "(another --experiment or --storage)",
         )
+
+
+def _option_name(key: str) -> str:
+    """How a recorded option is named to the user: its flag where ``varnext sweep`` has one."""
+    flag = f"--{key.replace('_', '-')}"
+    return flag if key in _SWEEP_FLAGS else f"the setting {key}"
 
 
 def make_searcher(space: SearchSpace, base: dict[str, Any], options: SweepOptions) -> Any:
@@ -384,9 +405,8 @@ def run_sweep(
         check_trusted_storage(path)
         check_resumable(path)  # before the parent run is made and the data prepared
         check_resume_matches(path, first)
-    sweep = {f.name: getattr(options, f.name) for f in fields(options) if f.name != "train"}
     space_params = space.model_dump(mode="json", warnings=False)
-    params = tracking.flatten({"space": space_params, "sweep": sweep | asdict(settings)})
+    params = tracking.flatten({"space": space_params, "sweep": options.params(space)})
     parent = _parent_run(uri, experiment, path, name, params, resume, first)
     prepared = None
     if options.share_data:
