@@ -329,3 +329,20 @@ def test_a_checkpoint_file_larger_than_its_architecture_allows_is_refused_unread
     code, _, err = _run([*argv, "--metric", "extrap_psnr"], capsys)
     assert code == 2 and "does not load: model.safetensors: 4 GiB, more than" in err, err
     assert "more than a checkpoint of its architecture holds" in err and not out.exists()
+
+
+def test_a_run_still_running_is_picked_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``best`` during a sweep: the leading trial's checkpoint is its best so far (it may still
+    improve), which was picked without a word."""
+    uri = _store_with(tmp_path, "live", lambda d: None)
+    client = tracking.client(uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("live").experiment_id])
+    assert find_best_run(uri, "live", "extrap_psnr")["status"] == "FINISHED"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    client.update_run(run.info.run_id, status="RUNNING")
+    best = find_best_run(uri, "live", "extrap_psnr")
+    assert best["run_id"] == run.info.run_id and best["status"] == "RUNNING"
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert f"({run.info.run_id}) is still RUNNING: its checkpoint is its best so far" in warning

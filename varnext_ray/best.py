@@ -100,6 +100,13 @@ def find_best_run(
             continue
         if skipped:
             _warn_skipped(skipped, str(run.info.run_name))
+        if run.info.status == "RUNNING":
+            log.warning(
+                "%s (%s) is still RUNNING: its checkpoint is its best so far and may be "
+                "replaced; run best again when its run has ended",
+                run.info.run_name,
+                run.info.run_id,
+            )
         return {
             "run_id": run.info.run_id,
             "run_name": run.info.run_name,
