@@ -346,3 +346,21 @@ def test_a_run_still_running_is_picked_with_a_warning(
     assert best["run_id"] == run.info.run_id and best["status"] == "RUNNING"
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert f"({run.info.run_id}) is still RUNNING: its checkpoint is its best so far" in warning
+
+
+def test_an_unreadable_artifact_in_the_store_is_one_line_naming_both_causes(
+    tmp_path: Path,
+) -> None:
+    """The run's ``meta.json`` in the artifact store is a FIFO (or any file that cannot be
+    read): the fix named only "the artifact store is reachable", which it was."""
+    uri = _store_with(tmp_path, "fifo", lambda d: None)
+    (meta,) = (tmp_path / "artifacts").rglob("checkpoint/meta.json")
+    meta.unlink()
+    os.mkfifo(meta)
+    with pytest.raises(UserError) as err:
+        download_best(uri, "fifo", tmp_path / "best", "extrap_psnr")
+    assert (
+        err.value.fix == tracking.ARTIFACT_FIX
+        and "run's checkpoint files are intact" in err.value.fix
+    )
+    assert not (tmp_path / "best").exists()

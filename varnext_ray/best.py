@@ -252,7 +252,7 @@ def download_best(
                 fix = "free space there, or choose another --out"
                 raise UserError(f"cannot write the download ({why})", str(out), fix) from None
             what = f"download failed ({str(err).splitlines()[0][:200]})"
-            raise UserError(what, where, "check the artifact store is reachable") from None
+            raise UserError(what, where, tracking.ARTIFACT_FIX) from None
         except UserError as err:
             file = Path(err.where).name if err.where.startswith(str(staging)) else err.where
             what = f"the run's checkpoint does not load: {file}: {err.what}"

@@ -226,9 +226,7 @@ def register_run(
             local = client.download_artifacts(run_id, "checkpoint", tmp)
         except Exception as err:
             what = f"cannot download the run's checkpoint ({str(err).splitlines()[0][:200]})"
-            raise UserError(
-                what, f"run {run_id}", "check the artifact store is reachable"
-            ) from None
+            raise UserError(what, f"run {run_id}", tracking.ARTIFACT_FIX) from None
         return register_checkpoint(uri, run_id, local, name, metric=metric)
 
 

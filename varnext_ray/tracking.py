@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 RECORD_LIMIT = 64 * 1024  # a run record holds two short strings
 ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store: its experiments' artifacts
 RUN_FILE = "varnext_run.json"  # in a run's Ray storage directory: the MLflow run to continue
+# A run's artifacts could not be read: a store out of reach, or its files damaged there.
+ARTIFACT_FIX = (
+    "check the artifact store is reachable and the run's checkpoint files are intact there, "
+    "or pick another run"
+)
 
 
 @dataclass(frozen=True)
