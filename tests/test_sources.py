@@ -114,3 +114,49 @@ def test_a_huge_file_that_is_no_video_is_given_up_on_while_opening(
     if real.exists():  # a real video opens as before
         with sources.open_video(real) as container:
             assert container.streams.video[0].codec_context.width == 320
+
+
+def _clip_then(path: Path, fmt: str, codec: str, tail: str) -> Path:
+    """A 20-frame clip in container ``fmt`` followed by 2 GB of (sparse) zeros or 50 MB of
+    random bytes: a valid header, then a rest that is no video."""
+    import os
+
+    import av
+
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 36, "yuv420p"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(np.full((36, 64, 3), i * 10, np.uint8), "rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    if tail == "zeros":
+        os.truncate(path, path.stat().st_size + 2 * 2**30)
+    else:
+        with open(path, "ab") as file:
+            file.write(np.random.default_rng(0).integers(0, 256, 50 * 2**20, np.uint8).tobytes())
+    return path
+
+
+@pytest.mark.parametrize(
+    ("name", "fmt", "codec", "tail"),
+    [
+        ("zeros.avi", "avi", "mpeg4", "zeros"),  # one read runs long: PyAV's read timeout
+        ("noise.ts", "mpegts", "libx264", "noise"),  # packets that never make a frame
+    ],
+)
+def test_a_video_whose_rest_is_not_video_ends_after_a_stall(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, fmt: str, codec: str, tail: str
+) -> None:
+    """A valid header followed by gigabytes of zeros was read to its end (3-7 s per GB here:
+    50 GB was a hang). Reading without a new frame for STALL_S ends the video, its frames
+    read before kept; the bound is lowered here."""
+    from varnext_ray import sources
+
+    monkeypatch.setattr(sources, "STALL_S", 0.3)
+    video = _clip_then(tmp_path / name, fmt, codec, tail)
+    skipped = sources.Skipped()
+    frames = [f for f in sources.decode_source(sources.Source("video", video), skipped) if f]
+    assert 10 <= len(frames) <= 20
+    (item,) = skipped.items
+    assert item["reason"].startswith(f"no frame in 0.3 s of reading after frame {len(frames)}: ")

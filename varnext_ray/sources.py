@@ -564,6 +564,10 @@ def _decode_images(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.n
 
 
 OPEN_TIMEOUT_S = 30.0
+# Reading (and decoding) this long without a new frame ends a video: the rest of the file is
+# not video (a valid header followed by gigabytes of zeros was read to its end, 3-7 s per GB
+# here). A real video yields a frame every few milliseconds.
+STALL_S = 30.0
 
 
 def open_video(path: str | Path) -> Any:
@@ -571,7 +575,8 @@ def open_video(path: str | Path) -> Any:
 
     Opening reads a container's header and probes its streams, milliseconds for a video; a
     large file that is none (gigabytes of zeros named ``.gif``) was read to its end first, at
-    about 3 s per GB here. FFmpeg's interrupt callback (PyAV's open timeout) stops that read.
+    about 3 s per GB here. FFmpeg's interrupt callback (PyAV's open timeout) stops that read,
+    and any later single read that runs :data:`STALL_S` (PyAV's read timeout: ``ExitError``).
 
     Raises:
         TimeoutError: It did not open in time (FFmpeg itself then says "End of file").
@@ -579,7 +584,7 @@ def open_video(path: str | Path) -> Any:
     """
     started = time.monotonic()
     try:
-        return av.open(str(path), timeout=(OPEN_TIMEOUT_S, None))
+        return av.open(str(path), timeout=(OPEN_TIMEOUT_S, STALL_S))
     except Exception:
         if time.monotonic() - started < OPEN_TIMEOUT_S:
             raise
@@ -624,19 +629,34 @@ def _decode_video(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.nd
             skipped.add(source.path, what)
             return
         stream.thread_type = "AUTO"
-        number, bad_packets = 0, 0
-        for packet in _packets(container, stream, source, skipped):
+        number, bad_packets, since_frame = 0, 0, 0.0
+        packets = _packets(container, stream, source, skipped)
+        while True:
+            started = time.monotonic()  # reading and decoding only, not the caller's time
+            try:
+                packet = next(packets, None)
+            except av.ExitError:  # a single read ran STALL_S (open_video's read timeout)
+                skipped.add(source.path, _stalled(number))
+                return
+            if packet is None:
+                return
             try:  # frames over the pixel limit are never converted (None)
                 frames = [
                     _upright_frame(f) if f.width * f.height <= MAX_PIXELS else None
                     for f in packet.decode()
                 ]
             except DECODER_ERRORS as err:
+                frames = []
                 bad_packets += 1
                 if bad_packets == 1:
                     skipped.add(
                         source.path, f"undecodable stretch near frame {number} ({_short(err)})"
                     )
+            since_frame = 0.0 if frames else since_frame + time.monotonic() - started
+            if since_frame > STALL_S:
+                skipped.add(source.path, _stalled(number))
+                return
+            if not frames:
                 continue
             if bad_packets:
                 yield GAP
@@ -676,10 +696,19 @@ def _packets(container: Any, stream: Any, source: Source, skipped: Skipped) -> I
             packet = next(packets)
         except StopIteration:
             return
+        except av.ExitError:  # a read ran STALL_S: the caller says so
+            raise
         except DECODER_ERRORS as err:
             skipped.add(source.path, f"unreadable after this point ({_short(err)})")
             return
         yield packet
+
+
+def _stalled(frames: int) -> str:
+    return (
+        f"no frame in {STALL_S:g} s of reading after frame {frames}: the rest of the file is "
+        "not video (the frames read before it are kept)"
+    )
 
 
 def _short(err: Exception) -> str:
