@@ -18,6 +18,7 @@ from tests.conftest import smoke_checkpoint
 from varnext_ray import demo
 from varnext_ray.cli import main
 from varnext_ray.dataset import load_manifest
+from varnext_ray.demo_workdir import check_workdir
 from varnext_ray.errors import UserError
 
 
@@ -87,7 +88,7 @@ def test_report_says_whether_the_line_beats_copy_last(
 def test_a_demo_stopped_in_its_data_is_recognised_and_continued(workdir: Path) -> None:
     # its real synth/synth.json marks the folder as a demo's; a sweep began there: refused
     # (tests/test_demo_inputs.py runs these through the CLI, with made-up folders)
-    uri = demo._check_workdir(workdir)  # every output checked, nothing refused
+    uri = check_workdir(workdir, demo.DEMO_SYNTH)  # every output checked, nothing refused
     assert uri == f"sqlite:///{workdir / 'mlflow.db'}" and not (workdir / "mlflow.db").exists()
     (workdir / "ray").mkdir()
     try:

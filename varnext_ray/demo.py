@@ -18,26 +18,19 @@ from __future__ import annotations
 
 import math
 import os
-import stat
 from pathlib import Path
 from typing import Any
 
+from varnext_ray.demo_workdir import STRIP, WORKDIR_FIX, check_workdir
 from varnext_ray.errors import Interrupted, Terminated, UserError
-from varnext_ray.safe_io import (
-    check_new_dir,
-    check_output_files,
-    check_storage_writable,
-    kind_of,
-    os_reason,
-    path_stat,
-    read_json,
-)
+from varnext_ray.safe_io import os_reason
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO_SPACE = REPO / "search_spaces" / "demo.json"  # the smoke model; latent channels and lr
 EXPERIMENT = "demo"
 CLIPS, FRAMES = 16, 120  # synthetic clips x frames at 128x72
 SYNTH_SIZE, SYNTH_SEED = (128, 72), 0
+DEMO_SYNTH = {"seed": SYNTH_SEED, "size": list(SYNTH_SIZE), "clips": CLIPS}  # its synth.json
 STEPS = 2400  # optimizer steps per trial
 BATCH = 16  # per worker: 2 DDP workers make the measured recipe's batch of 32
 SAMPLES, EPOCHS = 2, 3  # trials; evaluation rounds per trial
@@ -121,130 +114,6 @@ def write_test_strip(checkpoint: Path, data: Path, out: Path) -> Path:
     return save_png(strip, out)
 
 
-_WORKDIR_FIX = "pass a new or empty folder as --workdir"
-# What a demo writes in its work directory, in this order: synth/ and dataset/ (the data), then
-# mlflow.db, mlartifacts/ and ray/ (the sweep), then best/ and prediction_strip.png.
-STRIP = "prediction_strip.png"
-OUTPUTS = ("synth", "dataset", "mlflow.db", "mlartifacts", "ray", "best", STRIP)
-
-
-def _is_own(name: str) -> bool:
-    """An entry a demo writes, or leaves when killed: a staged folder (``.dataset.partial-*``),
-    a temporary file (``.prediction_strip.png.tmp-*``) or a SQLite journal."""
-    journals = ("mlflow.db-journal", "mlflow.db-wal", "mlflow.db-shm")
-    staged = tuple(f".{out}.{kind}-" for out in OUTPUTS for kind in ("partial", "tmp"))
-    return name in OUTPUTS or name in journals or name.startswith(staged)
-
-
-def _is_demo_workdir(workdir: Path) -> bool:
-    """True if ``synth/synth.json`` records the demo's synthetic clips (the demo writes it first,
-    staged): ``varnext synth`` output of other settings, as docs/data.md makes, is not a demo's."""
-    try:
-        synth = read_json(workdir / "synth" / "synth.json", what="synth.json")
-    except UserError:
-        return False
-    own = {"seed": SYNTH_SEED, "size": list(SYNTH_SIZE)}
-    return (
-        isinstance(synth, dict)
-        and all(synth.get(k) == v for k, v in own.items())
-        and (isinstance(synth.get("clips"), list) and len(synth["clips"]) == CLIPS)
-    )
-
-
-def _check_workdir(workdir: Path) -> str:
-    """Refuses (UserError) a work directory the demo must not write in, before Ray starts.
-
-    It must be a new path or an empty folder that can be written, or the work directory of a
-    demo stopped before its sweep began (holding only the demo's own data, which is reused).
-    Each output the demo will write is checked: ``best/`` new or empty, no strip yet, a
-    ``dataset/`` that loads, ``mlflow.db`` an MLflow store. Returns the tracking URI.
-    """
-    st = path_stat(workdir, "--workdir is unusable", _WORKDIR_FIX)  # a parent that is a file
-    if st is not None and not stat.S_ISDIR(st.st_mode):
-        what = f"--workdir is {kind_of(st.st_mode)}, not a folder"
-        raise UserError(what, str(workdir), _WORKDIR_FIX)
-    if st is None:
-        _check_writable(workdir)
-        return _check_store(workdir, new=True)
-    try:
-        names = sorted(os.listdir(workdir))
-    except OSError as err:
-        what = f"cannot list --workdir ({os_reason(err)})"
-        raise UserError(what, str(workdir), _WORKDIR_FIX) from None
-    foreign = [name for name in names if not _is_own(name)]
-    outputs = [name for name in names if name in OUTPUTS]
-    if foreign or (outputs and not _is_demo_workdir(workdir)):
-        held = foreign or outputs
-        listed = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
-        what = f"--workdir is not empty and is not a demo's work directory (it holds {listed})"
-        raise UserError(what, str(workdir), _WORKDIR_FIX)
-    if (workdir / "ray").exists():
-        raise UserError(
-            "a demo already ran in this work directory"
-            if (workdir / "best").exists()
-            else "a demo that was stopped before it ended is in this work directory",
-            str(workdir),
-            "pass another --workdir, or remove this one to run it again",
-        )
-    _check_outputs(workdir)
-    uri = _check_store(workdir, new=False)
-    _check_writable(workdir)  # last: it changes the folder's mtime
-    return uri
-
-
-def _check_writable(workdir: Path) -> None:
-    """The work directory, or the folder it will be made in, can be written (the shared check
-    makes and removes a temporary folder: root and read-only file systems included)."""
-    try:
-        check_storage_writable(workdir, "--workdir")
-    except UserError as err:
-        fix = "pass a folder you can write as --workdir, or make this one writable"
-        raise UserError(err.what, err.where, fix) from None
-
-
-def _again(workdir: Path, name: str) -> str:
-    """A shared check's fix in the demo's words (it has no --out and no --tracking-uri)."""
-    return f"pass another --workdir, or remove {name} from {workdir} to run the demo there"
-
-
-def _check_store(workdir: Path, *, new: bool) -> str:
-    """The demo's tracking URI, checked as every command checks one: its form (no ``?``, no
-    control character) and, in an existing folder, an existing ``mlflow.db`` (an MLflow store
-    of this MLflow's schema; another program's SQLite file is refused, never migrated)."""
-    from varnext_ray.tracking_uri import check_reachable
-
-    uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    try:
-        check_reachable(uri)
-    except UserError as err:
-        if new and err.where == str(workdir):  # "the folder ... does not exist": made later
-            return uri
-        if err.fix.startswith("run `mlflow db upgrade"):
-            fix = err.fix
-        elif err.where == str(workdir / "mlflow.db"):
-            fix = _again(workdir, "mlflow.db")
-        else:  # the URI's form
-            fix = "pass another --workdir (its path is part of that URI)"
-        raise UserError(err.what, err.where, fix) from None
-    return uri
-
-
-def _check_outputs(workdir: Path) -> None:
-    """Checks the outputs already in a demo's work directory, through the shared checks."""
-    from varnext_ray.dataset import load_manifest
-
-    try:
-        check_new_dir(workdir / "best", "--workdir")
-        check_output_files([workdir / STRIP], flag=STRIP)
-    except UserError as err:
-        raise UserError(err.what, err.where, _again(workdir, Path(err.where).name)) from None
-    if (workdir / "dataset").exists():
-        try:
-            load_manifest(workdir / "dataset")
-        except UserError as err:
-            raise UserError(err.what, err.where, _again(workdir, "dataset")) from None
-
-
 def run_demo(
     workdir: Path,
     *,
@@ -264,7 +133,7 @@ def run_demo(
     from varnext_ray.sweep_results import summary_table
 
     workdir = Path(os.path.abspath(workdir))  # not resolve(): a symlink loop is a UserError
-    uri = _check_workdir(workdir)
+    uri = check_workdir(workdir, DEMO_SYNTH)
     if not DEMO_SPACE.exists():
         raise UserError(
             "the demo search space is missing",
@@ -283,7 +152,7 @@ def run_demo(
         workdir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(
-            f"cannot create the work directory ({os_reason(err)})", str(workdir), _WORKDIR_FIX
+            f"cannot create the work directory ({os_reason(err)})", str(workdir), WORKDIR_FIX
         ) from None
     data = prepare_data(workdir)
     space, base = load_space(DEMO_SPACE)
@@ -310,7 +179,7 @@ def run_demo(
     best_dir = download_best(uri, EXPERIMENT, workdir / "best", space.objective)
     metrics = read_meta(best_dir)["metrics"]
     held_out = score_checkpoint(best_dir, data, HELD_OUT_STRIDES)
-    strip = write_test_strip(best_dir, data, workdir / "prediction_strip.png")
+    strip = write_test_strip(best_dir, data, workdir / STRIP)
     print_report(metrics, held_out, workdir, best_dir, strip, uri)
     return 0
 
