@@ -116,3 +116,36 @@ def test_a_varnext_verbose_that_is_neither_is_one_line(
     assert cli.main(["data", "info", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: VARNEXT_VERBOSE must be 1 or 0 (got 'maybe')"), err
+
+
+def test_a_closed_standard_output_is_refused_before_any_work(tmp_path: Path) -> None:
+    """``varnext synth OUT >&-`` wrote its clips, then ended in "unexpected AttributeError"
+    (exit 1): Python's ``sys.stdout`` is None when the command starts with it closed."""
+    import subprocess
+
+    closed = subprocess.run(
+        [
+            "bash",
+            "-c",
+            'exec varnext synth "$0" --clips 1 --frames 3 --size 8x8 >&-',
+            tmp_path / "s",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert closed.returncode == 2, closed.stderr
+    assert closed.stderr.startswith("error: standard output is closed (standard output): ")
+    assert len(closed.stderr.splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_a_closed_standard_error_keeps_the_exit_status(tmp_path: Path) -> None:
+    """With ``2>&-`` the error line is lost, and writing it was an unexpected OSError: exit 1
+    where the mistake is exit 2."""
+    import subprocess
+
+    missing = tmp_path / "missing"
+    closed = subprocess.run(
+        ["bash", "-c", 'exec varnext data info "$0" 2>&-', missing], timeout=120
+    )
+    assert closed.returncode == 2

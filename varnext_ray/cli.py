@@ -7,6 +7,7 @@ Each ``_add_*`` function registers a subcommand and the function that runs it. U
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -293,11 +294,15 @@ _COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit status."""
+    closed = _closed_stream()
+    if closed is not None:  # before argparse, which writes usage and --help to it
+        _say(f"error: {closed}")
+        return 2
     args = build_parser().parse_args(argv)
     try:
         console.set_verbose(args.verbose)  # before Ray is imported
     except UserError as err:  # VARNEXT_VERBOSE is neither yes nor no
-        sys.stderr.write(f"error: {err}\n")
+        _say(f"error: {err}")
         return 2
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(console.OneLineFormatter("%(levelname)s: %(message)s"))
@@ -308,6 +313,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _run(args, stdout)
 
 
+def _say(line: str) -> None:
+    """Writes one line to standard error. A closed one (``2>&-``) loses it, but never changes
+    the exit status the line goes with (2 for a mistake)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # None when closed at start
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
+def _closed_stream() -> UserError | None:
+    """A standard output started closed (``>&-``: Python's ``sys.stdout`` is None), refused
+    before any work: every command reports what it wrote there."""
+    if sys.stdout is not None:
+        return None
+    return UserError(
+        "standard output is closed",
+        "standard output",
+        "redirect it to a file or to /dev/null (>/dev/null) rather than closing it (>&-)",
+    )
+
+
 def _run(args: argparse.Namespace, stdout: GuardedStdout) -> int:
     """Runs the chosen subcommand; every way it can end is one line on stderr at most."""
     try:
@@ -316,27 +341,27 @@ def _run(args: argparse.Namespace, stdout: GuardedStdout) -> int:
             stdout.finish()  # the output is written only once it is flushed
             return status
     except UserError as err:  # a RayTaskError(UserError) too, whose own text is Ray's header
-        sys.stderr.write(f"error: {user_error_in(err) or err}\n")
+        _say(f"error: {user_error_in(err) or err}")
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated, or Ray's after it)
         hint = getattr(err, "hint", "") or "nothing half-written was kept"
         if terminated():
-            sys.stderr.write(f"error: terminated (SIGTERM): {hint}\n")
+            _say(f"error: terminated (SIGTERM): {hint}")
             return 143
-        sys.stderr.write(f"error: interrupted (keyboard): {hint}\n")
+        _say(f"error: interrupted (keyboard): {hint}")
         return 130
     except Exception as err:  # a bug, not the user's mistake: one line, the story in a file
         if stdout.caused(err):  # a full disk or a closed pipe behind standard output
             failed = stdout.failure_error()
             if failed is None:  # e.g. `varnext data info DS --json | head`: quietly
                 return 0
-            sys.stderr.write(f"error: {failed}\n")
+            _say(f"error: {failed}")
             return 2
         found = user_error_in(err)  # a UserError raised in a Ray task (a damaged frame)
         if found is not None:
-            sys.stderr.write(f"error: {found}\n")
+            _say(f"error: {found}")
             return 2
-        sys.stderr.write(unexpected_error_line(err, save_traceback(err)) + "\n")
+        _say(unexpected_error_line(err, save_traceback(err)))
         return 1
 
 
