@@ -149,3 +149,29 @@ def test_a_closed_standard_error_keeps_the_exit_status(tmp_path: Path) -> None:
         ["bash", "-c", 'exec varnext data info "$0" 2>&-', missing], timeout=120
     )
     assert closed.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["ingest", "a" * 300, "--out", "{tmp}/ds"], "argument SOURCE: a name in this path is 300"),
+        (
+            ["train", "--config", "c.json", "--data", "d", "--storage", "{tmp}/" + "s" * 256],
+            "argument --storage: a name in this path is 256 bytes long",
+        ),
+        (["demo", "--workdir", "{tmp}/x/" + "é" * 128 + "/y"], "a name in this path is 256"),
+        (["ingest", "v.mp4", "--out", "/" + "ab/" * 1400], "the path is 4,201 bytes long"),
+    ],
+)
+def test_a_path_the_kernel_would_refuse_as_too_long_is_refused_by_the_parser(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], said: str
+) -> None:
+    """Python's ``Path.is_dir`` raises for a name over 255 bytes (ENAMETOOLONG) rather than
+    say False: ingest ended in "unexpected OSError"; demo started Ray, then failed and left
+    the folders it had made."""
+    with pytest.raises(SystemExit) as ended:
+        cli.main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert ended.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "shorten it" in err and len(err.splitlines()) == 1, err
+    assert list(tmp_path.iterdir()) == []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -57,10 +58,30 @@ def path_arg(text: str) -> Path:
     return Path(location_arg(text))
 
 
+NAME_MAX = 255  # bytes in one file or folder name (Linux's file systems)
+PATH_MAX = 4096  # bytes in a path the kernel takes, its final NUL included
+
+
 def location_arg(text: str) -> str:
-    """argparse ``type`` of a path or URI (``--storage``), refusing an empty one."""
+    """argparse ``type`` of a path or URI (``--storage``), refusing an empty one, and a path
+    the kernel would refuse (ENAMETOOLONG): Python's ``Path.exists`` and ``is_dir`` raise
+    for it rather than say False, wherever a command first looks at the path."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path: name a file or folder ('.' is this one)")
+    if "://" in text:
+        return text
+    raw = os.fsencode(text)
+    longest = max(len(name) for name in raw.split(b"/"))
+    if longest > NAME_MAX:
+        raise argparse.ArgumentTypeError(
+            f"a name in this path is {longest:,} bytes long, and a file or folder name holds "
+            f"at most {NAME_MAX}: shorten it"
+        )
+    if len(raw) >= PATH_MAX:
+        raise argparse.ArgumentTypeError(
+            f"the path is {len(raw):,} bytes long, and paths hold at most {PATH_MAX - 1}: "
+            "shorten it"
+        )
     return text
 
 
