@@ -116,14 +116,14 @@ def test_a_huge_file_that_is_no_video_is_given_up_on_while_opening(
             assert container.streams.video[0].codec_context.width == 320
 
 
-def _clip_then(path: Path, fmt: str, codec: str, tail: str) -> Path:
+def _clip_then(path: Path, fmt: str, codec: str, tail: str | None) -> Path:
     """A 20-frame clip in container ``fmt`` followed by 2 GB of (sparse) zeros or 50 MB of
-    random bytes: a valid header, then a rest that is no video."""
+    random bytes (``tail``): a valid header, then a rest that is no video."""
     import os
 
     import av
 
-    with av.open(str(path), "w", format=fmt) as container:
+    with open(path, "wb") as file, av.open(file, "w", format=fmt) as container:
         stream = container.add_stream(codec, rate=10)
         stream.width, stream.height, stream.pix_fmt = 64, 36, "yuv420p"
         for i in range(20):
@@ -132,7 +132,7 @@ def _clip_then(path: Path, fmt: str, codec: str, tail: str) -> Path:
         container.mux(stream.encode())
     if tail == "zeros":
         os.truncate(path, path.stat().st_size + 2 * 2**30)
-    else:
+    elif tail == "noise":
         with open(path, "ab") as file:
             file.write(np.random.default_rng(0).integers(0, 256, 50 * 2**20, np.uint8).tobytes())
     return path
@@ -160,3 +160,19 @@ def test_a_video_whose_rest_is_not_video_ends_after_a_stall(
     assert 10 <= len(frames) <= 20
     (item,) = skipped.items
     assert item["reason"].startswith(f"no frame in 0.3 s of reading after frame {len(frames)}: ")
+
+
+@pytest.mark.parametrize("name", ["cam-12:30.mp4", "pipe:0.mp4", "data:x.mp4"])
+def test_a_video_named_like_a_url_is_read_as_a_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    """FFmpeg took "cam-12:30.mp4" for a URL of protocol "cam-12" ("Protocol not found", for a
+    file that plays) and "pipe:0.mp4" for standard input, when named relative to the current
+    folder (as on a command line)."""
+    from varnext_ray import sources
+
+    monkeypatch.chdir(tmp_path)
+    video = _clip_then(Path(name), "mp4", "libx264", None)
+    skipped = sources.Skipped()
+    frames = [f for f in sources.decode_source(sources.Source("video", video), skipped) if f]
+    assert len(frames) == 20 and skipped.items == []

@@ -584,7 +584,9 @@ def open_video(path: str | Path) -> Any:
     """
     started = time.monotonic()
     try:
-        return av.open(str(path), timeout=(OPEN_TIMEOUT_S, STALL_S))
+        # FFmpeg reads "cam-12:30.mp4" or "pipe:0.mp4" as a URL of protocol "cam-12" or
+        # "pipe" (stdin): the file protocol, named, takes any path as it is.
+        return av.open(f"file:{os.path.abspath(path)}", timeout=(OPEN_TIMEOUT_S, STALL_S))
     except Exception:
         if time.monotonic() - started < OPEN_TIMEOUT_S:
             raise
