@@ -54,6 +54,14 @@ def test_gif_scales_small_pictures_up_to_min_width(tmp_path: Path) -> None:
         assert gif.size == (32, 18) and gif.info["duration"] == 50
 
 
+def test_a_gif_of_a_time_lapse_shows_each_frame_for_gifs_longest_delay(tmp_path: Path) -> None:
+    """``predict --video`` of one frame every 700 s asked for 700,000 ms per GIF frame, over
+    the format's 16-bit delay: "unexpected OverflowError" (exit 1)."""
+    path = save_gif(_frames(2), tmp_path / "slow.gif", frame_ms=700_000)
+    with Image.open(path) as gif:
+        assert gif.n_frames == 2 and gif.info["duration"] == 655_350
+
+
 def test_video_has_every_frame_at_its_rate(tmp_path: Path) -> None:
     path = tmp_path / "clip.mp4"
     assert write_video(path, iter(_frames(5, 36, 64))) == 5

@@ -60,6 +60,9 @@ def write_png_folder(folder: Path, frames: Iterator[np.ndarray]) -> int:
     return count
 
 
+GIF_MAX_FRAME_MS = 655_350  # a GIF frame's delay is 16 bits of hundredths of a second
+
+
 def save_gif(
     pictures: Iterable[np.ndarray],
     path: str | Path,
@@ -71,8 +74,11 @@ def save_gif(
     """Writes pictures as a looping GIF (all held in memory; parent folders created).
 
     Pictures narrower than ``min_width`` are scaled up by a whole factor (nearest neighbour),
-    so small frames stay visible. A failing write is a UserError naming ``where``.
+    so small frames stay visible. A frame shows for ``frame_ms``, at most GIF's longest delay
+    (a time-lapse of one frame an hour shows each for 11 minutes). A failing write is a
+    UserError naming ``where``.
     """
+    frame_ms = min(frame_ms, GIF_MAX_FRAME_MS)
     images = [Image.fromarray(p) for p in pictures]
     width, height = images[0].size
     scale = max(1, min_width // max(width, 1))
