@@ -656,3 +656,22 @@ def test_a_local_ray_keeps_to_loopback_even_when_ray_was_imported_first() -> Non
     addresses = json.loads(out.stdout.strip().splitlines()[-1])
     assert "127.0.0.1" in addresses
     assert set(addresses) <= {"127.0.0.1", "::1", "::ffff:127.0.0.1"}, addresses
+
+
+@pytest.mark.parametrize("mode", ["bogus", "", "tokens"])
+def test_an_auth_mode_ray_would_read_as_disabled_is_refused(
+    mode: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``RAY_AUTH_MODE=bogus``: Ray reads any value but "token" as disabled, so a typo ran the
+    local Ray without token auth, and a training ran (exit 0)."""
+    from varnext_ray.cluster import check_auth_mode
+    from varnext_ray.errors import UserError
+
+    monkeypatch.setenv("RAY_AUTH_MODE", mode)
+    with pytest.raises(UserError, match=r"is neither 'token' nor 'disabled' \(Ray would read"):
+        check_auth_mode()
+    for taken in ("token", "TOKEN", "disabled"):
+        monkeypatch.setenv("RAY_AUTH_MODE", taken)
+        check_auth_mode()
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    check_auth_mode()

@@ -167,6 +167,20 @@ def _job_env(*defaults: dict[str, str]) -> dict[str, str]:
     return env | console.ray_env_vars()
 
 
+def check_auth_mode() -> None:
+    """Refuses a ``RAY_AUTH_MODE`` that is neither ``token`` nor ``disabled``: Ray reads any
+    other value (a typo, or an empty one) as "disabled", and a new local Ray would then run
+    without token auth while the user asked for a mode."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None and mode.lower() not in ("token", "disabled"):
+        raise UserError(
+            f"RAY_AUTH_MODE={mode!r} is neither 'token' nor 'disabled' (Ray would read it as "
+            "disabled: no token auth)",
+            "the environment",
+            "set RAY_AUTH_MODE=token, or unset it (a new local Ray then uses token auth)",
+        )
+
+
 def connect_ray(address: str | None = None, num_cpus: float | None = None) -> None:
     """Connects to ``address`` or ``RAY_ADDRESS``; with neither, starts a local Ray on loopback.
 
@@ -184,6 +198,7 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
 
     if ray.is_initialized():
         return
+    check_auth_mode()
     address = address or os.environ.get("RAY_ADDRESS")
     token_auth = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
     if address:
