@@ -537,7 +537,8 @@ def check_not_inside(out: str | Path, flag: str, folder: str | Path, role: str) 
     if "://" in str(out) or not _inside(Path(out), Path(folder)):
         return
     raise UserError(
-        f"{flag} lies inside {role}: the command would write among the files it reads",
+        f"{flag} lies inside {role}, which must not change: the command would write among "
+        "the files it reads",
         str(out),
         f"pass a {flag} outside {folder}",
     )
@@ -608,12 +609,7 @@ def check_output_files(
                     f"pass another {flag}",
                 )
         for folder, role in protected_dirs:
-            if _inside(out, Path(folder)):
-                raise UserError(
-                    f"the output lies inside {role} ({folder}), which must not change",
-                    str(out),
-                    f"pass a {flag} outside {folder}",
-                )
+            check_not_inside(out, flag, folder, role)
         _refuse_symlink(out, flag)
         _check_output_file(out, flag, overwrite)
 
