@@ -91,6 +91,24 @@ def test_report_renders_extreme_values(
     assert sum(map(int, notes)) == left_out, notes
 
 
+@pytest.mark.parametrize("start_ms", [2**62, -(10**17)], ids=["year-146-million", "before-year-1"])
+def test_a_sweep_time_out_of_the_calendar_is_shown_unknown(
+    start_ms: int, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A start time edited into the store beyond ``datetime``'s years 1-9999 was ``unexpected
+    ValueError: year 146140482 is out of range`` (exit 1)."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = tracking.client(uri)
+    experiment = client.create_experiment(EXP, artifact_location=str(tmp_path / "artifacts"))
+    run = client.create_run(experiment, start_time=start_ms, tags={"varnext.kind": "sweep"})
+    client.set_terminated(run.info.run_id)
+    out = tmp_path / "r.html"
+    code = main(["report", "--experiment", EXP, "--tracking-uri", uri, "--out", str(out)])
+    _, err = capsys.readouterr()
+    assert code == 0, err
+    assert f"{run.info.run_id}, started unknown;" in out.read_text()
+
+
 # ---- the tick and axis functions over extreme ranges -------------------------------------------
 
 EXTREMES = [

@@ -253,3 +253,43 @@ def test_train_and_sweep_into_a_deleted_experiment_are_refused_before_ray(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and "experiment 'gone' was deleted" in lines[0], lines
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["best", "report", "predict"])
+def test_a_store_path_that_cannot_be_probed_is_one_line(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A file name over 255 bytes: Python 3.11's ``Path.is_file`` raises OSError for it
+    (``unexpected OSError``, exit 1)."""
+    from varnext_ray.cli import main
+
+    uri = f"sqlite:///{tmp_path / ('a' * 300 + '.db')}"
+    with pytest.raises(UserError, match=r"cannot read the MLflow database \(File name too long"):
+        tracking.open_store(uri)
+    argv = {
+        "best": ["best", "--experiment", "x", "--out", str(tmp_path / "b")],
+        "report": ["report", "--experiment", "x", "--out", str(tmp_path / "r.html")],
+        "predict": ["predict", "--model", "models:/x@champion", "--out", str(tmp_path / "p.png"),
+                    str(tmp_path / "a.png"), str(tmp_path / "b.png")],
+    }[command]  # fmt: skip
+    code = main([*argv, "--tracking-uri", uri])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "cannot read the MLflow database" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_report_removes_the_folders_it_made(tmp_path: Path) -> None:
+    """``--out sub/<300 bytes>.html``: the folder ``sub`` was made and left behind."""
+    from varnext_ray.report import write_report
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.client(uri).create_experiment("s", artifact_location=str(tmp_path / "artifacts"))
+    run = tracking.start_run(uri, "s", run_name="sweep", tags={"varnext.kind": "sweep"})
+    tracking.end_run(uri, run)
+    before = sorted(tmp_path.rglob("*"))
+    with pytest.raises(UserError, match="File name too long"):
+        write_report(uri, "s", out=tmp_path / "sub" / "deeper" / ("a" * 300 + ".html"))
+    assert not (tmp_path / "sub").exists()
+    assert [p for p in sorted(tmp_path.rglob("*")) if "artifacts" not in p.parts] == [
+        p for p in before if "artifacts" not in p.parts
+    ]

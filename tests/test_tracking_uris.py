@@ -297,3 +297,37 @@ def test_a_store_another_process_is_creating_is_not_refused(tmp_path: Path) -> N
         time.sleep(0.02)
     assert maker.returncode == 0 and checks > 0
     tracking_uri.check_reachable(uri)
+
+
+# name=value: what MLflow would read as it opens the store, or deep in a download (exit 1)
+BAD_ENV = {
+    "MLFLOW_SQLALCHEMYSTORE_POOL_SIZE": ("abc", "is not a valid integer (MLflow reads it)"),
+    "MLFLOW_SQLALCHEMYSTORE_ECHO": ("maybe", "is not a valid true/false"),
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": ("maybe", "is not a valid true/false"),
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": ("1.5s", "is not a valid integer"),
+    "MLFLOW_SQLALCHEMYSTORE_POOLCLASS": ("Nope", "Invalid poolclass parameter: Nope"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_ENV))
+def test_an_mlflow_variable_it_cannot_read_is_one_line_for_every_command(
+    name: str,
+    store_copy: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from varnext_ray.cli import main
+
+    value, expected = BAD_ENV[name]
+    monkeypatch.setenv(name, value)
+    with pytest.raises(UserError, match=re.escape(expected)):  # train, sweep, demo check this
+        tracking_uri.check_reachable(sqlite_uri(store_copy))
+    out = tmp_path / "best"
+    code = main(["best", "--experiment", "e", "--tracking-uri", sqlite_uri(store_copy),
+                 "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and expected in err[0]
+    assert not out.exists()
+    if name != "MLFLOW_SQLALCHEMYSTORE_POOLCLASS":
+        assert f"{name}={value!r}" in err[0] and "unset it or set a valid value" in err[0]

@@ -43,9 +43,9 @@ FULL_BYTES = 1024 * 1024  # less free than this after a failed download: the dis
 # ---- the best run -----------------------------------------------------------------------------
 
 
-def _has_checkpoint(client: Any, run_id: str) -> bool:
+def _has_checkpoint(artifacts: tracking.RunArtifacts) -> bool:
     """Whether the run holds a ``checkpoint/`` artifact with its meta.json."""
-    return any(f.path.endswith("meta.json") for f in client.list_artifacts(run_id, "checkpoint"))
+    return any(f.path.endswith("meta.json") for f in artifacts.list("checkpoint"))
 
 
 class NoRunQualifies(UserError):
@@ -71,10 +71,11 @@ def find_best_run(
 
     Returns:
         ``run_id``, ``run_name``, ``status``, ``kind``, ``metric`` (``best_<name>``), ``value``,
-        ``experiment`` and ``tracking_uri``.
+        ``experiment``, ``tracking_uri`` and ``artifact_uri``.
 
     Raises:
-        UserError: Unknown metric, unknown or deleted experiment, unreachable store;
+        UserError: Unknown metric, unknown or deleted experiment, unreachable store, a run's
+            artifact store failing (:class:`~varnext_ray.tracking.ArtifactStoreError`);
             :class:`NoRunQualifies` if no run qualifies.
     """
     direction = objectives.direction(metric)
@@ -95,7 +96,7 @@ def find_best_run(
         kind = run.data.tags.get(KIND_TAG)
         if not tracking.usable_metric(value) or kind not in KINDS:
             continue
-        if not _has_checkpoint(client, run.info.run_id):
+        if not _has_checkpoint(tracking.RunArtifacts.of(client, run)):
             skipped.append(f"{run.info.run_name} ({run.info.run_id}, {key} {value:.4f})")
             continue
         if skipped:
@@ -116,6 +117,7 @@ def find_best_run(
             "value": value,
             "experiment": experiment,
             "tracking_uri": uri,
+            "artifact_uri": run.info.artifact_uri,
         }
     hint = f"runs log {', '.join(sorted(logged))}" if logged else "no run logged a best_ metric"
     raise NoRunQualifies(
@@ -139,7 +141,7 @@ def _warn_skipped(skipped: list[str], picked: str) -> None:
     )
 
 
-def _download_listed(client: Any, run_id: str, local: Path) -> None:
+def _download_listed(artifacts: tracking.RunArtifacts, local: Path) -> None:
     """The run's ``checkpoint/`` artifact into ``local``: meta.json first, then the files it
     lists and nothing else (a stray file beside them stays in the store), each sha256-checked."""
     from varnext_ray.checkpoint import (
@@ -152,28 +154,27 @@ def _download_listed(client: Any, run_id: str, local: Path) -> None:
         verify_files,
     )
 
-    client.download_artifacts(run_id, f"checkpoint/{META}", str(local))
+    artifacts.download(f"checkpoint/{META}", local)
     listed = read_meta(local)["files"]
-    stored = {Path(f.path).name: f.file_size for f in client.list_artifacts(run_id, "checkpoint")}
+    stored = {Path(f.path).name: f.file_size for f in artifacts.list("checkpoint")}
     missing = sorted(set(listed) - set(stored))
     if missing:
         what = "checkpoint file is missing (meta.json lists it)"
         raise UserError(what, str(local / missing[0]), "re-log the whole checkpoint directory")
     # Every file is checked against what the loader would read of it before it is fetched:
     # arch.json first (it sets the weights' sizes), then the rest.
-    limits = file_limits(read_arch(_fetch(client, run_id, local, ARCH, stored, {})))
+    limits = file_limits(read_arch(_fetch(artifacts, local, ARCH, stored, {})))
     need, free = sum(stored[name] or 0 for name in listed), shutil.disk_usage(local).free
     if need > free:
         raise NoRoom(f"the checkpoint needs {size_text(need)}; {size_text(free)} are free there")
     for name in listed:
         if name != ARCH:
-            _fetch(client, run_id, local, name, stored, limits, LISTED_FILE_LIMIT)
+            _fetch(artifacts, local, name, stored, limits, LISTED_FILE_LIMIT)
     verify_files(local)
 
 
 def _fetch(
-    client: Any,
-    run_id: str,
+    artifacts: tracking.RunArtifacts,
     local: Path,
     name: str,
     stored: dict[str, int | None],
@@ -191,7 +192,7 @@ def _fetch(
             name,
             "re-log the checkpoint the run saved, or pick another run (--metric)",
         )
-    client.download_artifacts(run_id, f"checkpoint/{name}", str(local))
+    artifacts.download(f"checkpoint/{name}", local)
     return local
 
 
@@ -233,28 +234,45 @@ def download_best(
         UserError: ``out`` is not a new or empty folder that can be written (checked before
             the search), see :func:`find_best_run`, or the download fails or does not load.
     """
-    from mlflow.exceptions import MlflowException
-
-    from varnext_ray.checkpoint import load_checkpoint  # imports torch
+    from varnext_ray.sources import warnings_after_success
 
     out = absolute_new_dir(out, "--out")
     check_new_dir(out, "--out")
-    run = find_best_run(uri, experiment, metric)
-    where = f"run {run['run_id']}, artifact checkpoint/"
-    with staged_dir(out, "--out") as staging:
-        try:
-            _download_listed(tracking.client(run["tracking_uri"]), run["run_id"], staging)
-            load_checkpoint(staging)
-            (staging / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
-        except (MlflowException, OSError, NoRoom) as err:
-            why = _write_failure(err, staging)
-            if why is not None:
-                fix = "free space there, or choose another --out"
-                raise UserError(f"cannot write the download ({why})", str(out), fix) from None
-            what = f"download failed ({str(err).splitlines()[0][:200]})"
-            raise UserError(what, where, tracking.ARTIFACT_FIX) from None
-        except UserError as err:
-            file = Path(err.where).name if err.where.startswith(str(staging)) else err.where
-            what = f"the run's checkpoint does not load: {file}: {err.what}"
-            raise UserError(what, where, "pick another run (--metric) or retrain it") from None
+    # a warning (a better run skipped, MLflow's retries) is shown only if the download succeeds
+    with warnings_after_success(log, logging.getLogger("urllib3.connectionpool")):
+        run = find_best_run(uri, experiment, metric)
+        artifacts = tracking.RunArtifacts(
+            tracking.client(run["tracking_uri"]), run["run_id"], run["artifact_uri"]
+        )
+        with staged_dir(out, "--out") as staging:
+            _download(artifacts, staging, run, out)
     return out
+
+
+def _download(
+    artifacts: tracking.RunArtifacts, staging: Path, run: dict[str, Any], out: Path
+) -> None:
+    """The checkpoint of ``run`` into ``staging`` (renamed to ``out`` later), loaded once, with
+    ``run.json``; a failure says whether the local disk, the artifact store or the checkpoint
+    itself is to blame."""
+    from varnext_ray.checkpoint import load_checkpoint  # imports torch
+
+    where = f"run {run['run_id']}, artifact checkpoint/"
+    try:
+        _download_listed(artifacts, staging)
+        load_checkpoint(staging)
+        (staging / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    except (tracking.ArtifactStoreError, OSError, NoRoom) as err:
+        cause = err.__cause__ if isinstance(err, tracking.ArtifactStoreError) else err
+        why = _write_failure(cause if isinstance(cause, Exception) else err, staging)
+        if why is not None:
+            fix = "free space there, or choose another --out"
+            raise UserError(f"cannot write the download ({why})", str(out), fix) from None
+        if isinstance(err, tracking.ArtifactStoreError):
+            raise
+        what = f"download failed ({tracking.error_line(err)})"
+        raise UserError(what, where, tracking.ARTIFACT_FIX) from None
+    except UserError as err:
+        file = Path(err.where).name if err.where.startswith(str(staging)) else err.where
+        what = f"the run's checkpoint does not load: {file}: {err.what}"
+        raise UserError(what, where, "pick another run (--metric) or retrain it") from None

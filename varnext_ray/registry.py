@@ -33,6 +33,7 @@ from varnext_ray.objectives import DEFAULT_OBJECTIVE
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per file
 ALIAS = "champion"
+NO_RUN_FIX = "pass the id of a run in this store (mlflow ui: the run's page)"
 MODEL_NAME = "model"  # the logged model's name in its run
 CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
 # what the logged model needs to load: exact versions of this environment (the project's pins)
@@ -222,11 +223,9 @@ def register_run(
     check_model_name(name, "name")
     uri, client = tracking.open_store(uri)
     with tempfile.TemporaryDirectory(prefix="varnext-register-") as tmp:
-        try:
-            local = client.download_artifacts(run_id, "checkpoint", tmp)
-        except Exception as err:
-            what = f"cannot download the run's checkpoint ({str(err).splitlines()[0][:200]})"
-            raise UserError(what, f"run {run_id}", tracking.ARTIFACT_FIX) from None
+        with tracking.store_failures(uri, f"while reading run {run_id}", NO_RUN_FIX):
+            run = client.get_run(run_id)
+        local = tracking.RunArtifacts.of(client, run).download("checkpoint", tmp)
         return register_checkpoint(uri, run_id, local, name, metric=metric)
 
 
@@ -310,6 +309,31 @@ def _checkpoint_artifact(model_dir: Path) -> Path | None:
     return folder if inside and (folder / "meta.json").is_file() else None
 
 
+def _download_model(model_uri: str, uri: str, tmp: Path) -> Path:
+    """The registered model's files, downloaded into ``tmp``. What its artifact store raises
+    besides MLflow's own errors (boto3's ``NoCredentialsError``, a refused connection, a
+    missing storage library: any exception, as :class:`~varnext_ray.tracking.RunArtifacts`
+    explains) is one UserError naming the model."""
+    from mlflow.artifacts import download_artifacts
+    from mlflow.exceptions import MlflowException
+
+    try:
+        with _tracking_uri(uri), tracking.bounded_retries():
+            return Path(
+                download_artifacts(
+                    artifact_uri=model_uri, dst_path=str(tmp), tracking_uri=uri, registry_uri=uri
+                )
+            )
+    except MlflowException:
+        raise  # the model or alias is unknown, or MLflow refuses its store: said by the caller
+    except Exception as err:
+        raise UserError(
+            f"the registered model's artifact store failed ({tracking.error_line(err)})",
+            model_uri,
+            tracking.ARTIFACT_FIX,
+        ) from err
+
+
 def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Path:
     """Downloads the checkpoint of a registered model (``models:/NAME@ALIAS`` or
     ``models:/NAME/VERSION``) into ``out`` (new or empty); returns ``out``.
@@ -319,7 +343,6 @@ def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Pat
             (:func:`~varnext_ray.tracking.open_store`, as ``best`` reads it), the model does
             not exist or holds no ``checkpoint`` artifact.
     """
-    from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
     from varnext_ray.checkpoint import verify_files
@@ -342,12 +365,7 @@ def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Pat
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # "No artifacts found ...": a second line before ours
     try:
-        with _tracking_uri(uri):
-            local = Path(
-                download_artifacts(
-                    artifact_uri=model_uri, dst_path=str(tmp), tracking_uri=uri, registry_uri=uri
-                )
-            )
+        local = _download_model(model_uri, uri, tmp)
         if not any(local.iterdir()):
             raise UserError(
                 "the registered model's files are missing from its artifact store",

@@ -4,8 +4,9 @@ The sweep's parent run and its trial child runs come from one ``search_runs`` ov
 experiment; the page (:mod:`varnext_ray.report_page`) shows a summary, the best trials, the
 objective against each searched hyperparameter, latent size against ``extrap_skill`` and the
 top trials' latest prediction strips (and rollout GIFs, where a trial logged them). Plots are
-inline SVG and images ``data:`` URIs, so the page makes no request. It is written locally
-(atomically) and logged to the sweep's parent run as ``report/report.html``.
+inline SVG and images ``data:`` URIs, so the page makes no request. It is logged to the
+sweep's parent run as ``report/report.html``, then written locally (atomically): a store that
+refuses it leaves no page.
 
 Example:
     >>> path, artifact = write_report(None, "smoke", top=10, out=Path("report_smoke.html"))
@@ -16,7 +17,6 @@ from __future__ import annotations
 import base64
 import logging
 import re
-import shutil
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,12 +26,17 @@ from varnext_ray import tracking
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import OBJECTIVES
 from varnext_ray.report_page import STRIPS, SweepReport, Trial, render_page
-from varnext_ray.safe_io import check_output_files, write_atomic
+from varnext_ray.safe_io import check_output_files, parent_folders, write_atomic
 
 log = logging.getLogger(__name__)
 
 ARTIFACT_DIR, ARTIFACT_FILE = "report", "report.html"
 PAGE_SUFFIXES = (".html", ".htm")  # of --out
+# The sweep run's artifact store failed: the page is logged there.
+SWEEP_FIX = (
+    "check the artifact store is reachable from here (its credentials, its client library) "
+    "and writable, or pass another --sweep"
+)
 MAX_IMAGE_BYTES = 20 * 2**20  # larger images are named, not embedded
 _PNG = re.compile(r"strip_epoch_(\d+)\.png$")
 _GIF = re.compile(r"rollout_epoch_(\d+)\.gif$")
@@ -138,6 +143,7 @@ def _trial(run: Any, objective: str) -> Trial:
         latent_dim=_int(run.data.params.get("arch.latent_dim")),
         params=_int(run.data.params.get("arch_params")),
         failure=run.data.tags.get("failure_reason", ""),
+        artifact_uri=run.info.artifact_uri or "",
     )
 
 
@@ -176,54 +182,62 @@ def gather(uri: str | None, experiment: str, sweep_id: str | None = None) -> Swe
         ),
     )
     names = {name for t in trials for name in t.point}
-    started = datetime.fromtimestamp((parent.info.start_time or 0) / 1000, tz=timezone.utc)
     return SweepReport(
         experiment=experiment,
         run_id=parent.info.run_id,
         name=parent.info.run_name or parent.info.run_id,
-        started=started.strftime("%Y-%m-%d %H:%M UTC"),
+        started=utc_time(parent.info.start_time),
         objective=objective,
         direction=direction,
         scales={name: _scale(params, name) for name in names},
         trials=trials,
         tracking_uri=uri,
+        artifact_uri=parent.info.artifact_uri or "",
     )
 
 
-def _latest(client: Any, run_id: str, folder: str, pattern: re.Pattern) -> str | None:
+def utc_time(ms: int | None) -> str:
+    """An MLflow time (milliseconds since 1970) as ``YYYY-MM-DD HH:MM UTC``; ``unknown`` when
+    missing or out of the calendar's range (a store edited by hand: 2**62 is year 146 million,
+    which ``datetime`` refuses)."""
+    try:
+        when = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)  # type: ignore[operator]
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "unknown"
+    return when.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _latest(artifacts: tracking.RunArtifacts, folder: str, pattern: re.Pattern) -> str | None:
     """The artifact path of the highest-epoch file in ``folder`` matching ``pattern``."""
-    found = [
-        (int(m[1]), f.path)
-        for f in client.list_artifacts(run_id, folder)
-        if (m := pattern.search(f.path))
-    ]
+    found = [(int(m[1]), f.path) for f in artifacts.list(folder) if (m := pattern.search(f.path))]
     return max(found)[1] if found else None
 
 
-def _data_uri(client: Any, run_id: str, path: str, mime: str, tmp: str) -> str | None:
-    local = Path(client.download_artifacts(run_id, path, tmp))
+def _data_uri(artifacts: tracking.RunArtifacts, path: str, mime: str, tmp: str) -> str | None:
+    local = artifacts.download(path, tmp)
     if local.stat().st_size > MAX_IMAGE_BYTES:
+        run_id = artifacts.run_id
         log.warning("%s of run %s is over %d bytes: not embedded", path, run_id, MAX_IMAGE_BYTES)
         return None
     return f"data:{mime};base64,{base64.b64encode(local.read_bytes()).decode('ascii')}"
 
 
 def add_images(report: SweepReport, count: int = STRIPS) -> None:
-    """Embeds the latest strip (and rollout GIF, if logged) of the top ``count`` trials."""
-    from mlflow.exceptions import MlflowException
-
+    """Embeds the latest strip (and rollout GIF, if logged) of the top ``count`` trials; a
+    trial whose images cannot be fetched is shown without them, with a warning."""
     client = tracking.client(report.tracking_uri)
     ranked = [t for t in report.trials if t.objective is not None][:count]
     with tempfile.TemporaryDirectory(prefix="varnext-report-") as tmp:
         for trial in ranked:
+            artifacts = tracking.RunArtifacts(client, trial.run_id, trial.artifact_uri)
             for folder, pattern, mime in (
                 ("strips", _PNG, "image/png"),
                 ("rollouts", _GIF, "image/gif"),
             ):
                 try:
-                    path = _latest(client, trial.run_id, folder, pattern)
-                    data = path and _data_uri(client, trial.run_id, path, mime, tmp)
-                except (MlflowException, OSError) as err:
+                    path = _latest(artifacts, folder, pattern)
+                    data = path and _data_uri(artifacts, path, mime, tmp)
+                except (tracking.ArtifactStoreError, OSError) as err:
                     log.warning("could not fetch %s of run %s: %s", folder, trial.run_id, err)
                     continue
                 if data:
@@ -278,31 +292,31 @@ def write_report(
     Returns:
         The local path and the artifact's URI (``<parent run artifacts>/report/report.html``).
     """
-    from mlflow.exceptions import MlflowException
+    from varnext_ray.sources import warnings_after_success
 
     if top < 1:
         raise UserError(f"--top must be >= 1 (got {top})", "--top", "pass a positive integer")
     out = out if out is not None else default_out(experiment)
     check_out(out, tracking.resolve_tracking_uri(uri), overwrite=overwrite)
-    report = gather(uri, experiment, sweep_id)
-    add_images(report)
-    text = render_page(report, top=top)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # without --overwrite, a page that appeared since check_out (another report) is kept
-    write_atomic(out, text.encode("utf-8"), overwrite=overwrite, flag="--out")
-    tmp = tempfile.mkdtemp(prefix="varnext-report-")
-    try:
-        (Path(tmp) / ARTIFACT_FILE).write_text(text, encoding="utf-8")
-        tracking.log_artifact(
-            report.tracking_uri, report.run_id, Path(tmp) / ARTIFACT_FILE, ARTIFACT_DIR
-        )
-        base = tracking.client(report.tracking_uri).get_run(report.run_id).info.artifact_uri
-    except MlflowException as err:
-        raise UserError(
-            f"logging the report failed ({str(err).splitlines()[0][:200]})",
-            f"run {report.run_id}",
-            f"the page is written at {out}; check the artifact store is writable",
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out, f"{base.rstrip('/')}/{ARTIFACT_DIR}/{ARTIFACT_FILE}"
+    # warnings (a trial's images not fetched, MLflow's retries) only if the page is written
+    with warnings_after_success(log, logging.getLogger("urllib3.connectionpool")):
+        report = gather(uri, experiment, sweep_id)
+        client = tracking.client(report.tracking_uri)
+        sweep = tracking.RunArtifacts(client, report.run_id, report.artifact_uri, SWEEP_FIX)
+        sweep.list()  # its store answers, before any trial's images are fetched
+        add_images(report)
+        text = render_page(report, top=top)
+        _log_page(sweep, text)
+        with parent_folders(out):
+            # without --overwrite, a page that appeared since check_out (another report) is kept
+            write_atomic(out, text.encode("utf-8"), overwrite=overwrite, flag="--out")
+    return out, f"{sweep.uri.rstrip('/')}/{ARTIFACT_DIR}/{ARTIFACT_FILE}"
+
+
+def _log_page(sweep: tracking.RunArtifacts, text: str) -> None:
+    """Logs the page to the sweep's run as ``report/report.html``: before it is written
+    locally, so that a store that refuses it leaves no page behind (an error, exit 2)."""
+    with tempfile.TemporaryDirectory(prefix="varnext-report-") as tmp:
+        page = Path(tmp) / ARTIFACT_FILE
+        page.write_text(text, encoding="utf-8")
+        sweep.log(page, ARTIFACT_DIR)

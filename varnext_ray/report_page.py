@@ -59,6 +59,7 @@ class Trial:
     params: int | None
     failure: str = ""
     images: list[tuple[str, str]] = field(default_factory=list)  # (caption, data: URI)
+    artifact_uri: str = ""  # where the run's strips and rollouts are
 
 
 @dataclass
@@ -74,6 +75,7 @@ class SweepReport:
     scales: dict[str, str]  # hyperparameter -> log, linear or choices (its search range)
     trials: list[Trial]
     tracking_uri: str
+    artifact_uri: str = ""  # the sweep run's, where the page is logged
 
 
 def fmt(value: Any, digits: int = 4) -> str:

@@ -49,15 +49,18 @@ def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False)
         parsed = urlparse(uri)
     except ValueError as err:  # e.g. "Invalid IPv6 URL": an unclosed [
         raise UserError(f"the tracking URI is malformed ({err})", uri, _URI_FIX) from None
+    check_mlflow_env()
     scheme = parsed.scheme.split("+", 1)[0].lower()
     if scheme == "sqlite":
         _check_sqlite(uri, existing=existing, timeout_s=timeout_s)
+        _check_engine_settings(uri)
         return
     if scheme == "databricks":
         _check_databricks(uri)
         return
     if scheme in DATABASE_SCHEMES:
         _check_database(uri, timeout_s)
+        _check_engine_settings(uri)
         return
     if scheme not in SERVER_SCHEMES:
         shown = f"scheme {parsed.scheme!r}" if parsed.scheme else "no scheme (a plain path)"
@@ -75,6 +78,65 @@ def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False)
     fix = "start it (mlflow server --host 127.0.0.1 --port PORT) or pass another --tracking-uri"
     _check_tcp(parsed.hostname, port, timeout_s, "MLflow tracking server", uri, fix)
     _check_health(uri, timeout_s)
+
+
+_ENV_TYPES = {bool: "true/false (or 1/0)", int: "integer", float: "number"}
+ENV_FIX = "unset it or set a valid value"
+
+
+def check_mlflow_env() -> None:
+    """A UserError for the first environment variable MLflow declares
+    (``mlflow.environment_variables``) that is set to a value it cannot read.
+
+    MLflow reads each variable only where it needs it, deep inside a call, and raises a bare
+    ValueError there (``MLFLOW_SQLALCHEMYSTORE_POOL_SIZE=abc`` as the store opens,
+    ``MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=maybe`` in a download): every one is read here
+    once, before the store is opened. Nothing is imported when no such variable is set.
+    """
+    if not any("MLFLOW" in name for name in os.environ):
+        return
+    from mlflow import environment_variables
+
+    for variable in vars(environment_variables).values():
+        if not isinstance(variable, environment_variables._EnvironmentVariable):
+            continue
+        if not variable.defined:
+            continue
+        try:
+            variable.get()
+        except ValueError:
+            kind = _ENV_TYPES.get(variable.type, getattr(variable.type, "__name__", "value"))
+            raise UserError(
+                f"environment variable {variable.name}={variable.get_raw()!r} is not a valid "
+                f"{kind} (MLflow reads it)",
+                "environment",
+                ENV_FIX,
+            ) from None
+
+
+def _check_engine_settings(uri: str) -> None:
+    """A UserError if MLflow cannot build its SQLAlchemy engine for ``uri`` with the
+    ``MLFLOW_SQLALCHEMYSTORE_*`` settings (a ``POOLCLASS`` that names no pool, a pool size
+    the dialect refuses). The engine is built as MLflow builds it and disposed unused: nothing
+    connects. Only when such a variable is set."""
+    if not any(name.startswith("MLFLOW_SQLALCHEMYSTORE_") for name in os.environ):
+        return
+    from mlflow.store.db.utils import create_sqlalchemy_engine
+    from sqlalchemy.exc import ArgumentError
+
+    quiet = logging.getLogger("mlflow.store.db.utils")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # it logs the refusal as a warning before raising it
+    try:
+        create_sqlalchemy_engine(uri).dispose()
+    except (ValueError, TypeError, ArgumentError) as err:
+        raise UserError(
+            f"MLflow cannot set up its database engine ({str(err)[:300]})",
+            "MLFLOW_SQLALCHEMYSTORE_* environment variables",
+            "unset them or set valid values",
+        ) from None
+    finally:
+        quiet.setLevel(level)
 
 
 def _check_tcp(host: str, port: int, timeout_s: float, what: str, uri: str, fix: str) -> None:
