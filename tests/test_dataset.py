@@ -204,3 +204,26 @@ def test_a_manifest_value_json_reads_loosely_is_refused(
     (copy / "dataset.json").write_text(text.replace(*edit, 1))
     with pytest.raises(UserError, match=re.escape(said)):
         load_manifest(copy)
+
+
+def test_a_manifest_without_a_split_it_has_no_frames_of_is_read_as_zero(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    """``splits`` may leave out a split with no frames (the manifest's check counts it 0), but
+    train read ``splits["train"]``: "unexpected KeyError: 'train'" (exit 1)."""
+    import json
+    import shutil
+
+    from varnext_ray.settings import TrainSettings
+    from varnext_ray.train import check_dataset
+
+    data = Path(shutil.copytree(dataset_dir, tmp_path / "ds"))
+    manifest = json.loads((data / "dataset.json").read_text())
+    manifest["clips"] = [c for c in manifest["clips"] if c["split"] != "train"]
+    manifest["frames"] = sum(c["frames"] for c in manifest["clips"])
+    del manifest["splits"]["train"]
+    (data / "dataset.json").write_text(json.dumps(manifest))
+    for file in (data / "train").glob("*.parquet"):
+        file.unlink()
+    with pytest.raises(UserError, match=r"the dataset has 0 training frames for 1 workers"):
+        check_dataset(data, TrainSettings())

@@ -273,6 +273,11 @@ class Manifest:
         """The clip records, optionally of one split."""
         return [c for c in self.data["clips"] if split is None or c["split"] == split]
 
+    def frames(self, split: str) -> int:
+        """The split's frames (``splits`` may leave out a split that has none: validated to
+        add up with the clips when loaded)."""
+        return int(self.data["splits"].get(split, 0))
+
     def files(self, split: str) -> list[str]:
         """Absolute paths of the split's Parquet files."""
         return [str(self.root / f) for c in self.clips(split) for f in c["files"]]
@@ -358,7 +363,7 @@ def info(manifest: Manifest, stride: int = 1) -> dict[str, Any]:
         "path": str(manifest.root),
         "frames": data["frames"],
         "clips": len(data["clips"]),
-        "splits": {s: data["splits"].get(s, 0) for s in SPLITS},
+        "splits": {s: manifest.frames(s) for s in SPLITS},
         "clips_per_split": {s: len(manifest.clips(s)) for s in SPLITS},
         "triplets": {s: sequence_count(manifest, s, stride) for s in SPLITS},
         "stride": stride,

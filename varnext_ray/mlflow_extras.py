@@ -112,7 +112,7 @@ def dataset_inputs(data: str | Path, splits: tuple[str, ...] = ("train", "val"))
     inputs = []
     for split in splits:
         profile = {
-            "frames": manifest.data["splits"].get(split, 0),
+            "frames": manifest.frames(split),
             "clips": len(manifest.clips(split)),
             "size": list(manifest.size),
             "encoding": manifest.encoding,

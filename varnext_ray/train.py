@@ -75,9 +75,9 @@ def check_dataset(
             str(data),
             "lower --stride, re-ingest longer clips, or set loss.linearity_weight to 0",
         )
-    if manifest.data["splits"]["train"] < workers:
+    if manifest.frames("train") < workers:
         raise UserError(
-            f"the dataset has {manifest.data['splits']['train']} training frames "
+            f"the dataset has {manifest.frames('train')} training frames "
             f"for {workers} workers",
             str(data),
             "re-ingest more footage or with smaller --val/--test fractions",

@@ -124,7 +124,7 @@ def prepare_run_data(data: Path | str, settings: TrainSettings, *, triplets: boo
         rows = len(triplet_index(manifest, "train", settings.stride))
         train = triplets_dataset(data, "train", stride=settings.stride)
     else:
-        rows = int(manifest.data["splits"]["train"])
+        rows = manifest.frames("train")
         train = frames_dataset(data, "train", block_rows=TRAIN_BLOCK_ROWS)
     val_rows = min(settings.val_triplets, len(triplet_index(manifest, "val", settings.stride)))
     val = triplets_dataset(data, "val", stride=settings.stride, limit=settings.val_triplets)
