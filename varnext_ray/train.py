@@ -77,8 +77,7 @@ def check_dataset(
         )
     if manifest.frames("train") < workers:
         raise UserError(
-            f"the dataset has {manifest.frames('train')} training frames "
-            f"for {workers} workers",
+            f"the dataset has {manifest.frames('train')} training frames for {workers} workers",
             str(data),
             "re-ingest more footage or with smaller --val/--test fractions",
         )
