@@ -227,3 +227,33 @@ def test_a_manifest_without_a_split_it_has_no_frames_of_is_read_as_zero(
         file.unlink()
     with pytest.raises(UserError, match=r"the dataset has 0 training frames for 1 workers"):
         check_dataset(data, TrainSettings())
+
+
+@pytest.mark.parametrize("edit", ["files of another size", "encoding png", "encoding jpeg"])
+def test_images_that_do_not_match_the_manifest_are_refused_before_ray(
+    synth_dir: Path, dataset_dir: Path, tmp_path: Path, edit: str
+) -> None:
+    """Parquet files copied in from a dataset ingested at another size, or ``encoding`` edited,
+    passed every check before Ray: the run started, then failed in Ray Data (five lines, an
+    MLflow run FAILED, no file named). Each file's first image is decoded when checked."""
+    import json
+    import shutil
+
+    from varnext_ray.ingest import IngestOptions, ingest
+
+    data = Path(shutil.copytree(dataset_dir, tmp_path / "ds"))
+    if edit == "files of another size":
+        other = tmp_path / "ds32"
+        ingest([synth_dir], other, IngestOptions(size=(32, 18), val=0.2, test=0.2, seed=0))
+        for file in other.glob("*/*.parquet"):
+            shutil.copy(file, data / file.relative_to(other))
+    else:
+        manifest = json.loads((data / "dataset.json").read_text())
+        manifest["encoding"] = edit.split()[1]
+        (data / "dataset.json").write_text(json.dumps(manifest))
+    load_manifest(dataset_dir, check_keys=True)  # the original reads
+    with pytest.raises(UserError) as refused:
+        load_manifest(data, check_keys=True)
+    said = str(refused.value)
+    assert re.search(r"clips\[\d+\]\.files: '\w+/[^']+\.parquet': a stored frame ", said), said
+    assert "re-run 'varnext ingest'" in said

@@ -198,16 +198,29 @@ def _check_files(root: Path, schema: _ManifestSchema, where: str) -> None:
 def _check_keys(root: Path, schema: _ManifestSchema, where: str) -> None:
     """Every clip file's ``clip_id`` is its clip's id, and the clip's ``frame_index`` values,
     file after file, are 0 .. frames-1: what readers look frames up by (two small columns are
-    read; the images are not)."""
+    read). Each file's first image decodes as the manifest's encoding and size (a file of
+    another dataset, an edited ``encoding``), read alone: the other images are not read."""
     for n, clip in enumerate(schema.clips):
         indices = []
         for file in clip.files:
             try:
                 keys = pq.read_table(root / file, columns=["clip_id", "frame_index"])
+                first = next(
+                    pq.ParquetFile(root / file, pre_buffer=False, buffer_size=1 << 16).iter_batches(
+                        batch_size=1, columns=["image"]
+                    ),
+                    None,
+                )
             except (OSError, pa.ArrowException, ValueError) as err:
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
                 what = f"clips[{n}].files: {file!r} does not read ({reason})"
                 raise UserError(what, where, DAMAGED_FIX) from None
+            if first is not None and first.num_rows:
+                try:
+                    decode_images(first.column(0).to_pylist(), schema.encoding, tuple(schema.size))
+                except UserError as err:
+                    what = f"clips[{n}].files: {file!r}: {err.what}"
+                    raise UserError(what, where, err.fix) from None
             ids = set(keys.column("clip_id").unique().to_pylist())
             if ids != {clip.id}:
                 shown = ", ".join(repr(i) for i in sorted(map(str, ids))[:3])
