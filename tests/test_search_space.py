@@ -131,3 +131,27 @@ def test_spatial_point_to_arch() -> None:
     )
     flat = point_to_arch(base, {"latent_kind": "flat", "latent_dim": 16, "upsample": "transpose"})
     assert flat["latent_dim"] == 16 and "latent" not in flat and flat["decoder"] == "mirror"
+
+
+def test_a_space_whose_every_point_is_invalid_is_refused_when_loaded(tmp_path: Path) -> None:
+    """Group norm in 8 groups over channels drawn from 4..6, which 8 never divides: every trial
+    failed after Ray started (87 lines, exit 1, no error line). A space with some valid
+    points is taken: an invalid point fails only its own trial."""
+    import json
+
+    base = json.loads((REPO / "configs" / "smoke_64x36.json").read_text())
+    for layer in base["encoder"]["conv"]:
+        layer["norm"], layer["groups"] = "group", 8
+    (tmp_path / "base.json").write_text(json.dumps(base))
+
+    def space(channels: list[int]) -> Path:
+        path = tmp_path / f"space_{channels[0]}_{channels[1]}.json"
+        data = {"name": "gn", "base": "base.json", "encoder": {"channels": channels}}
+        path.write_text(json.dumps(data))
+        return path
+
+    with pytest.raises(UserError) as refused:
+        load_space(space([4, 6]))
+    assert refused.value.what.startswith("none of 64 points drawn from the space is a valid ")
+    assert "must divide out_channels" in refused.value.what
+    load_space(space([4, 16]))  # some points (16 channels everywhere) are valid: taken

@@ -205,8 +205,13 @@ def test_an_invalid_point_ends_only_that_trial(
     for run in trials:
         assert "latent_dim: must be >= 1" in run.data.tags["failure_reason"]
         assert "epoch" not in run.data.metrics  # no training started
-    parent = mlflow.MlflowClient(uri).get_run(outcome.parent_run_id)
-    assert parent.info.status == "FINISHED"
+    parent = mlflow.MlflowClient(uri).get_run(outcome.parent_run_id)  # FINISHED before
+    assert parent.info.status == "FAILED"
+    reason = parent.data.tags["failure_reason"]
+    assert (
+        reason.startswith("no trial finished: 2 of 2 failed (the first: ")
+        and "latent_dim" in reason
+    )
 
 
 def _sweep_cmd(data: Path, tmp: Path, head: dict) -> list[str]:

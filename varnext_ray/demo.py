@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from varnext_ray.demo_workdir import STRIP, WORKDIR_FIX, check_workdir
-from varnext_ray.errors import Interrupted, Terminated, UserError
+from varnext_ray.errors import Interrupted, Terminated, UserError, escape
 from varnext_ray.safe_io import os_reason
 
 REPO = Path(__file__).resolve().parent.parent
@@ -129,7 +130,7 @@ def run_demo(
     from varnext_ray.scoring import score_checkpoint
     from varnext_ray.search_space import load_space
     from varnext_ray.settings import TrainSettings
-    from varnext_ray.sweep import SweepOptions, run_sweep
+    from varnext_ray.sweep import SweepOptions, no_trial_finished, run_sweep
     from varnext_ray.sweep_results import summary_table
 
     workdir = Path(os.path.abspath(workdir))  # not resolve(): a symlink loop is a UserError
@@ -174,7 +175,7 @@ def run_demo(
         raise type(stop)(hint) from None
     print("\n" + summary_table(outcome, space.objective))
     if outcome.best is None:
-        print("no trial finished: see the errors above")
+        sys.stderr.write(f"error: {escape(no_trial_finished(outcome.rows))}\n")
         return 1
     best_dir = download_best(uri, EXPERIMENT, workdir / "best", space.objective)
     metrics = read_meta(best_dir)["metrics"]

@@ -323,13 +323,48 @@ def _check_space_against_base(space: SearchSpace, base: dict[str, Any], where: s
             max_params=float("inf"),
             max_activation_bytes=float("inf"),
         )
-    except UserError:
-        return  # an invalid point fails its own trial (the sweep goes on)
+    except UserError:  # an invalid point fails its own trial (the sweep goes on), unless all do
+        _check_some_point_is_valid(space, base, where)
+        return
     try:
         check_bounds(smallest, where)
     except UserError as err:
         what = f"even the smallest architecture of the space is too large: {err.what}"
         raise UserError(what, where, err.fix) from None
+
+
+SAMPLED_POINTS = 64  # points drawn to find one valid architecture in a space
+
+
+def _check_some_point_is_valid(space: SearchSpace, base: dict[str, Any], where: str) -> None:
+    """Refuses a space in which none of :data:`SAMPLED_POINTS` points, drawn as a sweep draws
+    them (Optuna, seeded random), is a valid architecture (sizes aside): every trial would
+    fail after Ray started, and the sweep end with no trial finished."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    define = DefineByRun(space, base)
+    first: UserError | None = None
+    for _ in range(SAMPLED_POINTS):
+        trial = study.ask()
+        define(trial)
+        try:
+            parse_arch(
+                point_to_arch(base, trial.params),
+                "sampled point",
+                max_params=math.inf,
+                max_activation_bytes=math.inf,
+            )
+            return
+        except UserError as err:
+            first = first or err
+    raise UserError(
+        f"none of {SAMPLED_POINTS} points drawn from the space is a valid architecture (the "
+        f"first: {first.what if first else 'no point'})",
+        where,
+        "fix the base architecture, or the ranges that make every point invalid",
+    )
 
 
 def parse_space(data: Any, where: str) -> SearchSpace:

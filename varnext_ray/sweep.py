@@ -455,8 +455,18 @@ def run_sweep(
                 parent,
                 {"best_trial_id": best["trial_id"], "best_run_id": best.get("run_id") or ""},
             )
-        tracking.end_run(uri, parent, "FINISHED")
+            tracking.end_run(uri, parent, "FINISHED")
+        else:
+            tracking.end_run(uri, parent, "FAILED", no_trial_finished(rows))
     return SweepOutcome(parent_run_id=parent, path=path, rows=rows, best=best)
+
+
+def no_trial_finished(rows: list[dict[str, Any]]) -> str:
+    """Why a sweep has no best trial, in one line: how many trials failed, and the first
+    failure's reason."""
+    failed = [r for r in rows if r.get("error")]
+    first = f" (the first: {str(failed[0]['error']).splitlines()[0][:300]})" if failed else ""
+    return f"no trial finished: {len(failed)} of {len(rows)} failed{first}"
 
 
 def _interrupted(uri: str, experiment: str, parent: str) -> NoReturn:
