@@ -507,3 +507,18 @@ def test_spatial_latent_problems_are_collected_with_others() -> None:
     assert text.startswith("invalid architecture, 2 problems: ")
     assert "encoder.linear: must be [] with a spatial latent" in text
     assert 'loss.reconstruction: "bce" needs outputs in [0, 1]' in text
+
+
+def test_group_norm_of_one_value_per_group_is_refused() -> None:
+    """16 channels in 16 groups on a 1x1 map: PyTorch refuses to normalise one value in
+    training, so every run of it failed after Ray started (the arch check passed it)."""
+    layer = {"out_channels": 16, "kernel_size": 3, "stride": 2, "padding": 1}
+    arch = {
+        "input": {"channels": 3, "height": 8, "width": 8},
+        "encoder": {"conv": [{**layer, "norm": "group", "groups": 16}] * 3},
+        "latent": {"kind": "spatial", "channels": 2},
+    }
+    with pytest.raises(UserError, match=r"encoder.conv\[2\]: group norm of one value per group"):
+        parse_arch(arch, "gn")
+    arch["encoder"]["conv"][2] = {**layer, "norm": "group", "groups": 8}  # two per group
+    parse_arch(arch, "gn")

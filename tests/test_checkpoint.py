@@ -352,3 +352,36 @@ def test_flat_weights_do_not_load_into_a_spatial_arch(trained, tmp_path: Path) -
     match = r"weights do not match arch\.json: .*size mismatch for decoder\.0\.weight"
     with pytest.raises(UserError, match=match):  # refused by the header check, before torch
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("best", ["x", True, [1.0]])
+def test_a_run_whose_latest_checkpoint_does_not_read_is_refused_before_it_resumes(
+    tmp_path: Path, best: object
+) -> None:
+    """``extra.best`` edited to "x" in the checkpoint a run resumes from (the latest Ray Train
+    registered): the resumed workers compared it with a float (TypeError, a traceback twice,
+    exit 1) and the FINISHED run turned FAILED."""
+    from varnext_ray.train import check_same_arch
+
+    run = tmp_path / "storage" / "tiny-ds"
+    for epoch in (1, 2, 10):
+        save_checkpoint(
+            run / f"epoch_{epoch:04d}",
+            model=build_vae(CFG),
+            arch_cfg=CFG,
+            epoch=epoch,
+            metrics={},
+            extra={"best": 20.0 + epoch},
+        )
+    snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": "epoch_0010"}}
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))  # as Ray's
+    (run / "epoch_0011").mkdir()  # an upload cut short: never registered, never resumed
+    check_same_arch(tmp_path / "storage", "tiny-ds", CFG)  # the registered one reads
+    meta_path = run / "epoch_0010" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["extra"]["best"] = best
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(UserError) as refused:
+        check_same_arch(tmp_path / "storage", "tiny-ds", CFG)
+    assert refused.value.what.startswith("the run's latest checkpoint does not read (")
+    assert "extra.best" in str(refused.value) and "epoch_0010" in refused.value.where

@@ -179,3 +179,40 @@ def test_a_damaged_page_is_one_line_naming_its_file(
     with pytest.raises(UserError, match="a Parquet file of the 'train' split does not read") as e:
         prepare_run_data(copy, TrainSettings(rollout_steps=2), triplets=False)
     assert e.value.where == file
+
+
+BN_TO_1X1 = {  # batch norm on every layer, the last on a 1x1 map
+    "input": {"channels": 3, "height": 8, "width": 8},
+    "encoder": {
+        "conv": [{"out_channels": 4, "kernel_size": 3, "stride": 2, "padding": 1, "norm": "batch"}]
+        * 3
+    },
+    "latent": {"kind": "spatial", "channels": 2},
+}
+
+
+def test_a_last_batch_of_one_frame_is_left_out_where_batch_norm_needs_two(ray_local) -> None:
+    """5 frames in batches of 2 end in a batch of 1, where batch norm on a 1x1 map sees one
+    value per channel: PyTorch's "Expected more than 1 value per channel when training" ended
+    the run (a traceback twice, exit 1). With a batch size of 1 it is refused before Ray."""
+    import numpy as np
+    import ray.data
+    import torch
+
+    from varnext_ray.arch import parse_arch
+    from varnext_ray.errors import UserError
+    from varnext_ray.model import build_vae
+    from varnext_ray.train import check_dataset
+    from varnext_ray.train_loop import train_epoch
+
+    arch = parse_arch(BN_TO_1X1, "bn")
+    frames = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    shard = ray.data.from_numpy(frames).rename_columns({"data": "image"})
+    settings = TrainSettings(batch_size=2, shuffle_buffer=0, rollout_steps=0)
+    loop = LoopConfig(arch=arch.to_dict(), settings=settings, on_triplets=False, rollout_steps=0)
+    model = build_vae(arch)
+    optimizer = torch.optim.AdamW(model.parameters())
+    out = train_epoch(model, optimizer, shard, loop=loop, epoch=0, device=torch.device("cpu"))
+    assert (out["train_frames"], out["train_steps"]) == (4, 2)
+    with pytest.raises(UserError, match=r"encoder.conv\[2\]: batch norm on a 1x1 map sees one"):
+        check_dataset(Path("unused"), replace(settings, batch_size=1), 1, arch)

@@ -564,6 +564,20 @@ def shape_problems(cfg: ArchConfig) -> list[str]:
             f"positive (input {h}x{w}); use less padding or a larger kernel_size, stride, "
             "scale or output_padding"
         ]
+    layers = [
+        *(("encoder.conv", i, layer, enc[i + 1]) for i, layer in enumerate(cfg.encoder.conv)),
+        *(
+            ("decoder.layers", i, layer, dec[i + 1])
+            for i, layer in enumerate(resolve_decoder(cfg).layers)
+        ),
+    ]
+    for section, i, layer, (c, h, w) in layers:
+        if layer.norm == "group" and c // layer.groups * h * w == 1:
+            return [
+                f"{section}[{i}]: group norm of one value per group ({c} channels in "
+                f"{layer.groups} groups on a {h}x{w} map): PyTorch cannot normalise it in "
+                'training; use fewer groups, "norm": "none", or fewer strided layers'
+            ]
     if dec[-1] != cfg.input.shape:
         return [
             f"decoder: output shape {fmt_shape(dec[-1])} does not match input shape "
@@ -572,6 +586,20 @@ def shape_problems(cfg: ArchConfig) -> list[str]:
             '"decoder": "mirror"'
         ]
     return []
+
+
+def batch_norm_on_one_value(cfg: ArchConfig) -> str | None:
+    """The first layer whose batch norm sees one value per channel for each frame (a 1x1 map,
+    ``encoder.conv[3]``), or None: a batch of one frame cannot train it."""
+    enc = encoder_shapes(cfg)
+    for i, layer in enumerate(cfg.encoder.conv):
+        if layer.norm == "batch" and enc[i + 1][1] * enc[i + 1][2] == 1:
+            return f"encoder.conv[{i}]"
+    dec = decoder_shapes(cfg, enc[-1])
+    for i, layer in enumerate(resolve_decoder(cfg).layers):
+        if layer.norm == "batch" and dec[i + 1][1] * dec[i + 1][2] == 1:
+            return f"decoder.layers[{i}]"
+    return None
 
 
 def fmt_shape(shape: Shape | list[int]) -> str:

@@ -271,6 +271,9 @@ def _check_meta(meta: dict[str, Any], path: Path) -> None:
     for key in ("metrics", "extra"):
         if not isinstance(meta.get(key, {}), dict):
             raise bad(key, "an object {...}", meta.get(key))
+    best = meta.get("extra", {}).get("best")  # the objective's best so far: resumed with it
+    if best is not None and (not isinstance(best, (int, float)) or isinstance(best, bool)):
+        raise bad("extra.best", "a number or null", best)
     metrics = meta.get("metrics", {})
     for key, value in metrics.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):

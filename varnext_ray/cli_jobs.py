@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from varnext_ray import demo, tracking
 from varnext_ray.cli_args import (
@@ -25,6 +26,9 @@ from varnext_ray.cli_args import (
 from varnext_ray.errors import UserError, escape
 from varnext_ray.objectives import DEFAULT_OBJECTIVE
 from varnext_ray.settings import MAX_NAME, TrainSettings, check_experiment_name, check_name
+
+if TYPE_CHECKING:
+    from varnext_ray.arch import ArchConfig  # imports torch: only where a command runs
 
 DEFAULT_STEPS = 2000  # varnext train's budget: enough to learn (see docs/training.md)
 
@@ -102,7 +106,7 @@ def _run_train(args: argparse.Namespace) -> int:
         train_on=args.train_on,
     )
     settings.check()
-    _preflight(args, settings, arch.input.shape)
+    _preflight(args, settings, arch.input.shape, arch)
     check_same_arch(args.storage, name, arch)  # before Ray and before the MLflow run resumes
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     check_same_experiment(args.storage, name, args.experiment, uri, settings.epochs)
@@ -147,11 +151,15 @@ def _run_name(args: argparse.Namespace) -> str:
 
 
 def _preflight(
-    args: argparse.Namespace, settings: TrainSettings, input_shape: tuple[int, ...]
+    args: argparse.Namespace,
+    settings: TrainSettings,
+    input_shape: tuple[int, ...],
+    arch: ArchConfig | None = None,
 ) -> None:
     """The checks that need no Ray, before Ray starts: bad resources, a bad dataset, frames of
     another size than the architecture's input or an unusable MLflow store is one error line
-    within a second, not after a cluster start-up (and nothing is written before them)."""
+    within a second, not after a cluster start-up (and nothing is written before them).
+    ``arch``: the one architecture a run trains (a sweep's vary), checked with the settings."""
     from varnext_ray.cluster import Resources
     from varnext_ray.dataset import load_manifest
     from varnext_ray.safe_io import check_not_inside, check_storage_writable
@@ -160,7 +168,7 @@ def _preflight(
     Resources(args.workers, args.gpus_per_worker, args.cpus_per_worker).check()
     check_experiment_name(args.experiment)
     check_storage_writable(args.storage)
-    check_dataset(args.data, settings, args.workers)
+    check_dataset(args.data, settings, args.workers, arch)
     check_not_inside(args.storage, "--storage", args.data, "the dataset (--data)")
     check_frame_size(load_manifest(args.data).size, input_shape, args.data)
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
@@ -441,6 +449,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
         SweepOptions,
         check_resumable,
         check_resume_matches,
+        no_trial_finished,
         run_sweep,
         started_with,
         sweep_path,
@@ -508,7 +517,10 @@ def _run_sweep(args: argparse.Namespace) -> int:
         )
         if version is not None:
             _print_registered(version)
-    return 0 if outcome.best is not None else 1
+    if outcome.best is None:  # every trial failed: the table says why, one line sums it up
+        sys.stderr.write(f"error: {escape(no_trial_finished(outcome.rows))}\n")
+        return 1
+    return 0
 
 
 def _check_sweep_dir(experiment: str, space_name: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from varnext_ray import console, mlflow_extras, tracking
 from varnext_ray.arch import ArchConfig
+from varnext_ray.arch_schema import batch_norm_on_one_value
 from varnext_ray.cluster import Resources, check_resources, cluster_cpus
 from varnext_ray.dataset import FRAME_CHANNELS, load_manifest, triplet_index
 from varnext_ray.errors import (
@@ -64,10 +65,18 @@ def check_dataset(
     data: Path, settings: TrainSettings, workers: int = 1, arch: ArchConfig | None = None
 ) -> None:
     """A clear error before training when the dataset cannot train or validate."""
+    on_triplets = settings.trains_on_triplets(arch) if arch else settings.train_on == "triplets"
+    one_value = batch_norm_on_one_value(arch) if arch is not None else None
+    if one_value and settings.batch_size == 1 and not on_triplets:
+        raise UserError(
+            f"{one_value}: batch norm on a 1x1 map sees one value per channel in a batch of one "
+            "frame, which PyTorch cannot normalise in training",
+            "--batch-size",
+            "pass --batch-size 2 or more",
+        )
     manifest = load_manifest(data, check_keys=True)
     if arch is not None:
         check_frame_size(manifest.size, arch.input.shape, data)
-    on_triplets = settings.trains_on_triplets(arch) if arch else settings.train_on == "triplets"
     if on_triplets and len(triplet_index(manifest, "train", settings.stride)) < workers:
         raise UserError(
             f"training on triplets (loss.linearity_weight > 0 or --train-on triplets) needs at "
@@ -128,7 +137,9 @@ def run_dir(storage: Path | str, name: str) -> str:
 
 
 def check_same_arch(storage: Path | str, name: str, arch: ArchConfig) -> None:
-    """Refuses to resume a run trained with another architecture (before Ray and MLflow).
+    """Refuses to resume a run trained with another architecture, or from a latest checkpoint
+    that does not read (before Ray and MLflow: the workers would fail on it, and the run turn
+    FAILED).
 
     The run's :data:`ARCH_FILE` holds its digest; a run from before it existed is compared by
     its checkpoints' ``arch.json``. A new run (no such directory) passes.
@@ -145,6 +156,37 @@ def check_same_arch(storage: Path | str, name: str, arch: ArchConfig) -> None:
             "--name",
             "pass another --name, or the config it was trained with to continue it",
         )
+    _check_latest_checkpoint(directory)
+
+
+# Ray Train's record, in a run's directory, of the checkpoints it registered
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
+def _check_latest_checkpoint(directory: str) -> None:
+    """The checkpoint a local run resumes from (the latest Ray Train registered) reads: its
+    meta.json and file hashes. A folder Ray never registered (an upload cut short) is not it."""
+    from varnext_ray.checkpoint import read_meta
+    from varnext_ray.safe_io import read_json
+
+    snapshot = Path(directory) / SNAPSHOT_FILE
+    if "://" in directory or not snapshot.is_file():
+        return
+    try:
+        record = read_json(snapshot, what=SNAPSHOT_FILE, limit=64 * 2**20, allow_nan=True)
+        name = record["latest_checkpoint_result"]["checkpoint_dir_name"]
+    except (UserError, KeyError, TypeError):  # Ray's own file: Ray says what it makes of it
+        return
+    if not isinstance(name, str) or not re.fullmatch(r"epoch_\d+", name):
+        return
+    try:
+        read_meta(Path(directory) / name)
+    except UserError as err:
+        raise UserError(
+            f"the run's latest checkpoint does not read ({err.what})",
+            err.where,
+            "remove the run's folder to train it anew, or pass another --name for a new run",
+        ) from None
 
 
 def check_same_experiment(

@@ -87,12 +87,14 @@ def _all_reduce(values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def _batches(iterator: Any, device: torch.device, keys: tuple[str, ...]) -> Any:
-    """Yields (tuple of model inputs) while *every* rank still has a batch."""
+def _batches(iterator: Any, device: torch.device, keys: tuple[str, ...], min_rows: int = 1) -> Any:
+    """Yields (tuple of model inputs) while *every* rank still has a batch of ``min_rows`` or
+    more (only the last batch can be shorter)."""
     source = iter(iterator)
     while True:
         batch = next(source, None)
-        have = torch.tensor([0 if batch is None else 1], dtype=torch.int64)
+        short = batch is None or len(batch[keys[0]]) < min_rows
+        have = torch.tensor([0 if short else 1], dtype=torch.int64)
         if int(_all_reduce(have).item()) < _world_size():  # someone ran out: all stop
             return
         yield tuple(to_model_input(batch[k], device) for k in keys)
@@ -179,7 +181,14 @@ def train_epoch(
         local_shuffle_seed=settings.seed + 1000 * epoch + _rank(),
         device="cpu",
     )
-    for step, frames in enumerate(_batches(batches, device, keys)):
+    # With batch norm, a last batch of one frame is left out: on a 1x1 map batch norm would see
+    # one value per channel, which PyTorch refuses in training (--batch-size 1 there is refused
+    # before Ray: train.check_dataset).
+    one_value = len(keys) == 1 and any(
+        isinstance(m, torch.nn.BatchNorm2d) for m in unwrap_model(model).modules()
+    )
+    min_rows = 2 if one_value and settings.batch_size > 1 else 1
+    for step, frames in enumerate(_batches(batches, device, keys, min_rows)):
         x = torch.cat(frames)  # (B or 3B, C, H, W)
         with _autocast(device, settings.amp):
             recon, mu, logvar = model(x)
