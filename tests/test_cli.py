@@ -175,3 +175,41 @@ def test_a_path_the_kernel_would_refuse_as_too_long_is_refused_by_the_parser(
     err = capsys.readouterr().err
     assert said in err and "shorten it" in err and len(err.splitlines()) == 1, err
     assert list(tmp_path.iterdir()) == []
+
+
+# Runs the console script's main() with the signal sent from inside the import of the CLI's
+# modules (the second or two a Ctrl-C used to land in).
+SIGNAL_IN_IMPORT = """
+import builtins, os, sys
+from varnext_ray import entry
+real_import, signum = builtins.__import__, int(sys.argv[1])
+def importing(name, *args, **kwargs):
+    if name == "varnext_ray.cli":
+        os.kill(os.getpid(), signum)
+    return real_import(name, *args, **kwargs)
+builtins.__import__ = importing
+sys.argv = ["varnext", "synth", sys.argv[2]]
+sys.exit(entry.main())
+"""
+
+
+@pytest.mark.parametrize(("signum", "status", "said"), [(2, 130, "interrupted"), (15, 143, "term")])
+def test_a_signal_while_the_cli_starts_is_one_line(
+    tmp_path: Path, signum: int, status: int, said: str
+) -> None:
+    """Ctrl-C while the CLI's modules import (its first second or two) printed a
+    KeyboardInterrupt traceback from inside numpy or pyarrow; SIGTERM ended it without a word.
+    It is one line, and the shell's status for the signal (128 + its number)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "s"
+    ended = subprocess.run(
+        [sys.executable, "-c", SIGNAL_IN_IMPORT, str(signum), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert ended.returncode == status, ended.stderr
+    assert ended.stderr.startswith(f"error: {said}"), ended.stderr
+    assert len(ended.stderr.splitlines()) == 1 and not out.exists(), ended.stderr

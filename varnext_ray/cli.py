@@ -34,6 +34,7 @@ from varnext_ray.synth import FORMATS, write_synthetic
 from varnext_ray.synth import MAX_SIDE as SYNTH_MAX_SIDE
 
 log = logging.getLogger("varnext")
+OWN_LOGGERS = ("varnext", "varnext_ray")  # whose info lines a command prints
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -306,7 +307,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(console.OneLineFormatter("%(levelname)s: %(message)s"))
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
+    # Other libraries' notes (torch's cache statistics at exit, MLflow's, boto's) are not the
+    # command's: only their warnings show, unless -v.
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING, handlers=[handler]
+    )
+    for name in OWN_LOGGERS:
+        logging.getLogger(name).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     logging.addLevelName(logging.WARNING, "warning")
     logging.addLevelName(logging.INFO, "info")
     with guarded_stdout() as stdout:

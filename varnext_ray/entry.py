@@ -1,0 +1,64 @@
+"""The ``varnext`` console script: the CLI behind a guard for the moments it does not cover.
+
+The CLI's modules take a second or two to import (numpy, pyarrow, torch's first pieces). A
+Ctrl-C in that time printed a KeyboardInterrupt traceback from inside an import, and a SIGTERM
+ended the process silently, as did either after a command had finished its work, while the
+interpreter shut down (MLflow's and SQLAlchemy's teardown). Outside the command's own handling
+(:func:`varnext_ray.cli.main`, which removes half-written outputs), a signal here is one line
+and the shell's status for it: 130 for Ctrl-C, 143 for SIGTERM. Nothing is half-written at
+those moments: before the command starts nothing is written, and after it ends its outputs
+are whole (and standard output flushed).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from types import FrameType
+from typing import NoReturn
+
+_SAID = {signal.SIGINT: "interrupted (keyboard)", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
+def _say(signum: int) -> None:
+    try:
+        sys.stderr.write(f"error: {_SAID[signum]}: no command was at work; nothing is half-done\n")
+        sys.stderr.flush()
+    except (OSError, ValueError, AttributeError):  # a closed standard error
+        pass
+
+
+def _before(signum: int, frame: FrameType | None = None) -> NoReturn:
+    """While the CLI imports: one line, then the shell's status for the signal."""
+    _say(signum)
+    raise SystemExit(128 + signum)
+
+
+def _after(signum: int, frame: FrameType | None = None) -> NoReturn:
+    """Once the command has ended, while the interpreter shuts down: the same, at once (an
+    exception raised now would only be printed as "ignored")."""
+    _say(signum)
+    os._exit(128 + signum)
+
+
+def main() -> int:
+    """Runs ``varnext`` with a signal outside the command's own handling said in one line."""
+    for signum in _SAID:
+        signal.signal(signum, _before)
+    from varnext_ray.cli import main as run  # the heavy imports
+
+    # While the command runs, Ctrl-C is Python's KeyboardInterrupt, which the CLI turns into its
+    # own line; SIGTERM is the CLI's own (it puts _before back when the command ends).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        status = run()
+    except KeyboardInterrupt:  # between the imports and the command, or just after it
+        _before(signal.SIGINT)
+    for signum in _SAID:
+        signal.signal(signum, _after)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
