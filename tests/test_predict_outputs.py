@@ -189,3 +189,20 @@ def test_cli_prints_a_forged_frame_name_escaped(
     )
     printed = capsys.readouterr().out
     assert printed.count("\n") == 1 and "\nerror:" not in printed, printed
+
+
+def test_frames_too_small_for_the_model_are_named_by_their_files(
+    ckpt: Checkpoint, tmp_path: Path
+) -> None:
+    """The refusal of 1x1 frames named "frame_a", not the files given."""
+    from PIL import Image
+
+    from varnext_ray.predict import predict_image_files
+
+    frames = [tmp_path / "tiny_a.png", tmp_path / "tiny_b.png"]
+    for frame in frames:
+        Image.new("RGB", (1, 1)).save(frame)
+    with pytest.raises(UserError, match="too small for this") as refused:
+        predict_image_files(ckpt, *frames, tmp_path / "p.png", 1)
+    assert refused.value.where == f"{frames[0]}, {frames[1]}"
+    assert not (tmp_path / "p.png").exists()

@@ -167,7 +167,12 @@ def _check_same_size(frame_a: np.ndarray, frame_b: np.ndarray, where: str) -> No
 
 
 def predict_frames(
-    checkpoint: Checkpoint, frame_a: np.ndarray, frame_b: np.ndarray, steps: int = 1
+    checkpoint: Checkpoint,
+    frame_a: np.ndarray,
+    frame_b: np.ndarray,
+    steps: int = 1,
+    *,
+    where: str = "frame_a",
 ) -> list[np.ndarray]:
     """Predicts the frames after ``frame_b``, ``steps`` of them, from the latent line a -> b.
 
@@ -180,6 +185,7 @@ def predict_frames(
         frame_a: Frame t, (H, W, 3) uint8 RGB.
         frame_b: Frame t+s, the same shape.
         steps: How many frames to predict: t+2s, t+3s, ...
+        where: What the frames are called in errors and warnings (their file).
 
     Returns:
         ``steps`` images, (H, W, 3) uint8 RGB each, the input frames' size (their centre
@@ -190,7 +196,7 @@ def predict_frames(
     """
     _check_steps(steps)
     _check_same_size(frame_a, frame_b, "frame_a, frame_b")
-    frame_a = seen_part(checkpoint, frame_a, "frame_a")
+    frame_a = seen_part(checkpoint, frame_a, where)
     frame_b = centre_crop(frame_b, _model_size(checkpoint))
     model = checkpoint.model.eval()
     with torch.inference_mode():
@@ -251,7 +257,7 @@ def predict_image_files(
     _check_outputs(checkpoint, outs, [frame_a, frame_b], overwrite)
     a, b = load_frame(frame_a), load_frame(frame_b)
     _check_same_size(a, b, f"{frame_a}, {frame_b}")
-    images = predict_frames(checkpoint, a, b, steps)
+    images = predict_frames(checkpoint, a, b, steps, where=f"{frame_a}, {frame_b}")
     with staged_files(outs, overwrite=overwrite) as stage:  # all of them, or none
         return _save_pngs(images, outs, stage)
 

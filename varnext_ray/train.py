@@ -118,7 +118,7 @@ def check_frame_size(size: tuple[int, int], input_shape: tuple[int, ...], data: 
             f"{want_w}x{want_h}",
             str(data),
             f"re-ingest with --size {want_w}x{want_h}, or use an architecture whose input is "
-            f"{{'width': {width}, 'height': {height}}}",
+            f'{{"width": {width}, "height": {height}}}',
         )
 
 
