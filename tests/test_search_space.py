@@ -155,3 +155,25 @@ def test_a_space_whose_every_point_is_invalid_is_refused_when_loaded(tmp_path: P
     assert refused.value.what.startswith("none of 64 points drawn from the space is a valid ")
     assert "must divide out_channels" in refused.value.what
     load_space(space([4, 16]))  # some points (16 channels everywhere) are valid: taken
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        ({"linear": [[128]]}, "linear: never sampled: it shapes a flat latent"),
+        ({"latent_kind": ["spatial"], "latent_dim": [8, 16]}, "latent_dim: never sampled"),
+    ],
+)
+def test_a_setting_no_point_of_the_space_uses_is_refused(
+    tmp_path: Path, extra: dict, said: str
+) -> None:
+    """``linear`` over a spatial base was accepted and never sampled: the sweep searched less
+    than the space said, without a word."""
+    space = {"name": "unused", "base": str(REPO / "configs" / "smoke_64x36.json"), **extra}
+    (tmp_path / "space.json").write_text(json.dumps(space))
+    with pytest.raises(UserError, match=said):
+        load_space(tmp_path / "space.json")
+    space["latent_kind"] = ["flat", "spatial"]  # some points are flat: used
+    space.setdefault("latent_dim", [8])
+    (tmp_path / "space.json").write_text(json.dumps(space))
+    load_space(tmp_path / "space.json")

@@ -280,6 +280,18 @@ def _check_latent_against_base(space: SearchSpace, base: dict[str, Any], where: 
                 where,
                 f"add {name} choices to the space",
             )
+    # A setting of the other kind of latent than every point has was silently never sampled.
+    kinds = set(space.latent_kind) if space.latent_kind else {latent_kind(space, base_kind, None)}
+    for name, kind in (("linear", "flat"), ("latent_dim", "flat"), ("latent_channels", "spatial")):
+        if getattr(space, name) is not None and kind not in kinds:
+            (other,) = kinds
+            raise UserError(
+                f"{name}: never sampled: it shapes a {kind} latent, and every point of the space "
+                f"has a {other} one",
+                where,
+                f'remove {name}, or sample {kind} latents too ("latent_kind": ["flat", '
+                '"spatial"])',
+            )
 
 
 def smallest_point(space: SearchSpace, base_depth: int) -> dict[str, Any]:
