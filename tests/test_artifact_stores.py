@@ -23,6 +23,7 @@ import pytest
 from tests.conftest import smoke_checkpoint
 from tests.ports import free_port
 from varnext_ray import tracking
+from varnext_ray.artifacts import ARTIFACT_RETRIES, ArtifactStoreError, RunArtifacts
 from varnext_ray.cli import main
 from varnext_ray.media import save_png
 
@@ -157,19 +158,19 @@ class _Client:
         self.seen: list[dict[str, str | None]] = []
 
     def list_artifacts(self, run_id: str, path: str | None) -> list:
-        self.seen.append({k: os.environ.get(k) for k in tracking.ARTIFACT_RETRIES})
+        self.seen.append({k: os.environ.get(k) for k in ARTIFACT_RETRIES})
         return []
 
 
 def test_mlflow_and_boto_retries_are_bounded_during_a_call_unless_set(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    for key in tracking.ARTIFACT_RETRIES:
+    for key in ARTIFACT_RETRIES:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")  # the user's own choice is kept
     client = _Client()
-    tracking.RunArtifacts(client, "r1", "s3://bucket/x").list("checkpoint")
-    assert client.seen == [tracking.ARTIFACT_RETRIES | {"AWS_MAX_ATTEMPTS": "7"}]
+    RunArtifacts(client, "r1", "s3://bucket/x").list("checkpoint")
+    assert client.seen == [ARTIFACT_RETRIES | {"AWS_MAX_ATTEMPTS": "7"}]
     assert os.environ["AWS_MAX_ATTEMPTS"] == "7"
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # removed after the call
 
@@ -184,8 +185,8 @@ def test_an_http_artifact_store_on_a_closed_port_is_retried_once(
     (run,) = client.search_runs(
         [client.get_experiment_by_name(EXP).experiment_id], "tags.`varnext.kind` = 'trial'"
     )
-    artifacts = tracking.RunArtifacts.of(client, run)
-    with pytest.raises(tracking.ArtifactStoreError, match="artifact store failed while listing"):
+    artifacts = RunArtifacts.of(client, run)
+    with pytest.raises(ArtifactStoreError, match="artifact store failed while listing"):
         artifacts.list("checkpoint")
     retries = [r for r in caplog.records if r.getMessage().startswith("Retrying")]
-    assert len(retries) == int(tracking.ARTIFACT_RETRIES["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])
+    assert len(retries) == int(ARTIFACT_RETRIES["MLFLOW_HTTP_REQUEST_MAX_RETRIES"])

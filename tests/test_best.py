@@ -17,6 +17,7 @@ from PIL import Image
 
 from tests.conftest import smoke_checkpoint
 from varnext_ray import tracking
+from varnext_ray.artifacts import ARTIFACT_FIX
 from varnext_ray.best import download_best, find_best_run
 from varnext_ray.checkpoint import load_checkpoint
 from varnext_ray.cli import build_parser, main
@@ -359,8 +360,5 @@ def test_an_unreadable_artifact_in_the_store_is_one_line_naming_both_causes(
     os.mkfifo(meta)
     with pytest.raises(UserError) as err:
         download_best(uri, "fifo", tmp_path / "best", "extrap_psnr")
-    assert (
-        err.value.fix == tracking.ARTIFACT_FIX
-        and "run's checkpoint files are intact" in err.value.fix
-    )
+    assert err.value.fix == ARTIFACT_FIX and "run's checkpoint files are intact" in err.value.fix
     assert not (tmp_path / "best").exists()

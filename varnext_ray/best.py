@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray import objectives, tracking
+from varnext_ray.artifacts import ARTIFACT_FIX, ArtifactStoreError, RunArtifacts, error_line
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import (
     CONFIG_LIMIT,
@@ -43,7 +44,7 @@ FULL_BYTES = 1024 * 1024  # less free than this after a failed download: the dis
 # ---- the best run -----------------------------------------------------------------------------
 
 
-def _has_checkpoint(artifacts: tracking.RunArtifacts) -> bool:
+def _has_checkpoint(artifacts: RunArtifacts) -> bool:
     """Whether the run holds a ``checkpoint/`` artifact with its meta.json."""
     return any(f.path.endswith("meta.json") for f in artifacts.list("checkpoint"))
 
@@ -75,7 +76,7 @@ def find_best_run(
 
     Raises:
         UserError: Unknown metric, unknown or deleted experiment, unreachable store, a run's
-            artifact store failing (:class:`~varnext_ray.tracking.ArtifactStoreError`);
+            artifact store failing (:class:`~varnext_ray.artifacts.ArtifactStoreError`);
             :class:`NoRunQualifies` if no run qualifies.
     """
     direction = objectives.direction(metric)
@@ -96,7 +97,7 @@ def find_best_run(
         kind = run.data.tags.get(KIND_TAG)
         if not tracking.usable_metric(value) or kind not in KINDS:
             continue
-        if not _has_checkpoint(tracking.RunArtifacts.of(client, run)):
+        if not _has_checkpoint(RunArtifacts.of(client, run)):
             skipped.append(f"{run.info.run_name} ({run.info.run_id}, {key} {value:.4f})")
             continue
         if skipped:
@@ -141,7 +142,7 @@ def _warn_skipped(skipped: list[str], picked: str) -> None:
     )
 
 
-def _download_listed(artifacts: tracking.RunArtifacts, local: Path) -> None:
+def _download_listed(artifacts: RunArtifacts, local: Path) -> None:
     """The run's ``checkpoint/`` artifact into ``local``: meta.json first, then the files it
     lists and nothing else (a stray file beside them stays in the store), each sha256-checked."""
     from varnext_ray.checkpoint import (
@@ -174,7 +175,7 @@ def _download_listed(artifacts: tracking.RunArtifacts, local: Path) -> None:
 
 
 def _fetch(
-    artifacts: tracking.RunArtifacts,
+    artifacts: RunArtifacts,
     local: Path,
     name: str,
     stored: dict[str, int | None],
@@ -241,7 +242,7 @@ def download_best(
     # a warning (a better run skipped, MLflow's retries) is shown only if the download succeeds
     with warnings_after_success(log, logging.getLogger("urllib3.connectionpool")):
         run = find_best_run(uri, experiment, metric)
-        artifacts = tracking.RunArtifacts(
+        artifacts = RunArtifacts(
             tracking.client(run["tracking_uri"]), run["run_id"], run["artifact_uri"]
         )
         with staged_dir(out, "--out") as staging:
@@ -249,9 +250,7 @@ def download_best(
     return out
 
 
-def _download(
-    artifacts: tracking.RunArtifacts, staging: Path, run: dict[str, Any], out: Path
-) -> None:
+def _download(artifacts: RunArtifacts, staging: Path, run: dict[str, Any], out: Path) -> None:
     """The checkpoint of ``run`` into ``staging`` (renamed to ``out`` later), loaded once, with
     ``run.json``; a failure says whether the local disk, the artifact store or the checkpoint
     itself is to blame."""
@@ -262,16 +261,16 @@ def _download(
         _download_listed(artifacts, staging)
         load_checkpoint(staging)
         (staging / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
-    except (tracking.ArtifactStoreError, OSError, NoRoom) as err:
-        cause = err.__cause__ if isinstance(err, tracking.ArtifactStoreError) else err
+    except (ArtifactStoreError, OSError, NoRoom) as err:
+        cause = err.__cause__ if isinstance(err, ArtifactStoreError) else err
         why = _write_failure(cause if isinstance(cause, Exception) else err, staging)
         if why is not None:
             fix = "free space there, or choose another --out"
             raise UserError(f"cannot write the download ({why})", str(out), fix) from None
-        if isinstance(err, tracking.ArtifactStoreError):
+        if isinstance(err, ArtifactStoreError):
             raise
-        what = f"download failed ({tracking.error_line(err)})"
-        raise UserError(what, where, tracking.ARTIFACT_FIX) from None
+        what = f"download failed ({error_line(err)})"
+        raise UserError(what, where, ARTIFACT_FIX) from None
     except UserError as err:
         file = Path(err.where).name if err.where.startswith(str(staging)) else err.where
         what = f"the run's checkpoint does not load: {file}: {err.what}"

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray import tracking
+from varnext_ray.artifacts import ARTIFACT_FIX, RunArtifacts, bounded_retries, error_line
 from varnext_ray.errors import UserError, shorten
 from varnext_ray.objectives import DEFAULT_OBJECTIVE
 
@@ -225,7 +226,7 @@ def register_run(
     with tempfile.TemporaryDirectory(prefix="varnext-register-") as tmp:
         with tracking.store_failures(uri, f"while reading run {run_id}", NO_RUN_FIX):
             run = client.get_run(run_id)
-        local = tracking.RunArtifacts.of(client, run).download("checkpoint", tmp)
+        local = RunArtifacts.of(client, run).download("checkpoint", tmp)
         return register_checkpoint(uri, run_id, local, name, metric=metric)
 
 
@@ -312,13 +313,13 @@ def _checkpoint_artifact(model_dir: Path) -> Path | None:
 def _download_model(model_uri: str, uri: str, tmp: Path) -> Path:
     """The registered model's files, downloaded into ``tmp``. What its artifact store raises
     besides MLflow's own errors (boto3's ``NoCredentialsError``, a refused connection, a
-    missing storage library: any exception, as :class:`~varnext_ray.tracking.RunArtifacts`
+    missing storage library: any exception, as :class:`~varnext_ray.artifacts.RunArtifacts`
     explains) is one UserError naming the model."""
     from mlflow.artifacts import download_artifacts
     from mlflow.exceptions import MlflowException
 
     try:
-        with _tracking_uri(uri), tracking.bounded_retries():
+        with _tracking_uri(uri), bounded_retries():
             return Path(
                 download_artifacts(
                     artifact_uri=model_uri, dst_path=str(tmp), tracking_uri=uri, registry_uri=uri
@@ -328,9 +329,9 @@ def _download_model(model_uri: str, uri: str, tmp: Path) -> Path:
         raise  # the model or alias is unknown, or MLflow refuses its store: said by the caller
     except Exception as err:
         raise UserError(
-            f"the registered model's artifact store failed ({tracking.error_line(err)})",
+            f"the registered model's artifact store failed ({error_line(err)})",
             model_uri,
-            tracking.ARTIFACT_FIX,
+            ARTIFACT_FIX,
         ) from err
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray import tracking
+from varnext_ray.artifacts import ArtifactStoreError, RunArtifacts
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import OBJECTIVES
 from varnext_ray.report_page import STRIPS, SweepReport, Trial, render_page
@@ -207,13 +208,13 @@ def utc_time(ms: int | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _latest(artifacts: tracking.RunArtifacts, folder: str, pattern: re.Pattern) -> str | None:
+def _latest(artifacts: RunArtifacts, folder: str, pattern: re.Pattern) -> str | None:
     """The artifact path of the highest-epoch file in ``folder`` matching ``pattern``."""
     found = [(int(m[1]), f.path) for f in artifacts.list(folder) if (m := pattern.search(f.path))]
     return max(found)[1] if found else None
 
 
-def _data_uri(artifacts: tracking.RunArtifacts, path: str, mime: str, tmp: str) -> str | None:
+def _data_uri(artifacts: RunArtifacts, path: str, mime: str, tmp: str) -> str | None:
     local = artifacts.download(path, tmp)
     if local.stat().st_size > MAX_IMAGE_BYTES:
         run_id = artifacts.run_id
@@ -229,7 +230,7 @@ def add_images(report: SweepReport, count: int = STRIPS) -> None:
     ranked = [t for t in report.trials if t.objective is not None][:count]
     with tempfile.TemporaryDirectory(prefix="varnext-report-") as tmp:
         for trial in ranked:
-            artifacts = tracking.RunArtifacts(client, trial.run_id, trial.artifact_uri)
+            artifacts = RunArtifacts(client, trial.run_id, trial.artifact_uri)
             for folder, pattern, mime in (
                 ("strips", _PNG, "image/png"),
                 ("rollouts", _GIF, "image/gif"),
@@ -237,7 +238,7 @@ def add_images(report: SweepReport, count: int = STRIPS) -> None:
                 try:
                     path = _latest(artifacts, folder, pattern)
                     data = path and _data_uri(artifacts, path, mime, tmp)
-                except (tracking.ArtifactStoreError, OSError) as err:
+                except (ArtifactStoreError, OSError) as err:
                     log.warning("could not fetch %s of run %s: %s", folder, trial.run_id, err)
                     continue
                 if data:
@@ -302,7 +303,7 @@ def write_report(
     with warnings_after_success(log, logging.getLogger("urllib3.connectionpool")):
         report = gather(uri, experiment, sweep_id)
         client = tracking.client(report.tracking_uri)
-        sweep = tracking.RunArtifacts(client, report.run_id, report.artifact_uri, SWEEP_FIX)
+        sweep = RunArtifacts(client, report.run_id, report.artifact_uri, SWEEP_FIX)
         sweep.list()  # its store answers, before any trial's images are fetched
         add_images(report)
         text = render_page(report, top=top)
@@ -313,7 +314,7 @@ def write_report(
     return out, f"{sweep.uri.rstrip('/')}/{ARTIFACT_DIR}/{ARTIFACT_FILE}"
 
 
-def _log_page(sweep: tracking.RunArtifacts, text: str) -> None:
+def _log_page(sweep: RunArtifacts, text: str) -> None:
     """Logs the page to the sweep's run as ``report/report.html``: before it is written
     locally, so that a store that refuses it leaves no page behind (an error, exit 2)."""
     with tempfile.TemporaryDirectory(prefix="varnext-report-") as tmp:

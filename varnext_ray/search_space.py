@@ -289,8 +289,7 @@ def _check_latent_against_base(space: SearchSpace, base: dict[str, Any], where: 
                 f"{name}: never sampled: it shapes a {kind} latent, and every point of the space "
                 f"has a {other} one",
                 where,
-                f'remove {name}, or sample {kind} latents too ("latent_kind": ["flat", '
-                '"spatial"])',
+                f'remove {name}, or sample {kind} latents too ("latent_kind": ["flat", "spatial"])',
             )
 
 
