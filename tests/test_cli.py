@@ -213,3 +213,14 @@ def test_a_signal_while_the_cli_starts_is_one_line(
     assert ended.returncode == status, ended.stderr
     assert ended.stderr.startswith(f"error: {said}"), ended.stderr
     assert len(ended.stderr.splitlines()) == 1 and not out.exists(), ended.stderr
+
+
+def test_an_output_file_named_with_a_trailing_slash_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``report --out a.html/`` (a folder) wrote the file ``a.html``: Path drops the slash."""
+    out = tmp_path / "a.html"
+    with pytest.raises(SystemExit) as ended:
+        cli.main(["report", "--experiment", "x", "--out", f"{out}/"])
+    assert ended.value.code == 2 and not out.exists()
+    assert "--out: it ends in a slash, which names a folder" in capsys.readouterr().err

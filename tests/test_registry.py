@@ -486,3 +486,32 @@ def test_a_registered_model_downloads_through_an_mlflow_server(
     registry.register_checkpoint(mlflow_server, run, smoke_checkpoint(tmp_path, "ck", 4), "http")
     out = registry.download_checkpoint(mlflow_server, "models:/http@champion", tmp_path / "o")
     assert load_checkpoint(out).meta["extra"]["name"] == "ck"
+
+
+@pytest.mark.parametrize(
+    "mlmodel",
+    [
+        b"flavors: {python_function: {artifacts: {checkpoint: {path: 5}}}}",
+        b"flavors: {python_function: {artifacts: {checkpoint: {path: [a, b]}}}}",
+        b'flavors: {python_function: {artifacts: {checkpoint: {path: "\\0x"}}}}',
+        b"flavors: \xff\xfe\n",
+        b"flavors: " + b"[" * 20000 + b"]" * 20000,
+        b"flavors: {python_function: {artifacts: {checkpoint: {path: c}}}}\n" + b"#" * 2**21,
+    ],
+    ids=["int", "list", "nul", "not-utf8", "deep", "over-1-MiB"],
+)
+def test_a_registered_models_odd_mlmodel_is_no_varnext_model(
+    tmp_path: Path, mlmodel: bytes
+) -> None:
+    """A model registered by hand whose MLmodel names its checkpoint oddly ended predict
+    --model in "unexpected TypeError/ValueError/UnicodeDecodeError/RecursionError"; a 20 MB
+    one took minutes to parse. It is read bounded, and is simply not a varnext model."""
+    from varnext_ray.registry import _checkpoint_artifact
+
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "meta.json").write_text("{}")
+    (tmp_path / "MLmodel").write_bytes(mlmodel)
+    assert _checkpoint_artifact(tmp_path) is None
+    (tmp_path / "MLmodel").write_bytes(mlmodel.splitlines()[0].replace(b"[a, b]", b"c"))
+    if b"path: c" in mlmodel:
+        assert _checkpoint_artifact(tmp_path) == (tmp_path / "c").resolve()

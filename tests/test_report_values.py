@@ -186,3 +186,25 @@ def test_domain_and_axes_place_every_finite_value() -> None:
     to_px, ticks = _x_axis([1e-320, 1e300], "log")
     assert math.isfinite(to_px(1e-320)) and math.isfinite(to_px(1e300)) and ticks
     assert "<svg" in scatter([(math.nan, 1.0, "<b>")], x_label="x", y_label="y", scale="choices")
+
+
+def test_a_param_index_of_a_unicode_digit_is_a_name_not_a_number() -> None:
+    """``point.linear.²`` or ``point.channels_²`` (MLflow takes the name): ``"²".isdigit()`` is
+    true and ``int("²")`` refuses it, "unexpected ValueError" (exit 1)."""
+    from varnext_ray.report import _point
+    from varnext_ray.report_page import SweepReport, hyperparameters
+
+    point = _point({"point.linear.0": "8", "point.linear.²": "4", "point.linear.1": "2"})
+    assert point["linear"] == "[8, 2, 4]"
+    report = SweepReport(
+        experiment="e",
+        run_id="r",
+        name="n",
+        started="unknown",
+        objective="extrap_psnr_motion",
+        direction="max",
+        scales={"channels_²": "choices", "channels_1": "choices", "channels_0": "choices"},
+        trials=[],
+        tracking_uri="sqlite:///x.db",
+    )
+    assert hyperparameters(report) == ["channels_0", "channels_²", "channels_1"]

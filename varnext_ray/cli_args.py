@@ -58,6 +58,15 @@ def path_arg(text: str) -> Path:
     return Path(location_arg(text))
 
 
+def file_arg(text: str) -> Path:
+    """argparse ``type`` of an output file's path: ``Path`` drops a trailing slash, so
+    ``--out a.html/`` (a folder) was written as the file ``a.html``."""
+    location_arg(text)
+    if text.endswith(("/", "/.")) or text == ".":
+        raise argparse.ArgumentTypeError("it ends in a slash, which names a folder: name the file")
+    return Path(text)
+
+
 NAME_MAX = 255  # bytes in one file or folder name (Linux's file systems)
 PATH_MAX = 4096  # bytes in a path the kernel takes, its final NUL included
 

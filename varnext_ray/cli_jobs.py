@@ -19,6 +19,7 @@ from varnext_ray.cli_args import (
     add_resource_args,
     add_rollout_args,
     add_tracking_args,
+    file_arg,
     location_arg,
     path_arg,
     subcommand,
@@ -262,7 +263,7 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=int, default=10, metavar="N", help="best trials shown (10)")
     p.add_argument(
         "--out",
-        type=path_arg,
+        type=file_arg,
         default=None,
         metavar="PATH",
         help="default report_<experiment>.html",

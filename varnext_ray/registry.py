@@ -31,9 +31,11 @@ from varnext_ray import tracking
 from varnext_ray.artifacts import ARTIFACT_FIX, RunArtifacts, bounded_retries, error_line
 from varnext_ray.errors import UserError, shorten
 from varnext_ray.objectives import DEFAULT_OBJECTIVE
+from varnext_ray.safe_io import read_bounded
 
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # one line per file
 ALIAS = "champion"
+MLMODEL_LIMIT = 1 << 20  # bytes of a registered model's MLmodel file read (varnext's: ~1 KB)
 NO_RUN_FIX = "pass the id of a run in this store (mlflow ui: the run's page)"
 MODEL_NAME = "model"  # the logged model's name in its run
 CODE_FILE = Path(__file__).with_name("pyfunc_model.py")
@@ -75,12 +77,15 @@ def signature() -> Any:
 @contextlib.contextmanager
 def _tracking_uri(uri: str) -> Iterator[None]:
     """MLflow's global tracking URI set to ``uri`` for the block (``Model.log`` and
-    ``models:/`` downloads read it; the registry URI follows it unless the user set one),
-    then restored exactly, with ``MLFLOW_TRACKING_URI``."""
+    ``models:/`` downloads read it), then restored exactly, with ``MLFLOW_TRACKING_URI``. The
+    registry is the tracking store: an ``MLFLOW_REGISTRY_URI`` of the environment is set aside
+    for the block (``models:/`` downloads read it, ``best --register`` does not; it made MLflow
+    create its tables in whatever SQLite file it named)."""
     import mlflow
     from mlflow.tracking._tracking_service import utils
 
     old, old_env = utils._tracking_uri, os.environ.get("MLFLOW_TRACKING_URI")
+    old_registry = os.environ.pop("MLFLOW_REGISTRY_URI", None)  # the store is the registry
     mlflow.set_tracking_uri(uri)
     try:
         yield
@@ -88,6 +93,8 @@ def _tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(old)
         if old_env is not None:
             os.environ["MLFLOW_TRACKING_URI"] = old_env
+        if old_registry is not None:
+            os.environ["MLFLOW_REGISTRY_URI"] = old_registry
 
 
 def _client(uri: str) -> Any:
@@ -141,6 +148,7 @@ def register_checkpoint(
     """
     import mlflow
     import numpy as np
+    from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
     from varnext_ray.checkpoint import load_checkpoint
@@ -175,19 +183,35 @@ def register_checkpoint(
     with tempfile.TemporaryDirectory(prefix="varnext-model-") as tmp, _tracking_uri(uri):
         staged = Path(tmp) / "checkpoint"  # MLflow names the artifact folder after it
         shutil.copytree(checkpoint, staged)
-        info = Model.log(
-            artifact_path=None,
-            name=MODEL_NAME,
-            flavor=mlflow.pyfunc,
-            run_id=run_id,
-            model_id=logged.model_id,
-            python_model=str(CODE_FILE),
-            artifacts={"checkpoint": str(staged)},
-            code_paths=[str(CODE_FILE.parent)],  # the varnext_ray package, as source
-            signature=signature(),
-            input_example=np.zeros((2, 9, 16, 3), np.uint8),  # any size is fitted
-            pip_requirements=pip_requirements(),
-        )
+        pyfunc_log = logging.getLogger("mlflow.pyfunc")
+        level = pyfunc_log.level
+        pyfunc_log.setLevel(logging.WARNING)  # "Validating input example ...": not ours to say
+        try:
+            info = Model.log(
+                artifact_path=None,
+                name=MODEL_NAME,
+                flavor=mlflow.pyfunc,
+                run_id=run_id,
+                model_id=logged.model_id,
+                python_model=str(CODE_FILE),
+                artifacts={"checkpoint": str(staged)},
+                code_paths=[str(CODE_FILE.parent)],  # the varnext_ray package, as source
+                signature=signature(),
+                input_example=np.zeros((2, 9, 16, 3), np.uint8),  # any size is fitted
+                pip_requirements=pip_requirements(),
+            )
+        except (OSError, MlflowException) as err:  # the store (a full disk, a path under a
+            # file); the model's own code is not wrapped: an error there is a bug, said so
+            client.finalize_logged_model(logged.model_id, "FAILED")
+            raise UserError(
+                f"registering the model failed: its files could not be logged to the run "
+                f"({error_line(err)})",
+                f"run {run_id}",
+                "check that the experiment's artifact location can be written, then register "
+                "again (varnext best --register)",
+            ) from None
+        finally:
+            pyfunc_log.setLevel(level)
         client.finalize_logged_model(logged.model_id, "READY")
         tags["varnext.model_id"] = logged.model_id  # the SQL registry does not return model_id
         with contextlib.suppress(Exception):  # it exists already
@@ -300,14 +324,17 @@ def _checkpoint_artifact(model_dir: Path) -> Path | None:
     where), or None."""
     import yaml
 
-    try:
-        mlmodel = yaml.safe_load((model_dir / "MLmodel").read_text())
+    try:  # bounded: a 20 MB MLmodel took minutes to parse, and its content is the store's
+        text = read_bounded(model_dir / "MLmodel", MLMODEL_LIMIT, "MLmodel", "").decode()
+        mlmodel = yaml.safe_load(text)
         path = mlmodel["flavors"]["python_function"]["artifacts"]["checkpoint"]["path"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
-        return None
-    folder = (model_dir / path).resolve()
-    inside = folder.is_relative_to(model_dir.resolve())
-    return folder if inside and (folder / "meta.json").is_file() else None
+        if not isinstance(path, str):
+            return None
+        folder = (model_dir / path).resolve()
+        inside = folder.is_relative_to(model_dir.resolve())
+        return folder if inside and (folder / "meta.json").is_file() else None
+    except (UserError, OSError, LookupError, TypeError, ValueError, RecursionError, yaml.YAMLError):
+        return None  # not a model this varnext logged: said by the caller
 
 
 def _download_model(model_uri: str, uri: str, tmp: Path) -> Path:

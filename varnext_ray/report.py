@@ -99,7 +99,7 @@ def _point(params: dict[str, str]) -> dict[str, Any]:
             else:
                 point[name] = _number(text)
     for name, items in lists.items():
-        order = sorted(items, key=lambda i: (not i.isdigit(), int(i) if i.isdigit() else 0, i))
+        order = sorted(items, key=lambda i: (not _index(i), int(i) if _index(i) else 0, i))
         point[name] = "[" + ", ".join(items[i] for i in order) + "]"
     return point
 
@@ -321,3 +321,9 @@ def _log_page(sweep: RunArtifacts, text: str) -> None:
         page = Path(tmp) / ARTIFACT_FILE
         page.write_text(text, encoding="utf-8")
         sweep.log(page, ARTIFACT_DIR)
+
+
+def _index(text: str) -> bool:
+    """Whether a param name's part is a list index: ASCII digits (``isdigit`` is true for
+    "²", which ``int`` refuses)."""
+    return text.isascii() and text.isdigit()

@@ -298,7 +298,7 @@ def hyperparameters(report: SweepReport) -> list[str]:
         for i, prefix in enumerate(ORDER):
             if name == prefix or (prefix.endswith("_") and name.startswith(prefix)):
                 suffix = name[len(prefix) :]
-                return (i, int(suffix) if suffix.isdigit() else 0, name)
+                return (i, int(suffix) if suffix.isascii() and suffix.isdigit() else 0, name)
         return (len(ORDER), 0, name)
 
     return sorted(report.scales, key=rank)
