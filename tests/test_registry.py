@@ -177,8 +177,17 @@ def test_pyfunc_predicts_for_code_that_never_imports_varnext_ray(
 
 
 def test_predict_from_the_registry(
-    store: dict, registered: dict, tmp_path: Path, capsys: pytest.CaptureFixture
+    store: dict,
+    registered: dict,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # MLFLOW_REGISTRY_URI (which best --register does not read) sent the download to another
+    # store, where MLflow made its tables in whatever SQLite file it named: the store is the
+    # registry, and the variable is set aside.
+    foreign = tmp_path / "foreign.db"
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{foreign}")
     a, b = _frames(tmp_path)
     out = tmp_path / "pred.png"
     argv = ["predict", "--model", f"models:/{MODEL}@champion", "--tracking-uri", store["uri"]]
@@ -186,6 +195,7 @@ def test_predict_from_the_registry(
     assert Image.open(out).size == (96, 54)
     assert "wrote" in capsys.readouterr().out
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp left
+    assert not foreign.exists()
 
 
 SWEEP_REGISTER = ["sweep", "--space", str(REPO / "search_spaces" / "smoke.json")]
