@@ -158,11 +158,12 @@ def torch_save_bytes() -> bytes:
 
 
 def _nan_weights(path: Path) -> bytes:
-    """The checkpoint's weights with one tensor made NaN, as safetensors bytes."""
+    """The checkpoint's weights with one floating-point tensor made NaN, as safetensors bytes
+    (``load`` returns them in no fixed order, and batch norm's step count is an integer)."""
     from safetensors.torch import load, save
 
     weights = load((path / "model.safetensors").read_bytes())
-    first = next(iter(weights))
+    first = min(name for name, tensor in weights.items() if tensor.is_floating_point())
     weights[first] = torch.full_like(weights[first], float("nan"))
     return save(weights)
 
