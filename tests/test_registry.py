@@ -482,6 +482,32 @@ def test_a_model_whose_files_left_the_artifact_store_is_one_line(
     assert not (tmp_path / "p.png").exists()
 
 
+def test_predict_model_checks_out_before_it_downloads(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """An --out that exists (or names no PNG) was found only after the model had downloaded:
+    on a remote store, megabytes fetched for a command that could not write its answer. The
+    model's files are gone here, so a download would end in another error."""
+    import shutil
+
+    from tests.conftest import smoke_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = tracking.start_run(uri, "out-first", run_name="r", tags={"varnext.kind": "train"})
+    registry.register_checkpoint(uri, run, smoke_checkpoint(tmp_path, "ck", 0), "out-first")
+    shutil.rmtree(tmp_path / tracking.ARTIFACTS_DIR)
+    a, b = _frames(tmp_path)
+    existing = tmp_path / "p.png"
+    existing.write_bytes(b"an earlier prediction")
+    capsys.readouterr()  # MLflow's notes while the store was made
+    for out, expected in ((existing, "already exists"), (tmp_path / "p.jpg", "unsupported")):
+        argv = ["predict", "--model", "models:/out-first/1", "--tracking-uri", uri]
+        assert main([*argv, "--out", str(out), str(a), str(b)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0], err
+    assert existing.read_bytes() == b"an earlier prediction"
+
+
 @pytest.mark.slow  # starts an mlflow server unless another test module already did
 def test_a_registered_model_downloads_through_an_mlflow_server(
     mlflow_server: str, tmp_path: Path

@@ -366,6 +366,15 @@ def _run_predict(args: argparse.Namespace) -> int:
         raise UserError(
             "need one model", "varnext predict", "pass --checkpoint DIR or --model URI (not both)"
         )
+    stride = 1 if args.stride is None else args.stride
+    predict.check_request(  # before a registered model downloads
+        args.out,
+        args.steps,
+        [args.video] if args.video else list(args.frames),
+        video=args.video is not None,
+        stride=stride,
+        overwrite=args.overwrite,
+    )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.model is not None:
         ckpt = _registered_checkpoint(args.model, args.tracking_uri, device)
@@ -378,7 +387,6 @@ def _run_predict(args: argparse.Namespace) -> int:
         for line in predict.frame_lines(paths, *args.frames):
             print(line)
         return 0
-    stride = 1 if args.stride is None else args.stride
     summary = predict.predict_video(
         ckpt, args.video, args.out, args.steps, stride, overwrite=args.overwrite
     )

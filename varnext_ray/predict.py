@@ -147,7 +147,7 @@ def _check_stride(stride: int) -> None:
 
 
 def _check_outputs(
-    checkpoint: Checkpoint, outs: list[Path], inputs: list[str | Path], overwrite: bool
+    checkpoint: Checkpoint | None, outs: list[Path], inputs: list[str | Path], overwrite: bool
 ) -> None:
     """Refuses outputs that exist (unless ``overwrite``), are inputs, or lie in the checkpoint."""
     check_output_files(
@@ -155,8 +155,37 @@ def _check_outputs(
         flag="--out",
         overwrite=overwrite,
         inputs=inputs,
-        protected_dirs=[(checkpoint.path, "the checkpoint it reads")],
+        protected_dirs=[] if checkpoint is None else [(checkpoint.path, "the checkpoint it reads")],
     )
+
+
+def output_files(out: str | Path, steps: int, *, video: bool) -> list[Path]:
+    """Every file a prediction writes for ``--out OUT --steps N``: the video (``video``) and
+    the rollout's PNGs (:func:`rollout_paths`); a UserError if OUT is no file of its kind."""
+    _check_steps(steps)
+    if video:
+        out = _out_path(out, VIDEO_OUTPUTS, "a video")
+        return [out, *rollout_paths(out, steps)]
+    return rollout_paths(_out_path(out, (".png",), "two frames"), steps)
+
+
+def check_request(
+    out: str | Path,
+    steps: int,
+    inputs: list[str | Path],
+    *,
+    video: bool,
+    stride: int = 1,
+    overwrite: bool = False,
+) -> None:
+    """What a prediction can check before it has a model: ``--out``, ``--steps``, ``--stride``
+    and that its files may be written. A registered model is downloaded first (megabytes, over
+    the network), so the CLI checks its request with this before; the checkpoint's own folder is
+    checked again once it is loaded (:func:`predict_image_files`, :func:`predict_video`)."""
+    outs = output_files(out, steps, video=video)
+    if video:
+        _check_stride(stride)
+    _check_outputs(None, outs, inputs, overwrite)
 
 
 def _check_same_size(frame_a: np.ndarray, frame_b: np.ndarray, where: str) -> None:
@@ -251,9 +280,7 @@ def predict_image_files(
     Returns:
         The PNGs written, in order k = 1..steps.
     """
-    out = _out_path(out, (".png",), "two frames")
-    _check_steps(steps)
-    outs = rollout_paths(out, steps)
+    outs = output_files(out, steps, video=False)
     _check_outputs(checkpoint, outs, [frame_a, frame_b], overwrite)
     a, b = load_frame(frame_a), load_frame(frame_b)
     _check_same_size(a, b, f"{frame_a}, {frame_b}")
@@ -493,10 +520,9 @@ def predict_video(
     Example:
         >>> predict_video(ckpt, "clip.mp4", "runs/pred.mp4", steps=3)["extrap_psnr"]
     """
-    out = _out_path(out, VIDEO_OUTPUTS, "a video")
-    _check_steps(steps)
+    outs = output_files(out, steps, video=True)
+    out = outs[0]
     _check_stride(stride)
-    outs = [out, *rollout_paths(out, steps)]
     _check_outputs(checkpoint, outs, [video], overwrite)
     source, fps = _video_source(video)
     history: collections.deque = collections.deque(maxlen=2 * stride + 1)
