@@ -105,6 +105,27 @@ def test_a_run_of_another_experiment_is_not_continued_under_its_name(
     assert "already trained 2 epochs (--epochs 2): nothing is left to train" in caplog.text
 
 
+def test_epochs_done_are_read_from_rays_record_not_folder_names(
+    first_run, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A checkpoint copied into the run's folder under a later epoch's name (``varnext best
+    --out runs/ray/smoke/epoch_0009``) made train say 9 epochs were done, while Ray resumes
+    from the latest checkpoint it registered (epoch 2)."""
+    import shutil
+
+    tmp, uri, _ = first_run
+    uri = tracking.resolve_tracking_uri(uri)
+    run = tmp / "ray" / "smoke"
+    copy = run / "epoch_0009"
+    shutil.copytree(run / "epoch_0002", copy)
+    try:
+        with caplog.at_level("WARNING", logger="varnext_ray.train"):
+            check_same_experiment(tmp / "ray", "smoke", "test-train", uri, epochs=3)
+        assert "nothing is left" not in caplog.text
+    finally:
+        shutil.rmtree(copy)
+
+
 def test_two_ranks_step_and_report_the_contract(first_run, dataset_dir: Path) -> None:
     _, uri, outcome = first_run
     m = outcome.metrics

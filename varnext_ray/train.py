@@ -163,21 +163,31 @@ def check_same_arch(storage: Path | str, name: str, arch: ArchConfig) -> None:
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
-def _check_latest_checkpoint(directory: str) -> None:
-    """The checkpoint a local run resumes from (the latest Ray Train registered) reads: its
-    meta.json and file hashes. A folder Ray never registered (an upload cut short) is not it."""
-    from varnext_ray.checkpoint import read_meta
+def _latest_checkpoint(directory: str) -> str | None:
+    """The name (``epoch_NNNN``) of the checkpoint a local run resumes from: the latest Ray
+    Train registered in its snapshot. None for a remote run, or without a readable snapshot.
+    A folder Ray never registered (an upload cut short, or anything else named ``epoch_*``)
+    is never it."""
     from varnext_ray.safe_io import read_json
 
     snapshot = Path(directory) / SNAPSHOT_FILE
     if "://" in directory or not snapshot.is_file():
-        return
+        return None
     try:
         record = read_json(snapshot, what=SNAPSHOT_FILE, limit=64 * 2**20, allow_nan=True)
         name = record["latest_checkpoint_result"]["checkpoint_dir_name"]
     except (UserError, KeyError, TypeError):  # Ray's own file: Ray says what it makes of it
-        return
-    if not isinstance(name, str) or not re.fullmatch(r"epoch_\d+", name):
+        return None
+    return name if isinstance(name, str) and re.fullmatch(r"epoch_\d+", name) else None
+
+
+def _check_latest_checkpoint(directory: str) -> None:
+    """The checkpoint a local run resumes from (:func:`_latest_checkpoint`) reads: its
+    meta.json and file hashes."""
+    from varnext_ray.checkpoint import read_meta
+
+    name = _latest_checkpoint(directory)
+    if name is None:
         return
     try:
         read_meta(Path(directory) / name)
@@ -213,8 +223,7 @@ def check_same_experiment(
                 f"pass --experiment {theirs} to continue it, or another --name to start a new "
                 f"run in {experiment!r}",
             )
-    epochs_done = [int(d[6:]) for d in _subdirs(directory) if re.fullmatch(r"epoch_\d+", d)]
-    done = max(epochs_done, default=0)
+    done = _epochs_done(directory)
     if done >= epochs:
         log.warning(
             "the run named %r already trained %d epochs (--epochs %d): nothing is left to "
@@ -223,6 +232,16 @@ def check_same_experiment(
             done,
             epochs,
         )
+
+
+def _epochs_done(directory: str) -> int:
+    """The epochs a run has trained: its resume checkpoint's number (:func:`_latest_checkpoint`);
+    where Ray's snapshot cannot be read here (remote storage), the highest ``epoch_NNNN`` folder."""
+    latest = _latest_checkpoint(directory)
+    if latest is not None:
+        return int(latest[6:])
+    folders = [int(d[6:]) for d in _subdirs(directory) if re.fullmatch(r"epoch_\d+", d)]
+    return max(folders, default=0)
 
 
 def _subdirs(directory: str) -> list[str]:
