@@ -114,6 +114,38 @@ def test_registering_again_adds_a_version_and_moves_the_alias(
     assert str(client.get_model_version_by_alias(f"{MODEL}-moves", "champion").version) == "2"
 
 
+def test_a_registration_whose_alias_moved_on_meanwhile_says_so(
+    store: dict, registered: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Registrations of one name at once each printed "registered models:/NAME@champion", while
+    the alias ended on the last one's version. Here a second registration runs right after the
+    first sets its alias (the interleaving that concurrent `best --register` runs produce)."""
+    from varnext_ray.cli_jobs import _print_registered
+
+    good, name = store["runs"]["trial-good"], f"{MODEL}-race"
+    set_alias = mlflow.MlflowClient.set_registered_model_alias
+    second: list[dict] = []
+
+    def and_another_registers(self: mlflow.MlflowClient, *args: object, **kwargs: object) -> None:
+        set_alias(self, *args, **kwargs)
+        if not second:
+            second.append({})
+            second[0] = registry.register_run(store["uri"], good, name)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_registered_model_alias", and_another_registers)
+    first = registry.register_run(store["uri"], good, name)
+    assert (first["version"], second[0]["version"]) == ("1", "2")
+    assert first["alias_version"] == "2" and first["model_uri"] == f"models:/{name}/1"
+    assert (
+        second[0]["alias_version"] == "2" and second[0]["model_uri"] == f"models:/{name}@champion"
+    )
+    capsys.readouterr()
+    _print_registered(first)
+    out = capsys.readouterr().out
+    assert f"registered models:/{name}/1 (version 1" in out
+    assert "its alias champion points at version 2, registered meanwhile" in out
+
+
 def test_the_logged_model_is_source_and_safetensors_with_no_pickle(
     store: dict, registered: dict, tmp_path: Path
 ) -> None:

@@ -210,10 +210,16 @@ def _add_register_arg(p: argparse.ArgumentParser, what: str) -> None:
 
 def _print_registered(version: dict) -> None:
     model_uri = escape(version["model_uri"])
+    moved = ""
+    if version["alias_version"] != version["version"]:
+        moved = (
+            f"; its alias {version['alias']} points at version {version['alias_version']}, "
+            "registered meanwhile"
+        )
     print(
         f"registered {model_uri} (version {version['version']} of {escape(version['name'])}, "
-        f"from run {version['run_id']}); predict with: varnext predict --model {model_uri} "
-        "--out pred.png FRAME_A FRAME_B"
+        f"from run {version['run_id']}{moved}); predict with: varnext predict --model "
+        f"{model_uri} --out pred.png FRAME_A FRAME_B"
     )
 
 

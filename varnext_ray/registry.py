@@ -143,8 +143,10 @@ def register_checkpoint(
         alias: The alias to point at the new version.
 
     Returns:
-        ``name``, ``version``, ``alias``, ``model_uri`` (``models:/NAME@ALIAS``), ``model_id``,
-        ``run_id``.
+        ``name``, ``version``, ``alias``, ``alias_version`` (the version ``alias`` points at
+        once set: another if a registration of the same name set it meanwhile), ``model_uri``
+        (``models:/NAME@ALIAS``, or ``models:/NAME/VERSION`` when the alias moved on),
+        ``model_id``, ``run_id``.
     """
     import mlflow
     import numpy as np
@@ -229,12 +231,17 @@ def register_checkpoint(
             model_id=logged.model_id,
         )
         client.set_registered_model_alias(name, alias, version.version)
+        # Registrations of one name at once each point the alias at their own version; the
+        # last one keeps it, and the others must not claim models:/NAME@ALIAS as theirs.
+        holder = str(client.get_model_version_by_alias(name, alias).version)
     client.set_tag(run_id, "varnext.registered_model", f"{name}/{version.version}")
+    mine = holder == str(version.version)
     return {
         "name": name,
         "version": str(version.version),
         "alias": alias,
-        "model_uri": f"models:/{name}@{alias}",
+        "alias_version": holder,  # the version the alias points at now
+        "model_uri": f"models:/{name}@{alias}" if mine else f"models:/{name}/{version.version}",
         "model_id": logged.model_id,
         "run_id": run_id,
     }
