@@ -30,6 +30,17 @@ def test_a_clip_too_short_to_block_all_trains() -> None:
     assert plan_splits([5], SHARES)[0] == [("train", 0, 5)]
 
 
+@pytest.mark.parametrize("frames", [20, 50])
+def test_held_out_blocks_without_a_triplet_are_not_cut(frames: int) -> None:
+    """A 50-frame clip at shares 0.1 and a guard of 15 frames kept 18 frames: 14
+    train and 2 each in val and test, which hold no triplet, and 32 in the guards."""
+    shares = SplitShares(val=0.1, test=0.1, guard=15, seed=0)
+    assert plan_splits([frames], shares)[0] == [("train", 0, frames)]
+    blocks = plan_splits([200], shares)[0]  # long enough: every held-out block has triplets
+    assert [b[0] for b in blocks] == ["train", "val", "test"]
+    assert all(stop - start >= 3 for _, start, stop in blocks)
+
+
 def test_the_seed_decides_which_clips_are_held_out() -> None:
     lengths = [40] * 10
     first = plan_splits(lengths, SHARES)

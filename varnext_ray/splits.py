@@ -60,12 +60,19 @@ def _split_by_clip(lengths: list[int], opts: SplitShares) -> list[str] | None:
     return splits
 
 
+# Frames of the shortest held-out block worth cutting: one triplet (t, t+1, t+2). A shorter
+# val or test block scores nothing, and would cost the clip its guards as well.
+MIN_BLOCK = 3
+
+
 def _time_blocks(n: int, opts: SplitShares) -> list[tuple[str, int, int]]:
+    """[train | guard | val | guard | test] of a clip of ``n`` frames; the whole clip trains
+    when it is too short for a block of :data:`MIN_BLOCK` frames in every requested split."""
     held = [(split, f) for split, f in (("val", opts.val), ("test", opts.test)) if f > 0]
     usable = n - opts.guard * len(held)
     counts = [(split, round(f * usable)) for split, f in held]
     train = usable - sum(c for _, c in counts)
-    if train <= 0 or any(c == 0 for _, c in counts):
+    if train <= 0 or any(c < MIN_BLOCK for _, c in counts):
         return [("train", 0, n)]  # too short to block: all of it trains
     pieces = [("train", 0, train)]
     for split, count in counts:
