@@ -56,6 +56,10 @@ def test_synth_ingest_info(tmp_path: Path, capsys) -> None:
     assert info["clips"] >= 2
     code, out, _ = _run(["data", "info", str(tmp_path / "ds")], capsys)
     assert code == 0 and "60 frames of 64x36" in out and out.count("\n") == 5
+    code, _, err = _run(["data", "info", str(tmp_path / "ds"), "--stride", "0"], capsys)
+    assert code == 2 and err.strip() == (  # the flag, not the library's parameter "stride"
+        "error: --stride must be >= 1 (got 0) (--stride): use 1 or more"
+    )
 
 
 def test_skipped_inputs_are_counted(tmp_path: Path, capsys, caplog) -> None:

@@ -203,6 +203,8 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_data_info(args: argparse.Namespace) -> int:
+    if args.stride < 1:
+        raise UserError(f"--stride must be >= 1 (got {args.stride})", "--stride", "use 1 or more")
     summary = dataset_info(load_manifest(args.dataset, check_keys=True), args.stride)
     if args.json:
         print(json.dumps(summary, indent=2))
