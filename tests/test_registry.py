@@ -388,9 +388,11 @@ def test_console_is_quiet_by_default_and_verbose_brings_ray_logs_back(
     monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
     monkeypatch.delenv("RAY_DATA_LOG_LEVEL", raising=False)
     monkeypatch.delenv("PYTHONWARNINGS", raising=False)
+    monkeypatch.delenv("MLFLOW_LOGGING_LEVEL", raising=False)
     assert console.ray_env_vars() == {
         "RAY_DATA_LOG_LEVEL": "WARNING",
         "PYTHONWARNINGS": "ignore::DeprecationWarning",
+        "MLFLOW_LOGGING_LEVEL": "WARNING",
     }
     assert console.train_logging_config().log_level == "WARNING"
     monkeypatch.setenv(console.VERBOSE_ENV, "1")

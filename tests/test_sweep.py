@@ -296,6 +296,9 @@ def test_killed_driver_resumes_without_duplicate_runs(
         cwd=tmp_path,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Notes of Ray, Ray Data, Tune and Optuna about what varnext chose; shown with -v only.
+    for note in ("Progress bars disabled", "A new study created", "Wrote the latest version"):
+        assert note not in done.stdout + done.stderr, done.stderr[-3000:]
     runs = _runs(uri, "resume")
     parents = [r for r in runs if r.data.tags.get("varnext.kind") == "sweep"]
     children = [r for r in runs if r.data.tags.get("varnext.kind") == "trial"]

@@ -215,7 +215,12 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
         env |= _job_env(TRAIN_ENV)
         try:
             with _keep_sigterm_handler():
-                ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env})
+                ray.init(
+                    address=address,
+                    log_to_driver=True,
+                    logging_level=console.quiet_ray_driver(),
+                    runtime_env={"env_vars": env},
+                )
         except (ConnectionError, RuntimeError) as err:
             raise UserError(
                 f"could not join the Ray cluster ({str(err).strip().splitlines()[0][:200]})",
@@ -244,6 +249,7 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
             dashboard_host="127.0.0.1",
             _node_ip_address="127.0.0.1",
             log_to_driver=True,
+            logging_level=console.quiet_ray_driver(),
         )
     secure_token_file()
 

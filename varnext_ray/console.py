@@ -27,7 +27,15 @@ VERBOSE_ENV = "VARNEXT_VERBOSE"
 QUIET_ENV = {
     "RAY_DATA_LOG_LEVEL": "WARNING",  # Ray Data's per-dataset execution notes
     "PYTHONWARNINGS": "ignore::DeprecationWarning",  # Ray's own, from its internal actors
+    "MLFLOW_LOGGING_LEVEL": "WARNING",  # "Creating initial MLflow database tables...", etc.
 }
+# Loggers of notes that Ray writes at WARNING level about settings varnext chose on purpose:
+# the token auth a new local Ray gets ("Token authentication is enabled for this Ray cluster")
+# and the progress bars it turns off ("Progress bars disabled", once per process).
+CHOSEN_SETTING_NOTES = (
+    "ray._private.authentication.authentication_token_setup",
+    "ray.data._internal.progress",
+)
 
 
 class OneLineFormatter(logging.Formatter):
@@ -95,6 +103,19 @@ def quiet_train_worker() -> None:
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    for name in CHOSEN_SETTING_NOTES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def quiet_ray_driver() -> int:
+    """In the CLI's process, before ``ray.init``: the "ray" logger's level for ``ray.init``
+    (INFO with ``-v``; else WARNING: no "Started a local Ray instance", no Tune's "Wrote the
+    latest version of all result files"), and the :data:`CHOSEN_SETTING_NOTES` off."""
+    if is_verbose():
+        return logging.INFO
+    for name in CHOSEN_SETTING_NOTES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+    return logging.WARNING
 
 
 def quiet_ray_data() -> None:

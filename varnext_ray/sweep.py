@@ -265,6 +265,8 @@ def make_searcher(space: SearchSpace, base: dict[str, Any], options: SweepOption
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    if not console.is_verbose():  # "A new study created in memory with name: optuna"
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     if options.search == "random":
         sampler = optuna.samplers.RandomSampler(seed=options.seed)
     else:
