@@ -102,9 +102,9 @@ def test_a_huge_file_that_is_no_video_is_given_up_on_while_opening(
     per GB here: a 50 GB file was a hang). The open is bounded; the bound is lowered here."""
     import os
 
-    from varnext_ray import sources
+    from varnext_ray import sources, video
 
-    monkeypatch.setattr(sources, "OPEN_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(video, "OPEN_TIMEOUT_S", 0.3)
     zeros = tmp_path / "zeros.gif"
     zeros.touch()
     os.truncate(zeros, 8 * 2**30)  # sparse: nothing is written
@@ -151,9 +151,9 @@ def test_a_video_whose_rest_is_not_video_ends_after_a_stall(
     """A valid header followed by gigabytes of zeros was read to its end (3-7 s per GB here:
     50 GB was a hang). Reading without a new frame for STALL_S ends the video, its frames
     read before kept; the bound is lowered here."""
-    from varnext_ray import sources
+    from varnext_ray import sources, video
 
-    monkeypatch.setattr(sources, "STALL_S", 0.3)
+    monkeypatch.setattr(video, "STALL_S", 0.3)
     video = _clip_then(tmp_path / name, fmt, codec, tail)
     skipped = sources.Skipped()
     frames = [f for f in sources.decode_source(sources.Source("video", video), skipped) if f]

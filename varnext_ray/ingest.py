@@ -46,10 +46,12 @@ from varnext_ray.sources import (
     MAX_UPSCALE,
     Skipped,
     Source,
+    check_fit,
     decode_source,
     describe_ignored,
     discover_sources,
     fit_frame,
+    frame_size,
     ignored_fixes,
     unexpected_ignored,
     warnings_after_success,
@@ -226,8 +228,8 @@ def stage_source(
             frame = fit_frame(raw, opts.size, max_upscale=MAX_UPSCALE)
         except UserError as err:
             if source.kind != "images" or len(source.files) < 2:
-                if source.kind == "images":
-                    raise  # one picture: --size is wrong for it
+                if source.kind == "images":  # one picture: --size is wrong for it
+                    raise UserError(err.what, str(source.path), err.fix) from None
                 raise UserError(  # a video: say from which frame (its size may change)
                     f"{err.what}, from frame {number} on" if number else err.what,
                     str(source.path),
@@ -322,6 +324,7 @@ def ingest(sources: list[Path], out: Path, opts: IngestOptions) -> dict:
         if Path(source).is_dir():
             check_not_inside(out, "--out", source, f"the source folder {source}")
     found, ignored = discover_sources(sources)
+    _open_named(found, opts.size)
     # Written into .<name>.partial-<pid>-<random> beside --out and renamed when complete (an
     # existing empty folder is replaced; anything else is refused); a failure removes it all.
     with warnings_after_success(), staged_dir(out, "--out") as partial:
@@ -335,6 +338,34 @@ def ingest(sources: list[Path], out: Path, opts: IngestOptions) -> dict:
             ) from None
     _warn_left_out(ignored)
     return manifest
+
+
+def _open_named(found: list[Source], size: tuple[int, int]) -> None:
+    """Opens each source named on the command line before any is decoded, reading headers
+    only: one that can never give a frame (no video stream, frames over the pixel limit or too
+    small for ``size``) is refused at once, not after the sources before it were decoded.
+
+    A frame size passes if it fits either way round: a display matrix (or EXIF orientation)
+    may turn the frames, and decoding checks every frame as it is shown anyway. A folder of
+    several images is not checked here: one odd or damaged image of it is skipped, not fatal.
+    """
+    for source in found:
+        if not source.named or (source.kind == "images" and len(source.files) > 1):
+            continue
+        w, h = frame_size(source)
+        try:
+            check_fit((w, h), size, str(source.path), MAX_UPSCALE)
+        except UserError:
+            if not _fits((h, w), size):
+                raise
+
+
+def _fits(frame_size: tuple[int, int], size: tuple[int, int]) -> bool:
+    try:
+        check_fit(frame_size, size, max_upscale=MAX_UPSCALE)
+    except UserError:
+        return False
+    return True
 
 
 def _warn_left_out(ignored: list[dict]) -> None:

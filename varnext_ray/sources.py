@@ -4,9 +4,9 @@ A *source* is one video file (any container and codec PyAV decodes) or one folde
 (PNG/JPEG named as an ffmpeg dump names them, read in natural order: ``frame_2`` before
 ``frame_10``). A directory given on the command line is searched recursively: every video in it
 is a source, and every folder that holds images is one. An animated image (a GIF or an APNG,
-whatever its suffix) is a video: its frames are a clip, not one still. Where a folder holds one
-frame in two formats (``f_1.png`` and ``f_1.jpg``), the PNG is read and the other is skipped
-with a warning.
+whatever its suffix) is a video: its frames are a clip, not one still; among a folder's stills
+it leaves a hole that cuts their clip. Where a folder holds one frame in two formats
+(``f_1.png`` and ``f_1.jpg``), the PNG is read and the other is skipped with a warning.
 
 Bad input policy:
 - A corrupt or truncated image, or an undecodable stretch of video, is skipped with a warning
@@ -50,8 +50,16 @@ import av
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from varnext_ray import video
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import kind_of, os_reason, path_stat, regular_file
+from varnext_ray.video import (
+    NO_VIDEO_FIX,
+    FrameNumbers,
+    main_video_stream,
+    no_video_stream,
+    open_video,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +95,8 @@ class Source:
     named: bool = True  # named on the command line (not found inside a directory)
     # Images of a folder left out as another format of a kept frame: (left out, kept).
     duplicates: tuple[tuple[Path, Path], ...] = ()
+    # Animated images among ``files``, read as videos of their own: holes that cut the clip.
+    animated: frozenset[Path] = frozenset()
 
 
 @dataclass
@@ -332,10 +342,12 @@ def _walk(
             continue
         seen.add(_real(entry))
         images.append(entry)
-    images, duplicates = _one_per_stem(images)
+    stills, duplicates = _one_per_stem(images)
     found = []
-    if images:
-        found.append(Source("images", folder, tuple(images), named=False, duplicates=duplicates))
+    if stills:  # an animated image keeps its place: the frames around it are not neighbours
+        kept = animated.union(stills)
+        files = tuple(entry for entry, _ in entries if entry in kept)
+        found.append(Source("images", folder, files, False, duplicates, frozenset(animated)))
     for entry, mode in entries:
         suffix = entry.suffix.lower()
         if stat.S_ISDIR(mode):
@@ -412,10 +424,22 @@ def fit_frame(
         UserError: The crop would keep less than one row or column, or (with ``max_upscale``)
             it would be enlarged more than that many times along a side.
     """
-    width, height = size
     h, w = frame.shape[:2]
-    if (w, h) == (width, height):
+    if (w, h) == tuple(size):
         return frame
+    check_fit((w, h), size, where, max_upscale)
+    image = Image.fromarray(np.ascontiguousarray(centre_crop(frame, size)))
+    return np.asarray(image.resize(tuple(size), Image.BILINEAR, reducing_gap=2.0))
+
+
+def check_fit(
+    frame_size: tuple[int, int],
+    size: tuple[int, int],
+    where: str = "--size",
+    max_upscale: float | None = None,
+) -> None:
+    """Raises the UserError :func:`fit_frame` would for a frame of ``frame_size`` = (W, H)."""
+    (w, h), (width, height) = frame_size, size
     crop_w, crop_h = crop_size((w, h), size)
     if min(crop_w, crop_h) < 1:
         raise UserError(
@@ -424,16 +448,14 @@ def fit_frame(
             where,
             f"pass a size closer to the frames' aspect ratio, e.g. --size {_like(w, h)}",
         )
-    if max_upscale is not None and max(width / crop_w, height / crop_h) > max_upscale:
-        factor = max(width / crop_w, height / crop_h)
+    factor = max(width / crop_w, height / crop_h)
+    if max_upscale is not None and factor > max_upscale:
         raise UserError(
             f"{width}x{height} would enlarge the {crop_w}x{crop_h} centre crop of {w}x{h} frames "
             f"{factor:.0f} times (at most {max_upscale:g})",
             where,
             f"pass a size near the frames' own, e.g. --size {_like(w, h)}",
         )
-    image = Image.fromarray(np.ascontiguousarray(centre_crop(frame, size)))
-    return np.asarray(image.resize((width, height), Image.BILINEAR, reducing_gap=2.0))
 
 
 def crop_size(frame_size: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
@@ -493,6 +515,9 @@ def to_rgb(image: Image.Image) -> np.ndarray:
 DECODER_ERRORS = (Exception,)
 
 
+_IMAGE_FIX = "check the file opens in an image viewer, or re-export it as PNG"
+
+
 def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB (see :func:`to_rgb`).
 
@@ -500,7 +525,7 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         UserError: Not a regular file (never opens a FIFO), larger than ``max_pixels`` (checked
             from the header, before decoding), or undecodable.
     """
-    fix = "check the file opens in an image viewer, or re-export it as PNG"
+    fix = _IMAGE_FIX
     path = regular_file(path, "image", fix)
     try:
         with warnings.catch_warnings():
@@ -549,6 +574,9 @@ def _decode_images(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.n
         )
     lost = False
     for number, path in enumerate(source.files):
+        if path in source.animated:  # read as a video of its own
+            lost = True
+            continue
         try:
             rgb = read_image(path)
         except UserError as err:
@@ -563,112 +591,110 @@ def _decode_images(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.n
         yield number, rgb
 
 
-OPEN_TIMEOUT_S = 30.0
-# Reading (and decoding) this long without a new frame ends a video: the rest of the file is
-# not video (a valid header followed by gigabytes of zeros was read to its end, 3-7 s per GB
-# here). A real video yields a frame every few milliseconds.
-STALL_S = 30.0
+_OPEN_FIX = "check the file plays, or convert it with ffmpeg"
 
 
-def open_video(path: str | Path) -> Any:
-    """``av.open`` of a video file, given up after :data:`OPEN_TIMEOUT_S`.
-
-    Opening reads a container's header and probes its streams, milliseconds for a video; a
-    large file that is none (gigabytes of zeros named ``.gif``) was read to its end first, at
-    about 3 s per GB here. FFmpeg's interrupt callback (PyAV's open timeout) stops that read,
-    and any later single read that runs :data:`STALL_S` (PyAV's read timeout: ``ExitError``).
+def open_video_stream(path: Path, *, say_choice: bool = False) -> tuple[Any, Any]:
+    """The opened container of a video file and the stream to read (:func:`main_video_stream`;
+    ``say_choice`` logs which where there are several). Reads the header only, no frame.
 
     Raises:
-        TimeoutError: It did not open in time (FFmpeg itself then says "End of file").
-        Exception: What PyAV raises for a file that does not open.
+        UserError: Not a regular file (never opens a FIFO), not a video, no video stream, or
+            frames over :data:`MAX_PIXELS` pixels.
     """
-    started = time.monotonic()
+    regular_file(path, "video", _OPEN_FIX)
     try:
-        # FFmpeg reads "cam-12:30.mp4" or "pipe:0.mp4" as a URL of protocol "cam-12" or
-        # "pipe" (stdin): the file protocol, named, takes any path as it is.
-        return av.open(f"file:{os.path.abspath(path)}", timeout=(OPEN_TIMEOUT_S, STALL_S))
-    except Exception:
-        if time.monotonic() - started < OPEN_TIMEOUT_S:
-            raise
-    raise TimeoutError(f"no video stream found within {OPEN_TIMEOUT_S:g} s of reading")
+        container = open_video(path)
+    except DECODER_ERRORS as err:
+        raise UserError(f"cannot open as a video ({_short(err)})", str(path), _OPEN_FIX) from None
+    stream = main_video_stream(container, path if say_choice else None)
+    if stream is None:
+        what, fix = no_video_stream(container), NO_VIDEO_FIX
+    elif (w := stream.codec_context.width or 0) * (h := stream.codec_context.height or 0) > (
+        MAX_PIXELS
+    ):
+        what = f"video frames of {w}x{h} are over the limit of {MAX_PIXELS:,} pixels"
+        fix = "downscale it with ffmpeg first"
+    else:
+        return container, stream
+    container.close()
+    raise UserError(what, str(path), fix)
+
+
+def frame_size(source: Source) -> tuple[int, int]:
+    """(W, H) of a source's frames as its header says, without decoding a frame: the main
+    video stream's, or a single image's (the first image of a folder's).
+
+    Raises:
+        UserError: As :func:`open_video_stream` or :func:`read_image` would.
+    """
+    if source.kind == "video":
+        container, stream = open_video_stream(source.path)
+        with container:
+            return stream.codec_context.width, stream.codec_context.height
+    path = regular_file(source.files[0], "image", _IMAGE_FIX)
+    try:
+        with warnings.catch_warnings(), Image.open(path) as image:
+            warnings.simplefilter("ignore")
+            return image.size
+    except DECODER_ERRORS as err:
+        raise UserError(f"cannot read as an image ({_short(err)})", str(path), _IMAGE_FIX) from None
 
 
 def _decode_video(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.ndarray] | None]:
-    fix = "check the file plays, or convert it with ffmpeg"
+    """The frames of the main video stream, numbered by their place in the file
+    (:class:`~varnext_ray.video.FrameNumbers`), GAP before the first after a loss."""
     try:
-        regular_file(source.path, "video", fix)  # never open a FIFO or a device
-        container = open_video(source.path)
-    except UserError:
+        container, stream = open_video_stream(source.path, say_choice=True)
+    except UserError as err:
         if source.named:
             raise
-        skipped.add(source.path, "not a regular file")
-        return
-    except DECODER_ERRORS as err:
-        if source.named:
-            raise UserError(
-                f"cannot open as a video ({_short(err)})",
-                str(source.path),
-                "check the file plays, or convert it with ffmpeg",
-            ) from None
-        skipped.add(source.path, f"cannot open as a video ({_short(err)})")
+        skipped.add(source.path, err.what)
         return
     with container:
-        if not container.streams.video:
-            what = no_video_stream(container)
-            if source.named:
-                raise UserError(what, str(source.path), NO_VIDEO_FIX)
-            skipped.add(source.path, what)
-            return
-        stream = container.streams.video[0]
-        pixels = (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
-        if pixels > MAX_PIXELS:
-            what = (
-                f"video frames of {stream.codec_context.width}x{stream.codec_context.height} are "
-                f"over the limit of {MAX_PIXELS:,} pixels"
-            )
-            if source.named:
-                raise UserError(what, str(source.path), "downscale it with ffmpeg first")
-            skipped.add(source.path, what)
-            return
         stream.thread_type = "AUTO"
-        number, bad_packets, since_frame = 0, 0, 0.0
+        numbers, since_frame = FrameNumbers(), 0.0
         packets = _packets(container, stream, source, skipped)
         while True:
             started = time.monotonic()  # reading and decoding only, not the caller's time
             try:
                 packet = next(packets, None)
             except av.ExitError:  # a single read ran STALL_S (open_video's read timeout)
-                skipped.add(source.path, _stalled(number))
+                skipped.add(source.path, _stalled(numbers.next))
                 return
             if packet is None:
                 return
-            try:  # frames over the pixel limit are never converted (None)
-                frames = [
-                    _upright_frame(f) if f.width * f.height <= MAX_PIXELS else None
-                    for f in packet.decode()
-                ]
-            except DECODER_ERRORS as err:
-                frames = []
-                bad_packets += 1
-                if bad_packets == 1:
-                    skipped.add(
-                        source.path, f"undecodable stretch near frame {number} ({_short(err)})"
-                    )
+            numbers.demuxed(packet)
+            frames = _decode_packet(packet, numbers, source, skipped)
             since_frame = 0.0 if frames else since_frame + time.monotonic() - started
-            if since_frame > STALL_S:
-                skipped.add(source.path, _stalled(number))
+            if since_frame > video.STALL_S:
+                skipped.add(source.path, _stalled(numbers.next))
                 return
-            if not frames:
-                continue
-            if bad_packets:
-                yield GAP
-                bad_packets = 0
-            for rgb in frames:
+            for pts, rgb in frames:
+                number, lost = numbers.place(pts)
+                if lost:
+                    yield GAP
                 if rgb is None:  # a stream that changes size midway
                     skipped.add(source.path, f"frame {number} is over {MAX_PIXELS:,} pixels")
                     return
                 yield number, rgb
-                number += 1
+
+
+def _decode_packet(
+    packet: Any, numbers: FrameNumbers, source: Source, skipped: Skipped
+) -> list[tuple[int | None, np.ndarray | None]]:
+    """(pts, RGB) of the frames a packet gives out; a frame over the pixel limit is never
+    converted (None). A packet that fails is counted lost; the first of a stretch is said."""
+    try:
+        return [
+            (f.pts, _upright_frame(f) if f.width * f.height <= MAX_PIXELS else None)
+            for f in packet.decode()
+        ]
+    except DECODER_ERRORS as err:
+        if numbers.failed() == 1:
+            near = f"near frame {numbers.next}"
+            skipped.add(source.path, f"undecodable stretch {near} ({_short(err)})")
+        return []
 
 
 def _upright_frame(frame: Any) -> np.ndarray:
@@ -677,17 +703,6 @@ def _upright_frame(frame: Any) -> np.ndarray:
     rgb = frame.to_ndarray(format="rgb24")
     turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns
     return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
-
-
-NO_VIDEO_FIX = "pass a video that has frames (`ffprobe FILE` lists the streams a file holds)"
-
-
-def no_video_stream(container: Any) -> str:
-    """What a container without a video stream holds, e.g. ``no video stream (only audio)``."""
-    kinds = sorted({stream.type for stream in container.streams})
-    if not kinds:
-        return "no video stream: the file holds no streams at all, so no frames"
-    return f"no video stream: the file holds only {' and '.join(kinds)}"
 
 
 def _packets(container: Any, stream: Any, source: Source, skipped: Skipped) -> Iterator[Any]:
@@ -708,7 +723,7 @@ def _packets(container: Any, stream: Any, source: Source, skipped: Skipped) -> I
 
 def _stalled(frames: int) -> str:
     return (
-        f"no frame in {STALL_S:g} s of reading after frame {frames}: the rest of the file is "
+        f"no frame in {video.STALL_S:g} s of reading after frame {frames}: the rest of the file is "
         "not video (the frames read before it are kept)"
     )
 
