@@ -192,9 +192,49 @@ def test_an_animated_image_beside_frames_is_its_own_source_and_a_still_gif_is_a_
     pictures[0].save(folder / "zoom.png", format="PNG", save_all=True, append_images=pictures[1:])
     sources, _ = discover_sources([folder])
     assert [(s.kind, s.path.name, len(s.files)) for s in sources] == [
-        ("images", "frames", 4),
+        ("images", "frames", 5),  # the animation keeps its place among the stills, as a hole
         ("video", "zoom.png", 0),
     ]
+    assert sources[0].animated == {folder / "zoom.png"}
+
+
+def test_predict_refuses_an_animation_given_as_a_frame(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Its first frame was read silently, while ingest reads the same file as a clip."""
+    pictures = [Image.fromarray(_ball(i)) for i in range(4)]
+    anim = tmp_path / "anim.png"
+    pictures[0].save(anim, format="PNG", save_all=True, append_images=pictures[1:])
+    still = tmp_path / "still.png"
+    pictures[1].save(still)
+    argv = ["predict", "--checkpoint", ckpt, "--out", tmp_path / "p.png", anim, still]
+    line = _one_error(*_run(argv, capsys)[::2])
+    assert "is an animation of several frames" in line and str(anim) in line
+    assert "--video" in line and not (tmp_path / "p.png").exists()
+
+
+def test_predict_video_plays_at_the_main_streams_rate(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """The frame rate came from stream 0 (here a 5 fps thumbnail track), the frames from the
+    main stream (25 fps), so the prediction played five times too slowly."""
+    video = tmp_path / "thumbs.mkv"
+    with av.open(str(video), "w", format="matroska") as container:
+        thumbs = container.add_stream("mjpeg", rate=5)
+        thumbs.width, thumbs.height, thumbs.pix_fmt = 32, 18, "yuvj420p"
+        main_stream = container.add_stream("mjpeg", rate=25)
+        main_stream.width, main_stream.height, main_stream.pix_fmt = 96, 54, "yuvj420p"
+        for stream, count in ((thumbs, 3), (main_stream, 12)):
+            for i in range(count):
+                picture = _ball(i, (stream.width, stream.height))
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")))
+            container.mux(stream.encode())
+    out = tmp_path / "pred.mp4"
+    code, _, err = _run(["predict", "--checkpoint", ckpt, "--video", video, "--out", out], capsys)
+    assert code == 0, err
+    with av.open(str(out)) as written:
+        assert written.streams.video[0].average_rate == 25
+        assert written.streams.video[0].frames == 10  # triplets of the 12 main frames
 
 
 # ---- EXIF orientation -----------------------------------------------------------------------

@@ -34,15 +34,14 @@ from varnext_ray.model import extrapolate, rollout
 from varnext_ray.safe_io import check_output_files, regular_file
 from varnext_ray.sources import (
     MAX_UPSCALE,
-    NO_VIDEO_FIX,
     Skipped,
     Source,
     centre_crop,
     crop_size,
     decode_source,
     fit_frame,
-    no_video_stream,
-    open_video,
+    is_animated,
+    open_video_stream,
     read_image,
     warnings_after_success,
 )
@@ -57,8 +56,16 @@ _CHUNK = 32  # video frames encoded per batch
 
 def load_frame(path: str | Path) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB, read as ingest reads frames (16-bit and palette
-    images converted, never a FIFO opened, pixel limit checked); a UserError if unreadable."""
-    return read_image(path)
+    images converted, never a FIFO opened, pixel limit checked); a UserError if unreadable,
+    or if it is an animation (a GIF or APNG of several frames: which one is frame t?)."""
+    frame = read_image(path)
+    if is_animated(Path(path)):
+        raise UserError(
+            "the image is an animation of several frames, not one frame",
+            str(path),
+            "pass two still images, or the animation as --video to predict each of its triplets",
+        )
+    return frame
 
 
 def _model_size(ckpt: Checkpoint) -> tuple[int, int]:
@@ -327,25 +334,17 @@ def video_lines(summary: dict[str, Any]) -> list[str]:
 
 
 def _video_source(video: str | Path) -> tuple[Source, float]:
-    """The video as a source, and its frame rate (FPS where the container does not say).
+    """The video as a source, and its main video stream's frame rate (FPS where the container
+    does not say); the stream is chosen as ingest chooses it (not a cover picture).
 
     Raises:
         UserError: The file does not open as a video, or holds no video stream (audio only,
             or an mp4 written with no frames, which keeps no stream at all).
     """
-    import av
-
     path = regular_file(video, "video", "pass an existing video file to --video")
-    try:
-        with open_video(path) as container:
-            if not container.streams.video:
-                raise UserError(no_video_stream(container), str(path), NO_VIDEO_FIX)
-            rate = container.streams.video[0].average_rate
-    except (av.FFmpegError, OSError, UnicodeDecodeError) as err:
-        what = f"cannot open as a video ({getattr(err, 'strerror', None) or err})"
-        raise UserError(
-            what, str(path), "check the file plays, or convert it with ffmpeg"
-        ) from None
+    container, stream = open_video_stream(path)
+    with container:
+        rate = stream.average_rate
     return Source("video", path), float(rate) if rate else float(FPS)
 
 

@@ -199,7 +199,7 @@ def discover_sources(paths: list[Path]) -> tuple[list[Source], list[dict]]:
             continue
         if stat.S_ISREG(st.st_mode):
             seen.add(real)
-            if path.suffix.lower() in IMAGE_SUFFIXES and not _is_animated(path):
+            if path.suffix.lower() in IMAGE_SUFFIXES and not is_animated(path):
                 sources.append(Source("images", path, (path,)))
             else:  # let PyAV decide whether it decodes: any container it knows is welcome
                 sources.append(Source("video", path))
@@ -337,7 +337,7 @@ def _walk(
         image = stat.S_ISREG(mode) and entry.suffix.lower() in IMAGE_SUFFIXES
         if not image or _real(entry) in seen:
             continue
-        if _is_animated(entry):  # its frames are a clip of their own: a video source below
+        if is_animated(entry):  # its frames are a clip of their own: a video source below
             animated.add(entry)
             continue
         seen.add(_real(entry))
@@ -384,7 +384,7 @@ def _one_per_stem(images: list[Path]) -> tuple[list[Path], tuple[tuple[Path, Pat
     return [p for p in images if p in chosen], left_out
 
 
-def _is_animated(path: Path) -> bool:
+def is_animated(path: Path) -> bool:
     """Whether an image file holds more than one frame (an animated GIF or APNG, whatever its
     suffix). Only the header is read; a file that cannot be read counts as a still (reading it
     as an image later says why)."""
