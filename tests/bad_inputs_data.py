@@ -531,6 +531,12 @@ MANIFEST_KEYS: dict[str, Raw] = {
         dataset(manifest_set("64x36", "size")),
     ),
     "manifest-size-zero": (INFO, "size[0]: must be >= 1", dataset(manifest_set([0, 36], "size"))),
+    # as many pixels: raw frames' byte counts still matched, and every frame read scrambled
+    "manifest-size-swapped": (
+        INFO,
+        "holds frames of 64x36 raw, but size and encoding say 36x64 raw",
+        dataset(manifest_set([36, 64], "size")),
+    ),
     "manifest-encoding-unknown": (
         INFO,
         "encoding: must be",

@@ -229,7 +229,9 @@ def test_a_manifest_without_a_split_it_has_no_frames_of_is_read_as_zero(
         check_dataset(data, TrainSettings())
 
 
-@pytest.mark.parametrize("edit", ["files of another size", "encoding png", "encoding jpeg"])
+@pytest.mark.parametrize(
+    "edit", ["files of another size", "old files of another size", "encoding png", "encoding jpeg"]
+)
 def test_images_that_do_not_match_the_manifest_are_refused_before_ray(
     synth_dir: Path, dataset_dir: Path, tmp_path: Path, edit: str
 ) -> None:
@@ -242,11 +244,14 @@ def test_images_that_do_not_match_the_manifest_are_refused_before_ray(
     from varnext_ray.ingest import IngestOptions, ingest
 
     data = Path(shutil.copytree(dataset_dir, tmp_path / "ds"))
-    if edit == "files of another size":
+    if edit.endswith("files of another size"):
         other = tmp_path / "ds32"
         ingest([synth_dir], other, IngestOptions(size=(32, 18), val=0.2, test=0.2, seed=0))
         for file in other.glob("*/*.parquet"):
-            shutil.copy(file, data / file.relative_to(other))
+            table = pq.read_table(file)
+            if edit.startswith("old"):  # written before files recorded their frames' size
+                table = table.replace_schema_metadata(None)
+            pq.write_table(table, data / file.relative_to(other))
     else:
         manifest = json.loads((data / "dataset.json").read_text())
         manifest["encoding"] = edit.split()[1]
@@ -255,5 +260,10 @@ def test_images_that_do_not_match_the_manifest_are_refused_before_ray(
     with pytest.raises(UserError) as refused:
         load_manifest(data, check_keys=True)
     said = str(refused.value)
-    assert re.search(r"clips\[\d+\]\.files: '\w+/[^']+\.parquet': a stored frame ", said), said
+    file = r"clips\[\d+\]\.files: '\w+/[^']+\.parquet'"
+    if edit.startswith("old"):  # no record: its first frame is decoded
+        assert re.search(file + ": a stored frame ", said), said
+    else:  # the file's record of its frames' size and encoding
+        said_of = r" holds frames of (32x18|64x36) raw, but size and encoding say 64x36 "
+        assert re.search(file + said_of, said), said
     assert "re-run 'varnext ingest'" in said

@@ -189,6 +189,7 @@ def _check_files(root: Path, schema: _ManifestSchema, where: str) -> None:
                 what = f"{name}: {file!r} is not a readable Parquet file ({err})"
                 raise UserError(what, where, _MANIFEST_FIX) from None
             _check_columns(columns, f"{name}: {file!r}", where)
+            _check_frame_key(footer, schema, f"{name}: {file!r}", where)
             rows += footer.num_rows
         if rows != clip.frames:
             what = f"clips[{n}].frames: is {clip.frames} but its files hold {rows} rows"
@@ -242,6 +243,27 @@ def damaged_file(manifest: Manifest, split: str) -> str | None:
         except (OSError, pa.ArrowException, ValueError):
             return file
     return None
+
+
+FRAME_KEY = b"varnext.frames"  # Parquet metadata of a clip file: its frames' "WxH encoding"
+
+
+def frame_key(size: tuple[int, int] | list[int], encoding: str) -> bytes:
+    """What a clip file records of its frames under :data:`FRAME_KEY`, e.g. ``b"64x36 raw"``."""
+    return f"{size[0]}x{size[1]} {encoding}".encode()
+
+
+def _check_frame_key(
+    footer: pq.FileMetaData, schema: _ManifestSchema, file: str, where: str
+) -> None:
+    """The frame size and encoding a clip file records match the manifest's (files written
+    before the record existed have none, and are not checked)."""
+    recorded = (footer.metadata or {}).get(FRAME_KEY)
+    expected = frame_key(schema.size, schema.encoding)
+    if recorded is not None and recorded != expected:
+        said = recorded.decode(errors="replace")[:40]
+        what = f"{file} holds frames of {said}, but size and encoding say {expected.decode()}"
+        raise UserError(what, where, _MANIFEST_FIX)
 
 
 def _check_columns(schema: pa.Schema, file: str, where: str) -> None:

@@ -32,7 +32,15 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from varnext_ray import __version__
-from varnext_ray.dataset import ENCODINGS, FORMAT_VERSION, MANIFEST, SPLITS, encode_image
+from varnext_ray.dataset import (
+    ENCODINGS,
+    FORMAT_VERSION,
+    FRAME_KEY,
+    MANIFEST,
+    SPLITS,
+    encode_image,
+    frame_key,
+)
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import (
     check_new_dir,
@@ -274,9 +282,19 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in text)[:40] or "source"
 
 
-def write_pieces(staged: StagedClip, pieces: list[tuple[str, int, int]], out: Path) -> list[dict]:
-    """Rewrites a staged clip as its final pieces, adding the columns readers need."""
+def write_pieces(
+    staged: StagedClip,
+    pieces: list[tuple[str, int, int]],
+    out: Path,
+    size: tuple[int, int],
+    encoding: str,
+) -> list[dict]:
+    """Rewrites a staged clip as its final pieces, adding the columns readers need, and the
+    frames' size and encoding in each file's metadata (:func:`~varnext_ray.dataset.frame_key`):
+    raw bytes do not say their width, so a manifest edited to another size of as many pixels
+    would read every frame scrambled."""
     table = pq.read_table(staged.path)
+    key = {FRAME_KEY: frame_key(size, encoding)}
     records = []
     for split, start, stop in pieces:
         clip_id = staged.id if len(pieces) == 1 else f"{staged.id}-{split}"
@@ -293,7 +311,7 @@ def write_pieces(staged: StagedClip, pieces: list[tuple[str, int, int]], out: Pa
                     "split": pa.array([split] * rows.num_rows, pa.string()),
                     "image": rows.column("image"),
                 }
-            )
+            ).replace_schema_metadata(key)
             name = f"{split}/{clip_id}-{part:04d}.parquet"
             pq.write_table(final, out / name, row_group_size=ROW_GROUP, compression="zstd")
             files.append(name)
@@ -447,7 +465,7 @@ def _ingest_into(
     clips = [
         rec
         for clip, pieces in zip(staged, plan, strict=True)
-        for rec in write_pieces(clip, pieces, partial)
+        for rec in write_pieces(clip, pieces, partial, opts.size, opts.encoding)
     ]
     staging.rmdir()
     manifest = _manifest(opts, records, clips, skipped, ignored, plan, staged)
