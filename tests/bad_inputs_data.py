@@ -909,7 +909,7 @@ TRACKING_URIS: dict[str, tuple[str, str, str, Setup | None]] = {
     ),
     "bare-path": ("{tmp}/mlruns", "no scheme (a plain path)", "", None),
     "sqlite-relative": ("sqlite://", "needs an absolute path (four slashes)", "", None),
-    "sqlite-directory": ("sqlite:///{tmp}", "database path is not a regular file", NO_DB, None),
+    "sqlite-directory": ("sqlite:///{tmp}", "database path is not a regular file", "", None),
     "sqlite-text-file": (  # must be left as it is (no migration into an MLflow schema)
         "sqlite:///{f}",
         "this file is not a SQLite database",

@@ -331,3 +331,100 @@ def test_an_mlflow_variable_it_cannot_read_is_one_line_for_every_command(
     assert not out.exists()
     if name != "MLFLOW_SQLALCHEMYSTORE_POOLCLASS":
         assert f"{name}={value!r}" in err[0] and "unset it or set a valid value" in err[0]
+
+
+# ---- hostile pass 10: a store locked, read-only, edited, or named with options ---------------
+
+
+def _best(uri: str, out: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[str]]:
+    from varnext_ray.cli import main
+
+    code = main(["best", "--experiment", "e", "--tracking-uri", uri, "--out", str(out)])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("suffix", "said"),
+    [
+        ("?timeout=5", "takes no ?options"),  # "no MLflow database at this path" (it is there)
+        (" ", "starts or ends with a space"),
+        ("\n", "starts or ends with a space"),
+    ],
+)
+def test_best_names_what_is_wrong_with_a_store_uri(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str, said: str
+) -> None:
+    code, err = _best(sqlite_uri(store) + suffix, tmp_path / "o", capsys)
+    assert code == 2 and len(err) == 1 and said in err[0], err
+
+
+@pytest.mark.timeout(120)
+def test_a_store_locked_by_another_process_is_one_line(
+    store_copy: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An exclusive lock held by another writer ended best in "unexpected OperationalError:
+    database is locked" (exit 1) once MLflow's wait ran out."""
+    holder = sqlite3.connect(store_copy, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        code, err = _best(sqlite_uri(store_copy), tmp_path / "o", capsys)
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith("error: the MLflow database failed (database is locked)"), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_metric_value_that_is_not_a_number_is_skipped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A best_ value SQLite kept as text (the column edited by hand) ended best in
+    "unexpected TypeError: must be real number, not str" (exit 1)."""
+    from tests.conftest import smoke_checkpoint
+
+    path = tmp_path / "mlflow.db"
+    uri = sqlite_uri(path)
+    for name, value in (("edited", 30.0), ("kept", 20.0)):
+        run = tracking.start_run(uri, "e", run_name=name, tags={"varnext.kind": "train"})
+        tracking.log_metrics(uri, run, {"best_extrap_psnr_motion": value}, step=1)
+        tracking.log_artifact(uri, run, smoke_checkpoint(tmp_path, name, 0), "checkpoint")
+        tracking.end_run(uri, run)
+    with sqlite3.connect(path) as db:
+        for table in ("metrics", "latest_metrics"):
+            db.execute(f"UPDATE {table} SET value = 'abc' WHERE value = 30.0")
+    code, err = _best(uri, tmp_path / "o", capsys)
+    assert code == 0, err
+    assert '"run_name": "kept"' in (tmp_path / "o" / "run.json").read_text()
+    assert tracking.usable_metric("abc") is False and tracking.usable_metric(b"1") is False
+
+
+@pytest.fixture
+def read_only_store(store: Path, tmp_path: Path) -> Iterator[Path]:
+    """A copy of the store seen through a read-only bind mount (skipped where this process
+    may not mount: the suite runs as root on its CI machine)."""
+    import subprocess
+
+    source, view = tmp_path / "rw", tmp_path / "ro"
+    source.mkdir()
+    view.mkdir()
+    shutil.copyfile(store, source / "mlflow.db")
+    mounted = subprocess.run(["mount", "--bind", str(source), str(view)], capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()[:80]}")
+    try:
+        subprocess.run(["mount", "-o", "remount,bind,ro", str(view)], check=True)
+        yield view / "mlflow.db"
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
+def test_a_read_only_store_is_refused_before_a_command_writes(read_only_store: Path) -> None:
+    """It passed every check; train failed on its first write (91 lines, exit 1), and best
+    --register after downloading its checkpoint."""
+    uri = sqlite_uri(read_only_store)
+    tracking.check_reachable(uri, existing=True)  # reading is fine
+    with pytest.raises(UserError, match="the MLflow database cannot be written"):
+        tracking.check_reachable(uri)
+    with pytest.raises(UserError, match="the MLflow database cannot be written"):
+        tracking.open_store(uri, writes=True)

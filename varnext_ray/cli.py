@@ -370,8 +370,32 @@ def _run(args: argparse.Namespace, stdout: GuardedStdout) -> int:
         if found is not None:
             _say(f"error: {found}")
             return 2
+        failed = _database_failure_line(args, err)
+        if failed is not None:
+            _say(failed)
+            return 2
         _say(unexpected_error_line(err, save_traceback(err)))
         return 1
+
+
+def _database_failure_line(args: argparse.Namespace, err: BaseException) -> str | None:
+    """The error line of the MLflow database failing under a command (locked by another
+    process, read-only, its disk full), which no check before the work can rule out."""
+    if "sqlalchemy" not in sys.modules:  # no SQL store was opened
+        return None
+    from varnext_ray.tracking import database_failure, resolve_tracking_uri
+
+    reason = database_failure(err)
+    if reason is None:
+        return None
+    try:
+        store = resolve_tracking_uri(getattr(args, "tracking_uri", None))
+    except Exception:  # the line must be said whatever the URI holds
+        store = "the MLflow tracking store"
+    return (
+        f"error: the MLflow database failed ({reason}) ({store}): another process may hold "
+        "it (retry once it ends), or it cannot be written (pass a --tracking-uri you can write)"
+    )
 
 
 def save_traceback(err: BaseException) -> str:

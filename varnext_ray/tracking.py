@@ -27,8 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray.errors import UserError, failure_summary
-from varnext_ray.safe_io import os_reason
-from varnext_ray.tracking_uri import NO_STORE_FIX, check_reachable, store_exists
+from varnext_ray.tracking_uri import check_reachable, store_exists
 
 log = logging.getLogger(__name__)
 
@@ -63,34 +62,22 @@ def client(uri: str) -> Any:
     return MlflowClient(tracking_uri=uri)
 
 
-def open_store(uri: str | None) -> tuple[str, Any]:
-    """The resolved tracking URI and a client for it; refuses a missing SQLite file."""
+def open_store(uri: str | None, *, writes: bool = False) -> tuple[str, Any]:
+    """The resolved tracking URI of an existing store, checked (:func:`check_reachable`; one
+    the command ``writes`` to must be writable), and a client for it."""
     uri = resolve_tracking_uri(uri)
-    if uri.startswith("sqlite:///") and not _is_file(Path(uri[len("sqlite:///") :])):
-        raise UserError(
-            "no MLflow database at this path",
-            uri,
-            NO_STORE_FIX,
-        )
-    check_reachable(uri, existing=True)
+    check_reachable(uri, existing=True, writes=writes)
     return uri, client(uri)
 
 
-def _is_file(path: Path) -> bool:
-    """``path.is_file()``, whose OSError (a name over 255 bytes, a folder that cannot be
-    searched: Python 3.11 raises those) is a UserError naming the path."""
-    try:
-        return path.is_file()
-    except OSError as err:
-        raise UserError(
-            f"cannot read the MLflow database ({os_reason(err)})", str(path), NO_STORE_FIX
-        ) from None
-
-
-def usable_metric(value: float | None) -> bool:
+def usable_metric(value: object) -> bool:
     """Whether a metric read back from MLflow is a real number: not NaN, and not infinite,
-    which MLflow's SQL stores keep as the largest float (so ``inf`` reads as 1.797e308)."""
-    return value is not None and math.isfinite(value) and abs(value) < sys.float_info.max
+    which MLflow's SQL stores keep as the largest float (so ``inf`` reads as 1.797e308). A
+    value of another type (a string or bytes that SQLite keeps in a REAL column edited by
+    hand) is none."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    return math.isfinite(value) and abs(value) < sys.float_info.max
 
 
 def search_all_runs(
@@ -156,6 +143,28 @@ def is_store_error(err: BaseException) -> bool:
     return isinstance(err, (MlflowException, RequestException, SQLAlchemyError))
 
 
+def database_failure(err: BaseException) -> str | None:
+    """The database's own reason (e.g. "database is locked") when ``err`` is, or was raised
+    from, a SQL store's operational failure: the database locked by another writer, read-only,
+    its disk full or failing. That is the machine's state, not a bug; None for anything else."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    stack, seen = [err], set()
+    while stack:
+        found = stack.pop()
+        if id(found) in seen:
+            continue
+        seen.add(id(found))
+        if isinstance(found, OperationalError):
+            found = found.orig or found
+        if isinstance(found, sqlite3.OperationalError | OperationalError):
+            return (str(found).strip().splitlines() or [type(found).__name__])[0][:200]
+        stack += [e for e in (found.__cause__, found.__context__) if e is not None]
+    return None
+
+
 @contextlib.contextmanager
 def store_failures(uri: str, during: str, fix: str) -> Iterator[None]:
     """Inside, the store failing (:func:`is_store_error`) is a one-line UserError naming
@@ -165,9 +174,8 @@ def store_failures(uri: str, during: str, fix: str) -> Iterator[None]:
     except Exception as err:
         if isinstance(err, UserError) or not is_store_error(err):
             raise
-        raise UserError(
-            f"the MLflow store failed {during} ({failure_summary(err, 300)})", uri, fix
-        ) from err
+        reason = database_failure(err) or failure_summary(err, 300)
+        raise UserError(f"the MLflow store failed {during} ({reason})", uri, fix) from err
 
 
 def artifact_location(uri: str, name: str) -> str | None:

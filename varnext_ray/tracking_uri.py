@@ -29,14 +29,17 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 _URI_FIX = "pass sqlite:////abs/path/mlflow.db or http://HOST:PORT of an mlflow server"
 
 
-def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False) -> None:
+def check_reachable(
+    uri: str, timeout_s: float = 5.0, *, existing: bool = False, writes: bool | None = None
+) -> None:
     """A UserError unless ``uri`` names a tracking store MLflow can use, and it answers.
 
     Checked before anything is written or Ray starts: the scheme is a database or a server
     (MLflow 3 refuses its old file store, and a bare path would be taken for one); a SQLite
     store is an MLflow store of this MLflow's schema, or a new file in an existing folder (with
-    ``existing``, for commands that only read, it must hold a store); another database's driver
-    is installed and its host accepts a connection; an http(s) server answers MLflow's
+    ``existing``, for commands that only read, it must hold a store), and, for a command that
+    ``writes`` (by default one that may create the store), can be written; another database's
+    driver is installed and its host accepts a connection; an http(s) server answers MLflow's
     ``/health`` within ``timeout_s``. Nothing is written to the store.
     """
     if uri != uri.strip() or any(ord(c) < 32 or ord(c) == 127 for c in uri):
@@ -52,7 +55,8 @@ def check_reachable(uri: str, timeout_s: float = 5.0, *, existing: bool = False)
     check_mlflow_env()
     scheme = parsed.scheme.split("+", 1)[0].lower()
     if scheme == "sqlite":
-        _check_sqlite(uri, existing=existing, timeout_s=timeout_s)
+        writes = not existing if writes is None else writes
+        _check_sqlite(uri, existing=existing, writes=writes, timeout_s=timeout_s)
         _check_engine_settings(uri)
         return
     if scheme == "databricks":
@@ -287,8 +291,11 @@ def _check_database(uri: str, timeout_s: float) -> None:
         _check_tcp(url.host, port, timeout_s, "database server", shown, fix)
 
 
-def _check_sqlite(uri: str, *, existing: bool = False, timeout_s: float = 5.0) -> None:
-    """A SQLite tracking URI must be absolute and name an MLflow store or a new file in a folder."""
+def _check_sqlite(
+    uri: str, *, existing: bool = False, writes: bool = False, timeout_s: float = 5.0
+) -> None:
+    """A SQLite tracking URI must be absolute and name an MLflow store or a new file in a
+    folder; one a command ``writes`` to must be writable (:func:`_check_sqlite_writable`)."""
     import stat
 
     scheme, _, rest = uri.partition(":")
@@ -313,12 +320,16 @@ def _check_sqlite(uri: str, *, existing: bool = False, timeout_s: float = 5.0) -
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
+        if existing:  # a command that reads runs
+            raise UserError("no MLflow database at this path", uri, NO_STORE_FIX) from None
         if not path.parent.is_dir():
             raise UserError(
                 "the folder of the MLflow database does not exist",
                 str(path.parent),
                 "create it, or pass a --tracking-uri in an existing folder",
             ) from None
+        if writes:
+            _check_sqlite_writable(path)
         return
     except OSError as err:
         raise UserError(
@@ -341,6 +352,22 @@ def _check_sqlite(uri: str, *, existing: bool = False, timeout_s: float = 5.0) -
         )
     if head or existing:
         _check_sqlite_store(path, uri, existing=existing, timeout_s=timeout_s)
+    if writes:
+        _check_sqlite_writable(path)
+
+
+def _check_sqlite_writable(path: Path) -> None:
+    """SQLite writes the database file and, beside it, its journal: the file (where it exists)
+    and its folder must both be writable. A read-only mount or a missing permission passed
+    every other check, and a command failed on its first write, after its work (a checkpoint
+    downloaded, a training run's epochs) with MLflow's tracebacks."""
+    for target, what in ((path, "the MLflow database"), (path.parent, "its folder")):
+        if (target is path.parent or target.exists()) and not os.access(target, os.W_OK):
+            raise UserError(
+                f"{what} cannot be written (a read-only file system, or no write permission)",
+                str(target),
+                "pass a --tracking-uri in a folder you can write, or make it writable",
+            )
 
 
 def store_exists(uri: str) -> bool:
