@@ -516,6 +516,30 @@ def test_a_model_whose_files_left_the_artifact_store_is_one_line(
     assert not (tmp_path / "p.png").exists()
 
 
+@pytest.mark.parametrize("status", ["FAILED_REGISTRATION", "PENDING_REGISTRATION"])
+def test_a_version_whose_registration_is_not_ready_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture, status: str
+) -> None:
+    """A version whose registration failed or is pending was downloaded and predicted from."""
+    import sqlite3
+
+    from tests.conftest import smoke_checkpoint
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = tracking.start_run(uri, "not-ready", run_name="r", tags={"varnext.kind": "train"})
+    registry.register_checkpoint(uri, run, smoke_checkpoint(tmp_path, "ck", 0), "not-ready")
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:
+        db.execute("UPDATE model_versions SET status = ?", (status,))
+    a, b = _frames(tmp_path)
+    capsys.readouterr()  # MLflow's notes while the store was made
+    for model in ("models:/not-ready@champion", "models:/not-ready/1"):
+        argv = ["predict", "--model", model, "--tracking-uri", uri]
+        assert main([*argv, "--out", str(tmp_path / "p.png"), str(a), str(b)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"is not ready (its status is {status})" in err[0], err
+    assert not (tmp_path / "p.png").exists()
+
+
 def test_predict_model_checks_out_before_it_downloads(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -344,6 +344,29 @@ def _checkpoint_artifact(model_dir: Path) -> Path | None:
         return None  # not a model this varnext logged: said by the caller
 
 
+def _check_ready(uri: str, model_uri: str) -> None:
+    """A UserError unless the model version ``models:/NAME@ALIAS`` or ``models:/NAME/N`` names
+    is READY: one whose registration failed or is still pending was downloaded and used. Other
+    forms (a stage, ``latest``) are resolved by MLflow, which only picks READY versions."""
+    rest = model_uri[len("models:/") :]
+    name, at, alias = rest.partition("@")
+    client = _client(uri)
+    if at:
+        version = client.get_model_version_by_alias(name, alias)
+    else:
+        name, _, number = rest.rpartition("/")
+        if not number.isdecimal():
+            return
+        version = client.get_model_version(name, number)
+    status = getattr(version, "status", None) or "READY"
+    if status != "READY":
+        raise UserError(
+            f"version {version.version} of model {name!r} is not ready (its status is {status})",
+            model_uri,
+            "pass another version, or register the model again (varnext best --register)",
+        )
+
+
 def _download_model(model_uri: str, uri: str, tmp: Path) -> Path:
     """The registered model's files, downloaded into ``tmp``. What its artifact store raises
     besides MLflow's own errors (boto3's ``NoCredentialsError``, a refused connection, a
@@ -400,6 +423,7 @@ def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Pat
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # "No artifacts found ...": a second line before ours
     try:
+        _check_ready(uri, model_uri)
         local = _download_model(model_uri, uri, tmp)
         if not any(local.iterdir()):
             raise UserError(
