@@ -438,6 +438,17 @@ HOSTILE_JSON: dict[str, Raw] = {
     "json-arch-over-1-mib": (ARCH_CHECK, "larger than the 1 MiB limit", sparse("a.json", 2**21)),
     "json-arch-not-utf8": (ARCH_CHECK, "not UTF-8 text", file("a.json", b'{"input": "\xff"}')),
     "json-arch-utf16": (ARCH_CHECK, "not UTF-8 text", file("a.json", '{"a": 1}'.encode("utf-16"))),
+    # without its byte-order mark, UTF-16 of ASCII decodes as UTF-8 ("Expecting property name")
+    "json-arch-utf16-no-bom": (
+        ARCH_CHECK,
+        "not UTF-8 JSON: it holds a NUL byte (at offset 1), as UTF-16 text does",
+        file("a.json", '{"a": 1}'.encode("utf-16-le")),
+    ),
+    "json-arch-raw-control-character": (  # Python's message ends in "at": it was said twice
+        ARCH_CHECK,
+        "invalid JSON: Invalid control character at line 1 column 12",
+        file("a.json", b'{"name": "a\x01b"}'),
+    ),
     "json-arch-empty": (ARCH_CHECK, "invalid JSON: Expecting value", file("a.json", "")),
     "json-arch-top-level-list": (
         ARCH_CHECK,

@@ -214,6 +214,10 @@ def parse_json(
             raise UserError(what, where, "save the file as UTF-8 JSON") from None
     else:
         text = data
+    if "\x00" in text:  # never in JSON, which escapes control characters even in strings
+        offset = text.index("\x00")
+        what = f"not UTF-8 JSON: it holds a NUL byte (at offset {offset}), as UTF-16 text does"
+        raise UserError(what, where, "save the file as UTF-8 JSON")
     kwargs: dict[str, Any] = (
         {} if allow_nan else {"parse_constant": _reject_constant, "parse_float": _finite_float}
     )
@@ -222,7 +226,8 @@ def parse_json(
     try:
         value = json.loads(text, **kwargs)
     except json.JSONDecodeError as err:
-        what = f"invalid JSON: {err.msg} at line {err.lineno} column {err.colno}"
+        said = err.msg.removesuffix(" at")  # "Invalid control character at"
+        what = f"invalid JSON: {said} at line {err.lineno} column {err.colno}"
         raise UserError(what, where, fix) from None
     except RecursionError:
         what = f"invalid JSON: nested more than {max_depth} levels deep"
