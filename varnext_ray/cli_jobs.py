@@ -380,6 +380,7 @@ def _run_predict(args: argparse.Namespace) -> int:
         video=args.video is not None,
         stride=stride,
         overwrite=args.overwrite,
+        checkpoint_dir=args.checkpoint,
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.model is not None:

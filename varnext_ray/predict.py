@@ -153,8 +153,11 @@ def _check_stride(stride: int) -> None:
         )
 
 
+CHECKPOINT_ROLE = "the checkpoint it reads"
+
+
 def _check_outputs(
-    checkpoint: Checkpoint | None, outs: list[Path], inputs: list[str | Path], overwrite: bool
+    checkpoint: Checkpoint, outs: list[Path], inputs: list[str | Path], overwrite: bool
 ) -> None:
     """Refuses outputs that exist (unless ``overwrite``), are inputs, or lie in the checkpoint."""
     check_output_files(
@@ -162,7 +165,7 @@ def _check_outputs(
         flag="--out",
         overwrite=overwrite,
         inputs=inputs,
-        protected_dirs=[] if checkpoint is None else [(checkpoint.path, "the checkpoint it reads")],
+        protected_dirs=[(checkpoint.path, CHECKPOINT_ROLE)],
     )
 
 
@@ -184,15 +187,23 @@ def check_request(
     video: bool,
     stride: int = 1,
     overwrite: bool = False,
+    checkpoint_dir: str | Path | None = None,
 ) -> None:
-    """What a prediction can check before it has a model: ``--out``, ``--steps``, ``--stride``
-    and that its files may be written. A registered model is downloaded first (megabytes, over
-    the network), so the CLI checks its request with this before; the checkpoint's own folder is
-    checked again once it is loaded (:func:`predict_image_files`, :func:`predict_video`)."""
+    """What a prediction can check before its model loads: ``--out``, ``--steps``, ``--stride``
+    and that its files may be written (never into ``checkpoint_dir``, the checkpoint it will
+    read). A registered model is downloaded first (megabytes, over the network), so the CLI
+    checks its request with this before; the loaded checkpoint's folder is checked again by
+    :func:`predict_image_files` and :func:`predict_video`."""
     outs = output_files(out, steps, video=video)
     if video:
         _check_stride(stride)
-    _check_outputs(None, outs, inputs, overwrite)
+    check_output_files(
+        outs,
+        flag="--out",
+        overwrite=overwrite,
+        inputs=inputs,
+        protected_dirs=[] if checkpoint_dir is None else [(checkpoint_dir, CHECKPOINT_ROLE)],
+    )
 
 
 def _check_same_size(frame_a: np.ndarray, frame_b: np.ndarray, where: str) -> None:
