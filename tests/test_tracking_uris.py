@@ -419,7 +419,9 @@ def read_only_store(store: Path, tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", str(view)], check=True)
 
 
-def test_a_read_only_store_is_refused_before_a_command_writes(read_only_store: Path) -> None:
+def test_a_read_only_store_is_refused_before_a_command_writes(
+    read_only_store: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """It passed every check; train failed on its first write (91 lines, exit 1), and best
     --register after downloading its checkpoint."""
     uri = sqlite_uri(read_only_store)
@@ -428,3 +430,14 @@ def test_a_read_only_store_is_refused_before_a_command_writes(read_only_store: P
         tracking.check_reachable(uri)
     with pytest.raises(UserError, match="the MLflow database cannot be written"):
         tracking.open_store(uri, writes=True)
+    from varnext_ray.cli import main
+
+    out = read_only_store.parent.parent / "out"
+    for argv in (
+        ["best", "--experiment", "e", "--out", str(out), "--register", "m"],
+        ["report", "--experiment", "e", "--out", str(out) + ".html"],
+    ):
+        assert main([*argv, "--tracking-uri", uri]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "the MLflow database cannot be written" in err[0], err
+        assert not out.exists() and not Path(str(out) + ".html").exists()

@@ -16,7 +16,9 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from varnext_ray.safe_io import (
     CONFIG_LIMIT,
     absolute_new_dir,
     check_new_dir,
+    check_not_inside,
     os_reason,
     size_text,
     staged_dir,
@@ -201,9 +204,10 @@ class NoRoom(Exception):
     """The download does not fit where ``--out`` is (not a fault of the run or its store)."""
 
 
-def _write_failure(err: Exception, staging: Path) -> str | None:
-    """Why writing the download failed, if it was the local disk: MLflow reports a failed
-    local write as "Failed to download artifacts", with no cause attached."""
+def write_failure(err: Exception, staging: Path) -> str | None:
+    """Why writing a download into ``staging`` failed, if it was the local disk (None if
+    not): MLflow reports a failed local write as "Failed to download artifacts", with no
+    cause attached."""
     if isinstance(err, NoRoom):
         return str(err)
     if isinstance(err, OSError) and err.errno in WRITE_ERRNOS:
@@ -242,6 +246,7 @@ def download_best(
     # a warning (a better run skipped, MLflow's retries) is shown only if the download succeeds
     with warnings_after_success(log, logging.getLogger("urllib3.connectionpool")):
         run = find_best_run(uri, experiment, metric)
+        check_out_of_store(out, "--out", run["tracking_uri"], [run["artifact_uri"], *_where(run)])
         artifacts = RunArtifacts(
             tracking.client(run["tracking_uri"]), run["run_id"], run["artifact_uri"]
         )
@@ -259,11 +264,11 @@ def _download(artifacts: RunArtifacts, staging: Path, run: dict[str, Any], out: 
     where = f"run {run['run_id']}, artifact checkpoint/"
     try:
         _download_listed(artifacts, staging)
-        load_checkpoint(staging)
+        _warn_if_another_value(load_checkpoint(staging).meta, run)
         (staging / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
     except (ArtifactStoreError, OSError, NoRoom) as err:
         cause = err.__cause__ if isinstance(err, ArtifactStoreError) else err
-        why = _write_failure(cause if isinstance(cause, Exception) else err, staging)
+        why = write_failure(cause if isinstance(cause, Exception) else err, staging)
         if why is not None:
             fix = "free space there, or choose another --out"
             raise UserError(f"cannot write the download ({why})", str(out), fix) from None
@@ -275,3 +280,65 @@ def _download(artifacts: RunArtifacts, staging: Path, run: dict[str, Any], out: 
         file = Path(err.where).name if err.where.startswith(str(staging)) else err.where
         what = f"the run's checkpoint does not load: {file}: {err.what}"
         raise UserError(what, where, "pick another run (--metric) or retrain it") from None
+
+
+def _where(run: dict[str, Any]) -> list[str | None]:
+    """The artifact location of the experiment of ``run`` (a result of :func:`find_best_run`)."""
+    fix = "check --tracking-uri (or MLFLOW_TRACKING_URI) and that the store is up"
+    uri = run["tracking_uri"]
+    with tracking.store_failures(uri, "while looking up the experiment", fix):
+        found = tracking.client(uri).get_experiment_by_name(run["experiment"])
+    return [found.artifact_location if found is not None else None]
+
+
+def _warn_if_another_value(meta: dict[str, Any], run: dict[str, Any]) -> None:
+    """A warning when the checkpoint's own best (``extra.best``, of the objective it was
+    trained for) is not the run's ``best_<metric>``: the checkpoint is then not the one this
+    run saved last (its artifact location points at another run's, or its upload was cut)."""
+    extra = meta.get("extra") or {}
+    saved = extra.get("best")
+    if extra.get("objective") != run["metric"].removeprefix("best_"):
+        return  # ranked by another metric than the one the checkpoint was kept for
+    if not tracking.usable_metric(saved) or math.isclose(saved, run["value"], rel_tol=1e-6):
+        return
+    log.warning(
+        "%s (%s) logged %s %.4f but its checkpoint's meta.json says %.4f: the checkpoint may "
+        "be another run's (check the run's artifact location, %s) or an older one",
+        run["run_name"],
+        run["run_id"],
+        run["metric"],
+        run["value"],
+        saved,
+        run["artifact_uri"],
+    )
+
+
+def local_folder(uri: str | None) -> Path | None:
+    """The local folder an artifact URI or location names: an absolute path, plain or
+    ``file:``; None for a remote store (``s3://``, ``mlflow-artifacts:``, ...)."""
+    from urllib.parse import unquote, urlparse
+
+    parsed = urlparse(uri or "")
+    if parsed.scheme.lower() == "file" and parsed.netloc in ("", "localhost"):
+        path = unquote(parsed.path)
+    elif parsed.scheme == "" and uri:
+        path = uri
+    else:
+        return None
+    return Path(path) if path.startswith("/") else None
+
+
+def check_out_of_store(
+    out: str | Path, flag: str, uri: str, locations: Iterable[str | None]
+) -> None:
+    """A UserError if ``out`` lies in a local folder of the MLflow artifact store: a run's
+    artifact URI or an experiment's artifact location (``locations``; remote ones never
+    hold a local path), or the folder beside a SQLite database (``uri``) that varnext's
+    experiments keep their artifacts in (:func:`~varnext_ray.tracking.artifact_location`)."""
+    if uri.startswith("sqlite:///"):
+        database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+        locations = [str(database.parent / tracking.ARTIFACTS_DIR), *locations]
+    for location in locations:
+        folder = local_folder(location)
+        if folder is not None:
+            check_not_inside(out, flag, folder, "the MLflow artifact store")

@@ -240,6 +240,7 @@ def _run_best(args: argparse.Namespace) -> int:
 
     if args.register is not None:
         check_model_name(args.register)
+        tracking.open_store(args.tracking_uri, writes=True)  # before the download
     path = download_best(args.tracking_uri, args.experiment, args.out, args.metric)
     run = read_json(path / RUN_FILE, what="run details")  # written by download_best
     print(

@@ -15,19 +15,25 @@ Example:
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import logging
 import re
+import shutil
 import tempfile
+import warnings
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from varnext_ray import tracking
 from varnext_ray.artifacts import ArtifactStoreError, RunArtifacts
+from varnext_ray.best import check_out_of_store, write_failure
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import OBJECTIVES
 from varnext_ray.report_page import STRIPS, SweepReport, Trial, render_page
-from varnext_ray.safe_io import check_output_files, parent_folders, write_atomic
+from varnext_ray.safe_io import check_output_files, os_reason, parent_folders, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,7 @@ SWEEP_FIX = (
     "check the artifact store is reachable from here (its credentials, its client library) "
     "and writable, or pass another --sweep"
 )
+TMP_FIX = "free space there, or set TMPDIR to another folder"
 MAX_IMAGE_BYTES = 20 * 2**20  # larger images are named, not embedded
 _PNG = re.compile(r"strip_epoch_(\d+)\.png$")
 _GIF = re.compile(r"rollout_epoch_(\d+)\.gif$")
@@ -156,10 +163,16 @@ def gather(uri: str | None, experiment: str, sweep_id: str | None = None) -> Swe
     """
     from mlflow.exceptions import MlflowException
 
-    uri, client = tracking.open_store(uri)
+    uri, client = tracking.open_store(uri, writes=True)  # the page is logged to the sweep
     try:
         exp = tracking.existing_experiment(client, experiment, uri)
-        runs = list(tracking.search_all_runs(client, exp.experiment_id))
+        # a run whose status is NULL (a store edited by hand) makes MLflow's search fail: SQL's
+        # NULL matches no LIKE, so it is left out, as `best` leaves it out (status != 'FAILED')
+        runs = list(
+            tracking.search_all_runs(
+                client, exp.experiment_id, filter_string="attributes.status LIKE '%'"
+            )
+        )
     except MlflowException as err:
         raise UserError(
             f"the tracking store did not answer ({str(err).splitlines()[0][:200]})",
@@ -194,6 +207,7 @@ def gather(uri: str | None, experiment: str, sweep_id: str | None = None) -> Swe
         trials=trials,
         tracking_uri=uri,
         artifact_uri=parent.info.artifact_uri or "",
+        artifact_location=exp.artifact_location or "",
     )
 
 
@@ -208,19 +222,61 @@ def utc_time(ms: int | None) -> str:
     return when.strftime("%Y-%m-%d %H:%M UTC")
 
 
-def _latest(artifacts: RunArtifacts, folder: str, pattern: re.Pattern) -> str | None:
-    """The artifact path of the highest-epoch file in ``folder`` matching ``pattern``."""
-    found = [(int(m[1]), f.path) for f in artifacts.list(folder) if (m := pattern.search(f.path))]
-    return max(found)[1] if found else None
+def _latest(artifacts: RunArtifacts, folder: str, pattern: re.Pattern) -> Any | None:
+    """The listing (``FileInfo``: path, file_size) of the highest-epoch file in ``folder``
+    whose name matches ``pattern``."""
+    found = [
+        (int(m[1]), f.path, f)
+        for f in artifacts.list(folder)
+        if not f.is_dir and (m := pattern.search(f.path))
+    ]
+    return max(found, key=lambda item: item[:2])[2] if found else None
 
 
-def _data_uri(artifacts: RunArtifacts, path: str, mime: str, tmp: str) -> str | None:
-    local = artifacts.download(path, tmp)
-    if local.stat().st_size > MAX_IMAGE_BYTES:
-        run_id = artifacts.run_id
-        log.warning("%s of run %s is over %d bytes: not embedded", path, run_id, MAX_IMAGE_BYTES)
+def _over_bytes(size: int | None) -> str | None:
+    return (
+        f"is over {MAX_IMAGE_BYTES} bytes" if size is not None and size > MAX_IMAGE_BYTES else None
+    )
+
+
+def _image_problem(data: bytes, fmt: str) -> str | None:
+    """Why ``data`` is not embedded as a ``fmt`` (PNG, GIF) image: over
+    :data:`~varnext_ray.sources.MAX_PIXELS` pixels (a browser would decode them all), or not
+    such an image. Reads the header only, never the pixels."""
+    from PIL import Image
+
+    from varnext_ray.sources import MAX_PIXELS
+
+    over = f"is over the limit of {MAX_PIXELS:,} pixels"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data), formats=[fmt]) as image:
+                width, height = image.size
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+        return over  # over Pillow's own limit, which is higher
+    except Exception:  # Pillow raises many types for a file it cannot read
+        return f"is not a {fmt} image"
+    return (
+        f"is {width}x{height}: {over.removeprefix('is ')}" if width * height > MAX_PIXELS else None
+    )
+
+
+def _image(artifacts: RunArtifacts, info: Any, fmt: str, tmp: str) -> bytes | None:
+    """The bytes of the image ``info`` lists, or None (with a warning) when it is not
+    embedded: a file over :data:`MAX_IMAGE_BYTES` (by the store's listing, so never
+    downloaded), over the pixel limit, or not a ``fmt`` image."""
+    why = _over_bytes(info.file_size)
+    if why is None:
+        local = artifacts.download(info.path, tmp)
+        with open(local, "rb") as file:  # a size the listing did not give is checked here
+            data = file.read(MAX_IMAGE_BYTES + 1)
+        local.unlink()
+        why = _over_bytes(len(data)) or _image_problem(data, fmt)
+    if why is not None:
+        log.warning("%s of run %s %s: not embedded", info.path, artifacts.run_id, why)
         return None
-    return f"data:{mime};base64,{base64.b64encode(local.read_bytes()).decode('ascii')}"
+    return data
 
 
 def add_images(report: SweepReport, count: int = STRIPS) -> None:
@@ -228,21 +284,33 @@ def add_images(report: SweepReport, count: int = STRIPS) -> None:
     trial whose images cannot be fetched is shown without them, with a warning."""
     client = tracking.client(report.tracking_uri)
     ranked = [t for t in report.trials if t.objective is not None][:count]
-    with tempfile.TemporaryDirectory(prefix="varnext-report-") as tmp:
+    with _scratch() as tmp:
         for trial in ranked:
             artifacts = RunArtifacts(client, trial.run_id, trial.artifact_uri)
-            for folder, pattern, mime in (
-                ("strips", _PNG, "image/png"),
-                ("rollouts", _GIF, "image/gif"),
-            ):
+            for folder, pattern, fmt in (("strips", _PNG, "PNG"), ("rollouts", _GIF, "GIF")):
                 try:
-                    path = _latest(artifacts, folder, pattern)
-                    data = path and _data_uri(artifacts, path, mime, tmp)
+                    info = _latest(artifacts, folder, pattern)
+                    data = info and _image(artifacts, info, fmt, tmp)
                 except (ArtifactStoreError, OSError) as err:
-                    log.warning("could not fetch %s of run %s: %s", folder, trial.run_id, err)
+                    log.warning(
+                        "could not fetch %s of run %s: %s", folder, trial.run_id, _why(err, tmp)
+                    )
                     continue
                 if data:
-                    trial.images.append((path, data))
+                    uri = (
+                        f"data:image/{fmt.lower()};base64,{base64.b64encode(data).decode('ascii')}"
+                    )
+                    trial.images.append((info.path, uri))
+
+
+def _why(err: Exception, tmp: str) -> str:
+    """What a failed fetch says: the local disk where that is the cause (MLflow reports a
+    failed local write as the store's failure), else the error."""
+    cause = err.__cause__ if isinstance(err, ArtifactStoreError) else err
+    local = write_failure(cause if isinstance(cause, Exception) else err, Path(tmp))
+    if local is None:
+        return str(err)
+    return f"cannot write it to {tmp} ({local}): {TMP_FIX}"
 
 
 # ---- write ------------------------------------------------------------------------------------
@@ -302,6 +370,12 @@ def write_report(
     # warnings (a trial's images not fetched, MLflow's retries) only if the page is written
     with warnings_after_success(log, logging.getLogger("urllib3.connectionpool")):
         report = gather(uri, experiment, sweep_id)
+        # the page is logged into the store: an --out among its files would be refused only
+        # after that (it exists by then), or would change a run's artifacts
+        where = [report.artifact_location, report.artifact_uri]
+        check_out_of_store(
+            out, "--out", report.tracking_uri, where + [t.artifact_uri for t in report.trials]
+        )
         client = tracking.client(report.tracking_uri)
         sweep = RunArtifacts(client, report.run_id, report.artifact_uri, SWEEP_FIX)
         sweep.list()  # its store answers, before any trial's images are fetched
@@ -317,10 +391,28 @@ def write_report(
 def _log_page(sweep: RunArtifacts, text: str) -> None:
     """Logs the page to the sweep's run as ``report/report.html``: before it is written
     locally, so that a store that refuses it leaves no page behind (an error, exit 2)."""
-    with tempfile.TemporaryDirectory(prefix="varnext-report-") as tmp:
+    with _scratch() as tmp:
         page = Path(tmp) / ARTIFACT_FILE
-        page.write_text(text, encoding="utf-8")
+        try:
+            page.write_text(text, encoding="utf-8")
+        except OSError as err:
+            what = f"cannot write the page's copy for the sweep run ({os_reason(err)})"
+            raise UserError(what, tmp, TMP_FIX) from None
         sweep.log(page, ARTIFACT_DIR)
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[str]:
+    """A temporary folder (in TMPDIR), removed after; a UserError if it cannot be made."""
+    try:
+        tmp = tempfile.mkdtemp(prefix="varnext-report-")
+    except OSError as err:
+        what = f"cannot make a temporary folder ({os_reason(err)})"
+        raise UserError(what, tempfile.gettempdir(), TMP_FIX) from None
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _index(text: str) -> bool:

@@ -76,6 +76,7 @@ class SweepReport:
     trials: list[Trial]
     tracking_uri: str
     artifact_uri: str = ""  # the sweep run's, where the page is logged
+    artifact_location: str = ""  # the experiment's
 
 
 def fmt(value: Any, digits: int = 4) -> str:
