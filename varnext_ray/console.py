@@ -95,9 +95,14 @@ def quiet_train_worker() -> None:
 
     Also silences DDP's "Grad strides do not match bucket view strides" note: the decoder's
     1x1 convolution out of a spatial latent gets its (C, c, 1, 1) gradient with other strides
-    for the size-1 dimensions, which costs one copy of a few hundred numbers per step.
+    for the size-1 dimensions, which costs one copy of a few hundred numbers per step; and
+    torch's note that a batch Ray Data passes without a copy is read-only (see below).
     """
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    # Ray Data hands a batch from the object store to torch.as_tensor without a copy; torch
+    # warns once per process that the array is read-only. The loop never writes into a batch
+    # (to_model_input makes a new float tensor), so the zero-copy read stays and the note goes.
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
     if is_verbose():
         return
     from ray.train.v2._internal.execution import context
