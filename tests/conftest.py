@@ -246,3 +246,20 @@ def smoke_checkpoint(directory: Path, name: str, seed: int, background: Any = No
         extra={"name": name},
         files=None if background is None else {BACKGROUND_FILE: png_bytes(background)},
     )
+
+
+@contextlib.contextmanager
+def nearly_full_tmpfs(folder: Path) -> Iterator[Path]:
+    """A real 300 KiB tmpfs mounted at ``folder`` (made here) with 8 KiB left, unmounted after;
+    the test is skipped where this process may not mount (root in CI may)."""
+    import subprocess
+
+    folder.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(folder)])
+    if made.returncode != 0:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        (folder / "fill").write_bytes(b"\0" * 290 * 1024)
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import smoke_checkpoint
+from tests.conftest import nearly_full_tmpfs, smoke_checkpoint
 from varnext_ray import tracking
 from varnext_ray.artifacts import ARTIFACT_FIX
 from varnext_ray.best import download_best, find_best_run
@@ -246,20 +247,9 @@ def test_best_refuses_a_symlinked_out_before_searching(
 
 
 @pytest.fixture
-def full_disk(tmp_path: Path):
-    """A real 300 KiB tmpfs with 8 KiB left (needs the right to mount, as root in CI has)."""
-    import subprocess
-
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)])
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        (mount / "fill").write_bytes(b"\0" * 290 * 1024)
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    with nearly_full_tmpfs(tmp_path / "tiny") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def test_best_on_a_full_disk_says_so(

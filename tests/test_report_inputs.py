@@ -11,7 +11,6 @@ import hashlib
 import logging
 import os
 import sqlite3
-import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.conftest import nearly_full_tmpfs
 from varnext_ray import tracking
 from varnext_ray.artifacts import RunArtifacts
 from varnext_ray.cli import main
@@ -188,19 +188,10 @@ def test_a_run_without_a_status_is_left_out_as_best_leaves_it_out(
 
 @pytest.fixture
 def full_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """The temporary folder on a real 300 KiB tmpfs with 8 KiB left (needs the right to
-    mount, as root in CI has)."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)])
-    if made.returncode != 0:
-        pytest.skip("cannot mount a tmpfs here")
-    try:
-        (mount / "fill").write_bytes(b"\0" * 290 * 1024)
+    """The temporary folder on a nearly full tmpfs."""
+    with nearly_full_tmpfs(tmp_path / "tiny") as mount:
         monkeypatch.setattr(tempfile, "tempdir", str(mount))
         yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=True)
 
 
 def _fill(mount: Path) -> None:
