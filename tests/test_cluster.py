@@ -445,10 +445,33 @@ def test_an_address_nobody_answers_is_refused_in_bounded_time() -> None:
     assert time.monotonic() - start < 10
     with pytest.raises(UserError, match="a Ray address is HOST:PORT"):
         _check_answers("127.0.0.1")
-    with socket.socket() as server:  # something that answers passes
+    with socket.socket() as server:  # accepts (the kernel does), and never says a word
         server.bind(("127.0.0.1", 0))
         server.listen()
-        _check_answers(f"ray://127.0.0.1:{server.getsockname()[1]}", timeout_s=1.0)
+        with pytest.raises(UserError, match=r"no Ray cluster answers there after 1 s"):
+            _check_answers(f"ray://127.0.0.1:{server.getsockname()[1]}", timeout_s=1.0)
+
+
+def test_an_address_that_is_no_ray_cluster_is_refused_and_a_real_gcs_passes(ray_head) -> None:
+    """A web server's port was taken for a cluster's: ray.init then retried it for ever (the
+    command hung, and Ray swapped 127.0.0.1 for the machine's address in its messages)."""
+    import http.server
+    import threading
+
+    from varnext_ray.cluster import _check_answers
+    from varnext_ray.errors import UserError
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        for form in ("", "ray://"):
+            with pytest.raises(UserError, match="something answers there, but not a Ray cluster"):
+                _check_answers(f"{form}127.0.0.1:{server.server_address[1]}", timeout_s=5.0)
+    finally:
+        server.shutdown()
+        server.server_close()
+    _check_answers(ray_head["address"], timeout_s=5.0)  # Ray's GCS, with token auth
 
 
 @pytest.mark.parametrize(
@@ -477,6 +500,7 @@ def test_an_address_of_another_form_is_refused_before_any_connection(
 
 def test_an_ipv6_address_in_brackets_is_taken() -> None:
     import socket
+    import threading
 
     from varnext_ray.cluster import _check_answers
 
@@ -487,6 +511,14 @@ def test_an_ipv6_address_in_brackets_is_taken() -> None:
         pytest.skip("no IPv6 loopback here")
     with server:
         server.listen()
+
+        def answer_as_http2() -> None:  # the server preface of an HTTP/2 server: SETTINGS
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+                connection.recv(64)
+
+        threading.Thread(target=answer_as_http2, daemon=True).start()
         _check_answers(f"[::1]:{server.getsockname()[1]}", timeout_s=1.0)
 
 

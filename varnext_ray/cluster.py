@@ -14,6 +14,7 @@ import math
 import os
 import re
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -308,7 +309,8 @@ def _environment(values: dict[str, str]) -> Iterator[None]:
 
 def _check_answers(address: str, timeout_s: float | None = None) -> None:
     """A UserError unless something accepts a TCP connection at a host:port Ray address
-    within ``timeout_s`` (default :data:`CONNECT_TIMEOUT_S`)."""
+    within ``timeout_s`` (default :data:`CONNECT_TIMEOUT_S`), and speaks gRPC there
+    (:func:`_speaks_grpc`): Ray's own connection retries an address for ever."""
     import socket
     import time
 
@@ -319,8 +321,16 @@ def _check_answers(address: str, timeout_s: float | None = None) -> None:
     deadline, reason = time.monotonic() + timeout_s, "no answer"
     while time.monotonic() < deadline:
         try:
-            with socket.create_connection((host, int(port)), timeout=min(3.0, timeout_s)):
-                return
+            with socket.create_connection((host, int(port)), timeout=min(3.0, timeout_s)) as s:
+                if _speaks_grpc(s):
+                    return
+                raise UserError(
+                    "something answers there, but not a Ray cluster (it does not speak gRPC, "
+                    "as Ray's GCS and its client server do)",
+                    address,
+                    "pass the head's GCS address (HOST:6379 by default, `ray status` on the "
+                    "head shows it) or ray://HOST:10001, not the dashboard's or another port",
+                )
         except OSError as err:
             reason = err.strerror or str(err)
             time.sleep(0.5)
@@ -329,6 +339,27 @@ def _check_answers(address: str, timeout_s: float | None = None) -> None:
         address,
         "start the cluster (ray start --head, or ray up) or unset RAY_ADDRESS for a local Ray",
     )
+
+
+_HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+_HTTP2_SETTINGS = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"  # an empty SETTINGS frame
+_SETTINGS_TYPE = 0x04
+
+
+def _speaks_grpc(sock: socket.socket) -> bool:
+    """Whether the server on ``sock`` answers an HTTP/2 connection preface (gRPC runs on
+    HTTP/2) with a SETTINGS frame, as Ray's GCS and Ray Client's server do; a web server
+    answers in HTTP/1 or closes. With TLS (``RAY_USE_TLS``) the check is left to Ray."""
+    if os.environ.get("RAY_USE_TLS", "").strip().lower() in ("1", "true"):
+        return True
+    sock.sendall(_HTTP2_PREFACE + _HTTP2_SETTINGS)
+    head = b""
+    while len(head) < 9:  # a frame header: length (3 bytes), type, flags, stream id
+        chunk = sock.recv(9 - len(head))
+        if not chunk:
+            break
+        head += chunk
+    return len(head) == 9 and head[3] == _SETTINGS_TYPE
 
 
 def _host_port(address: str) -> tuple[str, int]:
