@@ -1049,6 +1049,12 @@ BEFORE_RAY: dict[str, Raw] = {
         "the storage URI s3:///runs names no bucket or host (--storage)",
         None,
     ),
+    # no credentials here: pyarrow retried GCS for 15 minutes, deaf to SIGTERM (now 10 s)
+    "preflight-train-storage-gcs-unreachable": (
+        TRAIN + " --storage gs://varnext-no-such-bucket/runs",
+        "cannot reach the storage (google::cloud::Status(UNAVAILABLE",
+        None,
+    ),
     "preflight-train-autoscaling-unclear": (
         TRAIN,
         "VARNEXT_AUTOSCALING must be 1 or 0 (got 'maybe')",

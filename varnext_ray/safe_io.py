@@ -505,6 +505,15 @@ def _check_storage_uri(uri: str, flag: str) -> None:
         raise UserError(f"unknown storage URI scheme {scheme!r} in {uri}", flag, fix)
     if STORAGE_SCHEMES[scheme] and not parts.netloc:
         raise UserError(f"the storage URI {uri} names no bucket or host", flag, fix)
+    from varnext_ray.tracking import storage_path
+
+    fs, path = storage_path(uri)
+    try:  # one call: credentials, network and bucket, before Ray (GCS's retries are bounded)
+        fs.get_file_info(path)
+    except OSError as err:
+        what = f"cannot reach the storage ({str(err).strip().splitlines()[0][:160]})"
+        fix = "check its credentials and the network, or pass a local folder"
+        raise UserError(what, uri, fix) from None
 
 
 def check_trusted_storage(path: str) -> None:

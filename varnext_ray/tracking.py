@@ -14,6 +14,7 @@ Artifacts of a SQLite store's experiments live beside its database, in ``mlartif
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 import logging
 import math
@@ -370,14 +371,23 @@ def run_for_directory(
     return run_id
 
 
+# How long a GCS call is retried before it fails: pyarrow's default retries for 15 minutes in
+# native code, deaf to SIGTERM (no credentials and no network: `train --storage gs://...` hung).
+STORAGE_RETRY = datetime.timedelta(seconds=10)
+
+
 def storage_path(run_dir: str | Path) -> tuple[Any, str]:
-    """(pyarrow file system, path in it) for a local path or a storage URI."""
+    """(pyarrow file system, path in it) for a local path or a storage URI (a GCS one retries
+    for :data:`STORAGE_RETRY` at most)."""
     import pyarrow.fs
 
     text = str(run_dir)
     if "://" in text:
         try:
-            return pyarrow.fs.FileSystem.from_uri(text)
+            fs, path = pyarrow.fs.FileSystem.from_uri(text)
+            if isinstance(fs, pyarrow.fs.GcsFileSystem) and "?" not in text:
+                fs = pyarrow.fs.GcsFileSystem(retry_time_limit=STORAGE_RETRY)
+            return fs, path
         except (pyarrow.ArrowInvalid, OSError, ValueError) as err:  # no such scheme, no JVM
             raise UserError(
                 f"cannot open the storage URI ({str(err).splitlines()[0][:160]})",
