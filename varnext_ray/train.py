@@ -82,13 +82,14 @@ def check_dataset(
             f"training on triplets (loss.linearity_weight > 0 or --train-on triplets) needs at "
             f"least {workers} training triplets of stride {settings.stride}",
             str(data),
-            "lower --stride, re-ingest longer clips, or set loss.linearity_weight to 0",
+            "lower --stride or the number of workers, re-ingest longer clips, or set "
+            "loss.linearity_weight to 0",
         )
     if manifest.frames("train") < workers:
         raise UserError(
             f"the dataset has {manifest.frames('train')} training frames for {workers} workers",
             str(data),
-            "re-ingest more footage or with smaller --val/--test fractions",
+            "use fewer workers, or re-ingest more footage or with smaller --val/--test fractions",
         )
     triplets = len(triplet_index(manifest, "val", settings.stride))
     if triplets < workers:
@@ -96,8 +97,8 @@ def check_dataset(
             f"the dataset has {triplets} validation triplets of stride "
             f"{settings.stride} for {workers} workers",
             str(data),
-            f"re-ingest with --val > 0 (val clips need more than "
-            f"{2 * settings.stride} frames) or lower --stride",
+            f"use fewer workers (each scores its own share), lower --stride, or re-ingest "
+            f"with --val > 0 (val clips need more than {2 * settings.stride} frames)",
         )
 
 
