@@ -18,18 +18,22 @@ import json
 import logging
 import math
 import shutil
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from varnext_ray import objectives, tracking
-from varnext_ray.artifacts import ARTIFACT_FIX, ArtifactStoreError, RunArtifacts, error_line
+from varnext_ray.artifacts import (
+    ARTIFACT_FIX,
+    ArtifactStoreError,
+    RunArtifacts,
+    check_out_of_store,
+    error_line,
+)
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import (
     CONFIG_LIMIT,
     absolute_new_dir,
     check_new_dir,
-    check_not_inside,
     os_reason,
     size_text,
     staged_dir,
@@ -311,34 +315,3 @@ def _warn_if_another_value(meta: dict[str, Any], run: dict[str, Any]) -> None:
         saved,
         run["artifact_uri"],
     )
-
-
-def local_folder(uri: str | None) -> Path | None:
-    """The local folder an artifact URI or location names: an absolute path, plain or
-    ``file:``; None for a remote store (``s3://``, ``mlflow-artifacts:``, ...)."""
-    from urllib.parse import unquote, urlparse
-
-    parsed = urlparse(uri or "")
-    if parsed.scheme.lower() == "file" and parsed.netloc in ("", "localhost"):
-        path = unquote(parsed.path)
-    elif parsed.scheme == "" and uri:
-        path = uri
-    else:
-        return None
-    return Path(path) if path.startswith("/") else None
-
-
-def check_out_of_store(
-    out: str | Path, flag: str, uri: str, locations: Iterable[str | None]
-) -> None:
-    """A UserError if ``out`` lies in a local folder of the MLflow artifact store: a run's
-    artifact URI or an experiment's artifact location (``locations``; remote ones never
-    hold a local path), or the folder beside a SQLite database (``uri``) that varnext's
-    experiments keep their artifacts in (:func:`~varnext_ray.tracking.artifact_location`)."""
-    if uri.startswith("sqlite:///"):
-        database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
-        locations = [str(database.parent / tracking.ARTIFACTS_DIR), *locations]
-    for location in locations:
-        folder = local_folder(location)
-        if folder is not None:
-            check_not_inside(out, flag, folder, "the MLflow artifact store")

@@ -311,7 +311,6 @@ def _check_answers(address: str, timeout_s: float | None = None) -> None:
     """A UserError unless something accepts a TCP connection at a host:port Ray address
     within ``timeout_s`` (default :data:`CONNECT_TIMEOUT_S`), and speaks gRPC there
     (:func:`_speaks_grpc`): Ray's own connection retries an address for ever."""
-    import socket
     import time
 
     if address == "auto":

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray import tracking
-from varnext_ray.artifacts import ArtifactStoreError, RunArtifacts
-from varnext_ray.best import check_out_of_store, write_failure
+from varnext_ray.artifacts import ArtifactStoreError, RunArtifacts, check_out_of_store
+from varnext_ray.best import write_failure
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import OBJECTIVES
 from varnext_ray.report_page import STRIPS, SweepReport, Trial, render_page
