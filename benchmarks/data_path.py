@@ -66,8 +66,8 @@ from varnext_ray.dataset import (
     to_model_input,
 )
 from varnext_ray.errors import UserError
+from varnext_ray.frame_fit import parse_size
 from varnext_ray.ingest import IngestOptions, ingest
-from varnext_ray.sources import parse_size
 from varnext_ray.synth import write_synthetic
 from varnext_ray.train_data import TRAIN_BLOCK_ROWS
 

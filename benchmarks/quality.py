@@ -66,7 +66,7 @@ from benchmarks.harness import (  # sets the local Ray env
 import ray
 
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
-from varnext_ray.checkpoint import load_checkpoint
+from varnext_ray.checkpoint_load import load_checkpoint
 from varnext_ray.cluster import Resources, connect_ray
 from varnext_ray.dataset import load_manifest
 from varnext_ray.ingest import IngestOptions, ingest

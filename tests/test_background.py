@@ -19,7 +19,8 @@ from varnext_ray.background import (
     png_bytes,
     training_background,
 )
-from varnext_ray.checkpoint import read_meta, save_checkpoint
+from varnext_ray.checkpoint import save_checkpoint
+from varnext_ray.checkpoint_read import read_meta
 from varnext_ray.dataset import decode_images, load_manifest
 from varnext_ray.errors import UserError
 

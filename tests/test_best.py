@@ -20,7 +20,7 @@ from tests.conftest import nearly_full_tmpfs, smoke_checkpoint
 from varnext_ray import tracking
 from varnext_ray.artifacts import ARTIFACT_FIX
 from varnext_ray.best import download_best, find_best_run
-from varnext_ray.checkpoint import load_checkpoint
+from varnext_ray.checkpoint_load import load_checkpoint
 from varnext_ray.cli import build_parser, main
 from varnext_ray.errors import UserError
 from varnext_ray.registry import register_best

@@ -12,9 +12,10 @@ import pytest
 import torch
 from torch import nn
 
-from varnext_ray import __version__, checkpoint
+from varnext_ray import __version__, checkpoint, checkpoint_load
 from varnext_ray.arch import parse_arch
-from varnext_ray.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from varnext_ray.checkpoint import save_checkpoint
+from varnext_ray.checkpoint_load import load_checkpoint, load_optimizer_state
 from varnext_ray.errors import UserError
 from varnext_ray.model import VAE, build_vae
 
@@ -336,7 +337,7 @@ def test_spatial_checkpoint_round_trips_through_the_header_check(tmp_path: Path)
     path = save_checkpoint(tmp_path / "ckpt", model=model, arch_cfg=cfg, epoch=1, metrics={})
     saved = json.loads((path / "arch.json").read_text())
     assert saved["latent"]["kind"] == "spatial" and saved["latent_dim"] == 2 * 3 * 4
-    expected = checkpoint.expected_tensors(cfg)
+    expected = checkpoint_load.expected_tensors(cfg)
     assert expected["mu_head.weight"][1] == (2, 8, 1, 1)
     ckpt = load_checkpoint(path)
     assert ckpt.arch == cfg

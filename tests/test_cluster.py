@@ -325,7 +325,7 @@ def test_sweep_as_a_ray_job_then_best_checkpoint_over_http(
 ) -> None:
     import mlflow
 
-    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.checkpoint_load import load_checkpoint
 
     job = f"varnext-sweep-{uuid.uuid4().hex[:8]}"
     sweep = ["varnext", "sweep", "--space", "search_spaces/smoke.json"]  # from the working dir

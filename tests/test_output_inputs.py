@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import smoke_checkpoint
-from varnext_ray.checkpoint import load_checkpoint
+from varnext_ray.checkpoint_load import load_checkpoint
 from varnext_ray.cli import main
 from varnext_ray.predict import MAX_STRIDE
 from varnext_ray.synth import write_synthetic

@@ -15,10 +15,10 @@ from varnext_ray.arch import load_arch
 from varnext_ray.checkpoint import Checkpoint
 from varnext_ray.cli import main
 from varnext_ray.errors import UserError
+from varnext_ray.frame_fit import fit_frame
 from varnext_ray.media import write_video
 from varnext_ray.model import build_vae
 from varnext_ray.predict import predict_frames
-from varnext_ray.sources import fit_frame
 from varnext_ray.synth import write_synthetic
 
 REPO = Path(__file__).resolve().parent.parent

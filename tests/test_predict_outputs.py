@@ -17,7 +17,8 @@ import pytest
 from tests.test_media import _tree, tmpfs
 from tests.test_output_inputs import _refused
 from tests.test_output_inputs import inputs as shared_inputs
-from varnext_ray.checkpoint import Checkpoint, load_checkpoint
+from varnext_ray.checkpoint import Checkpoint
+from varnext_ray.checkpoint_load import load_checkpoint
 from varnext_ray.cli import main
 from varnext_ray.errors import UserError
 from varnext_ray.predict import (

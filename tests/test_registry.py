@@ -81,7 +81,7 @@ def _frames(tmp: Path) -> tuple[Path, Path]:
 def test_best_register_makes_a_champion_version_with_run_metrics_and_arch(
     store: dict, registered: dict
 ) -> None:
-    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.checkpoint_load import load_checkpoint
 
     client = mlflow.MlflowClient(store["uri"], registry_uri=store["uri"])
     version = client.get_model_version_by_alias(MODEL, "champion")
@@ -184,7 +184,7 @@ print(json.dumps({"one": [list(one.shape), str(one.dtype)], "three": list(three.
 def test_pyfunc_predicts_for_code_that_never_imports_varnext_ray(
     store: dict, registered: dict, tmp_path: Path
 ) -> None:
-    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.checkpoint_load import load_checkpoint
     from varnext_ray.predict import load_frame, predict_frames
 
     a, b = _frames(tmp_path)
@@ -572,7 +572,7 @@ def test_a_registered_model_downloads_through_an_mlflow_server(
 ) -> None:
     """predict --model checks a server as best does (GET /health), then downloads through it."""
     from tests.conftest import smoke_checkpoint
-    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.checkpoint_load import load_checkpoint
 
     run = tracking.start_run(
         mlflow_server, "reg-http", run_name="r", tags={"varnext.kind": "train"}

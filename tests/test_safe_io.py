@@ -15,10 +15,12 @@ import pytest
 from PIL import Image
 
 from tests.bad_inputs_data import SMOKE_DATA
-from varnext_ray import safe_io
+from varnext_ray import output_checks, safe_io
+from varnext_ray.atomic_write import staged_dir, write_atomic
 from varnext_ray.errors import UserError, escape
-from varnext_ray.safe_io import read_json, staged_dir, write_atomic
-from varnext_ray.sources import discover_sources, read_image, to_rgb
+from varnext_ray.image_read import read_image, to_rgb
+from varnext_ray.safe_io import read_json
+from varnext_ray.sources import discover_sources
 
 
 @pytest.fixture
@@ -145,9 +147,10 @@ def test_size_bounds_have_a_keyword_and_a_setting(
 def test_a_checkpoint_is_checked_against_its_header_before_the_model_is_built(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, smoke: Path
 ) -> None:
-    import varnext_ray.checkpoint as checkpoint_module
+    import varnext_ray.checkpoint_load as checkpoint_load_module
     from varnext_ray.arch import load_arch
-    from varnext_ray.checkpoint import load_checkpoint, save_checkpoint
+    from varnext_ray.checkpoint import save_checkpoint
+    from varnext_ray.checkpoint_load import load_checkpoint
     from varnext_ray.model import build_vae
 
     cfg = load_arch(smoke)
@@ -162,13 +165,13 @@ def test_a_checkpoint_is_checked_against_its_header_before_the_model_is_built(
     meta["files"]["arch.json"] = hashlib.sha256(data).hexdigest()
     (path / "meta.json").write_text(json.dumps(meta))
     built: list[int] = []
-    real_build = checkpoint_module.build_vae
+    real_build = checkpoint_load_module.build_vae
 
     def spy(cfg):  # type: ignore[no-untyped-def]
         built.append(cfg.encoder.conv[0].out_channels)
         return real_build(cfg)
 
-    monkeypatch.setattr(checkpoint_module, "build_vae", spy)
+    monkeypatch.setattr(checkpoint_load_module, "build_vae", spy)
     with pytest.raises(UserError, match=r"weights do not match arch\.json: size mismatch"):
         load_checkpoint(path)
     assert built == [5000]  # only the allocation-free build on the meta device
@@ -226,7 +229,7 @@ def test_one_odd_frame_in_a_folder_is_skipped_not_fatal(tmp_path: Path) -> None:
 
 
 def test_resume_refuses_storage_other_users_can_write(tmp_path: Path) -> None:
-    from varnext_ray.safe_io import check_trusted_storage
+    from varnext_ray.storage_checks import check_trusted_storage
 
     storage = tmp_path / "ray"
     sweep = storage / "sweep-demo-smoke"
@@ -263,7 +266,7 @@ def test_a_staged_output_is_never_the_current_folder(
 def test_a_dangling_or_looping_storage_link_is_called_so(tmp_path: Path) -> None:
     """It read "... is not a regular file, not a folder"."""
     from varnext_ray.errors import UserError
-    from varnext_ray.safe_io import check_storage_writable
+    from varnext_ray.storage_checks import check_storage_writable
 
     (tmp_path / "dangling").symlink_to(tmp_path / "nothing")
     (tmp_path / "a").symlink_to(tmp_path / "b")
@@ -282,7 +285,7 @@ def test_what_blocks_a_path_is_named_by_its_kind(tmp_path: Path) -> None:
     (tmp_path / "clip.mp4").write_bytes(b"mine")
     (tmp_path / "ds").symlink_to(tmp_path / "clip.mp4")
     with pytest.raises(UserError) as refused:
-        safe_io.check_new_dir(tmp_path / "ds", "--out")
+        output_checks.check_new_dir(tmp_path / "ds", "--out")
     assert refused.value.what == "output already exists (a file, through a symlink)"
     assert refused.value.fix == "choose a new --out (existing data is never overwritten)"
     assert (tmp_path / "clip.mp4").read_bytes() == b"mine"

@@ -10,15 +10,9 @@ import pytest
 from PIL import Image
 
 from varnext_ray.errors import UserError
-from varnext_ray.sources import (
-    GAP,
-    Skipped,
-    decode_source,
-    discover_sources,
-    fit_frame,
-    natural_key,
-    parse_size,
-)
+from varnext_ray.frame_decode import GAP, Skipped, decode_source
+from varnext_ray.frame_fit import fit_frame, parse_size
+from varnext_ray.sources import discover_sources, natural_key
 
 
 @pytest.mark.parametrize(("text", "size"), [("640x360", (640, 360)), ("160X90", (160, 90))])
@@ -102,17 +96,17 @@ def test_a_huge_file_that_is_no_video_is_given_up_on_while_opening(
     per GB here: a 50 GB file was a hang). The open is bounded; the bound is lowered here."""
     import os
 
-    from varnext_ray import sources, video
+    from varnext_ray import video
 
     monkeypatch.setattr(video, "OPEN_TIMEOUT_S", 0.3)
     zeros = tmp_path / "zeros.gif"
     zeros.touch()
     os.truncate(zeros, 8 * 2**30)  # sparse: nothing is written
     with pytest.raises(TimeoutError, match=r"no video stream found within 0.3 s"):
-        sources.open_video(zeros)
+        video.open_video(zeros)
     real = Path(__file__).resolve().parents[2] / "shared" / "data" / "traffic_overpass.avi"
     if real.exists():  # a real video opens as before
-        with sources.open_video(real) as container:
+        with video.open_video(real) as container:
             assert container.streams.video[0].codec_context.width == 320
 
 
@@ -151,12 +145,12 @@ def test_a_video_whose_rest_is_not_video_ends_after_a_stall(
     """A valid header followed by gigabytes of zeros was read to its end (3-7 s per GB here:
     50 GB was a hang). Reading without a new frame for STALL_S ends the video, its frames
     read before kept; the bound is lowered here."""
-    from varnext_ray import sources, video
+    from varnext_ray import frame_decode, sources, video
 
     monkeypatch.setattr(video, "STALL_S", 0.3)
     video = _clip_then(tmp_path / name, fmt, codec, tail)
-    skipped = sources.Skipped()
-    frames = [f for f in sources.decode_source(sources.Source("video", video), skipped) if f]
+    skipped = frame_decode.Skipped()
+    frames = [f for f in frame_decode.decode_source(sources.Source("video", video), skipped) if f]
     assert 10 <= len(frames) <= 20
     (item,) = skipped.items
     assert item["reason"].startswith(f"no frame in 0.3 s of reading after frame {len(frames)}: ")
@@ -169,10 +163,10 @@ def test_a_video_named_like_a_url_is_read_as_a_file(
     """FFmpeg took "cam-12:30.mp4" for a URL of protocol "cam-12" ("Protocol not found", for a
     file that plays) and "pipe:0.mp4" for standard input, when named relative to the current
     folder (as on a command line)."""
-    from varnext_ray import sources
+    from varnext_ray import frame_decode, sources
 
     monkeypatch.chdir(tmp_path)
     video = _clip_then(Path(name), "mp4", "libx264", None)
-    skipped = sources.Skipped()
-    frames = [f for f in sources.decode_source(sources.Source("video", video), skipped) if f]
+    skipped = frame_decode.Skipped()
+    frames = [f for f in frame_decode.decode_source(sources.Source("video", video), skipped) if f]
     assert len(frames) == 20 and skipped.items == []

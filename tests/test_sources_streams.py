@@ -20,8 +20,9 @@ from PIL import Image
 
 from varnext_ray import ingest as ingest_module
 from varnext_ray.errors import UserError
+from varnext_ray.frame_decode import GAP, Skipped, decode_source
 from varnext_ray.ingest import IngestOptions, ingest
-from varnext_ray.sources import GAP, Skipped, Source, decode_source, discover_sources
+from varnext_ray.sources import Source, discover_sources
 
 
 def _picture(i: int, w: int = 64, h: int = 36) -> np.ndarray:

@@ -16,7 +16,7 @@ from tests.conftest import REPO
 from varnext_ray import tracking
 from varnext_ray.arch import load_arch, parse_arch
 from varnext_ray.background import load_background, training_background
-from varnext_ray.checkpoint import load_checkpoint
+from varnext_ray.checkpoint_load import load_checkpoint
 from varnext_ray.cluster import Resources
 from varnext_ray.dataset import load_manifest, sequence_index, triplet_index
 from varnext_ray.errors import UserError

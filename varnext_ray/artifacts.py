@@ -18,7 +18,7 @@ from typing import Any
 
 from varnext_ray import tracking
 from varnext_ray.errors import UserError
-from varnext_ray.safe_io import check_not_inside
+from varnext_ray.output_checks import check_not_inside
 
 # A run's artifacts could not be read: a store out of reach, or its files damaged there.
 ARTIFACT_FIX = (

@@ -90,7 +90,7 @@ def png_bytes(background: np.ndarray) -> bytes:
 def load_background(checkpoint: str | Path) -> np.ndarray | None:
     """The checkpoint's ``background.png`` (sha256-checked) as uint8 (H, W, 3), or None when
     the checkpoint holds none (saved before issue #15, or by code that passed none)."""
-    from varnext_ray.checkpoint import read_listed_file
+    from varnext_ray.checkpoint_read import read_listed_file
 
     data = read_listed_file(checkpoint, BACKGROUND_FILE)
     if data is None:

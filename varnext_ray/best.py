@@ -29,15 +29,10 @@ from varnext_ray.artifacts import (
     check_out_of_store,
     error_line,
 )
+from varnext_ray.atomic_write import staged_dir
 from varnext_ray.errors import UserError
-from varnext_ray.safe_io import (
-    CONFIG_LIMIT,
-    absolute_new_dir,
-    check_new_dir,
-    os_reason,
-    size_text,
-    staged_dir,
-)
+from varnext_ray.output_checks import absolute_new_dir, check_new_dir
+from varnext_ray.safe_io import CONFIG_LIMIT, os_reason, size_text
 
 log = logging.getLogger(__name__)
 
@@ -152,15 +147,9 @@ def _warn_skipped(skipped: list[str], picked: str) -> None:
 def _download_listed(artifacts: RunArtifacts, local: Path) -> None:
     """The run's ``checkpoint/`` artifact into ``local``: meta.json first, then the files it
     lists and nothing else (a stray file beside them stays in the store), each sha256-checked."""
-    from varnext_ray.checkpoint import (
-        ARCH,
-        LISTED_FILE_LIMIT,
-        META,
-        file_limits,
-        read_arch,
-        read_meta,
-        verify_files,
-    )
+    from varnext_ray.checkpoint import ARCH, LISTED_FILE_LIMIT, META
+    from varnext_ray.checkpoint_load import file_limits
+    from varnext_ray.checkpoint_read import read_arch, read_meta, verify_files
 
     artifacts.download(f"checkpoint/{META}", local)
     listed = read_meta(local)["files"]
@@ -243,7 +232,7 @@ def download_best(
         UserError: ``out`` is not a new or empty folder that can be written (checked before
             the search), see :func:`find_best_run`, or the download fails or does not load.
     """
-    from varnext_ray.sources import warnings_after_success
+    from varnext_ray.frame_decode import warnings_after_success
 
     out = absolute_new_dir(out, "--out")
     check_new_dir(out, "--out")
@@ -263,7 +252,7 @@ def _download(artifacts: RunArtifacts, staging: Path, run: dict[str, Any], out: 
     """The checkpoint of ``run`` into ``staging`` (renamed to ``out`` later), loaded once, with
     ``run.json``; a failure says whether the local disk, the artifact store or the checkpoint
     itself is to blame."""
-    from varnext_ray.checkpoint import load_checkpoint  # imports torch
+    from varnext_ray.checkpoint_load import load_checkpoint  # imports torch
 
     where = f"run {run['run_id']}, artifact checkpoint/"
     try:

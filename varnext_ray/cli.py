@@ -28,8 +28,8 @@ from varnext_ray.errors import (
     terminated,
     user_error_in,
 )
+from varnext_ray.frame_fit import parse_size
 from varnext_ray.ingest import IngestOptions, ingest
-from varnext_ray.sources import parse_size
 from varnext_ray.synth import FORMATS, write_synthetic
 from varnext_ray.synth import MAX_SIDE as SYNTH_MAX_SIDE
 

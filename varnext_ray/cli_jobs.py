@@ -163,7 +163,8 @@ def _preflight(
     ``arch``: the one architecture a run trains (a sweep's vary), checked with the settings."""
     from varnext_ray.cluster import Resources
     from varnext_ray.dataset import load_manifest
-    from varnext_ray.safe_io import check_not_inside, check_storage_writable
+    from varnext_ray.output_checks import check_not_inside
+    from varnext_ray.storage_checks import check_storage_writable
     from varnext_ray.train import check_dataset, check_frame_size  # imports torch
 
     Resources(args.workers, args.gpus_per_worker, args.cpus_per_worker).check()
@@ -367,7 +368,7 @@ def _run_predict(args: argparse.Namespace) -> int:
     import torch
 
     from varnext_ray import predict
-    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.checkpoint_load import load_checkpoint
 
     if (args.checkpoint is None) == (args.model is None):
         raise UserError(
@@ -407,7 +408,7 @@ def _registered_checkpoint(model_uri: str, tracking_uri: str | None, device: str
     """The checkpoint of a registered model, downloaded to a temporary folder and loaded."""
     import tempfile
 
-    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.checkpoint_load import load_checkpoint
     from varnext_ray.registry import download_checkpoint
 
     with tempfile.TemporaryDirectory(prefix="varnext-model-") as tmp:
@@ -460,8 +461,8 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
 def _run_sweep(args: argparse.Namespace) -> int:
     from varnext_ray.arch import parse_arch
     from varnext_ray.cluster import connect_ray
-    from varnext_ray.safe_io import check_trusted_storage
     from varnext_ray.search_space import load_space
+    from varnext_ray.storage_checks import check_trusted_storage
     from varnext_ray.sweep import (
         SweepOptions,
         check_resumable,

@@ -89,7 +89,7 @@ def write_test_strip(checkpoint: Path, data: Path, out: Path) -> Path:
     import torch
 
     from varnext_ray.background import as_tensor, load_background
-    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.checkpoint_load import load_checkpoint
     from varnext_ray.dataset import decode_images, load_manifest
     from varnext_ray.media import save_png
     from varnext_ray.metrics import prediction_strip
@@ -125,7 +125,7 @@ def run_demo(
 ) -> int:
     """Runs the demo in ``workdir``; returns the exit status."""
     from varnext_ray.best import download_best
-    from varnext_ray.checkpoint import read_meta
+    from varnext_ray.checkpoint_read import read_meta
     from varnext_ray.cluster import connect_ray
     from varnext_ray.scoring import score_checkpoint
     from varnext_ray.search_space import load_space

@@ -16,15 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray.errors import UserError
-from varnext_ray.safe_io import (
-    check_new_dir,
-    check_output_files,
-    check_storage_writable,
-    kind_of,
-    os_reason,
-    path_stat,
-    read_json,
-)
+from varnext_ray.output_checks import check_new_dir, check_output_files
+from varnext_ray.safe_io import kind_of, os_reason, path_stat, read_json
+from varnext_ray.storage_checks import check_storage_writable
 
 WORKDIR_FIX = "pass a new or empty folder as --workdir"
 # What a demo writes in its work directory, in this order: synth/ and dataset/ (the data), then

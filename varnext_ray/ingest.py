@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from varnext_ray import __version__
+from varnext_ray.atomic_write import staged_dir
 from varnext_ray.dataset import (
     ENCODINGS,
     FORMAT_VERSION,
@@ -42,27 +43,16 @@ from varnext_ray.dataset import (
     frame_key,
 )
 from varnext_ray.errors import UserError
-from varnext_ray.safe_io import (
-    check_new_dir,
-    check_not_inside,
-    json_bytes,
-    os_reason,
-    staged_dir,
-)
+from varnext_ray.frame_decode import GAP, Skipped, decode_source, frame_size, warnings_after_success
+from varnext_ray.frame_fit import MAX_UPSCALE, check_fit, fit_frame
+from varnext_ray.output_checks import check_new_dir, check_not_inside
+from varnext_ray.safe_io import json_bytes, os_reason
 from varnext_ray.sources import (
-    GAP,
-    MAX_UPSCALE,
-    Skipped,
     Source,
-    check_fit,
-    decode_source,
     describe_ignored,
     discover_sources,
-    fit_frame,
-    frame_size,
     ignored_fixes,
     unexpected_ignored,
-    warnings_after_success,
 )
 from varnext_ray.splits import SplitShares, plan_splits
 

@@ -31,8 +31,9 @@ import av
 import numpy as np
 from PIL import Image
 
+from varnext_ray.atomic_write import parent_folders, write_atomic
 from varnext_ray.errors import UserError
-from varnext_ray.safe_io import os_reason, parent_folders, write_atomic
+from varnext_ray.safe_io import os_reason
 
 FPS = 30  # frame rate of written videos unless told otherwise
 WRITE_FIX = "free some space there, or choose a path in a folder you can write to"

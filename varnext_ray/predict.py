@@ -29,22 +29,19 @@ from PIL import Image
 
 from varnext_ray.checkpoint import Checkpoint
 from varnext_ray.errors import UserError, escape
-from varnext_ray.media import FPS, save_gif, save_png, staged_files, write_video
-from varnext_ray.model import extrapolate, rollout
-from varnext_ray.safe_io import check_output_files, regular_file
-from varnext_ray.sources import (
-    MAX_UPSCALE,
+from varnext_ray.frame_decode import (
     Skipped,
-    Source,
-    centre_crop,
-    crop_size,
     decode_source,
-    fit_frame,
-    is_animated,
     open_video_stream,
-    read_image,
     warnings_after_success,
 )
+from varnext_ray.frame_fit import MAX_UPSCALE, centre_crop, crop_size, fit_frame
+from varnext_ray.image_read import is_animated, read_image
+from varnext_ray.media import FPS, save_gif, save_png, staged_files, write_video
+from varnext_ray.model import extrapolate, rollout
+from varnext_ray.output_checks import check_output_files
+from varnext_ray.safe_io import regular_file
+from varnext_ray.sources import Source
 
 log = logging.getLogger(__name__)
 VIDEO_OUTPUTS = (".mp4", ".gif")

@@ -32,7 +32,7 @@ class VarnextPredictor(PythonModel):
         """Loads the checkpoint directory logged as the ``checkpoint`` artifact."""
         import torch
 
-        from varnext_ray.checkpoint import load_checkpoint
+        from varnext_ray.checkpoint_load import load_checkpoint
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self.checkpoint = load_checkpoint(context.artifacts["checkpoint"], device=device)

@@ -153,7 +153,7 @@ def register_checkpoint(
     from mlflow.exceptions import MlflowException
     from mlflow.models import Model
 
-    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.checkpoint_load import load_checkpoint
 
     check_model_name(name, "name")
     ckpt = load_checkpoint(checkpoint)  # refuses a damaged checkpoint before anything is logged
@@ -403,7 +403,7 @@ def download_checkpoint(uri: str | None, model_uri: str, out: str | Path) -> Pat
     """
     from mlflow.exceptions import MlflowException
 
-    from varnext_ray.checkpoint import verify_files
+    from varnext_ray.checkpoint_read import verify_files
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -29,11 +29,13 @@ from typing import Any
 
 from varnext_ray import tracking
 from varnext_ray.artifacts import ArtifactStoreError, RunArtifacts, check_out_of_store
+from varnext_ray.atomic_write import parent_folders, write_atomic
 from varnext_ray.best import write_failure
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import OBJECTIVES
+from varnext_ray.output_checks import check_output_files
 from varnext_ray.report_page import STRIPS, SweepReport, Trial, render_page
-from varnext_ray.safe_io import check_output_files, os_reason, parent_folders, write_atomic
+from varnext_ray.safe_io import os_reason
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +247,7 @@ def _image_problem(data: bytes, fmt: str) -> str | None:
     such an image. Reads the header only, never the pixels."""
     from PIL import Image
 
-    from varnext_ray.sources import MAX_PIXELS
+    from varnext_ray.image_read import MAX_PIXELS
 
     over = f"is over the limit of {MAX_PIXELS:,} pixels"
     try:
@@ -361,7 +363,7 @@ def write_report(
     Returns:
         The local path and the artifact's URI (``<parent run artifacts>/report/report.html``).
     """
-    from varnext_ray.sources import warnings_after_success
+    from varnext_ray.frame_decode import warnings_after_success
 
     if top < 1:
         raise UserError(f"--top must be >= 1 (got {top})", "--top", "pass a positive integer")

@@ -25,7 +25,7 @@ def score_checkpoint(
     that stride) at each stride s: ``{str(s): metrics | {"split", "triplets"}}``; a stride
     with no triplets in either split is left out. Needs a connected Ray (Ray Data reads)."""
     from varnext_ray.background import as_tensor, load_background, training_background
-    from varnext_ray.checkpoint import load_checkpoint
+    from varnext_ray.checkpoint_load import load_checkpoint
     from varnext_ray.dataset import (
         load_manifest,
         sequences_dataset,

@@ -39,9 +39,9 @@ from varnext_ray.errors import (
     terminated,
     user_error_in,
 )
-from varnext_ray.safe_io import check_trusted_storage
 from varnext_ray.search_space import DefineByRun, SearchSpace, point_to_arch
 from varnext_ray.settings import TrainSettings
+from varnext_ray.storage_checks import check_trusted_storage
 from varnext_ray.sweep_results import SweepOutcome, close_trial_runs, summarise
 from varnext_ray.train import build_trainer, check_dataset, timed_fit
 from varnext_ray.train_data import RunData, prepare_run_data

@@ -28,15 +28,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from varnext_ray.atomic_write import staged_dir, write_atomic
 from varnext_ray.errors import UserError
 from varnext_ray.media import FPS, write_png_folder, write_video
-from varnext_ray.safe_io import (
-    json_bytes,
-    os_reason,
-    size_text,
-    staged_dir,
-    write_atomic,
-)
+from varnext_ray.safe_io import json_bytes, os_reason, size_text
 
 SHAPES = ("circle", "ellipse", "rect", "triangle")
 FORMATS = ("mp4", "png")

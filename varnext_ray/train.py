@@ -185,7 +185,7 @@ def _latest_checkpoint(directory: str) -> str | None:
 def _check_latest_checkpoint(directory: str) -> None:
     """The checkpoint a local run resumes from (:func:`_latest_checkpoint`) reads: its
     meta.json and file hashes."""
-    from varnext_ray.checkpoint import read_meta
+    from varnext_ray.checkpoint_read import read_meta
 
     name = _latest_checkpoint(directory)
     if name is None:

@@ -33,7 +33,8 @@ import torch.distributed as dist
 from varnext_ray import tracking
 from varnext_ray.arch import parse_arch
 from varnext_ray.background import BACKGROUND_FILE, as_tensor, png_bytes
-from varnext_ray.checkpoint import load_checkpoint, load_optimizer_state, save_checkpoint
+from varnext_ray.checkpoint import save_checkpoint
+from varnext_ray.checkpoint_load import load_checkpoint, load_optimizer_state
 from varnext_ray.console import quiet_train_worker
 from varnext_ray.dataset import sequence_keys, to_model_input
 from varnext_ray.media import save_gif, save_png
