@@ -229,6 +229,14 @@ def _remove_parquet(root: Path, manifest: dict) -> None:
     (root / manifest["clips"][0]["files"][0]).unlink()
 
 
+def _link_out_of_dataset(root: Path, manifest: dict) -> None:
+    """The first clip file moved beside the dataset, a symlink to it left in its place."""
+    path = root / manifest["clips"][0]["files"][0]
+    outside = root.parent / "outside.parquet"
+    path.rename(outside)
+    path.symlink_to(outside)
+
+
 def _duplicate_clip(root: Path, manifest: dict) -> None:
     manifest["clips"][1]["id"] = manifest["clips"][0]["id"]
 
@@ -452,7 +460,7 @@ HOSTILE_JSON: dict[str, Raw] = {
     "json-arch-empty": (ARCH_CHECK, "invalid JSON: Expecting value", file("a.json", "")),
     "json-arch-top-level-list": (
         ARCH_CHECK,
-        "must be a JSON object (got list)",
+        "must be a JSON object (got a list)",
         file("a.json", "[]"),
     ),
     "json-arch-nan": (
@@ -460,13 +468,23 @@ HOSTILE_JSON: dict[str, Raw] = {
         "loss.beta: must be a finite number",
         file("a.json", json.dumps(SMOKE_DATA).replace('"beta": 1.0', '"beta": NaN')),
     ),
+    "json-arch-underflow": (  # read as 0 before: a beta of 1e-400 was beta 0, silently
+        ARCH_CHECK,
+        "invalid JSON: 1e-400 is too small for a number: it reads as 0",
+        file("a.json", json.dumps(SMOKE_DATA).replace('"beta": 1.0', '"beta": 1e-400')),
+    ),
+    "json-space-subnormal": (
+        SWEEP,
+        "invalid JSON: 1e-320 is too small for a number: it reads as 1e-320, losing precision",
+        file("space.json", '{"name": "x", "base": "a.json", "lr": [1e-320]}'),
+    ),
     "json-space-nested-100000": (SWEEP, NESTED, file("space.json", DEEP)),
     "json-space-5000-digits": (SWEEP, DIGITS, file("space.json", LONG_INT)),
     "json-space-over-1-mib": (SWEEP, "larger than the 1 MiB limit", sparse("space.json", 2**21)),
     "json-space-not-utf8": (SWEEP, "not UTF-8 text", file("space.json", b"\xfe\xff{}")),
-    "json-space-nan": (
+    "json-space-nan": (  # named by the field, as architectures are
         SWEEP,
-        "NaN is not valid JSON",
+        "lr: must be a finite number (got NaN)",
         file("space.json", '{"name": "x", "base": "a.json", "lr": [NaN]}'),
     ),
     "json-space-duplicate-key": (
@@ -578,6 +596,16 @@ MANIFEST_KEYS: dict[str, Raw] = {
         "clips[0].split: must be",
         dataset(manifest_set("holdout", "clips", 0, "split")),
     ),
+    "manifest-split-policy-text": (  # data info printed it: a newline forged an error line
+        INFO,
+        "split.policy: must be",
+        dataset(manifest_set("clips\nerror: forged", "split", "policy")),
+    ),
+    "manifest-split-seed-negative": (
+        INFO,
+        "split.seed: must be >= 0",
+        dataset(manifest_set(-5, "split", "seed")),
+    ),
     "manifest-skipped-null": (
         INFO,
         "skipped: must be a list",
@@ -593,6 +621,11 @@ MANIFEST_KEYS: dict[str, Raw] = {
         INFO,
         "is not a path inside the dataset",
         dataset(manifest_set(["../../secret.parquet"], "clips", 0, "files")),
+    ),
+    "manifest-file-links-out": (
+        INFO,
+        "is a link to a file outside the dataset",
+        dataset(_link_out_of_dataset),
     ),
     "manifest-file-missing": (INFO, "is missing", dataset(_remove_parquet)),
     "manifest-file-not-parquet": (
@@ -723,16 +756,20 @@ IMAGES_AND_OPTIONS: dict[str, Raw] = {
     ),
     "option-cut-threshold-nan": (
         INGEST_VIDEO + " --cut-threshold nan",
-        "--cut-threshold must be a finite number (got nan)",
+        "argument --cut-threshold: nan is not a number (pass a finite number)",
         None,
     ),
     "option-cut-ratio-inf": (
         INGEST_VIDEO + " --cut-ratio inf",
-        "--cut-ratio must be a finite number (got inf)",
+        "argument --cut-ratio: inf is not a finite number (pass a finite number)",
         None,
     ),
-    "option-val-nan": (INGEST_VIDEO + " --val nan", "--val must be a finite number", None),
-    "option-test-inf": (INGEST_VIDEO + " --test=-inf", "--test must be a finite number", None),
+    "option-val-nan": (INGEST_VIDEO + " --val nan", "argument --val: nan is not a number", None),
+    "option-test-inf": (
+        INGEST_VIDEO + " --test=-inf",
+        "argument --test: -inf is not a finite number",
+        None,
+    ),
     "option-seed-negative": (INGEST_VIDEO + " --seed -1", "--seed must be in 0..2**63-1", None),
     "option-seed-huge": (
         INGEST_VIDEO + " --seed 99999999999999999999999",
@@ -1063,7 +1100,7 @@ BEFORE_RAY: dict[str, Raw] = {
     ),
     "preflight-train-cpus-nan": (
         TRAIN + " --cpus-per-worker nan",
-        "--cpus-per-worker must be a finite number >= 0 (got nan)",
+        "argument --cpus-per-worker: nan is not a number",
         None,
     ),
     "preflight-train-cpus-negative": (
@@ -1073,12 +1110,12 @@ BEFORE_RAY: dict[str, Raw] = {
     ),
     "preflight-train-lr-nan": (
         TRAIN + " --lr nan",
-        "learning rate must be a finite number > 0 (got nan)",
+        "argument --lr: nan is not a number",
         None,
     ),
     "preflight-train-lr-inf": (
         TRAIN + " --lr inf",
-        "learning rate must be a finite number > 0 (got inf)",
+        "argument --lr: inf is not a finite number",
         None,
     ),
     "preflight-sweep-workers-per-trial-0": (

@@ -160,7 +160,8 @@ BAD = [
         _set("decoder.upsample", "cubic"),
         'decoder.upsample: must be one of "bilinear", "nearest", "transpose" (got "cubic")',
     ),
-    ("mirror_false", _set("decoder.mirror", False), "decoder.mirror: must be True (got false)"),
+    ("mirror_false", _set("decoder.mirror", False), "decoder.mirror: must be true (got false)"),
+    ("mirror_one", _set("decoder.mirror", 1), "decoder.mirror: must be true (got 1)"),  # 1 == True
     (
         "layer_kind",
         _set("decoder", {"layers": [{"kind": "pixel_shuffle", "out_channels": 3}]}),
@@ -331,7 +332,7 @@ def test_invalid_json_names_line_and_column(tmp_path: Path) -> None:
     ("text", "message"),
     [
         ('{"latent_dim": 8, "latent_dim": 9}', 'duplicate key "latent_dim"'),
-        ("[1, 2]", r"architecture must be a JSON object \(got list\)"),
+        ("[1, 2]", r"architecture must be a JSON object \(got a list\)"),
         (None, "architecture file not found"),
     ],
     ids=["duplicate", "array", "missing"],

@@ -230,10 +230,20 @@ CASES: dict[str, Case] = {
         )
         for size in ("640", "64x", "4x4", "640x360x3", "9000x9000")
     },
-    "size-negative": Case(
-        "ingest {video} --out {out} --size -64x36", "argument --size: expected one argument"
+    "size-negative": Case(  # said "-64x36 is not an option (a file of that name is written)"
+        "ingest {video} --out {out} --size -64x36",
+        "argument --size: expected one argument; -64x36 was read as an option: write "
+        "--size=-64x36",
+    ),
+    "val-negative-exponent": Case(  # argparse reads "-1" and "-0.5" as numbers, not "-1e-3"
+        "ingest {video} --out {out} --val -1e-3",
+        "-1e-3 was read as an option: write --val=-1e-3",
     ),
     "every-0": Case("ingest {video} --out {out} --every 0", "--every must be >= 1 (got 0)"),
+    "val-underflows": Case(  # read as 0 before: a dataset without validation frames
+        "ingest {video} --out {out} --val 1e-400",
+        "--val: 1e-400 is too small for a number: it reads as 0",
+    ),
     "every-not-int": Case(
         "ingest {video} --out {out} --every x", "argument --every: invalid int value: 'x'"
     ),
@@ -300,6 +310,13 @@ CASES: dict[str, Case] = {
         _space(base={"input": {"height": 36, "width": 64}, "latent_dim": 0}),
     ),
     "sweep-samples-0": Case(SWEEP + " --samples 0", "--samples must be >= 1 (got 0)", _space()),
+    "sweep-samples-huge": Case(
+        SWEEP + " --samples 100000000", "--samples must be <= 10,000 (got 100,000,000)", _space()
+    ),
+    "train-lr-subnormal": Case(  # a float that lost its digits: trained nothing, silently
+        "train --config {smoke} --data {dataset} --lr 1e-320 {track}",
+        "--lr: 1e-320 is too small for a number: it reads as 1e-320, losing precision",
+    ),
     # datasets and training settings
     "dataset-manifest-not-json": Case(
         "data info {f}", "unreadable manifest", _folder("ds", {"dataset.json": b"{oops"})

@@ -80,10 +80,10 @@ def test_current_folder_is_refused(
     [
         (["--seed", "-1"], f"seed must be 0..{MAX_SEED} (got -1)"),
         (["--seed", str(MAX_SEED + 1)], "seed must be 0.."),
-        (["--bump-probability", "nan"], "bump probability must be a number in [0, 1] (got nan)"),
+        (["--bump-probability", "nan"], "argument --bump-probability: nan is not a number"),
         (["--bump-probability", "2"], "in [0, 1] (got 2.0)"),
         (["--bump-probability", "-1"], "in [0, 1] (got -1.0)"),
-        (["--bump-probability", "inf"], "in [0, 1] (got inf)"),
+        (["--bump-probability", "inf"], "--bump-probability: inf is not a finite number"),
         (["--clips", "100000000", "--frames", "100000000"], "at most 10000 clips of 100000 frames"),
         (["--frames", "2"], "need at least 1 clip of 3 frames"),
         (["--size", "8192x4608", "--format", "png"], "size must be WxH with each side 8..4096"),

@@ -65,7 +65,7 @@ from varnext_ray.arch_schema import (
     resolve_decoder,
     upsampled_size,
 )
-from varnext_ray.config_errors import problems_from_validation
+from varnext_ray.config_errors import json_kind, problems_from_validation
 from varnext_ray.errors import UserError, list_problems
 from varnext_ray.safe_io import CONFIG_LIMIT, parse_json, read_bounded, size_text
 
@@ -350,7 +350,7 @@ def parse_arch(
         >>> cfg = parse_arch({"input": {"height": 36, "width": 64}, "latent_dim": 8}, "demo")
     """
     if not isinstance(data, dict):
-        got = type(data).__name__
+        got = json_kind(data)
         raise UserError(f"architecture must be a JSON object (got {got})", where, _FIX)
     try:
         cfg = ArchConfig.model_validate(data)

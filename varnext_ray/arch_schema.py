@@ -94,6 +94,13 @@ def _one_of(registry: dict[str, Any]) -> AfterValidator:
     return AfterValidator(check)
 
 
+def _true(value: Any) -> Any:
+    """Only JSON's ``true``: a Literal[True] takes ``1`` and ``1.0`` too (they equal True)."""
+    if value is not True:
+        raise PydanticCustomError("arch", f"must be true (got {json.dumps(value)[:40]})")
+    return value
+
+
 def _pair(value: Any) -> Any:
     """Lets ``output_padding`` be written as one int for both axes."""
     return (value, value) if isinstance(value, int) and not isinstance(value, bool) else value
@@ -275,7 +282,7 @@ class MirrorDecoder(BaseModel):
     conv-transpose layers (``"transpose"``, what ``"mirror"`` means) or by upsample layers."""
 
     model_config = _STRICT
-    mirror: Literal[True]
+    mirror: Annotated[Literal[True], BeforeValidator(_true)]
     upsample: Annotated[str, Strict(), _one_of(dict.fromkeys(MIRROR_UPSAMPLES))] = "transpose"
 
 

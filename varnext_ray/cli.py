@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from varnext_ray import __version__, console
-from varnext_ray.cli_args import Parser, path_arg, subcommand
+from varnext_ray.cli_args import Parser, float_arg, path_arg, subcommand
 from varnext_ray.cli_jobs import JOB_COMMANDS
 from varnext_ray.dataset import ENCODINGS, load_manifest
 from varnext_ray.dataset import info as dataset_info
@@ -92,7 +92,7 @@ def _add_synth(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=FORMATS, default="mp4", help="mp4 (H.264) or png folders")
     p.add_argument(
         "--bump-probability",
-        type=float,
+        type=float_arg,
         default=0.5,
         help="chance in [0, 1] that a clip has a camera bump (default 0.5)",
     )
@@ -134,8 +134,8 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=path_arg, required=True, help="the dataset directory to create")
     p.add_argument("--size", default="640x360", help="WxH of the frames (default 640x360)")
     p.add_argument("--every", type=int, default=1, help="keep every Nth frame (default 1)")
-    p.add_argument("--val", type=float, default=0.1, help="validation fraction (default 0.1)")
-    p.add_argument("--test", type=float, default=0.1, help="test fraction (default 0.1)")
+    p.add_argument("--val", type=float_arg, default=0.1, help="validation fraction (default 0.1)")
+    p.add_argument("--test", type=float_arg, default=0.1, help="test fraction (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="split seed (default 0)")
     p.add_argument(
         "--guard",
@@ -145,13 +145,13 @@ def _add_ingest(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--cut-threshold",
-        type=float,
+        type=float_arg,
         default=0.02,
         help="minimum frame difference of a cut (default 0.02, see docs/data.md)",
     )
     p.add_argument(
         "--cut-ratio",
-        type=float,
+        type=float_arg,
         default=4.0,
         help="a cut must also exceed this times the recent median (default 4)",
     )
@@ -214,7 +214,7 @@ def _run_data_info(args: argparse.Namespace) -> int:
         f"{escape(summary['path'])}: {summary['frames']} frames of {w}x{h} "
         f"({summary['encoding']}), "
         f"{summary['clips']} clips from {summary['sources']} sources, "
-        f"{summary['skipped']} skipped, split by {summary['split_policy']} "
+        f"{summary['skipped']} skipped, split by {escape(summary['split_policy'])} "
         f"(seed {summary['seed']})"
     )
     print(f"{'split':<6} {'frames':>8} {'clips':>6} {'triplets(s=' + str(args.stride) + ')':>14}")

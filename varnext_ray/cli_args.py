@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from varnext_ray.errors import MAX_WHAT, escape, shorten
+from varnext_ray.number_text import read_float
 
 
 class Parser(argparse.ArgumentParser):
@@ -27,8 +28,11 @@ class Parser(argparse.ArgumentParser):
         # A value argparse quotes back may be a 5,000-digit number or hold a newline, and
         # "unrecognized arguments: ..." lists every one of them.
         message = re.sub(r"'([^']{60})[^']{20,}'", r"'\1...'", message)
+        dashed = self._dash_value()
         unknown = self._unknown_options()
-        if unknown and "unrecognized arguments" not in message:
+        if dashed:
+            message += f"; {dashed[1]} was read as an option: write {'='.join(dashed)}"
+        elif unknown and "unrecognized arguments" not in message:
             # argparse set the word aside as an option it does not know, then missed the
             # positional it was meant to be ("required: SOURCE")
             message += f"; {unknown[0]} is not an option of {self.prog}"
@@ -38,6 +42,25 @@ class Parser(argparse.ArgumentParser):
         sys.stderr.write(f"error: {message} ({self.prog}): see '{self.prog} --help'\n")
         raise SystemExit(2)
 
+    def _dash_value(self) -> tuple[str, str] | None:
+        """An option followed by a value that starts with a dash and is no option here, which
+        argparse takes for an option name (``--lr -1e-3``, ``--val -inf``, ``--size -8x-8``;
+        its own test lets through only ``-1`` and ``-0.5``)."""
+        for option, value in zip(self._seen, self._seen[1:], strict=False):
+            if option == "--":
+                break
+            action = self._option_string_actions.get(option)
+            if action is None or action.nargs == 0 or not value.startswith("-") or value == "-":
+                continue
+            if self._negative_number_matcher.match(value) or self._is_option(value):
+                continue
+            return option, value
+        return None
+
+    def _is_option(self, word: str) -> bool:
+        name = word.split("=", 1)[0]
+        return any(option.startswith(name) for option in self._option_string_actions)
+
     def _unknown_options(self) -> list[str]:
         """The arguments before any ``--`` that look like options this parser does not have
         (abbreviations of its long options count as known)."""
@@ -45,12 +68,31 @@ class Parser(argparse.ArgumentParser):
         for arg in self._seen:
             if arg == "--":
                 break
-            if arg == "-" or not arg.startswith("-") or self._negative_number_matcher.match(arg):
+            if arg == "-" or not arg.startswith("-") or _is_number(arg):
                 continue
-            name = arg.split("=", 1)[0]
-            if not any(option.startswith(name) for option in self._option_string_actions):
+            if not self._is_option(arg):
                 unknown.append(arg)
         return unknown
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def float_arg(text: str) -> float:
+    """argparse ``type`` of a number: :func:`~varnext_ray.number_text.read_float`, so
+    ``--lr 1e-320`` or ``--val 1e-400`` is refused rather than read as (nearly) 0, and ``nan``
+    or ``1e309`` is refused here, before any work."""
+    try:
+        return read_float(text)
+    except ValueError as err:
+        if "could not convert" in str(err):
+            raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number") from None
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def path_arg(text: str) -> Path:
@@ -163,10 +205,10 @@ def add_resource_args(p: argparse.ArgumentParser, workers_flag: str) -> None:
     p.add_argument(
         workers_flag, type=int, default=2, dest="workers", help="DDP workers per run (default 2)"
     )
-    p.add_argument("--gpus-per-worker", type=float, default=0.0)
+    p.add_argument("--gpus-per-worker", type=float_arg, default=0.0)
     p.add_argument(
         "--cpus-per-worker",
-        type=float,
+        type=float_arg,
         default=None,
         help="default: 1 with GPUs, else a share leaving 1 CPU for Ray Data",
     )

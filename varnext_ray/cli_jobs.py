@@ -20,6 +20,7 @@ from varnext_ray.cli_args import (
     add_rollout_args,
     add_tracking_args,
     file_arg,
+    float_arg,
     location_arg,
     path_arg,
     subcommand,
@@ -59,7 +60,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         help="evaluation rounds: validate, report, checkpoint (default 10)",
     )
     p.add_argument("--batch-size", type=int, default=32, help="per worker (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    p.add_argument("--lr", type=float_arg, default=1e-3, help="AdamW learning rate (default 1e-3)")
     p.add_argument("--stride", type=int, default=1, help="triplet stride s (default 1)")
     p.add_argument(
         "--val-triplets",
@@ -291,8 +292,8 @@ def _run_report(args: argparse.Namespace) -> int:
         out=args.out,
         overwrite=args.overwrite,
     )
-    print(f"wrote {path}")
-    print(f"logged to the sweep's MLflow run as {artifact}")
+    print(f"wrote {escape(str(path))}")
+    print(f"logged to the sweep's MLflow run as {escape(artifact)}")
     return 0
 
 

@@ -56,6 +56,14 @@ def json_path(loc: tuple[str | int, ...]) -> str:
     return path or "(top level)"
 
 
+def json_kind(value: Any) -> str:
+    """What a JSON value is, in JSON's words: ``a list``, ``null``, ``a number``..."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    kinds = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def _got(value: Any) -> str:
     try:
         text = json.dumps(value)

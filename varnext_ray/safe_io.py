@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import stat
 from pathlib import Path
 from typing import Any
 
 from varnext_ray.errors import UserError
+from varnext_ray.number_text import read_float
 
 KIB, MIB = 1024, 1024 * 1024
 CONFIG_LIMIT = 1 * MIB  # architectures, search spaces, checkpoint arch.json
@@ -147,12 +147,16 @@ def _reject_constant(name: str) -> Any:
 
 
 def _finite_float(text: str) -> float:
-    """A JSON number as a float; one too large for a float (``1e400``, which Python reads as
-    infinity) is refused like ``Infinity``."""
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"{text[:40]} is too large for a number (use a finite number)")
-    return value
+    """A JSON number as a float (:func:`~varnext_ray.number_text.read_float`): one too large
+    for a float (``1e400``, which Python reads as infinity) is refused like ``Infinity``, one
+    too small (``1e-400``, read as 0) like a typo."""
+    return read_float(text)
+
+
+def _any_float(text: str) -> float:
+    """As :func:`_finite_float`, but ``1e400`` is infinity, for a validator that names the
+    field (as it names ``Infinity``); a number too small for a float is still refused."""
+    return read_float(text, finite=False)
 
 
 def _depth_ok(value: Any, limit: int) -> bool:
@@ -210,7 +214,9 @@ def parse_json(
         what = f"not UTF-8 JSON: it holds a NUL byte (at offset {offset}), as UTF-16 text does"
         raise UserError(what, where, "save the file as UTF-8 JSON")
     kwargs: dict[str, Any] = (
-        {} if allow_nan else {"parse_constant": _reject_constant, "parse_float": _finite_float}
+        {"parse_float": _any_float}
+        if allow_nan
+        else {"parse_constant": _reject_constant, "parse_float": _finite_float}
     )
     if object_pairs_hook is not None:
         kwargs["object_pairs_hook"] = object_pairs_hook
@@ -225,7 +231,7 @@ def parse_json(
         raise UserError(what, where, "flatten the JSON") from None
     except ValueError as err:  # int digit limit, NaN/Infinity
         msg = str(err)
-        if "digits" in msg:
+        if "int_max_str_digits" in msg:  # "Exceeds the limit (4300 digits) ..."
             msg = "a number with too many digits"
         raise UserError(f"invalid JSON: {msg.split(';')[0]}", where, fix) from None
     if not _depth_ok(value, max_depth):

@@ -41,7 +41,7 @@ from pydantic_core import PydanticCustomError
 
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
 from varnext_ray.arch_schema import INT_MAX, MAX_LOSS_WEIGHT
-from varnext_ray.config_errors import problems_from_validation
+from varnext_ray.config_errors import json_kind, problems_from_validation
 from varnext_ray.errors import UserError, list_problems
 from varnext_ray.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from varnext_ray.settings import MAX_BATCH_SIZE, MAX_EPOCHS, name_problem
@@ -178,7 +178,10 @@ def _check_bounds(name: str, values: list, least: float, most: float, above: boo
     it must be > ``least``, not >=)."""
     for value in values:
         if not math.isfinite(value):
-            raise PydanticCustomError("arch", f"must be finite (got {value})", {"field": name})
+            got = json.dumps(value)  # NaN, Infinity: as the JSON wrote it, and as arch check says
+            raise PydanticCustomError(
+                "arch", f"must be a finite number (got {got})", {"field": name}
+            )
         if value < least or (above and value == least):
             sign = ">" if above else ">="
             raise PydanticCustomError(
@@ -257,6 +260,7 @@ def load_space(path: str | Path) -> tuple[SearchSpace, dict[str, Any]]:
         path,
         what="search space file",
         fix="pass a search space JSON file",
+        allow_nan=True,  # the schema names the field: "lr: must be a finite number (got NaN)"
         refuse_duplicates=True,
     )
     space = parse_space(data, where)
@@ -381,7 +385,8 @@ def _check_some_point_is_valid(space: SearchSpace, base: dict[str, Any], where: 
 def parse_space(data: Any, where: str) -> SearchSpace:
     """Validates a JSON-shaped space, reporting every problem at once (UserError)."""
     if not isinstance(data, dict):
-        raise UserError("a search space must be a JSON object", where, _FIX)
+        got = json_kind(data)
+        raise UserError(f"a search space must be a JSON object (got {got})", where, _FIX)
     try:
         return SearchSpace.model_validate(data)
     except ValidationError as err:

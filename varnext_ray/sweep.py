@@ -51,6 +51,7 @@ log = logging.getLogger(__name__)
 
 SWEEP_FILE = "varnext_sweep.json"  # the parent MLflow run of a sweep, beside Tune's state
 DRIVER_CPUS = 0.1  # each trial's driver only waits on its Train run
+MAX_SAMPLES = 10_000  # trials of one sweep: Tune keeps each one's state in memory and on disk
 # The recorded options ``varnext sweep`` has a flag for (tests/test_sweep.py checks each one);
 # the others are varnext's own defaults, which differ only between versions of varnext.
 _SWEEP_FLAGS = frozenset(
@@ -108,6 +109,12 @@ class SweepOptions:
                     f"--{name.replace('_', '-')}",
                     "pass a positive integer",
                 )
+        if self.samples > MAX_SAMPLES:  # each trial keeps a Tune folder and an MLflow run
+            raise UserError(
+                f"--samples must be <= {MAX_SAMPLES:,} (got {self.samples:,})",
+                "--samples",
+                f"pass at most {MAX_SAMPLES:,}",
+            )
         if self.scheduler not in ("asha", "fifo"):
             raise UserError(
                 f"unknown scheduler {self.scheduler!r}", "--scheduler", "use asha or fifo"
