@@ -356,7 +356,7 @@ def test_flat_weights_do_not_load_into_a_spatial_arch(trained, tmp_path: Path) -
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("best", ["x", True, [1.0]])
+@pytest.mark.parametrize("best", ["x", True, [1.0], float("inf"), float("nan")])
 def test_a_run_whose_latest_checkpoint_does_not_read_is_refused_before_it_resumes(
     tmp_path: Path, best: object
 ) -> None:

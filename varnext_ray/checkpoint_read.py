@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import stat
 from pathlib import Path
@@ -54,6 +55,12 @@ def parse_checkpoint_json(path: Path, data: bytes) -> Any:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def _finite_number(value: Any) -> bool:
+    """True for an int or a finite float (not a bool): an ``Infinity`` best would make a
+    resumed run find no better epoch ever, silently."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _check_meta(meta: dict[str, Any], path: Path) -> None:
     """The keys readers rely on, with their types (a hand-edited meta.json is refused)."""
 
@@ -84,8 +91,8 @@ def _check_meta(meta: dict[str, Any], path: Path) -> None:
         if not isinstance(meta.get(key, {}), dict):
             raise bad(key, "an object {...}", meta.get(key))
     best = meta.get("extra", {}).get("best")  # the objective's best so far: resumed with it
-    if best is not None and (not isinstance(best, (int, float)) or isinstance(best, bool)):
-        raise bad("extra.best", "a number or null", best)
+    if best is not None and not _finite_number(best):  # training only keeps finite bests
+        raise bad("extra.best", "a finite number or null", best)
     metrics = meta.get("metrics", {})
     for key, value in metrics.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
