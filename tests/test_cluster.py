@@ -554,6 +554,91 @@ def test_auto_is_the_recorded_cluster_and_a_stale_record_is_refused(
         _check_answers("auto", timeout_s=1.0)
 
 
+@pytest.mark.timeout(60)
+def test_auto_refuses_a_record_that_is_no_file_instead_of_hanging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray's lookup opens the record and reads it whole: a FIFO there hung ``auto`` (and a
+    folder was "unexpected IsADirectoryError")."""
+    from varnext_ray.cluster import _check_answers
+    from varnext_ray.errors import UserError
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    record = tmp_path / "ray" / "ray_current_cluster"
+    record.parent.mkdir()
+    os.mkfifo(record)
+    with pytest.raises(UserError, match="latest cluster is not a regular file") as refused:
+        _check_answers("auto", timeout_s=1.0)
+    assert refused.value.where == str(record)
+    record.unlink()
+    record.mkdir()
+    with pytest.raises(UserError, match="latest cluster is not a regular file"):
+        _check_answers("auto", timeout_s=1.0)
+
+
+def _immutable(folder: Path) -> Path:
+    """``folder``, made immutable (no one may add to it, root included), or a skip."""
+    folder.mkdir()
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not allowed here")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda tmp: (tmp / "a-file").write_text("") and tmp / "a-file", "is not a folder"),
+        (lambda tmp: tmp / "a-file" / "below", "is not a folder"),
+        (lambda tmp: tmp / ("t" * 40), "too long for its sockets' paths"),
+        (lambda tmp: _immutable(tmp / "locked"), "Ray cannot write its temp folder"),
+        (lambda tmp: tmp / "new" / "folders", None),  # Ray makes what is missing
+        (lambda tmp: tmp, None),
+    ],
+    ids=["file", "below-a-file", "too-long", "immutable", "missing", "good"],
+)
+def test_a_temp_folder_ray_cannot_use_is_refused_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch, make: Any, said: str | None
+) -> None:
+    """Ray keeps its sessions in $RAY_TMPDIR or $TMPDIR with no fallback: ``ray.init`` failed
+    with NotADirectoryError, PermissionError or "AF_UNIX path length cannot exceed 107 bytes"
+    (an "unexpected" exit 1, session folders left behind)."""
+    import shutil
+    import tempfile
+
+    from varnext_ray.cluster import check_ray_temp
+    from varnext_ray.errors import UserError
+
+    base = Path(tempfile.mkdtemp(dir="/tmp", prefix="vt"))  # short: tmp_path is too long
+    (base / "a-file").write_text("")
+    folder = make(base)
+    monkeypatch.delenv("RAY_TMPDIR", raising=False)
+    monkeypatch.setenv("TMPDIR", str(folder))
+    try:
+        if said is None:
+            check_ray_temp()
+        else:
+            with pytest.raises(UserError, match=said):
+                check_ray_temp()
+    finally:
+        subprocess.run(["chattr", "-i", str(base / "locked")], capture_output=True)
+        shutil.rmtree(base)
+
+
+def test_a_home_whose_name_is_too_long_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``~/.ray/auth_token`` under a HOME with a 300-byte name: ``Path.exists`` raised
+    ENAMETOOLONG ("unexpected OSError")."""
+    from varnext_ray.cluster import secure_token_file
+    from varnext_ray.errors import UserError
+
+    monkeypatch.setenv("HOME", str(tmp_path / ("h" * 300)))
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    with pytest.raises(UserError, match=r"token file's path is unusable \(File name too long"):
+        secure_token_file()
+
+
 def test_the_ray_token_is_kept_readable_by_its_owner_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

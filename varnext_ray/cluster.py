@@ -231,6 +231,7 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
         secure_token_file()
         return
     secure_token_file()
+    check_ray_temp()
     port = _free_port()
     # The local node's processes inherit the job's variables from this process while
     # ray.init starts them (RAY_GCS_SERVER_PORT is read by the node itself), rather than
@@ -412,8 +413,17 @@ def _auto_address() -> str:
     (a ``ray start`` that was killed leaves its record) for ever, so the address it finds is
     checked like any other.
     """
+    from ray._common.utils import get_ray_address_file
     from ray._private import services  # Ray's own lookup: no public API returns it
 
+    record = get_ray_address_file(None)  # Ray opens and reads it whole: a FIFO hung here
+    problem = _not_a_file(record)
+    if problem:
+        raise UserError(
+            f"Ray's record of this machine's latest cluster is {problem}",
+            record,
+            "remove it (`ray start` writes it again), or pass the cluster's HOST:PORT",
+        )
     try:
         found = services.get_ray_address_from_environment("auto", None)
     except ConnectionError:
@@ -426,6 +436,52 @@ def _auto_address() -> str:
             "local Ray",
         )
     return found
+
+
+def _not_a_file(path: str) -> str | None:
+    """What ``path`` is when it exists and is not a regular file (or cannot be looked at)."""
+    import stat
+
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"unusable ({err.strerror})"
+    return None if stat.S_ISREG(mode) else "not a regular file (a folder, FIFO or device)"
+
+
+# A Ray session's sockets lie in <temp>/ray/session_<date>_<time>_<us>_<pid>/sockets/: the
+# folder's name takes up to 42 bytes and the longest socket name ("/sockets/plasma_store") 21,
+# and a Unix socket's path holds at most 107 bytes (Ray's validate_socket_filename).
+_SOCKET_PATH_MAX = 107
+_SESSION_SOCKET_BYTES = 1 + 42 + 21
+_TEMP_FIX = "set TMPDIR (or RAY_TMPDIR) to a short folder you can write, such as /tmp"
+
+
+def check_ray_temp() -> None:
+    """Refuses, before a local Ray starts, a temp folder it cannot use: Ray keeps its sessions
+    in ``$RAY_TMPDIR`` or ``$TMPDIR`` (``/ray``) with no fallback, and ``ray.init`` failed with a
+    NotADirectoryError, a PermissionError or a socket path "longer than 107 bytes" (leaving
+    session folders behind)."""
+    from ray._common.utils import get_default_ray_temp_dir
+
+    folder = get_default_ray_temp_dir()
+    if len(os.fsencode(folder)) + _SESSION_SOCKET_BYTES > _SOCKET_PATH_MAX:
+        most = _SOCKET_PATH_MAX - _SESSION_SOCKET_BYTES - len("/ray")
+        raise UserError(
+            f"Ray's temp folder is too long for its sockets' paths (a temp folder of at most "
+            f"{most} bytes is needed)",
+            os.path.dirname(folder),
+            _TEMP_FIX,
+        )
+    path = folder  # Ray creates what is missing of it (os.makedirs): the first that exists
+    while not os.path.lexists(path) and os.path.dirname(path) != path:
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UserError("Ray's temp folder is not a folder", path, _TEMP_FIX)
+    if not os.access(path, os.W_OK | os.X_OK):  # also an immutable one, even for root
+        raise UserError("Ray cannot write its temp folder", path, _TEMP_FIX)
 
 
 def token_path() -> Path:
@@ -479,8 +535,16 @@ def secure_token_file() -> None:
                 str(path),
                 "point it at the file that `ray get-auth-token --generate` writes, or unset it",
             )
-    elif path.exists() and not path.is_file():
-        return  # not Ray's file: left alone
+    else:
+        problem = _not_a_file(str(path))
+        if problem and problem.startswith("unusable"):  # HOME's name too long, say
+            raise UserError(
+                f"the Ray token file's path is {problem}",
+                str(path),
+                "set HOME to your home folder, or RAY_AUTH_TOKEN_PATH to the token file",
+            )
+        if problem:
+            return  # not Ray's file: left alone
     # Ray's own folder is tightened; a folder the user chose (it may be shared, such as /tmp)
     # only gets a warning.
     own_folder = path.parent == Path.home() / ".ray"
