@@ -352,3 +352,28 @@ def test_an_unreadable_artifact_in_the_store_is_one_line_naming_both_causes(
         download_best(uri, "fifo", tmp_path / "best", "extrap_psnr")
     assert err.value.fix == ARTIFACT_FIX and "run's checkpoint files are intact" in err.value.fix
     assert not (tmp_path / "best").exists()
+
+
+def test_best_works_when_the_environment_turns_warnings_into_errors(
+    store: str, tmp_path: Path
+) -> None:
+    """``PYTHONWARNINGS=error`` made SQLAlchemy's deprecation note inside MLflow an exception
+    ("unexpected SADeprecationWarning", exit 1): the console script shows warnings, never
+    raises them, and says so to the processes it starts."""
+    import subprocess
+    import sys
+
+    script = "from varnext_ray.entry import main; import sys; sys.exit(main())"
+    argv = ["best", "--experiment", EXPERIMENT, "--tracking-uri", store, "--out", "b"]
+    argv += ["--metric", "extrap_psnr"]
+    env = os.environ | {"PYTHONWARNINGS": "error"}
+    ended = subprocess.run(
+        [sys.executable, "-c", script, *argv],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ended.returncode == 0, ended.stderr
+    assert (tmp_path / "b" / "run.json").is_file()

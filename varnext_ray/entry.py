@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import warnings
 from types import FrameType
 from typing import NoReturn
 
@@ -42,10 +43,36 @@ def _after(signum: int, frame: FrameType | None = None) -> NoReturn:
     os._exit(128 + signum)
 
 
+def _warnings_stay_warnings() -> None:
+    """``PYTHONWARNINGS=error`` (or ``-W error``), a setting for developing Python code, made
+    every deprecation note of MLflow's and SQLAlchemy's an exception: ``best`` ended in
+    "unexpected SADeprecationWarning". For this command and the processes it starts (Ray's
+    workers read the variable too), such filters show the warning instead of raising it."""
+    filters = [("default", *f[1:]) if f[0] == "error" else f for f in warnings.filters]
+    if filters != warnings.filters:
+        warnings.resetwarnings()
+        for action, message, category, module, lineno in reversed(filters):
+            warnings.filterwarnings(
+                action,
+                getattr(message, "pattern", message) or "",  # a compiled regex, a str or None
+                category,
+                getattr(module, "pattern", module) or "",
+                lineno,
+            )
+    value = os.environ.get("PYTHONWARNINGS")
+    if value:
+        options = [o.strip().split(":") for o in value.split(",")]
+        for option in options:  # an action may be abbreviated: "e", "err"
+            if option[0] and "error".startswith(option[0].lower()):
+                option[0] = "default"
+        os.environ["PYTHONWARNINGS"] = ",".join(":".join(o) for o in options)
+
+
 def main() -> int:
     """Runs ``varnext`` with a signal outside the command's own handling said in one line."""
     for signum in _SAID:
         signal.signal(signum, _before)
+    _warnings_stay_warnings()
     from varnext_ray.cli import main as run  # the heavy imports
 
     # While the command runs, Ctrl-C is Python's KeyboardInterrupt, which the CLI turns into its
