@@ -356,6 +356,29 @@ def test_flat_weights_do_not_load_into_a_spatial_arch(trained, tmp_path: Path) -
         load_checkpoint(path)
 
 
+def test_a_run_is_not_resumed_for_another_objective(tmp_path: Path) -> None:
+    """Resumed with ``--objective extrap_ssim``, a run trained for PSNR kept its best of
+    17.95 (dB) and compared SSIMs (about 0.5) with it: no epoch became the best, silently."""
+    from varnext_ray.train import check_same_objective
+
+    run = tmp_path / "storage" / "tiny-ds"
+    save_checkpoint(
+        run / "epoch_0002",
+        model=build_vae(CFG),
+        arch_cfg=CFG,
+        epoch=2,
+        metrics={},
+        extra={"best": 17.95, "objective": "extrap_psnr_motion"},
+    )
+    snapshot = {"latest_checkpoint_result": {"checkpoint_dir_name": "epoch_0002"}}
+    (run / "checkpoint_manager_snapshot.json").write_text(json.dumps(snapshot))  # as Ray's
+    check_same_objective(tmp_path / "storage", "tiny-ds", "extrap_psnr_motion")
+    check_same_objective(tmp_path / "storage", "new-run", "extrap_ssim")  # nothing to resume
+    with pytest.raises(UserError, match="trained for the objective 'extrap_psnr_motion'") as no:
+        check_same_objective(tmp_path / "storage", "tiny-ds", "extrap_ssim")
+    assert no.value.where == "--objective" and "--objective extrap_psnr_motion" in no.value.fix
+
+
 @pytest.mark.parametrize("best", ["x", True, [1.0], float("inf"), float("nan")])
 def test_a_run_whose_latest_checkpoint_does_not_read_is_refused_before_it_resumes(
     tmp_path: Path, best: object

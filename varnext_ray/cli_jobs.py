@@ -90,7 +90,13 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from varnext_ray.arch import load_arch
     from varnext_ray.cluster import Resources, connect_ray
-    from varnext_ray.train import TrainingFailed, check_same_arch, check_same_experiment, train
+    from varnext_ray.train import (
+        TrainingFailed,
+        check_same_arch,
+        check_same_experiment,
+        check_same_objective,
+        train,
+    )
 
     name = _run_name(args)
     arch = load_arch(args.config)
@@ -110,6 +116,7 @@ def _run_train(args: argparse.Namespace) -> int:
     settings.check()
     _preflight(args, settings, arch.input.shape, arch)
     check_same_arch(args.storage, name, arch)  # before Ray and before the MLflow run resumes
+    check_same_objective(args.storage, name, settings.objective)
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     check_same_experiment(args.storage, name, args.experiment, uri, settings.epochs)
     connect_ray(args.address)

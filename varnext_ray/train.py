@@ -182,22 +182,38 @@ def _latest_checkpoint(directory: str) -> str | None:
     return name if isinstance(name, str) and re.fullmatch(r"epoch_\d+", name) else None
 
 
-def _check_latest_checkpoint(directory: str) -> None:
-    """The checkpoint a local run resumes from (:func:`_latest_checkpoint`) reads: its
-    meta.json and file hashes."""
+def _check_latest_checkpoint(directory: str) -> dict[str, Any] | None:
+    """The meta.json of the checkpoint a local run resumes from (:func:`_latest_checkpoint`),
+    checked to read with its file hashes; None for a new or remote run."""
     from varnext_ray.checkpoint_read import read_meta
 
     name = _latest_checkpoint(directory)
     if name is None:
-        return
+        return None
     try:
-        read_meta(Path(directory) / name)
+        return read_meta(Path(directory) / name)
     except UserError as err:
         raise UserError(
             f"the run's latest checkpoint does not read ({err.what})",
             err.where,
             "remove the run's folder to train it anew, or pass another --name for a new run",
         ) from None
+
+
+def check_same_objective(storage: Path | str, name: str, objective: str) -> None:
+    """Refuses to resume a run with another ``--objective``: its best value so far (PSNR in
+    dB, say) was carried over and compared with the new metric (SSIM, about 0.5), so no
+    epoch ever became the new best and its best checkpoint stayed the old objective's."""
+    directory = run_dir(storage, name)
+    meta = _check_latest_checkpoint(directory)
+    theirs = ((meta or {}).get("extra") or {}).get("objective")
+    if isinstance(theirs, str) and theirs != objective:
+        raise UserError(
+            f"a run named {name!r} in {directory.rsplit('/', 1)[0]} was trained for the "
+            f"objective {theirs!r}, not {objective!r}",
+            "--objective",
+            f"pass --objective {theirs} to continue it, or another --name for a new run",
+        )
 
 
 def check_same_experiment(
