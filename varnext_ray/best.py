@@ -221,11 +221,11 @@ def download_best(
     """Downloads the best run's checkpoint into ``out``, checks it loads, writes ``run.json``.
 
     The files go to a staging folder beside ``out`` first and are renamed into place once the
-    checkpoint loads (:func:`~varnext_ray.safe_io.staged_dir`), so ``out`` never holds half a
+    checkpoint loads (:func:`~varnext_ray.atomic_write.staged_dir`), so ``out`` never holds half a
     download.
 
     Returns:
-        ``out``, a checkpoint directory for :func:`~varnext_ray.checkpoint.load_checkpoint`
+        ``out``, a checkpoint directory for :func:`~varnext_ray.checkpoint_load.load_checkpoint`
         plus ``run.json`` (run id and name, metric, value, tracking URI, experiment).
 
     Raises:

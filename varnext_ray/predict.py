@@ -1,11 +1,11 @@
 """Predict frames by linear extrapolation in latent space, from two frames or a video.
 
-Two frames are fitted to the model's input size with :func:`~varnext_ray.sources.fit_frame`
+Two frames are fitted to the model's input size with :func:`~varnext_ray.frame_fit.fit_frame`
 (centre crop to the model's aspect ratio, then resize), encoded to their means z1, z2,
 extrapolated to z2 + k(z2 - z1) for k = 1..steps, decoded, and resized back to the size of
 that centre crop: the input frames' size when the aspect ratios agree; otherwise the part of
 the frames the model saw, undistorted, with a warning. Frames whose crop would be enlarged
-more than :data:`~varnext_ray.sources.MAX_UPSCALE` times, as ingest refuses them, are refused.
+more than :data:`~varnext_ray.frame_fit.MAX_UPSCALE` times, as ingest refuses them, are refused.
 
 Example:
     >>> ckpt = load_checkpoint(download_best(None, "smoke", "runs/best"))
@@ -72,7 +72,7 @@ def _model_size(ckpt: Checkpoint) -> tuple[int, int]:
 def seen_part(ckpt: Checkpoint, frame: np.ndarray, where: str, *, warn: bool = True) -> np.ndarray:
     """The centre crop of ``frame`` the model sees (the whole frame when the aspect ratios
     agree), warned about (with ``warn``) when it is not the whole frame, refused when it would
-    be enlarged more than :data:`~varnext_ray.sources.MAX_UPSCALE` times a side."""
+    be enlarged more than :data:`~varnext_ray.frame_fit.MAX_UPSCALE` times a side."""
     (width, height), (h, w) = _model_size(ckpt), frame.shape[:2]
     crop_w, crop_h = crop_size((w, h), (width, height))
     if max(width / crop_w, height / crop_h) > MAX_UPSCALE:
@@ -220,7 +220,7 @@ def predict_frames(
 ) -> list[np.ndarray]:
     """Predicts the frames after ``frame_b``, ``steps`` of them, from the latent line a -> b.
 
-    The frames are fitted to the model's input size (:func:`~varnext_ray.sources.fit_frame`),
+    The frames are fitted to the model's input size (:func:`~varnext_ray.frame_fit.fit_frame`),
     encoded to their means z1, z2, extrapolated to z2 + k(z2 - z1) for k = 1..steps, decoded
     and resized back to the size of the part of the frames the model saw (:func:`seen_part`).
 

@@ -4,7 +4,7 @@
 file>, artifacts={"checkpoint": DIR}, code_paths=[<the varnext_ray package>])``: MLflow stores
 the source of this file and of the package, never a pickle, and ``mlflow.pyfunc.load_model``
 runs this file, which calls :func:`mlflow.models.set_model`. Loading reads the checkpoint as
-:func:`~varnext_ray.checkpoint.load_checkpoint` does (sha256-checked safetensors, no
+:func:`~varnext_ray.checkpoint_load.load_checkpoint` does (sha256-checked safetensors, no
 ``torch.load``), so the user's code never imports varnext_ray and nothing is unpickled.
 
 Input: a uint8 RGB array of shape (2, H, W, 3): frame t, then frame t+s (any size; both the
