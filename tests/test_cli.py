@@ -224,3 +224,30 @@ def test_an_output_file_named_with_a_trailing_slash_is_refused(
         cli.main(["report", "--experiment", "x", "--out", f"{out}/"])
     assert ended.value.code == 2 and not out.exists()
     assert "--out: it ends in a slash, which names a folder" in capsys.readouterr().err
+
+
+def test_a_commands_words_may_follow_its_options() -> None:
+    """``ingest a --out ds b`` said "unrecognized arguments: b (varnext)"."""
+    from varnext_ray.cli import build_parser
+
+    args = build_parser().parse_args(["ingest", "a", "--out", "ds", "--size", "64x36", "b"])
+    assert args.sources == [Path("a"), Path("b")] and args.out == Path("ds")
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog"),
+    [
+        (["synth", "a", "b"], "varnext synth"),
+        (["data", "info", "ds", "extra"], "varnext data info"),
+    ],
+)
+def test_an_extra_word_names_its_command(
+    argv: list[str], prog: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command's extra words reach the top parser, whose line named only ``varnext``."""
+    with pytest.raises(SystemExit) as ended:
+        cli.main(argv)
+    assert ended.value.code == 2
+    assert f"unrecognized arguments: {argv[-1]} ({prog}): see '{prog} --help'" in (
+        capsys.readouterr().err
+    )

@@ -17,12 +17,23 @@ class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit status 2."""
 
     _seen: tuple[str, ...] = ()  # the arguments this parser was last given
+    _intermixing = False
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
+        """A command's words may come before, between and after its options
+        (``ingest a --out ds b`` reads sources a and b: "unrecognized arguments: b" before)."""
+        if self._subparsers is not None or self._intermixing:
+            if not self._intermixing:
+                self._seen = tuple(sys.argv[1:] if args is None else args)
+            return super().parse_known_args(args, namespace)
         self._seen = tuple(sys.argv[1:] if args is None else args)
-        return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls parse_known_args twice
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
     def error(self, message: str) -> None:  # type: ignore[override]
         # A value argparse quotes back may be a 5,000-digit number or hold a newline, and
@@ -39,8 +50,22 @@ class Parser(argparse.ArgumentParser):
             if self._subparsers is None:  # a command's own words are paths
                 message += f" (a file or folder of that name is written ./{unknown[0]})"
         message = shorten(escape(message), MAX_WHAT)
-        sys.stderr.write(f"error: {message} ({self.prog}): see '{self.prog} --help'\n")
+        prog = self._command().prog  # a command's extra words are found by the top parser
+        sys.stderr.write(f"error: {message} ({prog}): see '{prog} --help'\n")
         raise SystemExit(2)
+
+    def _command(self) -> argparse.ArgumentParser:
+        """The (sub)command parser the arguments chose: ``varnext data info`` for
+        ``data info ds extra``, this parser when they chose none."""
+        parser: argparse.ArgumentParser = self
+        for word in self._seen:
+            choices = getattr(parser._subparsers, "_group_actions", [None])[0]
+            if choices is None or word not in getattr(choices, "choices", {}):
+                if not word.startswith("-"):
+                    break
+                continue
+            parser = choices.choices[word]
+        return parser
 
     def _dash_value(self) -> tuple[str, str] | None:
         """An option followed by a value that starts with a dash and is no option here, which
