@@ -144,6 +144,16 @@ BAD = [
         _set("latent", {"kind": "flat", "dim": -1}),
         "latent.dim: must be >= 1 (got -1)",
     ),
+    (  # the hint was 'did you mean "channels"?', the key itself
+        "flat_latent_channels",
+        _set("latent", {"kind": "flat", "dim": 8, "channels": 4}),
+        "latent.channels: unknown key for this form (only a spatial latent has it)",
+    ),
+    (  # the hint was 'did you mean "linear"?'
+        "linearity_twice",
+        _set("loss", {"linearity": 0.1, "linearity_weight": 0.2}),
+        'loss.linearity: unknown key here: it is the same key as "linearity_weight" (give one)',
+    ),
     (
         "spatial_linear",
         _set("encoder.linear", [16]),

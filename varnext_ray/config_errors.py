@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -88,10 +89,32 @@ def _drop_tags(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     return tuple(out)
 
 
+def _aliases(model: type[BaseModel]) -> dict[str, str]:
+    """Each other name a model's field is read by (``AliasChoices``) -> the field's name."""
+    names = {}
+    for field, info in model.model_fields.items():
+        for choice in getattr(info.validation_alias, "choices", ()):
+            if isinstance(choice, str) and choice != field:
+                names[choice] = field
+    return names
+
+
+def _form_name(model: type[BaseModel]) -> str:
+    """``SpatialLatent`` -> ``a spatial latent``."""
+    words = re.findall(r"[A-Z][a-z]*", model.__name__)
+    return "a " + " ".join(w.lower() for w in words)
+
+
 def _unknown_key(loc: tuple[str | int, ...], sections: Sections) -> str:
     key, parent = str(loc[-1]), tuple(p for p in loc[:-1] if isinstance(p, str))
     found = sections.get(parent)
     models = found if isinstance(found, tuple) else (found,) if found else ()
+    for model in models:
+        if key in _aliases(model):  # read already by its other name, given too
+            return f'unknown key here: it is the same key as "{_aliases(model)[key]}" (give one)'
+    owners = [_form_name(model) for model in models if key in model.model_fields]
+    if owners:  # a key of the other form (a flat latent given "channels")
+        return f"unknown key for this form (only {' or '.join(owners)} has it)"
     valid = sorted({name for model in models for name in model.model_fields})
     close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     if close:
