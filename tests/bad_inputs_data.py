@@ -544,6 +544,11 @@ MANIFEST_KEYS: dict[str, Raw] = {
         "clips: must be given (missing)",
         dataset(manifest_drop("clips")),
     ),
+    "manifest-frames-misspelled": (  # said only "frames: must be given (missing)"
+        INFO,
+        'frames: must be given (missing; is "Frames " it?)',
+        dataset(lambda root, m: m.__setitem__("Frames ", m.pop("frames"))),
+    ),
     "manifest-split-missing": (
         INFO,
         "split: must be given (missing)",

@@ -105,6 +105,23 @@ def _form_name(model: type[BaseModel]) -> str:
     return "a " + " ".join(w.lower() for w in words)
 
 
+def _keys(found: type[BaseModel] | tuple[type[BaseModel], ...] | None) -> set[str]:
+    models = found if isinstance(found, tuple) else (found,) if found else ()
+    return {name for model in models for name in model.model_fields}
+
+
+def _near_key(key: str, parent: Any, known: set[str]) -> str | None:
+    """A key of ``parent`` (the object missing ``key``) that is ``key`` misspelled: another
+    case, stray spaces, or a close spelling (``"frames "``), quoted as JSON; None if none.
+    Keys the object may hold (``known``: "splits" beside "split") are never it."""
+    if not isinstance(parent, dict):
+        return None
+    names = [k for k in parent if isinstance(k, str) and k not in known]
+    same = [k for k in names if k.strip().lower() == key.lower()]
+    near = same or difflib.get_close_matches(key, names, n=1, cutoff=0.8)
+    return json.dumps(near[0])[:60] if near else None
+
+
 def _unknown_key(loc: tuple[str | int, ...], sections: Sections) -> str:
     key, parent = str(loc[-1]), tuple(p for p in loc[:-1] if isinstance(p, str))
     found = sections.get(parent)
@@ -132,7 +149,9 @@ def _problem(err: dict[str, Any], sections: Sections) -> list[str]:
     if kind == "extra_forbidden":
         return [f"{path}: {_unknown_key(loc, sections)}"]
     if kind == "missing":
-        return [f"{path}: must be given (missing)"]
+        parent = tuple(p for p in loc[:-1] if isinstance(p, str))
+        near = _near_key(str(loc[-1]), err.get("input"), _keys(sections.get(parent)))
+        return [f"{path}: must be given (missing" + (f"; is {near} it?)" if near else ")")]
     if kind in ("arch", "decoder_kind", "layer_kind", "latent_kind"):
         got = "" if kind == "arch" else f" (got {_got(err['input'])})"
         return [f"{path}: {err['msg']}{got}"]
