@@ -1057,8 +1057,8 @@ BEFORE_RAY: dict[str, Raw] = {
         "--cpus-per-worker must be 0 or at least 0.0001 (got 1e-09)",
         None,
     ),
-    "preflight-train-seed-negative": (TRAIN + " --seed -1", "the seed must be in 0..", None),
-    "preflight-train-seed-huge": (TRAIN + " --seed " + "9" * 23, "the seed must be in 0..", None),
+    "preflight-train-seed-negative": (TRAIN + " --seed -1", "--seed must be in 0..", None),
+    "preflight-train-seed-huge": (TRAIN + " --seed " + "9" * 23, "--seed must be in 0..", None),
     "preflight-train-experiment-long": (
         TRAIN + " --experiment " + "x" * 600,
         "the experiment name is longer than 100 characters (600)",

@@ -232,8 +232,7 @@ CASES: dict[str, Case] = {
     },
     "size-negative": Case(  # said "-64x36 is not an option (a file of that name is written)"
         "ingest {video} --out {out} --size -64x36",
-        "argument --size: expected one argument; -64x36 was read as an option: write "
-        "--size=-64x36",
+        "argument --size: expected one argument; -64x36 was read as an option: write --size=-64x36",
     ),
     "val-negative-exponent": Case(  # argparse reads "-1" and "-0.5" as numbers, not "-1e-3"
         "ingest {video} --out {out} --val -1e-3",

@@ -58,7 +58,7 @@ def test_synth_ingest_info(tmp_path: Path, capsys) -> None:
     assert code == 0 and "60 frames of 64x36" in out and out.count("\n") == 5
     code, _, err = _run(["data", "info", str(tmp_path / "ds"), "--stride", "0"], capsys)
     assert code == 2 and err.strip() == (  # the flag, not the library's parameter "stride"
-        "error: --stride must be >= 1 (got 0) (--stride): use 1 or more"
+        "error: --stride must be >= 1 (got 0) (--stride): pass 1 or more"
     )
 
 

@@ -178,8 +178,8 @@ def test_report_refuses_an_out_that_is_not_html(
 @pytest.mark.parametrize(
     ("flag", "value", "match"),
     [
-        ("--stride", "99999999999999999999", f"the limit is {MAX_STRIDE}"),
-        ("--stride", str(MAX_STRIDE + 1), f"the limit is {MAX_STRIDE}"),
+        ("--stride", "99999999999999999999", f"--stride must be at most {MAX_STRIDE:,}"),
+        ("--stride", str(MAX_STRIDE + 1), f"--stride must be at most {MAX_STRIDE:,}"),
         ("--stride", "-99999999999999999999", "must be >= 1"),
         ("--steps", "99999999999999999999", "the limit is 1000"),
     ],

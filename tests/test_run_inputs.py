@@ -96,11 +96,11 @@ def test_an_experiment_with_a_slash_cannot_name_the_sweep_directory(
 @pytest.mark.parametrize(
     ("flag", "value", "expect"),
     [
-        ("--batch-size", "0", "batch_size must be >= 1"),
-        ("--batch-size", "100000000", "batch_size must be at most"),
-        ("--val-triplets", "0", "val_triplets must be >= 1"),
-        ("--steps", "-3", "steps must be from 1"),
-        ("--rollout-steps", "-1", "rollout steps must be >= 0"),
+        ("--batch-size", "0", "--batch-size must be >= 1"),
+        ("--batch-size", "100000000", "--batch-size must be at most"),
+        ("--val-triplets", "0", "--val-triplets must be >= 1"),
+        ("--steps", "-3", "--steps must be from 1"),
+        ("--rollout-steps", "-1", "--rollout-steps must be >= 0"),
         ("--epochs", "1000000000000", "epochs must be at most"),
         ("--epochs", "0", "epochs must be >= 1"),
     ],

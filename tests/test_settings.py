@@ -33,7 +33,7 @@ def test_passes_per_epoch_round_the_budget_up_to_whole_passes(
 
 
 def test_a_budget_below_one_step_is_refused() -> None:
-    with pytest.raises(UserError, match=r"steps must be from 1 to 10,000,000 \(got 0\)") as info:
+    with pytest.raises(UserError, match=r"--steps must be from 1 to 10,000,000 \(got 0\)") as info:
         TrainSettings(steps=0).check()
     assert info.value.where == "--steps"
     TrainSettings(steps=None).check()

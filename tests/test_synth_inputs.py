@@ -82,8 +82,8 @@ def test_current_folder_is_refused(
 @pytest.mark.parametrize(
     ("args", "match"),
     [
-        (["--seed", "-1"], f"seed must be 0..{MAX_SEED} (got -1)"),
-        (["--seed", str(MAX_SEED + 1)], "seed must be 0.."),
+        (["--seed", "-1"], f"--seed must be in 0..{MAX_SEED} (got -1)"),
+        (["--seed", str(MAX_SEED + 1)], "--seed must be in 0.."),
         (["--bump-probability", "nan"], "argument --bump-probability: nan is not a number"),
         (["--bump-probability", "2"], "in [0, 1] (got 2.0)"),
         (["--bump-probability", "-1"], "in [0, 1] (got -1.0)"),

@@ -204,7 +204,7 @@ def _add_data(sub: argparse._SubParsersAction) -> None:
 
 def _run_data_info(args: argparse.Namespace) -> int:
     if args.stride < 1:
-        raise UserError(f"--stride must be >= 1 (got {args.stride})", "--stride", "use 1 or more")
+        raise UserError(f"--stride must be >= 1 (got {args.stride})", "--stride", "pass 1 or more")
     summary = dataset_info(load_manifest(args.dataset, check_keys=True), args.stride)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -307,7 +307,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as err:  # VARNEXT_VERBOSE is neither yes nor no
         _say(f"error: {err}")
         return 2
-    handler = logging.StreamHandler(sys.stderr)
+    handler = console.StderrHandler()
+    console.reopen_closed_streams()
     handler.setFormatter(console.OneLineFormatter("%(levelname)s: %(message)s"))
     # Other libraries' notes (torch's cache statistics at exit, MLflow's, boto's) are not the
     # command's: only their warnings show, unless -v.

@@ -16,8 +16,10 @@ every Ray process of the job through :func:`ray_env_vars`, which
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -36,6 +38,38 @@ CHOSEN_SETTING_NOTES = (
     "ray._private.authentication.authentication_token_setup",
     "ray.data._internal.progress",
 )
+
+
+class StderrHandler(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is when each record comes, not as it was
+    when the handler was made: a caller that swaps standard error (pytest's capture, a
+    redirect) never gets a record written to a stream closed since ("--- Logging error ---"
+    and a traceback, from a library's thread that logged late)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler sets it; the live one is used
+        pass
+
+
+def reopen_closed_streams() -> None:
+    """Points every stream handler of the loggers made so far whose stream was closed (a
+    standard error swapped and closed since, as pytest's capture does between tests) at the
+    current ``sys.stderr``. Ray's own handler keeps the stream of its first import, although
+    it means to follow ``sys.stderr``: its warnings then ended in "--- Logging error ---"."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", []):
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and getattr(stream, "closed", False):
+                with handler.lock or contextlib.nullcontext():  # not setStream: it flushes
+                    handler.stream = sys.stderr
 
 
 class OneLineFormatter(logging.Formatter):

@@ -126,7 +126,7 @@ MAX_STRIDE = 1000  # a video's 2s + 1 latest frames are held in memory (12 GB of
 
 def _check_positive(value: int, flag: str) -> None:
     if value < 1:
-        raise UserError(f"must be >= 1 (got {value})", flag, "pass a positive integer")
+        raise UserError(f"{flag} must be >= 1 (got {value})", flag, "pass 1 or more")
 
 
 def _check_steps(steps: int) -> None:
@@ -143,8 +143,8 @@ def _check_stride(stride: int) -> None:
     _check_positive(stride, "--stride")
     if stride > MAX_STRIDE:
         raise UserError(
-            f"--stride {stride} would hold {2 * stride + 1} frames in memory "
-            f"(the limit is {MAX_STRIDE})",
+            f"--stride must be at most {MAX_STRIDE:,} (got {stride:,}): a video's latest "
+            f"2s + 1 frames are held in memory",
             "--stride",
             f"pass at most {MAX_STRIDE} (frames from t to t+s)",
         )

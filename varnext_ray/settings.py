@@ -126,33 +126,33 @@ class TrainSettings:
         """Raises a UserError for the first out-of-range setting."""
         for name in ("epochs", "batch_size", "stride", "val_triplets"):
             if getattr(self, name) < 1:
+                flag = f"--{name.replace('_', '-')}"
                 raise UserError(
-                    f"{name} must be >= 1 (got {getattr(self, name)})",
-                    f"--{name.replace('_', '-')}",
-                    "pass a positive integer",
+                    f"{flag} must be >= 1 (got {getattr(self, name)})", flag, "pass 1 or more"
                 )
         if self.batch_size > MAX_BATCH_SIZE:
             raise UserError(
-                f"batch_size must be at most {MAX_BATCH_SIZE:,} (got {self.batch_size})",
+                f"--batch-size must be at most {MAX_BATCH_SIZE:,} (got {self.batch_size})",
                 "--batch-size",
                 f"pass a batch per worker of at most {MAX_BATCH_SIZE:,}, e.g. 32",
             )
         if self.steps is not None and not 1 <= self.steps <= MAX_STEPS:
             raise UserError(
-                f"steps must be from 1 to {MAX_STEPS:,} (got {self.steps})",
+                f"--steps must be from 1 to {MAX_STEPS:,} (got {self.steps})",
                 "--steps",
-                "pass a budget of optimizer steps, e.g. 2000",
+                "pass a budget of optimizer steps, e.g. 2000 (train and sweep: 0 for one pass "
+                "per epoch)",
             )
         for name, most in (("epochs", MAX_EPOCHS), ("rollout_steps", MAX_ROLLOUT_STEPS)):
             if getattr(self, name) > most:
+                flag = f"--{name.replace('_', '-')}"
+                got = getattr(self, name)
                 raise UserError(
-                    f"{name} must be at most {most:,} (got {getattr(self, name)})",
-                    f"--{name.replace('_', '-')}",
-                    f"pass at most {most:,}",
+                    f"{flag} must be at most {most:,} (got {got})", flag, f"pass at most {most:,}"
                 )
         if self.rollout_steps < 0:
             raise UserError(
-                f"rollout steps must be >= 0 (got {self.rollout_steps})",
+                f"--rollout-steps must be >= 0 (got {self.rollout_steps})",
                 "--rollout-steps",
                 "pass 0 to turn rollouts off, or a number of steps",
             )
@@ -174,7 +174,7 @@ class TrainSettings:
             )
         if not 0 <= self.seed <= MAX_SEED:  # numpy and torch refuse negative or huge seeds
             raise UserError(
-                f"the seed must be in 0..{MAX_SEED} (got {self.seed})", "--seed", "pass e.g. 0"
+                f"--seed must be in 0..{MAX_SEED} (got {self.seed})", "--seed", "pass e.g. 0"
             )
         if self.objective not in OBJECTIVES:
             raise UserError(

@@ -308,7 +308,7 @@ def _check_synth_args(
             "pass e.g. --size 640x360",
         )
     if not 0 <= seed <= MAX_SEED:
-        raise UserError(f"seed must be 0..{MAX_SEED} (got {seed})", "--seed", "pass e.g. --seed 0")
+        raise UserError(f"--seed must be in 0..{MAX_SEED} (got {seed})", "--seed", "pass e.g. 0")
     if not (math.isfinite(bump_probability) and 0 <= bump_probability <= 1):
         raise UserError(
             f"bump probability must be a number in [0, 1] (got {bump_probability})",
