@@ -3,6 +3,9 @@
 :func:`write_atomic` writes a temporary file in the target's folder, fsyncs it and renames it
 into place (``os.replace``), so a reader never sees half a file; with ``overwrite=False`` an
 existing file is refused instead of replaced (``os.link`` refuses an existing name atomically).
+:func:`staged_file` is the same with a block between the write and the rename, for work that
+must follow the local write and succeed before the file appears. Temporary names are hidden
+and cut to fit NAME_MAX (:func:`hidden_name`); paths stay as given (relative ones too).
 :func:`staged_dir` builds a folder under a temporary name beside the target and renames it into
 place when complete; on failure it removes the staging folder and any parent folders it created
 (:func:`parent_folders`), so nothing is left behind.
@@ -16,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import stat
@@ -24,8 +28,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from varnext_ray.errors import UserError
-from varnext_ray.output_checks import absolute_new_dir, check_new_dir
+from varnext_ray.output_checks import check_new_dir, normal_new_dir
 from varnext_ray.safe_io import os_reason
+
+NAME_MAX = 255  # bytes of one file name (Linux, macOS): a temporary name must fit too
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -37,44 +43,94 @@ def _fsync_dir(folder: Path) -> None:
             os.close(fd)
 
 
-def write_atomic(
-    path: str | Path, data: bytes, *, overwrite: bool = True, flag: str | None = None
-) -> Path:
-    """Writes ``data`` to ``path`` through a temporary sibling and a rename (never half a file).
+def hidden_name(name: str, tag: str) -> str:
+    """A hidden temporary name for a file or folder called ``name``: ``.<name>.<tag>``, the
+    name part cut (on a character) so the whole fits NAME_MAX bytes; ``tag`` (random) keeps
+    it unique. A legal 255-byte output name must not fail on its temporary sibling's name."""
+    room = NAME_MAX - len(f"..{tag}".encode())
+    kept, used = [], 0
+    for char in name:  # a surrogate escape (an undecodable byte) is one byte on disk
+        size = len(char.encode("utf-8", "surrogateescape"))
+        if used + size > room:
+            break
+        kept.append(char)
+        used += size
+    return f".{''.join(kept)}.{tag}"
 
-    ``overwrite=False`` refuses (UserError) an existing ``path`` instead of replacing it; the
-    check and the rename are one atomic step (``os.link`` fails on an existing name). A new
-    file's mode follows the umask, a replaced file keeps its own.
+
+@contextlib.contextmanager
+def staged_file(
+    path: str | Path, data: bytes, *, overwrite: bool = True, flag: str | None = None
+) -> Iterator[Path]:
+    """Writes ``data`` to a temporary sibling of ``path``, yields ``path``, and renames the
+    sibling into place only if the block succeeds (else removes it): work that must happen
+    only once the file can be written (logging it elsewhere) goes in the block, so a local
+    failure comes before it, and a failure of the block leaves no file.
+
+    ``overwrite=False`` refuses (UserError) an existing ``path``: before the block, and again
+    atomically at the rename (``os.link`` fails on an existing name). A new file's mode
+    follows the umask, a replaced file keeps its own.
     """
     path = Path(path)
     where = flag or str(path)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp = path.with_name(hidden_name(path.name, f"tmp-{uuid.uuid4().hex[:8]}"))
     try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if overwrite:
-            with contextlib.suppress(FileNotFoundError):
-                os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)
-            except FileExistsError:
-                raise UserError(
-                    "output already exists", str(path), "choose a new path (it is never replaced)"
-                ) from None
+        with _as_user_error(where):
+            _write_new(tmp, data)
+        if not overwrite and os.path.lexists(path):
+            raise _exists(path)
+        yield path
+        with _as_user_error(where):
+            _put_in_place(tmp, path, overwrite)
+    finally:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        _fsync_dir(path.parent)
+
+
+def write_atomic(
+    path: str | Path, data: bytes, *, overwrite: bool = True, flag: str | None = None
+) -> Path:
+    """Writes ``data`` to ``path`` through a temporary sibling and a rename (never half a file);
+    see :func:`staged_file` for ``overwrite``."""
+    with staged_file(path, data, overwrite=overwrite, flag=flag) as done:
+        return done
+
+
+@contextlib.contextmanager
+def _as_user_error(where: str) -> Iterator[None]:
+    """An OSError of writing our file (a full disk, a name too long) as a UserError."""
+    try:
+        yield
     except OSError as err:
         raise UserError(
             f"cannot write ({os_reason(err)})", where, "choose a writable path"
         ) from None
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-    return path
+
+
+def _write_new(tmp: Path, data: bytes) -> None:
+    with open(tmp, "xb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _put_in_place(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Renames ``tmp`` to ``path`` (replacing it only with ``overwrite``), then syncs the folder."""
+    if overwrite:
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        os.replace(tmp, path)
+    else:
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise _exists(path) from None
+        os.unlink(tmp)
+    _fsync_dir(path.parent)
+
+
+def _exists(path: Path) -> UserError:
+    return UserError("output already exists", str(path), "choose a new path (it is never replaced)")
 
 
 @contextlib.contextmanager
@@ -89,8 +145,8 @@ def parent_folders(
     """
     path = Path(path)
     missing: list[Path] = []  # deepest first
-    parent = path.absolute().parent
-    while not parent.exists() and parent != parent.parent:
+    parent = path.parent  # as given: a relative path works below any current folder
+    while not os.path.exists(parent) and parent != parent.parent:
         missing.append(parent)
         parent = parent.parent
     made: list[Path] = []
@@ -124,10 +180,11 @@ def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> It
     created (:func:`parent_folders`) are removed. The target must be new or an empty folder
     (:func:`check_new_dir`).
     """
-    target = absolute_new_dir(target, flag)
+    target = normal_new_dir(target, flag)
     check_new_dir(target, flag, allow_empty=allow_empty)
     fix = f"choose another {flag}"
-    staging = target.parent / f".{target.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    tag = f"partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    staging = target.parent / hidden_name(target.name, tag)
     with parent_folders(staging, fix):
         try:
             try:
@@ -135,16 +192,23 @@ def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> It
             except OSError as err:
                 raise UserError(f"cannot create ({os_reason(err)})", str(target), fix) from None
             yield staging
-            try:
-                os.rename(staging, target)  # replaces an empty folder; refuses one that filled
-            except OSError as err:
-                what = (
-                    "output appeared while writing"
-                    if target.exists()
-                    else "cannot rename into place"
-                )
-                raise UserError(f"{what} ({os_reason(err)})", str(target), fix) from None
-            _fsync_dir(target.parent)
+            _rename_into_place(staging, target, fix)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def _rename_into_place(staging: Path, target: Path, fix: str) -> None:
+    """Renames the complete ``staging`` folder to ``target``, replacing an empty folder; a
+    failure says its real reason: "appeared" only for an output that filled meanwhile."""
+    try:
+        os.rename(staging, target)
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):  # filled, or a file
+            what = "output appeared while writing"
+        elif os.path.lexists(target):
+            what = "cannot replace the empty output folder"
+        else:
+            what = "cannot rename into place"
+        raise UserError(f"{what} ({os_reason(err)})", str(target), fix) from None
+    _fsync_dir(target.parent)

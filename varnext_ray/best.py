@@ -31,7 +31,7 @@ from varnext_ray.artifacts import (
 )
 from varnext_ray.atomic_write import staged_dir
 from varnext_ray.errors import UserError
-from varnext_ray.output_checks import absolute_new_dir, check_new_dir
+from varnext_ray.output_checks import check_new_dir, normal_new_dir
 from varnext_ray.safe_io import CONFIG_LIMIT, os_reason, size_text
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ def download_best(
     """
     from varnext_ray.frame_decode import warnings_after_success
 
-    out = absolute_new_dir(out, "--out")
+    out = normal_new_dir(out, "--out")
     check_new_dir(out, "--out")
     # a warning (a better run skipped, MLflow's retries) is shown only if the download succeeds
     with warnings_after_success(log, logging.getLogger("urllib3.connectionpool")):

@@ -119,8 +119,8 @@ class _ClipRecord(_Loose):
 
 
 class _SplitRecord(_Loose):
-    policy: str
-    seed: int
+    policy: Literal["clips", "time_blocks"]  # printed by data info: never free text
+    seed: Annotated[int, Field(ge=0, lt=2**63)]  # ingest's --seed
 
 
 class _ManifestSchema(_Loose):
@@ -164,9 +164,33 @@ _MANIFEST_FIX = "re-run 'varnext ingest' to rewrite the dataset (never edit data
 DAMAGED_FIX = "re-run 'varnext ingest' to rewrite the dataset: a file of it is damaged"
 
 
+def _check_root_text(root: Path) -> None:
+    """A UserError unless the dataset's path is text pyarrow takes, as Ray Data reads the files
+    by it to train: UTF-8 bytes (a Latin-1 byte 0xff is not), and shown as such by this Python
+    (under a non-UTF-8 locale it holds UTF-8 names as escaped bytes). Else every file of a good
+    dataset read as damaged."""
+    try:
+        utf8 = os.fsencode(root).decode("utf-8") == str(root)
+    except UnicodeDecodeError:
+        raise UserError(
+            "the dataset's path is not UTF-8 text, which pyarrow and Ray Data need to read it",
+            str(root),
+            "rename the dataset's folder (or move it) to a path of UTF-8 characters only",
+        ) from None
+    if not utf8:
+        raise UserError(
+            "the dataset's path is UTF-8, but this Python's non-UTF-8 locale gives it to pyarrow "
+            "and Ray Data as other text, which they cannot read",
+            str(root),
+            "run under a UTF-8 locale (e.g. LC_ALL=C.UTF-8) or with PYTHONUTF8=1",
+        )
+
+
 def _check_files(root: Path, schema: _ManifestSchema, where: str) -> None:
     """Every clip file is a relative path inside the dataset, a regular Parquet file whose row
-    count is the clip's frame count (footers only: cheap)."""
+    count is the clip's frame count (footers only: cheap); the dataset's path is text pyarrow
+    takes (:func:`_check_root_text`)."""
+    _check_root_text(root)
     for n, clip in enumerate(schema.clips):
         rows = 0
         for file in clip.files:
@@ -181,6 +205,9 @@ def _check_files(root: Path, schema: _ManifestSchema, where: str) -> None:
                 raise UserError(f"{name}: {file!r} is missing", where, _MANIFEST_FIX)
             if not stat.S_ISREG(st.st_mode):
                 what = f"{name}: {file!r} is {kind_of(st.st_mode)}"
+                raise UserError(what, where, _MANIFEST_FIX)
+            if not path.resolve().is_relative_to(root):  # a link leading out of the dataset
+                what = f"{name}: {file!r} is a link to a file outside the dataset"
                 raise UserError(what, where, _MANIFEST_FIX)
             try:
                 footer = pq.read_metadata(path)

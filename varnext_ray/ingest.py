@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from varnext_ray.dataset import (
 from varnext_ray.errors import UserError
 from varnext_ray.frame_decode import GAP, Skipped, decode_source, frame_size, warnings_after_success
 from varnext_ray.frame_fit import MAX_UPSCALE, check_fit, fit_frame
-from varnext_ray.output_checks import check_new_dir, check_not_inside
+from varnext_ray.output_checks import check_current_folder, check_new_dir, check_not_inside
 from varnext_ray.safe_io import json_bytes, os_reason
 from varnext_ray.sources import (
     Source,
@@ -176,7 +177,7 @@ class _ClipWriter:
     def __init__(self, clip: StagedClip, encoding: str) -> None:
         self.clip = clip
         self.encoding = encoding
-        self.writer = pq.ParquetWriter(clip.path, self.SCHEMA, compression="none")
+        self.writer = pq.ParquetWriter(_arrow_path(clip.path), self.SCHEMA, compression="none")
         self.pending: list[tuple[int, bytes]] = []
 
     def add(self, number: int, frame: np.ndarray) -> None:
@@ -283,7 +284,7 @@ def write_pieces(
     frames' size and encoding in each file's metadata (:func:`~varnext_ray.dataset.frame_key`):
     raw bytes do not say their width, so a manifest edited to another size of as many pixels
     would read every frame scrambled."""
-    table = pq.read_table(staged.path)
+    table = pq.read_table(_arrow_path(staged.path))
     key = {FRAME_KEY: frame_key(size, encoding)}
     records = []
     for split, start, stop in pieces:
@@ -303,7 +304,9 @@ def write_pieces(
                 }
             ).replace_schema_metadata(key)
             name = f"{split}/{clip_id}-{part:04d}.parquet"
-            pq.write_table(final, out / name, row_group_size=ROW_GROUP, compression="zstd")
+            pq.write_table(
+                final, _arrow_path(out / name), row_group_size=ROW_GROUP, compression="zstd"
+            )
             files.append(name)
         records.append(
             {
@@ -391,15 +394,33 @@ def _warn_left_out(ignored: list[dict]) -> None:
 
 def _check_utf8_path(out: Path) -> None:
     """pyarrow writes the shards, and Ray Data reads them, by UTF-8 path: a name holding other
-    bytes (a Latin-1 ``\xff``) failed in pyarrow with a UnicodeEncodeError, exit 1."""
+    bytes (a Latin-1 ``\xff``) failed in pyarrow with a UnicodeEncodeError, exit 1.
+
+    The bytes on disk are checked, not Python's text of them: under a non-UTF-8 locale
+    (``LC_ALL=C``) a UTF-8 name reads as escaped bytes and is still good (:func:`_arrow_path`
+    gives pyarrow its text). A relative ``--out`` counts with the current folder (the dataset is
+    read by absolute path), or as given where that folder is too deep to be named.
+    """
+    check_current_folder(out, "--out")
     try:
-        str(out.absolute()).encode("utf-8")
-    except UnicodeEncodeError:
+        full = os.path.abspath(out)
+    except OSError:
+        full = os.fspath(out)
+    try:
+        os.fsencode(full).decode("utf-8")
+    except UnicodeDecodeError:
         raise UserError(
             "the dataset's path is not UTF-8 text, which pyarrow and Ray Data need",
             ascii(str(out))[1:-1],
             "choose a --out whose name (and parent folders) use UTF-8 characters only",
         ) from None
+
+
+def _arrow_path(path: Path) -> str:
+    """``path`` as pyarrow takes it: UTF-8 text. Under a non-UTF-8 locale Python holds a UTF-8
+    name as escaped bytes ("é" as two lone surrogates), which pyarrow cannot encode; decoded
+    here, it names the same bytes (UTF-8, checked by :func:`_check_utf8_path`)."""
+    return os.fsencode(path).decode("utf-8")
 
 
 def _ingest_into(
@@ -440,15 +461,7 @@ def _ingest_into(
             what += f"; the search left out {describe_ignored(lost)}"
             fix = "; or ".join([*ignored_fixes(lost), fix])
         raise UserError(what, ", ".join(str(s.path) for s in found), fix)
-    longest = max(len(c.source_frames) for c in staged)
-    if longest < TRIPLET_FRAMES:
-        raise UserError(
-            f"no clip keeps {TRIPLET_FRAMES} frames (the longest keeps {longest}"
-            + (f" with --every {opts.every}" if opts.every > 1 else "")
-            + "): a dataset needs three frames in a row to train or evaluate on",
-            ", ".join(str(s.path) for s in found),
-            "pass longer footage" + (" or a smaller --every" if opts.every > 1 else ""),
-        )
+    _check_clip_length(staged, records, found, opts)
     shares = SplitShares(val=opts.val, test=opts.test, guard=opts.guard, seed=opts.seed)
     plan = plan_splits([len(c.source_frames) for c in staged], shares)
     _warn_empty_splits(plan, shares)
@@ -468,6 +481,34 @@ def _ingest_into(
             f"a value in the manifest is not finite ({err})", "dataset.json", "report this bug"
         ) from None
     return manifest
+
+
+def _check_clip_length(
+    staged: list[StagedClip], records: list[dict], found: list[Source], opts: IngestOptions
+) -> None:
+    """A UserError if no clip keeps a triplet's frames, naming what shortened them: ``--every``
+    and the scene cuts detected (a tiny ``--cut-threshold`` cuts at every frame), not only the
+    footage."""
+    longest = max(len(c.source_frames) for c in staged)
+    if longest >= TRIPLET_FRAMES:
+        return
+    cuts = sum(len(r["cuts"]) for r in records)
+    why = [f"--every {opts.every}"] if opts.every > 1 else []
+    why += [f"{cuts} scene cuts detected"] if cuts else []
+    fixes = ["pass longer footage"] + (["a smaller --every"] if opts.every > 1 else [])
+    if cuts:
+        fixes.append(
+            f"a higher --cut-threshold or --cut-ratio (got {opts.cut_threshold:g} and "
+            f"{opts.cut_ratio:g}; defaults {IngestOptions.cut_threshold:g} and "
+            f"{IngestOptions.cut_ratio:g})"
+        )
+    raise UserError(
+        f"no clip keeps {TRIPLET_FRAMES} frames (the longest keeps {longest}"
+        + (f" with {' and '.join(why)}" if why else "")
+        + "): a dataset needs three frames in a row to train or evaluate on",
+        ", ".join(str(s.path) for s in found),
+        ", or ".join(fixes),
+    )
 
 
 def _no_frame_hint(decoded: bool) -> str:

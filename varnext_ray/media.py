@@ -31,7 +31,7 @@ import av
 import numpy as np
 from PIL import Image
 
-from varnext_ray.atomic_write import parent_folders, write_atomic
+from varnext_ray.atomic_write import hidden_name, parent_folders, write_atomic
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import os_reason
 
@@ -114,7 +114,7 @@ def write_video(
     """
     path = Path(path)
     where = where or str(path)
-    tmp = path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}.mp4")
+    tmp = path.with_name(hidden_name(path.stem, f"tmp-{uuid.uuid4().hex[:8]}.mp4"))
     with parent_folders(path):
         try:
             # The file is ours, not PyAV's: PyAV leaves its own open when the header's write
@@ -180,7 +180,7 @@ def staged_files(
     folder = outs[0].parent
     if any(p.parent != folder for p in outs):
         raise ValueError(f"outputs of one set must share a folder (got {outs})")
-    hidden = folder / f".{outs[0].name[:64]}.partial-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    hidden = folder / hidden_name(outs[0].name, f"partial-{os.getpid()}-{uuid.uuid4().hex[:6]}")
     written: list[Path] = []
 
     def stage(out: Path) -> Path:  # a short name: a temporary name beside it must fit too

@@ -5,8 +5,9 @@ experiment; the page (:mod:`varnext_ray.report_page`) shows a summary, the best 
 objective against each searched hyperparameter, latent size against ``extrap_skill`` and the
 top trials' latest prediction strips (and rollout GIFs, where a trial logged them). Plots are
 inline SVG and images ``data:`` URIs, so the page makes no request. It is logged to the
-sweep's parent run as ``report/report.html``, then written locally (atomically): a store that
-refuses it leaves no page.
+sweep's parent run as ``report/report.html`` once it is written beside ``--out``, and renamed
+into place after: a store that refuses it leaves no page, and a page that cannot be written is
+never logged.
 
 Example:
     >>> path, artifact = write_report(None, "smoke", top=10, out=Path("report_smoke.html"))
@@ -29,7 +30,7 @@ from typing import Any
 
 from varnext_ray import tracking
 from varnext_ray.artifacts import ArtifactStoreError, RunArtifacts, check_out_of_store
-from varnext_ray.atomic_write import parent_folders, write_atomic
+from varnext_ray.atomic_write import parent_folders, staged_file
 from varnext_ray.best import write_failure
 from varnext_ray.errors import UserError
 from varnext_ray.objectives import OBJECTIVES
@@ -382,25 +383,28 @@ def write_report(
         sweep = RunArtifacts(client, report.run_id, report.artifact_uri, SWEEP_FIX)
         sweep.list()  # its store answers, before any trial's images are fetched
         add_images(report)
-        text = render_page(report, top=top)
-        _log_page(sweep, text)
-        with parent_folders(out):
-            # without --overwrite, a page that appeared since check_out (another report) is kept
-            write_atomic(out, text.encode("utf-8"), overwrite=overwrite, flag="--out")
+        # a path in the page that is no UTF-8 (a surrogate-escaped byte) is written "\udcff"
+        page = render_page(report, top=top).encode("utf-8", errors="backslashreplace")
+        # the page is written beside --out first and renamed into place only once the store
+        # took it: a local failure changes nothing in the store, a store failure leaves no page
+        # (without --overwrite, a page that appeared since check_out, another report's, is kept)
+        with parent_folders(out), staged_file(out, page, overwrite=overwrite, flag="--out"):
+            _log_page(sweep, page)
     return out, f"{sweep.uri.rstrip('/')}/{ARTIFACT_DIR}/{ARTIFACT_FILE}"
 
 
-def _log_page(sweep: RunArtifacts, text: str) -> None:
-    """Logs the page to the sweep's run as ``report/report.html``: before it is written
-    locally, so that a store that refuses it leaves no page behind (an error, exit 2)."""
+def _log_page(sweep: RunArtifacts, page: bytes) -> None:
+    """Logs the page to the sweep's run as ``report/report.html``: called once the local page
+    is written but before it is renamed into place, so that a store that refuses it leaves no
+    page behind (an error, exit 2), and a page that cannot be written is never logged."""
     with _scratch() as tmp:
-        page = Path(tmp) / ARTIFACT_FILE
+        copy = Path(tmp) / ARTIFACT_FILE
         try:
-            page.write_text(text, encoding="utf-8")
+            copy.write_bytes(page)
         except OSError as err:
             what = f"cannot write the page's copy for the sweep run ({os_reason(err)})"
             raise UserError(what, tmp, TMP_FIX) from None
-        sweep.log(page, ARTIFACT_DIR)
+        sweep.log(copy, ARTIFACT_DIR)
 
 
 @contextlib.contextmanager

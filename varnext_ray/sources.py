@@ -14,7 +14,8 @@ A source named on the command line that is a missing path or an empty folder is 
 
 Paths: every path is resolved to its real path, so a folder reached twice (a symlink loop, the
 same folder named twice, a symlink to a sibling) is read once; FIFOs, devices and sockets are
-never opened (named ones are a UserError, found ones are ignored and listed in ``ignored``).
+never opened (named ones are a UserError, found ones are ignored, listed in ``ignored`` and
+warned about, as is a folder named like a video that holds none).
 
 The later stages: :mod:`varnext_ray.frame_decode` decodes a source's frames (images through
 :mod:`varnext_ray.image_read`), :mod:`varnext_ray.frame_fit` fits them to a size.
@@ -50,6 +51,7 @@ VIDEO_SUFFIXES = frozenset(
     }
 )
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg"})
+_FOOTAGE_SUFFIXES = VIDEO_SUFFIXES | IMAGE_SUFFIXES
 
 
 @dataclass(frozen=True)
@@ -161,11 +163,18 @@ _LEFT_OUT = (
         False,
         "make the entries readable or remove broken links",
     ),
+    _LeftOut(  # never footage, but named or placed as if it were: said, not dropped silently
+        "not a regular file",
+        "entry not a regular file",
+        "entries not regular files",
+        False,
+        "put the videos or images themselves there (FIFOs, sockets and devices are never read)",
+    ),
     _LeftOut(
         "not a video or image", "file not a video or image", "files not videos or images", True
     ),
 )
-_OTHER = _LeftOut("", "other entry", "other entries", True)  # repeats, FIFOs, devices
+_OTHER = _LeftOut("", "other entry", "other entries", True)  # repeats
 
 
 def _left_out(entry: dict) -> _LeftOut:
@@ -186,7 +195,7 @@ def describe_ignored(ignored: list[dict]) -> str:
     parts = []
     for kind, entries in groups.items():
         example = entries[0]["path"]
-        if kind.start in ("cannot list", "cannot read", ""):  # the reason says more
+        if kind.start in ("cannot list", "cannot read", "not a regular file", ""):  # says more
             example += f": {entries[0]['reason']}"
         parts.append(
             f"{len(entries)} {kind.one if len(entries) == 1 else kind.many} (e.g. {example})"
@@ -252,9 +261,14 @@ def _walk(
     for entry, mode in entries:
         suffix = entry.suffix.lower()
         if stat.S_ISDIR(mode):
-            found.extend(_walk(entry, ignored, seen, depth + 1))
+            before = len(ignored)
+            below = _walk(entry, ignored, seen, depth + 1)
+            if not below and len(ignored) == before and suffix in _FOOTAGE_SUFFIXES:
+                reason = "not a regular file: a folder named as footage, holding none"
+                ignored.append({"path": str(entry), "reason": reason})
+            found.extend(below)
         elif not stat.S_ISREG(mode):
-            ignored.append({"path": str(entry), "reason": f"{kind_of(mode)}, not a file"})
+            ignored.append({"path": str(entry), "reason": f"not a regular file: {kind_of(mode)}"})
         elif suffix in VIDEO_SUFFIXES or entry in animated:
             if _real(entry) in seen:
                 ignored.append({"path": str(entry), "reason": "already read (a symlink or repeat)"})

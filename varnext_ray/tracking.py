@@ -46,13 +46,39 @@ class TrackingRun:
 
 
 def resolve_tracking_uri(uri: str | None = None) -> str:
-    """The tracking URI to use (see the module docstring); always absolute."""
+    """The tracking URI to use (see the module docstring); always absolute.
+
+    Raises:
+        UserError: A database store (a relative one, or the default, included) while the
+            current folder cannot be named: MLflow's SQLAlchemy store resolves its artifact
+            root against it on opening, and crashed where it was deleted.
+    """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri and uri.split(":", 1)[0].split("+", 1)[0] not in _DATABASES:
+        return uri  # a server (or a store MLflow opens its own way): no current folder needed
+    here = _current_folder(uri or "./mlflow.db (the default)")
     if not uri:
-        return f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+        return f"sqlite:///{here / 'mlflow.db'}"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return f"sqlite:///{Path(uri[len('sqlite:///') :]).resolve()}"
+        return f"sqlite:///{(here / uri[len('sqlite:///') :]).resolve()}"
     return uri
+
+
+_DATABASES = frozenset({"sqlite", "postgresql", "mysql", "mssql"})  # MLflow's SQLAlchemy stores
+
+
+def _current_folder(where: str) -> Path:
+    """The current folder, symlinks resolved; a UserError if it cannot be named (deleted, or
+    too deep for ``getcwd``)."""
+    try:
+        return Path.cwd().resolve()
+    except OSError as err:
+        raise UserError(
+            f"the current folder is unusable ({err.strerror or type(err).__name__}): MLflow "
+            "opens a database store only from a folder that exists",
+            where,
+            "cd to an existing folder",
+        ) from None
 
 
 # Tracking stores MLflow 3 takes, besides a server: SQLAlchemy databases (sqlite on this machine).
