@@ -393,7 +393,18 @@ def run_sweep(
     storage: Path | str,
     resume: bool = False,
 ) -> SweepOutcome:
-    """``varnext sweep``: the whole sweep, its MLflow parent run, and a summary of its trials."""
+    """``varnext sweep``: the whole sweep, its MLflow parent run, and a summary of its trials.
+
+    A local sweep folder is held (:func:`run_lock.held`) from before the check that it is new
+    until the sweep ends, so of two identical sweeps only one runs; a storage URI (``s3://``,
+    ``gs://``) cannot be locked, and is only checked.
+
+    Raises:
+        UserError: The sweep exists (without ``resume``), another varnext process runs it, or
+            an input is refused.
+    """
+    from varnext_ray import run_lock
+
     options.check()
     settings = options.settings(space)
     settings.check()
@@ -403,71 +414,75 @@ def run_sweep(
     storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
     name = f"sweep-{experiment}-{space.name}"
     path = sweep_path(storage, experiment, space.name)
-    if not resume and _exists(path):
-        raise UserError(
-            "a sweep of this experiment and space already exists",
-            str(path),
-            "pass --resume to continue it, or another --experiment or --storage",
-        )
-    first = started_with(space, base, options, data, uri)
-    if resume:
-        check_trusted_storage(path)
-        check_resumable(path)  # before the parent run is made and the data prepared
-        check_resume_matches(path, first)
-    space_params = space.model_dump(mode="json", warnings=False)
-    params = tracking.flatten({"space": space_params, "sweep": options.params(space)})
-    parent = _parent_run(uri, experiment, path, name, params, resume, first)
-    prepared = None
-    if options.share_data:
-        started = time.perf_counter()
-        prepared = prepare_run_data(data, settings, triplets=_base_triplets(base, settings))
-        prepared = prepared.cut(options.workers_per_trial)  # once, not in every trial
-        seconds = time.perf_counter() - started
-        tracking.log_metrics(uri, parent, {"data_prepare_seconds": seconds}, step=0)
-    constants = SweepConstants(
-        name=name,
-        storage=storage,
-        experiment=experiment,
-        parent=tracking.TrackingRun(uri, parent),
-        base=base,
-        data=str(Path(data).resolve()),
-        settings=settings,
-        resources=options.resources(cluster_cpus()),
-        prepared=prepared,
-    )
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # Ctrl-C raises KeyboardInterrupt here, as SIGTERM does, rather than make Tune stop and
-    # return as if the sweep had ended (its state is saved at every trial event either way).
-    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    tuner = _tuner(space, options, constants, path, resume)
-    try:
-        results = tuner.fit()
-    except KeyboardInterrupt:  # SIGTERM (errors.Terminated) inside Tune's loop
-        _interrupted(uri, experiment, parent)
-    except Exception as err:  # Tune stopped: a callback's UserError (the store failed) says why
-        found = user_error_in(err)
-        if found is None:
-            raise
-        raise found from None
-    if len(results) < options.samples or results.num_terminated + results.num_errors < len(results):
-        _interrupted(uri, experiment, parent)  # stopped (SIGUSR1) with trials left to run
-    with tracking.store_failures(uri, "as the sweep ended", STORE_FIX):
-        rows = summarise(results, space, base)
-        errors = {r["trial_id"]: r["error"] for r in rows}
-        close_trial_runs(uri, experiment, parent, errors, settings.epochs)
-        best = next((r for r in rows if r["objective"] is not None), None)
-        if best is not None:
-            objective = {f"best_{space.objective}": best["objective"]}
-            tracking.log_metrics(uri, parent, objective, step=0)
-            tracking.set_tags(
-                uri,
-                parent,
-                {"best_trial_id": best["trial_id"], "best_run_id": best.get("run_id") or ""},
+    # held before the check: two sweeps started at once both passed it, into one folder
+    fix = "wait for it to end, or pass another --experiment or --storage"
+    with run_lock.held(path, what=f"the sweep {name!r}", fix=fix):
+        if not resume and (_exists(path) if "://" in path else run_lock.occupied(path)):
+            raise UserError(
+                "a sweep of this experiment and space already exists",
+                str(path),
+                "pass --resume to continue it, or another --experiment or --storage",
             )
-            tracking.end_run(uri, parent, "FINISHED")
-        else:
-            tracking.end_run(uri, parent, "FAILED", no_trial_finished(rows))
-    return SweepOutcome(parent_run_id=parent, path=path, rows=rows, best=best)
+        first = started_with(space, base, options, data, uri)
+        if resume:
+            check_trusted_storage(path)
+            check_resumable(path)  # before the parent run is made and the data prepared
+            check_resume_matches(path, first)
+        space_params = space.model_dump(mode="json", warnings=False)
+        params = tracking.flatten({"space": space_params, "sweep": options.params(space)})
+        parent = _parent_run(uri, experiment, path, name, params, resume, first)
+        prepared = None
+        if options.share_data:
+            started = time.perf_counter()
+            prepared = prepare_run_data(data, settings, triplets=_base_triplets(base, settings))
+            prepared = prepared.cut(options.workers_per_trial)  # once, not in every trial
+            seconds = time.perf_counter() - started
+            tracking.log_metrics(uri, parent, {"data_prepare_seconds": seconds}, step=0)
+        constants = SweepConstants(
+            name=name,
+            storage=storage,
+            experiment=experiment,
+            parent=tracking.TrackingRun(uri, parent),
+            base=base,
+            data=str(Path(data).resolve()),
+            settings=settings,
+            resources=options.resources(cluster_cpus()),
+            prepared=prepared,
+        )
+        os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+        # Ctrl-C raises KeyboardInterrupt here, as SIGTERM does, rather than make Tune stop and
+        # return as if the sweep had ended (its state is saved at every trial event either way).
+        os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
+        tuner = _tuner(space, options, constants, path, resume)
+        try:
+            results = tuner.fit()
+        except KeyboardInterrupt:  # SIGTERM (errors.Terminated) inside Tune's loop
+            _interrupted(uri, experiment, parent)
+        except Exception as err:  # Tune stopped: a callback's UserError (the store failed) says why
+            found = user_error_in(err)
+            if found is None:
+                raise
+            raise found from None
+        ended = results.num_terminated + results.num_errors
+        if len(results) < options.samples or ended < len(results):
+            _interrupted(uri, experiment, parent)  # stopped (SIGUSR1) with trials left to run
+        with tracking.store_failures(uri, "as the sweep ended", STORE_FIX):
+            rows = summarise(results, space, base)
+            errors = {r["trial_id"]: r["error"] for r in rows}
+            close_trial_runs(uri, experiment, parent, errors, settings.epochs)
+            best = next((r for r in rows if r["objective"] is not None), None)
+            if best is not None:
+                objective = {f"best_{space.objective}": best["objective"]}
+                tracking.log_metrics(uri, parent, objective, step=0)
+                tracking.set_tags(
+                    uri,
+                    parent,
+                    {"best_trial_id": best["trial_id"], "best_run_id": best.get("run_id") or ""},
+                )
+                tracking.end_run(uri, parent, "FINISHED")
+            else:
+                tracking.end_run(uri, parent, "FAILED", no_trial_finished(rows))
+        return SweepOutcome(parent_run_id=parent, path=path, rows=rows, best=best)
 
 
 def no_trial_finished(rows: list[dict[str, Any]]) -> str:

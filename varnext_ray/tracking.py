@@ -83,10 +83,18 @@ def _current_folder(where: str) -> Path:
 
 # Tracking stores MLflow 3 takes, besides a server: SQLAlchemy databases (sqlite on this machine).
 def client(uri: str) -> Any:
-    """An ``MlflowClient`` for ``uri``."""
+    """An ``MlflowClient`` for ``uri``.
+
+    A process's first client of a store opens it, and creates a new SQLite store: that is
+    done under :func:`run_lock.creating_store`, as two processes creating one store at once
+    broke each other's schema migrations.
+    """
     from mlflow import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    from varnext_ray import run_lock
+
+    with run_lock.creating_store(uri):
+        return MlflowClient(tracking_uri=uri)
 
 
 def open_store(uri: str | None, *, writes: bool = False) -> tuple[str, Any]:

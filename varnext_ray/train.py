@@ -400,8 +400,18 @@ def train(
     storage: Path | str,
     name: str,
 ) -> TrainOutcome:
-    """``varnext train``: one architecture, trained with DDP on Ray, recorded in one MLflow run."""
+    """``varnext train``: one architecture, trained with DDP on Ray, recorded in one MLflow run.
+
+    A local run folder (``<storage>/<name>``) is held (:func:`run_lock.held`) from before its
+    records are read until the run ends, so a second process of the same run is refused at
+    once; a storage URI (``s3://``, ``gs://``) cannot be locked and is not.
+
+    Raises:
+        UserError: Another varnext process trains the same run, or an input is refused.
+    """
     import ray.train
+
+    from varnext_ray import run_lock
 
     started = time.perf_counter()
     check_name(name, "--name")
@@ -410,61 +420,64 @@ def train(
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
     storage = Path(storage).resolve() if "://" not in str(storage) else storage
-    check_resources(resources, resources.cpus(cluster_cpus()))
-    check_same_arch(storage, name, arch)
-    params = tracking.flatten(
-        {
-            "arch": arch.to_dict(),
-            "train": asdict(settings),
-            "workers": resources.workers,
-            "gpus_per_worker": resources.gpus_per_worker,
-            "data": str(Path(data).resolve()),
-        }
-    )
-    run_id = tracking.run_for_directory(
-        uri, experiment, f"{storage}/{name}", name, params, tags={"varnext.kind": "train"}
-    )
-    try:
-        tracking.write_record(f"{storage}/{name}", {"sha256": arch_digest(arch)}, ARCH_FILE)
-        tracking.log_dict(uri, run_id, arch.to_dict(), "arch/arch.json")
-        mlflow_extras.log_dataset_inputs(uri, run_id, data)
-        trainer = build_trainer(
-            arch=arch,
-            data=data,
-            settings=settings,
-            resources=resources,
-            storage=storage,
-            name=name,
-            tracking_run=tracking.TrackingRun(uri, run_id),
+    # one process at a time: a second one of this run trained it anew into the same folder
+    fix = "wait for it to end, or pass another --name"
+    with run_lock.held(run_dir(storage, name), what=f"the run named {name!r}", fix=fix):
+        check_resources(resources, resources.cpus(cluster_cpus()))
+        check_same_arch(storage, name, arch)
+        params = tracking.flatten(
+            {
+                "arch": arch.to_dict(),
+                "train": asdict(settings),
+                "workers": resources.workers,
+                "gpus_per_worker": resources.gpus_per_worker,
+                "data": str(Path(data).resolve()),
+            }
         )
-        result, overhead = timed_fit(trainer, started)
-    except ray.train.TrainingFailedError as err:
-        reason = failure_summary(err)
+        run_id = tracking.run_for_directory(
+            uri, experiment, f"{storage}/{name}", name, params, tags={"varnext.kind": "train"}
+        )
+        try:
+            tracking.write_record(f"{storage}/{name}", {"sha256": arch_digest(arch)}, ARCH_FILE)
+            tracking.log_dict(uri, run_id, arch.to_dict(), "arch/arch.json")
+            mlflow_extras.log_dataset_inputs(uri, run_id, data)
+            trainer = build_trainer(
+                arch=arch,
+                data=data,
+                settings=settings,
+                resources=resources,
+                storage=storage,
+                name=name,
+                tracking_run=tracking.TrackingRun(uri, run_id),
+            )
+            result, overhead = timed_fit(trainer, started)
+        except ray.train.TrainingFailedError as err:
+            reason = failure_summary(err)
+            with tracking.store_failures(uri, "as the run ended", STORE_FIX):
+                tracking.end_run(uri, run_id, "FAILED", reason)
+            raise TrainingFailed(reason, run_id) from None
+        except (KeyboardInterrupt, SystemExit):
+            # Ctrl-C: Ray Train's own handler aborts the run gracefully, then Ray's get() raises
+            # SystemExit(1); SIGTERM: a KeyboardInterrupt (errors.Terminated). The run was stopped.
+            how = "terminated (SIGTERM)" if terminated() else "interrupted"
+            with contextlib.suppress(Exception):  # a store that is gone must not hide the signal
+                tracking.end_run(uri, run_id, "KILLED", how)
+            hint = f"MLflow run {run_id} is KILLED; {RESUME_HINT}"
+            raise (Terminated(hint) if terminated() else Interrupted(hint)) from None
+        except Exception as err:  # the data (a damaged frame), the storage: never left RUNNING
+            with contextlib.suppress(Exception):
+                tracking.end_run(uri, run_id, "FAILED", failure_summary(err))
+            raise
         with tracking.store_failures(uri, "as the run ended", STORE_FIX):
-            tracking.end_run(uri, run_id, "FAILED", reason)
-        raise TrainingFailed(reason, run_id) from None
-    except (KeyboardInterrupt, SystemExit):
-        # Ctrl-C: Ray Train's own handler aborts the run gracefully, then Ray's get() raises
-        # SystemExit(1); SIGTERM: a KeyboardInterrupt (errors.Terminated). The run was stopped.
-        how = "terminated (SIGTERM)" if terminated() else "interrupted"
-        with contextlib.suppress(Exception):  # a store that is gone must not hide the signal
-            tracking.end_run(uri, run_id, "KILLED", how)
-        hint = f"MLflow run {run_id} is KILLED; {RESUME_HINT}"
-        raise (Terminated(hint) if terminated() else Interrupted(hint)) from None
-    except Exception as err:  # the data (a damaged frame), the storage: never left RUNNING
-        with contextlib.suppress(Exception):
-            tracking.end_run(uri, run_id, "FAILED", failure_summary(err))
-        raise
-    with tracking.store_failures(uri, "as the run ended", STORE_FIX):
-        tracking.log_metrics(uri, run_id, overhead, step=0)
-        best = best_checkpoint(result, settings.objective, settings.mode)
-        tracking.end_run(uri, run_id, "FINISHED")
-    return TrainOutcome(
-        run_id=run_id,
-        metrics=dict(result.metrics or {}),
-        best_checkpoint=best[0].path if best else None,
-        path=str(result.path),
-    )
+            tracking.log_metrics(uri, run_id, overhead, step=0)
+            best = best_checkpoint(result, settings.objective, settings.mode)
+            tracking.end_run(uri, run_id, "FINISHED")
+        return TrainOutcome(
+            run_id=run_id,
+            metrics=dict(result.metrics or {}),
+            best_checkpoint=best[0].path if best else None,
+            path=str(result.path),
+        )
 
 
 def timed_fit(trainer: Any, started: float) -> tuple[Any, dict[str, float]]:
