@@ -312,6 +312,46 @@ def test_a_signal_during_training_ends_it_in_one_line_with_its_run_killed(
     assert "***" not in err  # no C++ stack dump
 
 
+def test_a_run_stopped_by_a_signal_logs_nothing_after_it_is_closed(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    """After the driver's "is KILLED" line its Train worker went on: the next epoch was
+    printed, logged into the closed run (after its end time) and checkpointed, and resuming
+    logged that epoch twice. The workers are stopped before the run is closed."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    argv = [sys.executable, "-m", "varnext_ray.cli", "train", "--config", str(SMOKE)]
+    argv += ["--data", str(dataset_dir), "--epochs", "400", "--steps", "4000", "--workers", "1"]
+    argv += ["--rollout-steps", "0", "--batch-size", "8", "--val-triplets", "4"]
+    argv += ["--storage", str(tmp_path / "ray")]
+    argv += ["--name", "stop", "--tracking-uri", uri]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # its own Ray
+    log = tmp_path / "out.log"
+    with open(log, "w") as out:  # the workers' epoch lines and the driver's, in their order
+        proc = subprocess.Popen(
+            argv, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, text=True
+        )
+    with _reaped(proc):
+        _wait(
+            "the first epoch",
+            lambda: proc.poll() is not None or "epoch 1/" in log.read_text(),
+            time.monotonic() + 300,
+        )
+        assert proc.poll() is None, log.read_text()[-3000:]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    lines = log.read_text().splitlines()
+    said = [n for n, line in enumerate(lines) if line.startswith("error: terminated")]
+    assert proc.returncode == 143 and len(said) == 1, lines[-20:]
+    assert not any("epoch " in line for line in lines[said[0] + 1 :]), lines[said[0] :]
+    client = mlflow.MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("varnext").experiment_id])[0]
+    logged = [m.timestamp for m in client.get_metric_history(run.info.run_id, "train_loss")]
+    assert run.info.status == "KILLED" and max(logged) <= run.info.end_time
+
+
 @pytest.mark.parametrize(
     ("signum", "code", "said"),
     [(signal.SIGINT, 130, "interrupted (keyboard)"), (signal.SIGTERM, 143, "terminated (SIGTERM)")],

@@ -159,6 +159,7 @@ LOCAL_TRAIN_ENV = {
 # A local Ray's processes keep to 127.0.0.1 (see _loopback): nothing listens on, or is sent to,
 # the machine's network address.
 LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+_OURS: list[bool] = []  # [True] once connect_ray began this process's Ray session
 
 
 def _job_env(*defaults: dict[str, str]) -> dict[str, str]:
@@ -199,6 +200,7 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
 
     if ray.is_initialized():
         return
+    _OURS[:] = [True]  # set before ray.init: a signal during it still stops what it started
     check_auth_mode()
     address = address or os.environ.get("RAY_ADDRESS")
     token_auth = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
@@ -254,6 +256,20 @@ def connect_ray(address: str | None = None, num_cpus: float | None = None) -> No
             logging_level=console.quiet_ray_driver(),
         )
     secure_token_file()
+
+
+def stop_ray_work() -> None:
+    """Ends this process's Ray session when :func:`connect_ray` began it, so that a run
+    stopped by a signal is stopped before its MLflow run is closed: Ray Train's workers went
+    on training for seconds after the driver's "is KILLED" line, logged an epoch into the
+    closed run and wrote its checkpoint (a resume then logged that epoch twice). A local Ray
+    ends with its workers; a cluster's Train controller and workers, owned by this driver, are
+    ended by Ray when it leaves. A session begun by the caller is left alone."""
+    import ray
+
+    if _OURS and ray.is_initialized():
+        with contextlib.suppress(Exception):  # a cluster already gone must not hide the signal
+            ray.shutdown()
 
 
 @contextlib.contextmanager

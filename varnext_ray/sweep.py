@@ -30,7 +30,7 @@ from typing import Any, NoReturn
 
 from varnext_ray import console, tracking
 from varnext_ray.arch import parse_arch
-from varnext_ray.cluster import Resources, cluster_cpus
+from varnext_ray.cluster import Resources, cluster_cpus, stop_ray_work
 from varnext_ray.errors import (
     Interrupted,
     Terminated,
@@ -496,6 +496,7 @@ def no_trial_finished(rows: list[dict[str, Any]]) -> str:
 def _interrupted(uri: str, experiment: str, parent: str) -> NoReturn:
     """The sweep was stopped by a signal: its open MLflow runs become KILLED (``--resume``
     reopens them) and the CLI says how to continue (exit 130, or 143 for SIGTERM)."""
+    stop_ray_work()  # the trials' workers stop before their runs are closed, not after
     with contextlib.suppress(Exception):  # a store that is gone must not hide the signal
         store = tracking.client(uri)
         experiment_id = store.get_experiment_by_name(experiment).experiment_id

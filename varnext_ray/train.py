@@ -28,7 +28,7 @@ from typing import Any
 from varnext_ray import console, mlflow_extras, tracking
 from varnext_ray.arch import ArchConfig
 from varnext_ray.arch_schema import batch_norm_on_one_value
-from varnext_ray.cluster import Resources, check_resources, cluster_cpus
+from varnext_ray.cluster import Resources, check_resources, cluster_cpus, stop_ray_work
 from varnext_ray.dataset import FRAME_CHANNELS, load_manifest, triplet_index
 from varnext_ray.errors import (
     Interrupted,
@@ -460,6 +460,7 @@ def train(
             # Ctrl-C: Ray Train's own handler aborts the run gracefully, then Ray's get() raises
             # SystemExit(1); SIGTERM: a KeyboardInterrupt (errors.Terminated). The run was stopped.
             how = "terminated (SIGTERM)" if terminated() else "interrupted"
+            stop_ray_work()  # the workers stop before the run is closed, not after
             with contextlib.suppress(Exception):  # a store that is gone must not hide the signal
                 tracking.end_run(uri, run_id, "KILLED", how)
             hint = f"MLflow run {run_id} is KILLED; {RESUME_HINT}"
