@@ -196,7 +196,9 @@ def _check_latest_checkpoint(directory: str) -> dict[str, Any] | None:
         raise UserError(
             f"the run's latest checkpoint does not read ({err.what})",
             err.where,
-            "remove the run's folder to train it anew, or pass another --name for a new run",
+            "put the checkpoint back (it is the one the run resumes from), or pass another "
+            "--name for a new run; removing the run's folder trains it anew and loses its "
+            "other checkpoints",
         ) from None
 
 
