@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import REPO
 from varnext_ray import cli
 
 
@@ -251,3 +252,23 @@ def test_an_extra_word_names_its_command(
     assert f"unrecognized arguments: {argv[-1]} ({prog}): see '{prog} --help'" in (
         capsys.readouterr().err
     )
+
+
+def test_a_torch_command_from_a_deleted_folder_is_one_line(tmp_path: Path) -> None:
+    """torch's MKL cannot load from a deleted current folder: ``arch check`` ended with
+    "Intel oneMKL FATAL ERROR: Cannot load libtorch_cpu.so" and exit 1."""
+    import shlex
+    import subprocess
+    import sys
+
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    config = REPO / "configs" / "smoke_64x36.json"
+    script = (
+        f"cd {shlex.quote(str(gone))} && rmdir {shlex.quote(str(gone))} && exec "
+        f"{shlex.quote(sys.executable)} -m varnext_ray.entry arch check {shlex.quote(str(config))}"
+    )
+    ended = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120)
+    assert ended.returncode == 2, ended.stderr
+    assert ended.stderr.startswith("error: the current folder was deleted"), ended.stderr
+    assert len(ended.stderr.splitlines()) == 1, ended.stderr

@@ -68,11 +68,35 @@ def _warnings_stay_warnings() -> None:
         os.environ["PYTHONWARNINGS"] = ",".join(":".join(o) for o in options)
 
 
+# The commands that load torch: its MKL library cannot load from a deleted current folder and
+# ends the process with its own "Intel oneMKL FATAL ERROR" line.
+_TORCH_COMMANDS = frozenset({"arch", "train", "sweep", "demo", "predict"})
+
+
+def _deleted_folder(argv: list[str]) -> str | None:
+    """The refusal of a torch command run from a current folder that was deleted, or None."""
+    try:
+        os.getcwd()
+        return None
+    except FileNotFoundError:
+        command = next((word for word in argv if not word.startswith("-")), None)
+    if command not in _TORCH_COMMANDS:
+        return None  # the others say it themselves where a relative path needs the folder
+    return (
+        f"error: the current folder was deleted, and varnext {command} loads torch, which "
+        "cannot start there (the current folder): cd to an existing folder\n"
+    )
+
+
 def main() -> int:
     """Runs ``varnext`` with a signal outside the command's own handling said in one line."""
     for signum in _SAID:
         signal.signal(signum, _before)
     _warnings_stay_warnings()
+    refused = _deleted_folder(sys.argv[1:])
+    if refused:
+        sys.stderr.write(refused)
+        return 2
     from varnext_ray.cli import main as run  # the heavy imports
 
     # While the command runs, Ctrl-C is Python's KeyboardInterrupt, which the CLI turns into its
