@@ -5,7 +5,7 @@ For each frame size and image encoding (raw, png, jpeg) of a dataset built from 
 - ingest: frames/s of :func:`varnext_ray.ingest.ingest` (mp4 decode, cut detection, encode,
   Parquet writes), and the dataset's bytes on disk per frame;
 - baseline: one process on one core (pyarrow and torch single-threaded) reads the Parquet files,
-  decodes with :func:`~varnext_ray.dataset.decode_images` and converts with
+  decodes with :func:`~varnext_ray.frame_codec.decode_images` and converts with
   :func:`~varnext_ray.dataset.to_model_input`;
 - data path: ``frames_dataset(...).iter_torch_batches(batch_size=32)`` + ``to_model_input``
   through Ray Data on a local instance of C CPUs, after a warm-up pass, side by side with the
@@ -58,16 +58,12 @@ import pyarrow.parquet as pq
 import torch
 
 import varnext_ray.dataset as dataset_module
-from varnext_ray.dataset import (
-    ENCODINGS,
-    decode_images,
-    frames_dataset,
-    load_manifest,
-    to_model_input,
-)
+from varnext_ray.dataset import frames_dataset, to_model_input
 from varnext_ray.errors import UserError
+from varnext_ray.frame_codec import decode_images
 from varnext_ray.frame_fit import parse_size
 from varnext_ray.ingest import IngestOptions, ingest
+from varnext_ray.manifest import ENCODINGS, load_manifest
 from varnext_ray.synth import write_synthetic
 from varnext_ray.train_data import TRAIN_BLOCK_ROWS
 

@@ -68,8 +68,8 @@ import ray
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
 from varnext_ray.checkpoint_load import load_checkpoint
 from varnext_ray.cluster import Resources, connect_ray
-from varnext_ray.dataset import load_manifest
 from varnext_ray.ingest import IngestOptions, ingest
+from varnext_ray.manifest import load_manifest
 from varnext_ray.scoring import score_checkpoint
 from varnext_ray.settings import TrainSettings
 from varnext_ray.synth import write_synthetic

@@ -63,9 +63,11 @@ import torch
 
 from varnext_ray.arch import ArchConfig, load_arch
 from varnext_ray.cluster import Resources
-from varnext_ray.dataset import decode_images, load_manifest, to_model_input
+from varnext_ray.dataset import to_model_input
+from varnext_ray.frame_codec import decode_images
 from varnext_ray.frame_fit import parse_size
 from varnext_ray.ingest import IngestOptions, ingest
+from varnext_ray.manifest import load_manifest
 from varnext_ray.model import build_vae, elbo_loss
 from varnext_ray.settings import TrainSettings
 from varnext_ray.synth import write_synthetic

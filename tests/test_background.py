@@ -21,8 +21,9 @@ from varnext_ray.background import (
 )
 from varnext_ray.checkpoint import save_checkpoint
 from varnext_ray.checkpoint_read import read_meta
-from varnext_ray.dataset import decode_images, load_manifest
 from varnext_ray.errors import UserError
+from varnext_ray.frame_codec import decode_images
+from varnext_ray.manifest import load_manifest
 
 
 def _all_training_frames(data: Path) -> np.ndarray:

@@ -11,18 +11,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from varnext_ray.dataset import (
-    decode_images,
-    encode_image,
-    frames_dataset,
-    load_manifest,
-    sequence_index,
-    sequences_dataset,
-    to_model_input,
-    triplet_index,
-    triplets_dataset,
-)
+from varnext_ray.dataset import frames_dataset, sequences_dataset, to_model_input, triplets_dataset
 from varnext_ray.errors import UserError
+from varnext_ray.frame_codec import decode_images, encode_image
+from varnext_ray.manifest import load_manifest, sequence_index, triplet_index
 
 pytestmark = pytest.mark.cluster
 

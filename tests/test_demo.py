@@ -17,9 +17,9 @@ from PIL import Image
 from tests.conftest import smoke_checkpoint
 from varnext_ray import demo
 from varnext_ray.cli import main
-from varnext_ray.dataset import load_manifest
 from varnext_ray.demo_workdir import check_workdir
 from varnext_ray.errors import UserError
+from varnext_ray.manifest import load_manifest
 
 
 @pytest.fixture(scope="module")

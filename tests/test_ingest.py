@@ -16,9 +16,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.conftest import REAL_CLIP
-from varnext_ray.dataset import load_manifest, triplet_index
 from varnext_ray.errors import UserError
 from varnext_ray.ingest import IngestOptions, ingest
+from varnext_ray.manifest import load_manifest, triplet_index
 from varnext_ray.media import write_video
 from varnext_ray.synth import plan_clip, render_clip, scene_background
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from tests.conftest import smoke_checkpoint
 from varnext_ray.cli import main
-from varnext_ray.dataset import decode_images
+from varnext_ray.frame_codec import decode_images
 from varnext_ray.image_read import read_image
 from varnext_ray.media import write_video
 from varnext_ray.sources import discover_sources

@@ -23,9 +23,9 @@ from PIL import Image
 from varnext_ray import atomic_write, ingest, output_checks, tracking
 from varnext_ray.atomic_write import NAME_MAX, hidden_name, staged_dir, write_atomic
 from varnext_ray.cli import main
-from varnext_ray.dataset import load_manifest
 from varnext_ray.errors import UserError
 from varnext_ray.ingest import IngestOptions
+from varnext_ray.manifest import load_manifest
 from varnext_ray.sources import describe_ignored, discover_sources, unexpected_ignored
 
 SIZE = (32, 18)

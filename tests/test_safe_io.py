@@ -198,8 +198,9 @@ def test_saving_a_checkpoint_never_replaces_a_file_or_writes_under_one(
 
 
 def test_16_bit_frames_are_ingested_scaled_not_clipped(tmp_path: Path) -> None:
-    from varnext_ray.dataset import decode_images, load_manifest
+    from varnext_ray.frame_codec import decode_images
     from varnext_ray.ingest import IngestOptions, ingest
+    from varnext_ray.manifest import load_manifest
 
     frames = tmp_path / "frames"
     frames.mkdir()

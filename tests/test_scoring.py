@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from tests.conftest import smoke_checkpoint
-from varnext_ray.dataset import load_manifest, triplet_index
+from varnext_ray.manifest import load_manifest, triplet_index
 from varnext_ray.scoring import score_checkpoint
 
 

@@ -18,9 +18,9 @@ from varnext_ray.arch import load_arch, parse_arch
 from varnext_ray.background import load_background, training_background
 from varnext_ray.checkpoint_load import load_checkpoint
 from varnext_ray.cluster import Resources
-from varnext_ray.dataset import load_manifest, sequence_index, triplet_index
 from varnext_ray.errors import UserError
 from varnext_ray.ingest import IngestOptions, ingest
+from varnext_ray.manifest import load_manifest, sequence_index, triplet_index
 from varnext_ray.settings import TrainSettings
 from varnext_ray.train import TrainingFailed, check_dataset, check_same_experiment, train
 

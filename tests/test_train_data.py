@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from varnext_ray.dataset import frames_dataset, load_manifest, triplet_index
+from varnext_ray.dataset import frames_dataset
+from varnext_ray.manifest import load_manifest, triplet_index
 from varnext_ray.settings import TrainSettings
 from varnext_ray.train_data import (
     DataKey,

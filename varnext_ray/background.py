@@ -25,8 +25,9 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from varnext_ray.dataset import decode_images, load_manifest
 from varnext_ray.errors import UserError
+from varnext_ray.frame_codec import decode_images
+from varnext_ray.manifest import load_manifest
 
 BACKGROUND_FILE = "background.png"  # its name in a checkpoint directory
 MEDIAN_FRAMES = 500  # at most this many evenly spaced training frames go into the median

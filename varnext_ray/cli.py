@@ -16,8 +16,6 @@ from collections.abc import Callable, Sequence
 from varnext_ray import __version__, console
 from varnext_ray.cli_args import Parser, float_arg, path_arg, subcommand
 from varnext_ray.cli_jobs import JOB_COMMANDS
-from varnext_ray.dataset import ENCODINGS, load_manifest
-from varnext_ray.dataset import info as dataset_info
 from varnext_ray.errors import (
     GuardedStdout,
     UserError,
@@ -30,6 +28,8 @@ from varnext_ray.errors import (
 )
 from varnext_ray.frame_fit import parse_size
 from varnext_ray.ingest import IngestOptions, ingest
+from varnext_ray.manifest import ENCODINGS, load_manifest
+from varnext_ray.manifest import info as dataset_info
 from varnext_ray.synth import FORMATS, write_synthetic
 from varnext_ray.synth import MAX_SIDE as SYNTH_MAX_SIDE
 

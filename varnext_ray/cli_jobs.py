@@ -170,7 +170,7 @@ def _preflight(
     within a second, not after a cluster start-up (and nothing is written before them).
     ``arch``: the one architecture a run trains (a sweep's vary), checked with the settings."""
     from varnext_ray.cluster import Resources
-    from varnext_ray.dataset import load_manifest
+    from varnext_ray.manifest import load_manifest
     from varnext_ray.output_checks import check_not_inside
     from varnext_ray.storage_checks import check_storage_writable
     from varnext_ray.train import check_dataset, check_frame_size  # imports torch

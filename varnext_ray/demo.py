@@ -90,7 +90,8 @@ def write_test_strip(checkpoint: Path, data: Path, out: Path) -> Path:
 
     from varnext_ray.background import as_tensor, load_background
     from varnext_ray.checkpoint_load import load_checkpoint
-    from varnext_ray.dataset import decode_images, load_manifest
+    from varnext_ray.frame_codec import decode_images
+    from varnext_ray.manifest import load_manifest
     from varnext_ray.media import save_png
     from varnext_ray.metrics import prediction_strip
 

@@ -133,7 +133,7 @@ def _check_store(workdir: Path, *, new: bool) -> str:
 
 def _check_outputs(workdir: Path) -> None:
     """Checks the outputs already in a demo's work directory, through the shared checks."""
-    from varnext_ray.dataset import load_manifest
+    from varnext_ray.manifest import load_manifest
 
     try:
         check_new_dir(workdir / "best", "--workdir")

@@ -34,18 +34,12 @@ from PIL import Image
 
 from varnext_ray import __version__
 from varnext_ray.atomic_write import staged_dir
-from varnext_ray.dataset import (
-    ENCODINGS,
-    FORMAT_VERSION,
-    FRAME_KEY,
-    MANIFEST,
-    SPLITS,
-    encode_image,
-    frame_key,
-)
 from varnext_ray.errors import UserError
+from varnext_ray.frame_codec import encode_image
 from varnext_ray.frame_decode import GAP, Skipped, decode_source, frame_size, warnings_after_success
 from varnext_ray.frame_fit import MAX_UPSCALE, check_fit, fit_frame
+from varnext_ray.manifest import ENCODINGS, FORMAT_VERSION, MANIFEST, SPLITS
+from varnext_ray.manifest_files import FRAME_KEY, frame_key
 from varnext_ray.output_checks import check_current_folder, check_new_dir, check_not_inside
 from varnext_ray.safe_io import json_bytes, os_reason
 from varnext_ray.sources import (
@@ -281,9 +275,9 @@ def write_pieces(
     encoding: str,
 ) -> list[dict]:
     """Rewrites a staged clip as its final pieces, adding the columns readers need, and the
-    frames' size and encoding in each file's metadata (:func:`~varnext_ray.dataset.frame_key`):
-    raw bytes do not say their width, so a manifest edited to another size of as many pixels
-    would read every frame scrambled."""
+    frames' size and encoding in each file's metadata
+    (:func:`~varnext_ray.manifest_files.frame_key`): raw bytes do not say their width, so a
+    manifest edited to another size of as many pixels would read every frame scrambled."""
     table = pq.read_table(_arrow_path(staged.path))
     key = {FRAME_KEY: frame_key(size, encoding)}
     records = []

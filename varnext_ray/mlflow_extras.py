@@ -68,7 +68,7 @@ def ui_url(base: str, experiment_id: str, run_id: str | None = None) -> str:
 
 def manifest_digest(data: str | Path) -> str:
     """The first 32 hex digits of the sha256 of the dataset's ``dataset.json``."""
-    from varnext_ray.dataset import MANIFEST
+    from varnext_ray.manifest import MANIFEST
 
     return hashlib.sha256((Path(data) / MANIFEST).read_bytes()).hexdigest()[:32]
 
@@ -104,7 +104,7 @@ def dataset_inputs(data: str | Path, splits: tuple[str, ...] = ("train", "val"))
     """
     from mlflow.entities import Dataset, DatasetInput, InputTag
 
-    from varnext_ray.dataset import load_manifest
+    from varnext_ray.manifest import load_manifest
 
     manifest = load_manifest(data, check_files=False)
     root = manifest.root

@@ -26,12 +26,8 @@ def score_checkpoint(
     with no triplets in either split is left out. Needs a connected Ray (Ray Data reads)."""
     from varnext_ray.background import as_tensor, load_background, training_background
     from varnext_ray.checkpoint_load import load_checkpoint
-    from varnext_ray.dataset import (
-        load_manifest,
-        sequences_dataset,
-        to_model_input,
-        triplet_index,
-    )
+    from varnext_ray.dataset import sequences_dataset, to_model_input
+    from varnext_ray.manifest import load_manifest, triplet_index
     from varnext_ray.metrics import add_sums, finalize, triplet_sums
 
     manifest = load_manifest(data)

@@ -29,7 +29,6 @@ from varnext_ray import console, mlflow_extras, tracking
 from varnext_ray.arch import ArchConfig
 from varnext_ray.arch_schema import batch_norm_on_one_value
 from varnext_ray.cluster import Resources, check_resources, cluster_cpus, stop_ray_work
-from varnext_ray.dataset import FRAME_CHANNELS, load_manifest, triplet_index
 from varnext_ray.errors import (
     Interrupted,
     Terminated,
@@ -37,6 +36,8 @@ from varnext_ray.errors import (
     failure_summary,
     terminated,
 )
+from varnext_ray.frame_codec import FRAME_CHANNELS
+from varnext_ray.manifest import load_manifest, triplet_index
 from varnext_ray.settings import TrainSettings, check_name
 from varnext_ray.train_data import (
     DataKey,

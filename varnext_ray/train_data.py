@@ -24,18 +24,10 @@ import numpy as np
 from varnext_ray import console
 from varnext_ray.background import training_background
 from varnext_ray.cluster import object_store_fits
-from varnext_ray.dataset import (
-    DAMAGED_FIX,
-    Manifest,
-    damaged_file,
-    frames_dataset,
-    load_manifest,
-    sequence_index,
-    sequences_dataset,
-    triplet_index,
-    triplets_dataset,
-)
+from varnext_ray.dataset import frames_dataset, sequences_dataset, triplets_dataset
 from varnext_ray.errors import UserError
+from varnext_ray.manifest import Manifest, load_manifest, sequence_index, triplet_index
+from varnext_ray.manifest_files import DAMAGED_FIX, damaged_file
 from varnext_ray.settings import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -156,7 +148,7 @@ def prepare_run_data(data: Path | str, settings: TrainSettings, *, triplets: boo
 
 def _materialize(ds: Any, manifest: Manifest, split: str) -> Any:
     """``ds.materialize()``, with a UserError naming the file when a Parquet file of the split
-    does not read: its footer was checked before Ray (:func:`~varnext_ray.dataset.load_manifest`)
+    does not read: its footer was checked before Ray (:func:`~varnext_ray.manifest.load_manifest`)
     but a damaged page is only found by reading it."""
     import pyarrow as pa
     from ray.exceptions import RayTaskError
