@@ -6,9 +6,11 @@ conv2d stack and linear sizes, the latent (``"latent_dim": D`` for a flat vector
 feature map), the decoder (``"mirror"`` of the encoder, ``{"mirror": true, "upsample":
 "nearest"}`` to grow the image by upsample + conv layers, or an explicit list of conv-transpose
 and upsample layers), the output activation and the loss weights. It maps to the
-frozen pydantic models of :mod:`varnext_ray.arch_schema` (re-exported here), which forbid
-unknown keys. :func:`parse_arch` and :func:`load_arch` report every problem at once, each with
-its JSON path, the value received and the fix, as one :class:`~varnext_ray.errors.UserError`.
+frozen pydantic models of :mod:`varnext_ray.arch_schema` and :mod:`varnext_ray.arch_sections`
+(re-exported here, with the registries of :mod:`varnext_ray.arch_registries` and the shape
+inference of :mod:`varnext_ray.arch_shapes`), which forbid unknown keys. :func:`parse_arch`
+and :func:`load_arch` report every problem at once, each with its JSON path, the value
+received and the fix, as one :class:`~varnext_ray.errors.UserError`.
 
 Decoder size policy: the decoder lands exactly on the input size, for any size (odd sizes and
 640x360 included), through ``output_padding`` computed by shape inference; never a crop or a
@@ -34,16 +36,17 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from varnext_ray.arch_schema import (
+from varnext_ray.arch_registries import (
     ACTIVATIONS,
     LATENT_KINDS,
     MIRROR_UPSAMPLES,
     NORMS,
     OUTPUT_ACTIVATIONS,
     RECONSTRUCTIONS,
-    SECTIONS,
     UPSAMPLE_MODES,
-    ArchConfig,
+)
+from varnext_ray.arch_schema import SECTIONS, ArchConfig
+from varnext_ray.arch_sections import (
     ConvLayer,
     ConvTransposeLayer,
     DecoderConfig,
@@ -52,9 +55,11 @@ from varnext_ray.arch_schema import (
     InputShape,
     LossConfig,
     MirrorDecoder,
-    Shape,
     SpatialLatent,
     UpsampleLayer,
+)
+from varnext_ray.arch_shapes import (
+    Shape,
     conv_out,
     conv_t_out,
     decoder_shapes,

@@ -40,7 +40,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from varnext_ray.arch import ArchConfig, load_arch, parse_arch
-from varnext_ray.arch_schema import INT_MAX, MAX_LOSS_WEIGHT
+from varnext_ray.arch_sections import INT_MAX, MAX_LOSS_WEIGHT
 from varnext_ray.config_errors import json_kind, problems_from_validation
 from varnext_ray.errors import UserError, list_problems
 from varnext_ray.objectives import DEFAULT_OBJECTIVE, OBJECTIVES

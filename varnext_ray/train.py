@@ -27,7 +27,7 @@ from typing import Any
 
 from varnext_ray import console, mlflow_extras, tracking
 from varnext_ray.arch import ArchConfig
-from varnext_ray.arch_schema import batch_norm_on_one_value
+from varnext_ray.arch_shapes import batch_norm_on_one_value
 from varnext_ray.cluster import Resources, check_resources, cluster_cpus, stop_ray_work
 from varnext_ray.errors import (
     Interrupted,
