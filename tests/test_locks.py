@@ -26,7 +26,7 @@ from varnext_ray.errors import UserError
 from varnext_ray.search_space import load_space
 from varnext_ray.settings import TrainSettings
 from varnext_ray.sweep import SWEEP_FILE, SweepOptions, run_sweep, sweep_path
-from varnext_ray.tracking_uri import _mlflow_revisions
+from varnext_ray.tracking_sqlite import _mlflow_revisions
 from varnext_ray.train import run_dir, train
 
 ENV = os.environ | {"PYTHONPATH": str(REPO)}

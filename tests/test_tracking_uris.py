@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from varnext_ray import tracking, tracking_uri
+from varnext_ray import tracking, tracking_sqlite, tracking_uri
 from varnext_ray.errors import UserError
 
 
@@ -103,7 +103,7 @@ def set_schema(path: Path, revision: str) -> None:
 
 
 def test_a_store_of_an_older_schema_asks_for_mlflow_db_upgrade(store_copy: Path) -> None:
-    head, known = tracking_uri._mlflow_revisions()
+    head, known = tracking_sqlite._mlflow_revisions()
     assert head is not None and head in known
     old = sorted(known - {head})[0]
     set_schema(store_copy, old)

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray.errors import UserError, failure_summary
-from varnext_ray.tracking_uri import check_reachable, store_exists
+from varnext_ray.tracking_sqlite import store_exists
+from varnext_ray.tracking_uri import check_reachable
 
 log = logging.getLogger(__name__)
 

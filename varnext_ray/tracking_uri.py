@@ -3,30 +3,27 @@ answer, so a bad ``--tracking-uri`` is one line (exit 2) rather than a traceback
 MLflow's tables written into somebody else's SQLite file.
 
 SQLite files are inspected through a read-only connection before MLflow opens them (another
-program's database, a damaged file, a store of another schema version are refused); database
+program's database, a damaged file, a store of another schema version are refused: the checks
+of :mod:`varnext_ray.tracking_sqlite`); database
 URIs need their driver and a port that answers; an MLflow server must answer ``GET /health``
 within the timeout.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import socket
-import time
-from pathlib import Path
 from urllib.parse import urlparse
 
 from varnext_ray.errors import UserError
+from varnext_ray.tracking_sqlite import URI_FIX, check_sqlite
 
 log = logging.getLogger(__name__)
 
 
 DATABASE_SCHEMES = ("sqlite", "postgresql", "mysql", "mssql")
 SERVER_SCHEMES = ("http", "https", "databricks")
-SQLITE_MAGIC = b"SQLite format 3\x00"
-_URI_FIX = "pass sqlite:////abs/path/mlflow.db or http://HOST:PORT of an mlflow server"
 
 
 def check_reachable(
@@ -51,12 +48,12 @@ def check_reachable(
     try:
         parsed = urlparse(uri)
     except ValueError as err:  # e.g. "Invalid IPv6 URL": an unclosed [
-        raise UserError(f"the tracking URI is malformed ({err})", uri, _URI_FIX) from None
+        raise UserError(f"the tracking URI is malformed ({err})", uri, URI_FIX) from None
     check_mlflow_env()
     scheme = parsed.scheme.split("+", 1)[0].lower()
     if scheme == "sqlite":
         writes = not existing if writes is None else writes
-        _check_sqlite(uri, existing=existing, writes=writes, timeout_s=timeout_s)
+        check_sqlite(uri, existing=existing, writes=writes, timeout_s=timeout_s)
         _check_engine_settings(uri)
         return
     if scheme == "databricks":
@@ -71,14 +68,14 @@ def check_reachable(
         raise UserError(
             f"unsupported MLflow tracking URI: {shown}",
             uri,
-            f"{_URI_FIX} (MLflow 3 no longer writes a file store)",
+            f"{URI_FIX} (MLflow 3 no longer writes a file store)",
         )
     try:
         port = parsed.port or (443 if scheme == "https" else 80)
     except ValueError:
-        raise UserError("the tracking URI has a bad port", uri, _URI_FIX) from None
+        raise UserError("the tracking URI has a bad port", uri, URI_FIX) from None
     if not parsed.hostname:
-        raise UserError("the tracking URI names no host", uri, _URI_FIX)
+        raise UserError("the tracking URI names no host", uri, URI_FIX)
     fix = "start it (mlflow server --host 127.0.0.1 --port PORT) or pass another --tracking-uri"
     _check_tcp(parsed.hostname, port, timeout_s, "MLflow tracking server", uri, fix)
     _check_health(uri, timeout_s)
@@ -289,248 +286,3 @@ def _check_database(uri: str, timeout_s: float) -> None:
         port = url.port or _DATABASE_PORTS.get(url.get_backend_name(), 0)
         fix = "start the database server, or check the host and port in --tracking-uri"
         _check_tcp(url.host, port, timeout_s, "database server", shown, fix)
-
-
-def _check_sqlite(
-    uri: str, *, existing: bool = False, writes: bool = False, timeout_s: float = 5.0
-) -> None:
-    """A SQLite tracking URI must be absolute and name an MLflow store or a new file in a
-    folder; one a command ``writes`` to must be writable (:func:`_check_sqlite_writable`)."""
-    import stat
-
-    scheme, _, rest = uri.partition(":")
-    if scheme.split("+", 1)[0] != "sqlite":  # SQLAlchemy has no dialect named SQLITE
-        raise UserError(
-            f"a SQLite tracking URI begins with sqlite: in lower case, not {scheme}:",
-            uri,
-            _URI_FIX,
-        )
-    if not rest.startswith("////"):
-        raise UserError(
-            "a SQLite tracking URI needs an absolute path (four slashes)", uri, _URI_FIX
-        )
-    if "?" in rest:  # ?mode=ro, ?uri=true&...: MLflow and SQLite read these differently
-        raise UserError(
-            "a SQLite tracking URI takes no ?options here (MLflow would open another file "
-            "than the one checked)",
-            uri,
-            "remove everything from the ?",
-        )
-    path = Path(rest[len("///") :])
-    try:
-        mode = path.stat().st_mode
-    except FileNotFoundError:
-        if existing:  # a command that reads runs
-            raise UserError("no MLflow database at this path", uri, NO_STORE_FIX) from None
-        if not path.parent.is_dir():
-            raise UserError(
-                "the folder of the MLflow database does not exist",
-                str(path.parent),
-                "create it, or pass a --tracking-uri in an existing folder",
-            ) from None
-        if writes:
-            _check_sqlite_writable(path)
-        return
-    except OSError as err:
-        raise UserError(
-            f"cannot read the MLflow database ({err.strerror})", str(path), _URI_FIX
-        ) from None
-    if not stat.S_ISREG(mode):
-        raise UserError("the MLflow database path is not a regular file", str(path), _URI_FIX)
-    try:
-        with open(path, "rb") as f:
-            head = f.read(len(SQLITE_MAGIC))
-    except OSError as err:
-        raise UserError(
-            f"cannot read the MLflow database ({err.strerror})", str(path), _URI_FIX
-        ) from None
-    if head and head != SQLITE_MAGIC:
-        raise UserError(
-            "this file is not a SQLite database (MLflow would not open it)",
-            str(path),
-            "point --tracking-uri at your runs' mlflow.db, or at a new file name",
-        )
-    if head or existing:
-        _check_sqlite_store(path, uri, existing=existing, timeout_s=timeout_s)
-    if writes:
-        _check_sqlite_writable(path)
-
-
-def _check_sqlite_writable(path: Path) -> None:
-    """SQLite writes the database file and, beside it, its journal: the file (where it exists)
-    and its folder must both be writable. A read-only mount or a missing permission passed
-    every other check, and a command failed on its first write, after its work (a checkpoint
-    downloaded, a training run's epochs) with MLflow's tracebacks."""
-    for target, what in ((path, "the MLflow database"), (path.parent, "its folder")):
-        if (target is path.parent or target.exists()) and not os.access(target, os.W_OK):
-            raise UserError(
-                f"{what} cannot be written (a read-only file system, or no write permission)",
-                str(target),
-                "pass a --tracking-uri in a folder you can write, or make it writable",
-            )
-
-
-def store_exists(uri: str) -> bool:
-    """Whether the store of ``uri`` (passed by :func:`check_reachable`) exists already, so that
-    opening it creates nothing: a SQLite file holding MLflow's tables; any server or other
-    database."""
-    scheme, _, rest = uri.partition(":")
-    if scheme.split("+", 1)[0].lower() != "sqlite":
-        return True
-    path = Path(rest[len("///") :])
-    if not path.is_file():
-        return False
-    tables, _ = _sqlite_tables(path, 2.0)
-    return tables is None or MLFLOW_TABLES.issubset(tables)  # None: a writer holds it
-
-
-# Tables every MLflow store has had since its first schema.
-MLFLOW_TABLES = frozenset({"alembic_version", "experiments", "runs", "metrics", "params", "tags"})
-NO_STORE_FIX = "pass the --tracking-uri your runs were logged to (or set MLFLOW_TRACKING_URI)"
-
-
-def _check_sqlite_store(path: Path, uri: str, *, existing: bool, timeout_s: float) -> None:
-    """A UserError unless the SQLite file at ``path`` is an MLflow store of this MLflow's schema
-    (or, unless ``existing``, holds no tables yet); read through a read-only connection.
-
-    A store that another process is creating or upgrading right now (two commands started at
-    once on a new store) passes through every older schema on its way: a refusal is given only
-    once the file has stopped changing for :data:`SETTLED_S` (or after :data:`SETTLE_MAX_S`).
-    """
-    started = changed = time.monotonic()
-    last: tuple | None = None
-    while True:
-        tables, versions = _sqlite_tables(path, timeout_s)
-        if tables is None:  # busy or locked by a writer: MLflow waits for it
-            return
-        try:
-            _check_sqlite_tables(path, uri, tables, versions, existing=existing)
-            return
-        except UserError:
-            stat = path.stat()
-            stamp = (stat.st_size, stat.st_mtime_ns, tuple(versions), frozenset(tables))
-            now = time.monotonic()
-            if stamp != last:
-                last, changed = stamp, now
-            if now - changed >= SETTLED_S or now - started >= SETTLE_MAX_S:
-                raise
-            time.sleep(0.25)
-
-
-SETTLED_S = 1.5  # unchanged this long: no other process is creating or upgrading the store
-SETTLE_MAX_S = 15.0
-
-
-def _check_sqlite_tables(
-    path: Path, uri: str, tables: set[str], versions: list[str], *, existing: bool
-) -> None:
-    """The verdict of :func:`_check_sqlite_store` on one reading of the file."""
-    own = sorted(t for t in tables if not t.startswith(("sqlite_", "alembic_")))
-    if not own:
-        if existing:
-            state = "is empty" if path.stat().st_size == 0 else "has no tables"
-            what = f"this file holds no MLflow store (it {state})"
-            raise UserError(what, str(path), NO_STORE_FIX)
-        return
-    if not MLFLOW_TABLES.issubset(tables):
-        listed = ", ".join(own[:5]) + (", ..." if len(own) > 5 else "")
-        raise UserError(
-            f"this SQLite database is not an MLflow store (its tables: {listed})",
-            str(path),
-            "point --tracking-uri at your runs' mlflow.db, or at a new file name "
-            "(MLflow would add its tables to this one)",
-        )
-    _check_schema(versions, uri)
-
-
-def _sqlite_tables(path: Path, timeout_s: float) -> tuple[set[str] | None, list[str]]:
-    """The table names of the SQLite file and its ``alembic_version`` rows; (None, []) if locked.
-
-    Opened read-only (``mode=ro``): nothing is written, not even a journal.
-    """
-    import sqlite3
-    from urllib.parse import quote
-
-    try:
-        conn = sqlite3.connect(
-            f"file:{quote(os.fsencode(path))}?mode=ro", uri=True, timeout=min(timeout_s, 2.0)
-        )
-        try:
-            rows = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
-            tables = {str(row[0]) for row in rows}
-            versions: list[str] = []
-            if "alembic_version" in tables:
-                rows = conn.execute("SELECT version_num FROM alembic_version")
-                versions = [str(row[0]) for row in rows]
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as err:
-        name = getattr(err, "sqlite_errorname", "")
-        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-            return None, []
-        raise UserError(
-            f"the SQLite database is damaged or unreadable ({err})",
-            str(path),
-            "restore it from a backup, or pass a --tracking-uri with a new file name",
-        ) from None
-    return tables, versions
-
-
-def _check_schema(versions: list[str], uri: str) -> None:
-    """A UserError unless the store's schema revision is the installed MLflow's head."""
-    head, known = _mlflow_revisions()
-    found = versions[0] if len(versions) == 1 else None
-    if head is None or found == head:
-        return
-    from importlib.metadata import version
-
-    mlflow_version = version("mlflow")
-    if found is None or found in known:
-        raise UserError(
-            f"the MLflow store has an older schema ({found or 'no version'}; "
-            f"MLflow {mlflow_version} needs {head})",
-            uri,
-            f"run `mlflow db upgrade {uri}` (back it up first)",
-        )
-    raise UserError(
-        f"the MLflow store was written by a newer MLflow (schema {found} is unknown to "
-        f"the installed MLflow {mlflow_version})",
-        uri,
-        "use that MLflow version (pip install -U mlflow), or pass another --tracking-uri",
-    )
-
-
-@functools.cache
-def _mlflow_revisions() -> tuple[str | None, frozenset[str]]:
-    """(head, every revision) of the installed MLflow's schema migrations.
-
-    Read from ``mlflow/store/db_migrations/versions`` with ``ast``, as alembic's
-    ``ScriptDirectory.get_heads`` would find them, without importing MLflow or alembic (which
-    costs seconds); the head is None unless there is exactly one.
-    """
-    import ast
-    import importlib.util
-
-    spec = importlib.util.find_spec("mlflow")
-    if spec is None or not spec.submodule_search_locations:
-        return None, frozenset()
-    folder = Path(next(iter(spec.submodule_search_locations)), "store", "db_migrations", "versions")
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    for file in folder.glob("*.py"):
-        for node in ast.parse(file.read_bytes()).body:
-            if not isinstance(node, ast.Assign) or len(node.targets) != 1:
-                continue
-            name = getattr(node.targets[0], "id", None)
-            if name not in ("revision", "down_revision"):
-                continue
-            try:
-                value = ast.literal_eval(node.value)
-            except ValueError:
-                continue
-            values = value if isinstance(value, tuple | list) else (value,)
-            (revisions if name == "revision" else parents).update(
-                v for v in values if isinstance(v, str)
-            )
-    heads = revisions - parents
-    return (next(iter(heads)) if len(heads) == 1 else None), frozenset(revisions)
