@@ -9,10 +9,17 @@ import pytest
 import torch
 
 from varnext_ray.arch import parse_arch
-from varnext_ray.metrics import (
-    LATENT_KEYS,
+from varnext_ray.frame_scores import (
     MOTION_THRESHOLD,
     PSNR_CAP_DB,
+    motion_mask,
+    mse_per_sample,
+    psnr,
+    ssim_per_sample,
+    ssim_window,
+)
+from varnext_ray.metrics import (
+    LATENT_KEYS,
     SUM_KEYS,
     active_units,
     add_sums,
@@ -21,19 +28,13 @@ from varnext_ray.metrics import (
     finalize_rollout,
     latent_linearity,
     motion_gain,
-    motion_mask,
-    mse_per_sample,
-    prediction_strip,
     prediction_sums,
-    psnr,
-    rollout_frames,
     rollout_keys,
     rollout_sums,
-    ssim_per_sample,
-    ssim_window,
     triplet_sums,
 )
 from varnext_ray.model import VAE, build_vae, extrapolate
+from varnext_ray.prediction_pictures import prediction_strip, rollout_frames
 
 H, W = 18, 32
 TINY = {  # 3 conv layers on 32x18 frames

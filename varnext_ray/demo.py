@@ -93,7 +93,7 @@ def write_test_strip(checkpoint: Path, data: Path, out: Path) -> Path:
     from varnext_ray.frame_codec import decode_images
     from varnext_ray.manifest import load_manifest
     from varnext_ray.media import save_png
-    from varnext_ray.metrics import prediction_strip
+    from varnext_ray.prediction_pictures import prediction_strip
 
     manifest = load_manifest(data)
     clip = max(manifest.clips("test") or manifest.clips("val"), key=lambda c: c["frames"])

@@ -9,13 +9,9 @@ whatever the batch split.
 
 Conventions:
     - Decoded frames are clipped to [0, 1] before scoring, like ``pixel_linear`` (2*x2 - x1).
-    - PSNR is per sample with max value 1.0, averaged over samples. MSE is clamped at
-      ``MSE_FLOOR`` = 1e-10, so identical frames score ``PSNR_CAP_DB`` = 100 dB, never inf.
-    - SSIM is Wang et al.'s (2004) as torchmetrics computes it (gaussian window, sigma 1.5,
-      11 px, data_range 1.0, reflect-padded so every pixel is a window centre); for frames
-      smaller than 11 px on a side the window shrinks, see :func:`ssim_window`. It is written
-      here, not imported: torchmetrics' import pulls in scipy and matplotlib, about 1.2 s in
-      every Train worker of every trial (issue #18); a test holds it to torchmetrics' values.
+    - PSNR and SSIM are per sample (:mod:`varnext_ray.frame_scores` holds them and their
+      conventions: max value 1.0, MSE clamped at ``MSE_FLOOR`` so identical frames score
+      100 dB, never inf; SSIM as torchmetrics computes it), averaged over samples.
     - Motion metrics score only the pixels where the true frame changed:
       max over channels of |x3 - x2| > ``MOTION_THRESHOLD`` = 0.1 (about 25 grey levels of 255).
       A sample without a moving pixel contributes nothing; when no sample of the whole set
@@ -34,6 +30,9 @@ Conventions:
       whose mean mu2 has a variance over the validation frames above ``ACTIVE_UNIT_THRESHOLD``
       (Burda et al. 2016), from per-element sums and sums of squares.
 
+The pictures of predictions (the prediction strip, rollout GIF frames) are in
+:mod:`varnext_ray.prediction_pictures`.
+
 Example:
     >>> total = None
     >>> for x1, x2, x3 in val_triplets:
@@ -43,20 +42,21 @@ Example:
 
 from __future__ import annotations
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from varnext_ray.frame_scores import (
+    MSE_FLOOR,
+    masked_psnr,
+    motion_mask,
+    mse_per_sample,
+    psnr,
+    psnr_from_mse,
+    ssim_per_sample,
+)
 from varnext_ray.model import extrapolate, rollout, unwrap_model
 
-MSE_FLOOR = 1e-10  # MSE is clamped here before the log
-PSNR_CAP_DB = 100.0  # = 10 * log10(1 / MSE_FLOOR): the PSNR of identical frames
-MOTION_THRESHOLD = 0.1  # a pixel moved if max_c |x3 - x2| exceeds this (~25/255)
 LINEARITY_EPS = 1e-6  # floor of ||mu3 - mu2|| in latent_linearity
-SSIM_WINDOW, SSIM_SIGMA = 11, 1.5  # the standard gaussian window (torchmetrics' default)
-SSIM_K1, SSIM_K2 = 0.01, 0.03  # stabilisers: c1 = (k1 * L)^2, c2 = (k2 * L)^2, L = 1
-ERROR_GAIN = 4.0  # error map in the prediction strip: |pred - truth| * gain, then a heat map
 ACTIVE_UNIT_THRESHOLD = 0.01  # a latent element is active if Var(mu) over frames exceeds this
 CAPTURED_MIN_DB = 0.1  # motion_captured is omitted when oracle - latent copy is below this
 
@@ -99,44 +99,6 @@ SUM_KEYS = (
 )
 
 
-# ---- pure functions ---------------------------------------------------------------------------
-
-
-def mse_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error of each sample over (C, H, W); (B, C, H, W) x 2 -> (B,)."""
-    return (pred - target).pow(2).flatten(1).mean(1)
-
-
-def psnr(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """PSNR in dB of each sample, max value 1.0, capped at ``PSNR_CAP_DB``; (B,)."""
-    return psnr_from_mse(mse_per_sample(pred, target))
-
-
-def psnr_from_mse(mse: torch.Tensor) -> torch.Tensor:
-    """10 * log10(1 / mse), with mse clamped at ``MSE_FLOOR`` (so at most ``PSNR_CAP_DB``)."""
-    return -10.0 * torch.log10(mse.clamp(min=MSE_FLOOR))
-
-
-def motion_mask(x2: torch.Tensor, x3: torch.Tensor) -> torch.Tensor:
-    """Where the true frame changed: max_c |x3 - x2| > ``MOTION_THRESHOLD``.
-
-    (B, C, H, W) x 2 -> (B, H, W) bool.
-    """
-    return (x3 - x2).abs().amax(dim=1) > MOTION_THRESHOLD
-
-
-def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """PSNR of each sample over only the masked pixels (all channels); (B,).
-
-    Samples with no masked pixel get 0 (callers skip them). (B, C, H, W) x 2, (B, H, W) -> (B,).
-    """
-    weight = mask.unsqueeze(1).to(pred.dtype)  # (B, 1, H, W)
-    sq = ((pred - target).pow(2) * weight).flatten(1).sum(1)  # (B,)
-    n = weight.flatten(1).sum(1) * pred.shape[1]  # (B,) masked values
-    out = psnr_from_mse(sq / n.clamp(min=1))
-    return torch.where(n > 0, out, torch.zeros_like(out))
-
-
 def latent_linearity(z3_hat: torch.Tensor, mu2: torch.Tensor, mu3: torch.Tensor) -> torch.Tensor:
     """||z3_hat - mu3|| / max(||mu3 - mu2||, LINEARITY_EPS) per triplet; (B, *Z) x 3 -> (B,).
 
@@ -146,66 +108,6 @@ def latent_linearity(z3_hat: torch.Tensor, mu2: torch.Tensor, mu3: torch.Tensor)
     miss = (z3_hat - mu3).flatten(1).norm(dim=1)  # (B,)
     step = (mu3 - mu2).flatten(1).norm(dim=1).clamp(min=LINEARITY_EPS)  # (B,)
     return miss / step
-
-
-def ssim_window(height: int, width: int) -> tuple[int, float | None]:
-    """The SSIM window (side in px, gaussian sigma or None for a uniform window) that fits a
-    height x width image.
-
-    11 px gaussian, sigma 1.5 (the standard) when both sides are >= 11; otherwise the largest
-    odd k <= the shorter side, as a gaussian with sigma (k - 1) / 7 (a gaussian of sigma s spans
-    2 * int(3.5 * s + 0.5) + 1 px, torchmetrics' rule); below 3 px, a 1x1 uniform window.
-    """
-    side = min(height, width)
-    if side >= SSIM_WINDOW:
-        return SSIM_WINDOW, SSIM_SIGMA
-    k = side if side % 2 else side - 1
-    if k < 3:
-        return 1, None
-    return k, (k - 1) / 7
-
-
-def _window_kernel(
-    size: int, sigma: float | None, channels: int, like: torch.Tensor
-) -> torch.Tensor:
-    """A (channels, 1, size, size) normalised window for a depthwise conv2d."""
-    if sigma is None:
-        window = torch.ones(size, size, dtype=like.dtype, device=like.device) / size**2
-    else:
-        offsets = torch.arange(size, dtype=like.dtype, device=like.device) - (size - 1) / 2
-        g = torch.exp(-((offsets / sigma) ** 2) / 2)
-        g = g / g.sum()
-        window = g[:, None] * g[None, :]
-    return window.expand(channels, 1, size, size)
-
-
-def ssim_per_sample(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SSIM of each sample (data_range 1.0, window from :func:`ssim_window`, channels
-    averaged); (B,). Equal to torchmetrics' ``structural_similarity_index_measure(...,
-    reduction="none")`` with the same window (tests/test_metrics.py compares them)."""
-    size, sigma = ssim_window(pred.shape[-2], pred.shape[-1])
-    channels, n = pred.shape[1], pred.shape[0]
-    pad = (size - 1) // 2
-    if pad:
-        pred = F.pad(pred, (pad, pad, pad, pad), mode="reflect")
-        target = F.pad(target, (pad, pad, pad, pad), mode="reflect")
-    moments = F.conv2d(
-        torch.cat((pred, target, pred * pred, target * target, pred * target)),
-        _window_kernel(size, sigma, channels, pred),
-        groups=channels,
-    )
-    mu_p, mu_t, pp, tt, pt = moments.split(n)
-    var_p = (pp - mu_p**2).clamp(min=0.0)
-    var_t = (tt - mu_t**2).clamp(min=0.0)
-    cov = pt - mu_p * mu_t
-    c1, c2 = SSIM_K1**2, SSIM_K2**2
-    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / (
-        (mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2)
-    )
-    return ssim_map.flatten(1).mean(1)
-
-
-# ---- sums and their average -------------------------------------------------------------------
 
 
 def prediction_sums(
@@ -391,61 +293,6 @@ def active_units(total: torch.Tensor, total_sq: torch.Tensor, count: float) -> d
     }
 
 
-# ---- pictures ---------------------------------------------------------------------------------
-
-STRIP_COLUMNS = (
-    "t",
-    "t+s",
-    "truth t+2s",
-    "latent prediction",
-    "latent copy",
-    "oracle",
-    "copy-last",
-    "background",
-    "error",
-)
-
-
-def heat_map(value: torch.Tensor) -> torch.Tensor:
-    """Black -> red -> yellow -> white for values in [0, 1]; (B, H, W) -> (B, 3, H, W)."""
-    v = value.clamp(0, 1) * 3
-    return torch.stack([v.clamp(0, 1), (v - 1).clamp(0, 1), (v - 2).clamp(0, 1)], dim=1)
-
-
-def prediction_strip(
-    model: nn.Module,
-    x1: torch.Tensor,
-    x2: torch.Tensor,
-    x3: torch.Tensor,
-    n: int = 4,
-    background: torch.Tensor | None = None,
-) -> np.ndarray:
-    """A picture of the first ``n`` triplets (fewer if the batch is smaller), one per row.
-
-    Columns (``STRIP_COLUMNS``): frame t, t+s, truth t+2s, latent prediction, latent copy
-    (decode of mu2), oracle decode of mu3, copy-last (= t+s), the training background (black
-    when ``background`` is None), and the error map: mean over channels of
-    |prediction - truth|, times ``ERROR_GAIN``, as a heat map (black = exact, white = off by
-    >= 1/ERROR_GAIN).
-
-    Returns:
-        uint8 array (rows * H, 9 * W, 3).
-    """
-    vae = unwrap_model(model)
-    x1, x2, x3 = x1[:n], x2[:n], x3[:n]  # (n, C, H, W)
-    with torch.no_grad():
-        mu1, mu2, mu3 = (vae.encode(x)[0] for x in (x1, x2, x3))  # (n, D) each
-        pred = vae.decode(extrapolate(mu1, mu2)).clamp(0, 1)  # (n, C, H, W)
-        oracle = vae.decode(mu3).clamp(0, 1)
-        latent_copy = vae.decode(mu2).clamp(0, 1)
-        bg = torch.zeros_like(x3) if background is None else background.to(x3).expand_as(x3)
-        error = heat_map((pred - x3).abs().mean(1) * ERROR_GAIN)  # (n, 3, H, W)
-        tiles = [x1, x2, x3, pred, latent_copy, oracle, x2, bg, error]
-        grid = torch.cat([t.to(x3.dtype).expand(-1, 3, -1, -1) for t in tiles], dim=3)
-        grid = torch.cat(list(grid), dim=1)  # (3, n*H, 9W)
-    return (grid.permute(1, 2, 0).float().cpu().numpy() * 255).round().astype(np.uint8)
-
-
 # ---- multi-step rollouts ----------------------------------------------------------------------
 
 
@@ -489,25 +336,3 @@ def finalize_rollout(sums: torch.Tensor, horizons: int) -> dict[str, float]:
     if count <= 0:
         return {}
     return {key: float(v) / count for key, v in zip(rollout_keys(horizons), sums[1:], strict=True)}
-
-
-def rollout_frames(model: nn.Module, frames: list[torch.Tensor], n: int = 2) -> list[np.ndarray]:
-    """The pictures of a rollout GIF: one per time step, for the first ``n`` sequences.
-
-    Each picture has a row per sequence with two tiles, the true frame and the model's frame:
-    at the first two steps the model's tiles are its reconstructions of its inputs, after that
-    the decoded extrapolation k steps ahead. Returns uint8 arrays (n * H, 2 * W, 3).
-    """
-    vae = unwrap_model(model)
-    frames = [f[:n] for f in frames]  # each (n, C, H, W)
-    with torch.no_grad():
-        mu1, mu2 = vae.encode(frames[0])[0], vae.encode(frames[1])[0]
-        latents = torch.cat([torch.stack([mu1, mu2]), rollout(mu1, mu2, len(frames) - 2)])
-        pictures = []
-        for truth, z in zip(frames, latents, strict=True):
-            model_frame = vae.decode(z).to(truth.dtype).clamp(0, 1)  # (n, C, H, W)
-            grid = torch.cat([truth, model_frame], dim=3)  # (n, C, H, 2W)
-            grid = torch.cat(list(grid), dim=1)  # (C, n*H, 2W)
-            array = (grid.permute(1, 2, 0).float().cpu().numpy() * 255).round()
-            pictures.append(array.astype(np.uint8))
-    return pictures

@@ -43,13 +43,12 @@ from varnext_ray.metrics import (
     all_reduce_sums,
     finalize,
     finalize_rollout,
-    prediction_strip,
-    rollout_frames,
     rollout_sums,
     triplet_sums,
 )
 from varnext_ray.mlflow_extras import start_system_metrics
 from varnext_ray.model import VAE, build_vae, unwrap_model, vae_loss
+from varnext_ray.prediction_pictures import prediction_strip, rollout_frames
 from varnext_ray.train_data import train_part
 from varnext_ray.worker_entry import LoopConfig
 
