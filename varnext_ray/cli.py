@@ -7,7 +7,6 @@ Each ``_add_*`` function registers a subcommand and the function that runs it. U
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import sys
@@ -22,6 +21,7 @@ from varnext_ray.errors import (
     escape,
     guarded_stdout,
     redact,
+    say,
     sigterm_raises,
     terminated,
     user_error_in,
@@ -299,13 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs the CLI; returns the process exit status."""
     closed = _closed_stream()
     if closed is not None:  # before argparse, which writes usage and --help to it
-        _say(f"error: {closed}")
+        say(f"error: {closed}")
         return 2
     args = build_parser().parse_args(argv)
     try:
         console.set_verbose(args.verbose)  # before Ray is imported
     except UserError as err:  # VARNEXT_VERBOSE is neither yes nor no
-        _say(f"error: {err}")
+        say(f"error: {err}")
         return 2
     handler = console.StderrHandler()
     console.reopen_closed_streams()
@@ -321,14 +321,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.addLevelName(logging.INFO, "info")
     with guarded_stdout() as stdout:
         return _run(args, stdout)
-
-
-def _say(line: str) -> None:
-    """Writes one line to standard error. A closed one (``2>&-``) loses it, but never changes
-    the exit status the line goes with (2 for a mistake)."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):  # None when closed at start
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
 
 
 def _closed_stream() -> UserError | None:
@@ -351,31 +343,31 @@ def _run(args: argparse.Namespace, stdout: GuardedStdout) -> int:
             stdout.finish()  # the output is written only once it is flushed
             return status
     except UserError as err:  # a RayTaskError(UserError) too, whose own text is Ray's header
-        _say(f"error: {user_error_in(err) or err}")
+        say(f"error: {user_error_in(err) or err}")
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (Terminated, or Ray's after it)
         hint = getattr(err, "hint", "") or "nothing half-written was kept"
         if terminated():
-            _say(f"error: terminated (SIGTERM): {hint}")
+            say(f"error: terminated (SIGTERM): {hint}")
             return 143
-        _say(f"error: interrupted (keyboard): {hint}")
+        say(f"error: interrupted (keyboard): {hint}")
         return 130
     except Exception as err:  # a bug, not the user's mistake: one line, the story in a file
         if stdout.caused(err):  # a full disk or a closed pipe behind standard output
             failed = stdout.failure_error()
             if failed is None:  # e.g. `varnext data info DS --json | head`: quietly
                 return 0
-            _say(f"error: {failed}")
+            say(f"error: {failed}")
             return 2
         found = user_error_in(err)  # a UserError raised in a Ray task (a damaged frame)
         if found is not None:
-            _say(f"error: {found}")
+            say(f"error: {found}")
             return 2
         failed = _database_failure_line(args, err)
         if failed is not None:
-            _say(failed)
+            say(failed)
             return 2
-        _say(unexpected_error_line(err, save_traceback(err)))
+        say(unexpected_error_line(err, save_traceback(err)))
         return 1
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from varnext_ray.errors import MAX_WHAT, escape, shorten
 from varnext_ray.number_text import read_float
+from varnext_ray.output_checks import names_a_folder
 
 
 class Parser(argparse.ArgumentParser):
@@ -126,10 +127,9 @@ def path_arg(text: str) -> Path:
 
 
 def file_arg(text: str) -> Path:
-    """argparse ``type`` of an output file's path: ``Path`` drops a trailing slash, so
-    ``--out a.html/`` (a folder) was written as the file ``a.html``."""
+    """argparse ``type`` of an output file's path, refusing one that names a folder."""
     location_arg(text)
-    if text.endswith(("/", "/.")) or text == ".":
+    if names_a_folder(text):
         raise argparse.ArgumentTypeError("it ends in a slash, which names a folder: name the file")
     return Path(text)
 

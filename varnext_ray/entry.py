@@ -19,15 +19,13 @@ import warnings
 from types import FrameType
 from typing import NoReturn
 
+from varnext_ray.errors import say  # light: the CLI's heavy imports come later
+
 _SAID = {signal.SIGINT: "interrupted (keyboard)", signal.SIGTERM: "terminated (SIGTERM)"}
 
 
 def _say(signum: int) -> None:
-    try:
-        sys.stderr.write(f"error: {_SAID[signum]}: no command was at work; nothing is half-done\n")
-        sys.stderr.flush()
-    except (OSError, ValueError, AttributeError):  # a closed standard error
-        pass
+    say(f"error: {_SAID[signum]}: no command was at work; nothing is half-done")
 
 
 def _before(signum: int, frame: FrameType | None = None) -> NoReturn:
@@ -84,7 +82,7 @@ def _deleted_folder(argv: list[str]) -> str | None:
         return None  # the others say it themselves where a relative path needs the folder
     return (
         f"error: the current folder was deleted, and varnext {command} loads torch, which "
-        "cannot start there (the current folder): cd to an existing folder\n"
+        "cannot start there (the current folder): cd to an existing folder"
     )
 
 
@@ -95,7 +93,7 @@ def main() -> int:
     _warnings_stay_warnings()
     refused = _deleted_folder(sys.argv[1:])
     if refused:
-        sys.stderr.write(refused)
+        say(refused)
         return 2
     from varnext_ray.cli import main as run  # the heavy imports
 

@@ -25,6 +25,14 @@ from typing import Any, TextIO
 _UNSAFE = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
+def say(line: str) -> None:
+    """Writes one line to standard error. A closed one (``2>&-``) loses it, but never changes
+    the exit status the line goes with (2 for a mistake)."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # None when closed at start
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
+
+
 def escape(text: str) -> str:
     """``text`` with every control or invisible formatting character escaped (``\\n``, ``\\x1b``).
 

@@ -21,6 +21,12 @@ from varnext_ray.safe_io import kind_of, os_reason, path_stat
 _FS_IOC_GETFLAGS, _IMMUTABLE, _APPEND_ONLY = 0x80086601, 0x10, 0x20
 
 
+def names_a_folder(text: str) -> bool:
+    """Whether an output path, as written, names a folder (a trailing ``/``, a last part
+    ``.``): ``Path`` drops the slash, so ``--out a.html/`` was written as the file ``a.html``."""
+    return text.endswith(("/", os.sep, "/.")) or text in (".", "")
+
+
 def check_current_folder(path: str | Path, flag: str) -> None:
     """A UserError if ``path`` is relative and the current folder was deleted: nothing can be
     made in it (the kernel answers ENOENT), and Python cannot even name it.

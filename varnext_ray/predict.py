@@ -39,7 +39,7 @@ from varnext_ray.frame_fit import MAX_UPSCALE, centre_crop, crop_size, fit_frame
 from varnext_ray.image_read import is_animated, read_image
 from varnext_ray.media import FPS, save_gif, save_png, staged_files, write_video
 from varnext_ray.model import extrapolate, rollout
-from varnext_ray.output_checks import check_output_files
+from varnext_ray.output_checks import check_output_files, names_a_folder
 from varnext_ray.safe_io import regular_file
 from varnext_ray.sources import Source
 
@@ -264,7 +264,7 @@ def _out_path(out: str | Path, allowed: tuple[str, ...], what: str) -> Path:
     from the string, since ``Path`` drops it (``Path("x.png/")`` is ``x.png``).
     """
     text = os.fspath(out)
-    if text.endswith(("/", os.sep, "/.")) or text in (".", ""):
+    if names_a_folder(text):
         raise UserError(
             "--out names a folder (it ends in a slash); predictions are written to a file",
             text,
