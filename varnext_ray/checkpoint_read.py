@@ -55,10 +55,23 @@ def parse_checkpoint_json(path: Path, data: bytes) -> Any:
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
+def _as_float(value: Any) -> float | None:
+    """``value`` as a float when it is a JSON number (not a bool) that a float holds, else None:
+    JSON allows integers past a float's range (``1e309`` written out), which every reader of
+    the number (comparisons with float metrics, MLflow) would fail on."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except OverflowError:
+        return None
+
+
 def _finite_number(value: Any) -> bool:
-    """True for an int or a finite float (not a bool): an ``Infinity`` best would make a
-    resumed run find no better epoch ever, silently."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """True for an int or a finite float (not a bool) within a float's range: an ``Infinity``
+    best would make a resumed run find no better epoch ever, silently."""
+    number = _as_float(value)
+    return number is not None and math.isfinite(number)
 
 
 def _check_meta(meta: dict[str, Any], path: Path) -> None:
@@ -95,7 +108,7 @@ def _check_meta(meta: dict[str, Any], path: Path) -> None:
         raise bad("extra.best", "a finite number or null", best)
     metrics = meta.get("metrics", {})
     for key, value in metrics.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
+        if _as_float(value) is None:
             raise bad(f"metrics.{key}", "a number", value)
     size = meta.get("image_size", [1, 1])
     if not (
