@@ -18,7 +18,7 @@ from varnext_ray.errors import UserError
 from varnext_ray.frame_fit import fit_frame
 from varnext_ray.media import write_video
 from varnext_ray.model import build_vae
-from varnext_ray.predict import predict_frames
+from varnext_ray.predict import predict_frames, seen_part
 from varnext_ray.synth import write_synthetic
 
 REPO = Path(__file__).resolve().parent.parent
@@ -106,6 +106,14 @@ def test_frames_of_another_aspect_ratio_give_the_part_the_model_saw(
     tiny = np.zeros((2, 3, 3), np.uint8)
     with pytest.raises(UserError, match=r"3x2 frames are too small for this 64x36 model"):
         predict_frames(ckpt, tiny, tiny)
+    thread = np.zeros((64, 1, 3), np.uint8)
+    with pytest.raises(UserError, match=r"1x64 frames are too small .* 1x1 centre crop"):
+        predict_frames(ckpt, thread, thread)
+    # a 4:1 model: the crop of a 1-pixel-wide frame is 0 wide (that divided by zero)
+    four_to_one = cfg.model_copy(update={"input": cfg.input.model_copy(update={"height": 16})})
+    wide = Checkpoint(arch=four_to_one, model=ckpt.model, meta={}, path=Path("in-memory"))
+    with pytest.raises(UserError, match=r"1x64 frames are too small .* 1x0 centre crop"):
+        seen_part(wide, thread, "n1.png")
 
 
 def _mp4_frames(path: Path) -> tuple[int, tuple[int, int]]:

@@ -75,7 +75,7 @@ def seen_part(ckpt: Checkpoint, frame: np.ndarray, where: str, *, warn: bool = T
     be enlarged more than :data:`~varnext_ray.frame_fit.MAX_UPSCALE` times a side."""
     (width, height), (h, w) = _model_size(ckpt), frame.shape[:2]
     crop_w, crop_h = crop_size((w, h), (width, height))
-    if max(width / crop_w, height / crop_h) > MAX_UPSCALE:
+    if width > MAX_UPSCALE * crop_w or height > MAX_UPSCALE * crop_h:  # a crop may be 0 wide
         raise UserError(
             f"{w}x{h} frames are too small for this {width}x{height} model: their "
             f"{crop_w}x{crop_h} centre crop would be enlarged over {MAX_UPSCALE} times a side",
