@@ -208,3 +208,31 @@ def test_a_param_index_of_a_unicode_digit_is_a_name_not_a_number() -> None:
         tracking_uri="sqlite:///x.db",
     )
     assert hyperparameters(report) == ["channels_0", "channels_²", "channels_1"]
+
+
+def test_names_with_thousands_of_digits_are_ordered_not_converted() -> None:
+    """A hand-edited store (SQLite does not enforce MLflow's key lengths) can name a metric
+    ``extrap_psnr_h`` + 5,000 digits or a param ``point.linear.`` + 5,000 digits: ordering them
+    with ``int()`` was "unexpected ValueError: Exceeds the limit (4300 digits)" (exit 1)."""
+    from varnext_ray.report import _point
+    from varnext_ray.report_page import SweepReport, Trial, hyperparameters, render_page
+
+    huge = "9" * 5000
+    point = _point({f"point.linear.{huge}": "4", "point.linear.10": "2", "point.linear.9": "8"})
+    assert point["linear"] == "[8, 2, 4]"
+    metrics = {f"extrap_psnr_h{huge}": 1.0, "extrap_psnr_h10": 2.0, "extrap_psnr_h2": 3.0}
+    trial = Trial("r1", "trial-1", "finished", metrics, {}, 20.0, 8, 100)
+    report = SweepReport(
+        experiment="e",
+        run_id="r",
+        name="n",
+        started="unknown",
+        objective="extrap_psnr_motion",
+        direction="max",
+        scales={f"channels_{huge}": "choices", "channels_10": "choices", "channels_9": "choices"},
+        trials=[trial],
+        tracking_uri="sqlite:///x.db",
+    )
+    assert hyperparameters(report) == ["channels_9", "channels_10", f"channels_{huge}"]
+    html = render_page(report)
+    assert html.index("extrap_psnr_h2<") < html.index("extrap_psnr_h10<") < html.index(huge)

@@ -56,3 +56,15 @@ def _has_digits(text: str) -> bool:
     """True if ``text``'s mantissa (before an exponent) has a digit other than 0."""
     mantissa = re.split(r"[eE]", text.strip(), maxsplit=1)[0]
     return any(unicodedata.digit(ch, 0) for ch in mantissa)
+
+
+def decimal_order(text: str) -> tuple[int, str]:
+    """A sort key that orders strings of ASCII digits as the numbers they write, whatever their
+    length: ``int()`` refuses more than 4,300 digits, and a hand-edited MLflow store can name a
+    metric ``extrap_psnr_h`` followed by 5,000 of them.
+
+    >>> sorted(["10", "9", "007"], key=decimal_order)
+    ['007', '9', '10']
+    """
+    digits = text.lstrip("0")
+    return len(digits), digits

@@ -33,6 +33,7 @@ from varnext_ray.artifacts import ArtifactStoreError, RunArtifacts, check_out_of
 from varnext_ray.atomic_write import parent_folders, staged_file
 from varnext_ray.best import write_failure
 from varnext_ray.errors import UserError
+from varnext_ray.number_text import decimal_order
 from varnext_ray.objectives import OBJECTIVES
 from varnext_ray.output_checks import check_output_files
 from varnext_ray.report_page import STRIPS, SweepReport, Trial, render_page
@@ -49,8 +50,8 @@ SWEEP_FIX = (
 )
 TMP_FIX = "free space there, or set TMPDIR to another folder"
 MAX_IMAGE_BYTES = 20 * 2**20  # larger images are named, not embedded
-_PNG = re.compile(r"strip_epoch_(\d+)\.png$")
-_GIF = re.compile(r"rollout_epoch_(\d+)\.gif$")
+_PNG = re.compile(r"strip_epoch_([0-9]+)\.png$")
+_GIF = re.compile(r"rollout_epoch_([0-9]+)\.gif$")
 # where a point's name sits in the sweep's flattened ``space.*`` params
 _SPACE_KEY = {name: f"encoder.{name}" for name in ("depth", "kernel_size", "stride")}
 
@@ -109,7 +110,9 @@ def _point(params: dict[str, str]) -> dict[str, Any]:
             else:
                 point[name] = _number(text)
     for name, items in lists.items():
-        order = sorted(items, key=lambda i: (not _index(i), int(i) if _index(i) else 0, i))
+        order = sorted(
+            items, key=lambda i: (not _index(i), decimal_order(i) if _index(i) else (0, ""), i)
+        )
         point[name] = "[" + ", ".join(items[i] for i in order) + "]"
     return point
 
@@ -229,7 +232,7 @@ def _latest(artifacts: RunArtifacts, folder: str, pattern: re.Pattern) -> Any | 
     """The listing (``FileInfo``: path, file_size) of the highest-epoch file in ``folder``
     whose name matches ``pattern``."""
     found = [
-        (int(m[1]), f.path, f)
+        (decimal_order(m[1]), f.path, f)
         for f in artifacts.list(folder)
         if not f.is_dir and (m := pattern.search(f.path))
     ]

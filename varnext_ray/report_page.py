@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from html import escape
 from typing import Any
 
+from varnext_ray.number_text import decimal_order
+
 MISSING = "—"
 STRIPS = 3  # trials whose prediction strips are shown
 W, H, LEFT, RIGHT, TOP, BOTTOM = 380, 250, 60, 14, 12, 44  # plot size and margins (px)
@@ -33,7 +35,7 @@ SCALES = {  # a hyperparameter's search form -> its plot's caption
     "": "not in the sweep's params (axis from the values)",
 }
 METRICS = ("extrap_psnr", "copy_last_psnr", "extrap_skill", "latent_linearity")
-_HORIZON = re.compile(r"extrap_psnr_h(\d+)$")
+_HORIZON = re.compile(r"extrap_psnr_h([0-9]+)$")
 CSS = """body{font:14px system-ui,sans-serif;margin:24px;color:#222;max-width:1400px}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:13px}th,td{padding:3px 8px;border-bottom:1px solid #eee;
@@ -299,8 +301,9 @@ def hyperparameters(report: SweepReport) -> list[str]:
         for i, prefix in enumerate(ORDER):
             if name == prefix or (prefix.endswith("_") and name.startswith(prefix)):
                 suffix = name[len(prefix) :]
-                return (i, int(suffix) if suffix.isascii() and suffix.isdigit() else 0, name)
-        return (len(ORDER), 0, name)
+                digits = suffix.isascii() and suffix.isdigit()
+                return (i, decimal_order(suffix) if digits else (0, ""), name)
+        return (len(ORDER), (0, ""), name)
 
     return sorted(report.scales, key=rank)
 
@@ -336,7 +339,7 @@ def _table(report: SweepReport, top: int) -> str:
     shown = report.trials[:top]
     horizons = sorted(
         {k for t in shown for k in t.metrics if _HORIZON.match(k)},
-        key=lambda k: int(_HORIZON.match(k)[1]),
+        key=lambda k: decimal_order(_HORIZON.match(k)[1]),
     )
     head = ["rank", "run", "status", f"best_{report.objective}", *METRICS, *horizons]
     head += ["latent_dim", "params", "epochs", *searched]
