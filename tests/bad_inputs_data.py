@@ -539,6 +539,29 @@ HOSTILE_JSON: dict[str, Raw] = {
 }
 
 MANIFEST_KEYS: dict[str, Raw] = {
+    # provenance keys that no reader used, and so were never checked: a dataset said it held
+    # 4-channel frames, or a clip came from a source that is not there, and trained anyway
+    "manifest-channels-4": (
+        INFO,
+        "channels: must be 3 (got 4)",
+        dataset(manifest_set(4, "channels")),
+    ),
+    "manifest-every-0": (INFO, "every: must be >= 1 (got 0)", dataset(manifest_set(0, "every"))),
+    "manifest-clip-source-missing": (
+        INFO,
+        "clips[0].source: names source 99 of the",
+        dataset(manifest_set(99, "clips", 0, "source")),
+    ),
+    "manifest-clip-source-a-bool": (
+        INFO,
+        "clips[0].source: must be an integer (got true)",
+        dataset(manifest_set(True, "clips", 0, "source")),
+    ),
+    "manifest-source-frames-backwards": (
+        INFO,
+        "clips[0].source_frames: run backwards",
+        dataset(lambda root, m: m["clips"][0].__setitem__("source_frames", [9, 0])),
+    ),
     "manifest-clips-missing": (
         INFO,
         "clips: must be given (missing)",
@@ -672,6 +695,16 @@ CHECKPOINT_META: dict[str, Raw] = {
         "metrics must be an object",
         checkpoint(_meta(set_key([], "metrics")), rehash=False),
     ),
+    "meta-best-past-float-range": (  # an integer JSON allows and a float cannot hold
+        PREDICT,
+        "extra.best must be a finite number or null",
+        checkpoint(_meta(set_key(10**309, "extra", "best")), rehash=False),
+    ),
+    "meta-metric-past-float-range": (
+        PREDICT,
+        "metrics.loss must be a number",
+        checkpoint(_meta(set_key(-(10**400), "metrics", "loss")), rehash=False),
+    ),
     "meta-image-size-bad": (
         PREDICT,
         "image_size must be [width, height]",
@@ -762,6 +795,11 @@ IMAGES_AND_OPTIONS: dict[str, Raw] = {
     "option-cut-threshold-nan": (
         INGEST_VIDEO + " --cut-threshold nan",
         "argument --cut-threshold: nan is not a number (pass a finite number)",
+        None,
+    ),
+    "option-cut-ratio-1": (  # its (where) named --cut-threshold
+        INGEST_VIDEO + " --cut-ratio 0.5",
+        "cut detection needs --cut-ratio > 1 (got 0.5) (--cut-ratio)",
         None,
     ),
     "option-cut-ratio-inf": (

@@ -97,13 +97,16 @@ class IngestOptions:
                 )
         if self.guard < 0:
             raise UserError(f"--guard must be >= 0 (got {self.guard})", "--guard", "use 0 or more")
-        if self.cut_threshold <= 0 or self.cut_ratio <= 1:
-            raise UserError(
-                "cut detection needs --cut-threshold > 0 and --cut-ratio > 1 (got "
-                f"{self.cut_threshold}, {self.cut_ratio})",
-                "--cut-threshold",
-                "use e.g. --cut-threshold 0.02 --cut-ratio 4",
-            )
+        for flag, value, bound in (
+            ("--cut-threshold", self.cut_threshold, 0),
+            ("--cut-ratio", self.cut_ratio, 1),
+        ):
+            if value <= bound:
+                raise UserError(
+                    f"cut detection needs {flag} > {bound} (got {value})",
+                    flag,
+                    "use e.g. --cut-threshold 0.02 --cut-ratio 4",
+                )
         if self.encoding not in ENCODINGS:
             raise UserError(
                 f"unknown encoding {self.encoding!r}",

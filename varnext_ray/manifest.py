@@ -31,6 +31,7 @@ SPLITS = ("train", "val", "test")
 
 _COUNT = Annotated[int, Field(ge=0, le=10**10)]
 _SIDE = Annotated[int, Field(ge=1, le=8192)]
+_INDEX = Annotated[int, Field(ge=0, lt=2**63)]
 Split = Literal["train", "val", "test"]
 
 
@@ -43,6 +44,19 @@ class _ClipRecord(_Loose):
     split: Split
     frames: _COUNT
     files: list[Annotated[str, Field(min_length=1, max_length=4096)]]
+    # provenance, which ingest always writes: the clip's source (an index into ``sources``) and
+    # the source frame numbers of its first and last frame
+    source: Annotated[int, Field(ge=0)] | None = None
+    source_frames: Annotated[list[_INDEX], Field(min_length=2, max_length=2)] | None = None
+
+    @model_validator(mode="after")
+    def _in_order(self) -> _ClipRecord:
+        if self.source_frames is not None and self.source_frames[0] > self.source_frames[1]:
+            first, last = self.source_frames
+            raise PydanticCustomError(
+                "arch", f"run backwards ({first} > {last})", {"field": "source_frames"}
+            )
+        return self
 
 
 class _SplitRecord(_Loose):
@@ -53,6 +67,8 @@ class _SplitRecord(_Loose):
 class _ManifestSchema(_Loose):
     size: Annotated[list[_SIDE], Field(min_length=2, max_length=2)]
     encoding: Literal["raw", "png", "jpeg"]
+    channels: Literal[3] | None = None  # frames are RGB: readers decode 3 channels
+    every: Annotated[int, Field(ge=1, le=10**6)] | None = None  # ingest's --every
     frames: _COUNT
     splits: dict[Split, _COUNT]
     clips: list[_ClipRecord]
@@ -77,6 +93,13 @@ class _ManifestSchema(_Loose):
                     "arch",
                     f"says {self.splits.get(split, 0)} but its clips hold {held} frames",
                     {"field": f"splits.{split}"},
+                )
+        for i, clip in enumerate(self.clips):
+            if clip.source is not None and clip.source >= len(self.sources):
+                raise PydanticCustomError(
+                    "arch",
+                    f"names source {clip.source} of the {len(self.sources)} in sources",
+                    {"field": f"clips[{i}].source"},
                 )
         seen: set[str] = set()
         for clip in self.clips:
