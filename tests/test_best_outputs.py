@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sqlite3
@@ -73,3 +74,25 @@ def test_a_checkpoint_with_another_best_than_its_run_is_named_in_a_warning(
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert code == 0 and warning.startswith(f"other ({other}) logged best_{METRIC} 12.0000 but")
     assert "its checkpoint's meta.json says 10.0000: the checkpoint may be another run's" in warning
+
+
+def test_a_checkpoint_listing_a_run_json_is_refused_not_overwritten(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A checkpoint whose meta.json lists its own ``run.json``: best wrote its record over it,
+    and the download then failed its own sha256 check."""
+
+    def add_run_json(checkpoint: Path) -> None:
+        data = b'{"theirs": true}\n'
+        (checkpoint / "run.json").write_bytes(data)
+        meta = json.loads((checkpoint / "meta.json").read_text())
+        meta["files"]["run.json"] = hashlib.sha256(data).hexdigest()
+        (checkpoint / "meta.json").write_text(json.dumps(meta))
+
+    uri = _store_with(tmp_path, "clash", add_run_json)
+    before = sorted(tmp_path.rglob("*"))
+    code, err = _best(uri, "clash", tmp_path / "best", capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith("error: the checkpoint lists a file named run.json (meta.json)"), err
+    assert "artifact checkpoint/): save the checkpoint again without" in err, err
+    assert sorted(tmp_path.rglob("*")) == before

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -293,3 +296,85 @@ def test_a_failed_report_removes_the_folders_it_made(tmp_path: Path) -> None:
     assert [p for p in sorted(tmp_path.rglob("*")) if "artifacts" not in p.parts] == [
         p for p in before if "artifacts" not in p.parts
     ]
+
+
+# ---- text that is not UTF-8 in a SQLite store (hostile pass 12) -------------------------------
+
+UNDECODABLE = {
+    "run name": "UPDATE runs SET name = CAST(X'74726961ff' AS TEXT) WHERE run_uuid = ?",
+    "param value": "UPDATE params SET value = CAST(X'30ff' AS TEXT) WHERE run_uuid = ?",
+}
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def mlflow_db_log() -> Iterator[list[logging.LogRecord]]:
+    """What MLflow's database module logs (its own handler printed it, tracebacks and all)."""
+    logger, handler = logging.getLogger("mlflow.store.db.utils"), _Records()
+    logger.addHandler(handler)
+    yield handler.records
+    logger.removeHandler(handler)
+
+
+@pytest.mark.parametrize("edit", sorted(UNDECODABLE))
+@pytest.mark.parametrize("command", ["best", "report"])
+def test_text_that_is_not_utf8_in_the_store_is_one_line_naming_the_run(
+    uri: str,
+    tmp_path: Path,
+    command: str,
+    edit: str,
+    capsys: pytest.CaptureFixture,
+    mlflow_db_log: list[logging.LogRecord],
+) -> None:
+    """A run name or param edited into bytes that are not UTF-8: MLflow logged two tracebacks,
+    then best said "another process may hold it" and report "check that the server is up"."""
+    from varnext_ray.cli import main
+
+    run = tracking.start_run(
+        uri, "e", run_name="trial", params={"lr": 0.1}, tags={"varnext.kind": "train"}
+    )
+    tracking.log_metrics(uri, run, {"best_extrap_psnr_motion": 1.0}, step=0)
+    tracking.end_run(uri, run)
+    with sqlite3.connect(uri[len("sqlite:///") :]) as db:
+        db.execute(UNDECODABLE[edit], (run,))
+    out = tmp_path / ("o" if command == "best" else "o.html")
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert main([command, "--experiment", "e", "--tracking-uri", uri, "--out", str(out)]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    table = "runs.name" if edit == "run name" else "params.value"
+    said = f"error: the MLflow store holds text that is not UTF-8 ({table} of run {run}: "
+    assert lines[0].startswith(said) and f"({uri}): rewrite that value as UTF-8" in lines[0]
+    assert "another process" not in lines[0] and "server" not in lines[0], lines[0]
+    assert not [r for r in mlflow_db_log if r.exc_info], mlflow_db_log
+    assert _snapshot(tmp_path) == before
+
+
+def test_mlflow_logs_a_database_error_varnext_does_not_explain(
+    uri: str, mlflow_db_log: list[logging.LogRecord]
+) -> None:
+    """Only errors varnext turns into one line are kept from MLflow's log; a bug still shows."""
+    import sqlite3 as driver
+
+    from sqlalchemy.exc import OperationalError
+
+    tracking.client(uri)  # installs the filter
+    logger = logging.getLogger("mlflow.store.db.utils")
+    undecodable = driver.OperationalError("Could not decode to UTF-8 column 'name' with text 'x'")
+    for orig in (undecodable, driver.OperationalError("database is locked"), KeyError("bug")):
+        try:
+            raise OperationalError("SELECT 1", {}, orig)
+        except OperationalError:
+            logger.exception("SQLAlchemy database error. The following exception is caught.")
+    assert [r.exc_info[1].orig for r in mlflow_db_log if r.exc_info] == [orig]
+    assert tracking.undecodable_text(OperationalError("q", {}, undecodable)) == ("name", "x")
+    assert tracking.database_failure(OperationalError("q", {}, undecodable)) is None

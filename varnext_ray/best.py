@@ -153,6 +153,14 @@ def _download_listed(artifacts: RunArtifacts, local: Path) -> None:
 
     artifacts.download(f"checkpoint/{META}", local)
     listed = read_meta(local)["files"]
+    if RUN_FILE in listed:  # best's own record would replace it, and the checkpoint break
+        raise RecordClash(
+            f"the checkpoint lists a file named {RUN_FILE} (meta.json), the name best writes "
+            "the run's details to beside the checkpoint's files",
+            f"checkpoint/{META}",
+            f"save the checkpoint again without an extra file named {RUN_FILE} and re-log it, "
+            "or pick another run (--metric)",
+        )
     stored = {Path(f.path).name: f.file_size for f in artifacts.list("checkpoint")}
     missing = sorted(set(listed) - set(stored))
     if missing:
@@ -193,6 +201,10 @@ def _fetch(
     return local
 
 
+class RecordClash(UserError):
+    """The checkpoint lists a file named :data:`RUN_FILE`: nothing is fetched or written."""
+
+
 class NoRoom(Exception):
     """The download does not fit where ``--out`` is (not a fault of the run or its store)."""
 
@@ -230,7 +242,8 @@ def download_best(
 
     Raises:
         UserError: ``out`` is not a new or empty folder that can be written (checked before
-            the search), see :func:`find_best_run`, or the download fails or does not load.
+            the search), see :func:`find_best_run`, the download fails or does not load, or
+            the checkpoint lists a file named ``run.json`` (refused, not overwritten).
     """
     from varnext_ray.frame_decode import warnings_after_success
 
@@ -269,6 +282,8 @@ def _download(artifacts: RunArtifacts, staging: Path, run: dict[str, Any], out: 
             raise
         what = f"download failed ({error_line(err)})"
         raise UserError(what, where, ARTIFACT_FIX) from None
+    except RecordClash as err:  # the checkpoint may load: it is no damage of it
+        raise UserError(err.what, where, err.fix) from None
     except UserError as err:
         file = Path(err.where).name if err.where.startswith(str(staging)) else err.where
         what = f"the run's checkpoint does not load: {file}: {err.what}"

@@ -94,6 +94,7 @@ def client(uri: str) -> Any:
 
     from varnext_ray import run_lock
 
+    _quiet_reported_store_errors()
     with run_lock.creating_store(uri):
         return MlflowClient(tracking_uri=uri)
 
@@ -127,13 +128,14 @@ def search_all_runs(
     """Every run of the experiment matching ``filter_string``, page by page, in ``order_by``."""
     token = None
     while True:
-        page = store.search_runs(
-            [experiment_id],
-            filter_string=filter_string,
-            order_by=[order_by] if order_by else None,
-            max_results=page_size,
-            page_token=token,
-        )
+        with readable_text(getattr(store, "tracking_uri", "the MLflow tracking store")):
+            page = store.search_runs(
+                [experiment_id],
+                filter_string=filter_string,
+                order_by=[order_by] if order_by else None,
+                max_results=page_size,
+                page_token=token,
+            )
         yield from page
         token = page.token
         if not token:
@@ -158,10 +160,11 @@ def active(experiment: Any, uri: str) -> Any:
 def existing_experiment(store: Any, name: str, uri: str) -> Any:
     """The experiment called ``name``; a UserError listing the experiments that exist, or
     saying that it was deleted."""
-    found = store.get_experiment_by_name(name)
-    if found is not None:
-        return active(found, uri)
-    names = sorted(e.name for e in store.search_experiments())
+    with readable_text(uri):
+        found = store.get_experiment_by_name(name)
+        if found is not None:
+            return active(found, uri)
+        names = sorted(e.name for e in store.search_experiments())
     raise UserError(
         f"no experiment named {name!r}",
         uri,
@@ -179,13 +182,10 @@ def is_store_error(err: BaseException) -> bool:
     return isinstance(err, (MlflowException, RequestException, SQLAlchemyError))
 
 
-def database_failure(err: BaseException) -> str | None:
-    """The database's own reason (e.g. "database is locked") when ``err`` is, or was raised
-    from, a SQL store's operational failure: the database locked by another writer, read-only,
-    its disk full or failing. That is the machine's state, not a bug; None for anything else."""
-    import sqlite3
-
-    from sqlalchemy.exc import OperationalError
+def _chain(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and every exception it was raised from or during (a SQLAlchemy error's
+    ``orig`` too), each once."""
+    from sqlalchemy.exc import DBAPIError
 
     stack, seen = [err], set()
     while stack:
@@ -193,12 +193,146 @@ def database_failure(err: BaseException) -> str | None:
         if id(found) in seen:
             continue
         seen.add(id(found))
+        yield found
+        if isinstance(found, DBAPIError) and isinstance(found.orig, BaseException):
+            stack.append(found.orig)
+        stack += [e for e in (found.__cause__, found.__context__) if e is not None]
+
+
+# SQLite's Python driver reading a TEXT value that is not UTF-8 (a store edited by hand)
+_UNDECODABLE = re.compile(r"Could not decode to UTF-8 column '(.*?)' with text '(.*)'", re.DOTALL)
+
+
+def undecodable_text(err: BaseException) -> tuple[str, str] | None:
+    """(column, text as read) when ``err`` is, or was raised from, SQLite finding text that is
+    not UTF-8 in the store: its content, not its state (so no :func:`database_failure`)."""
+    import sqlite3
+
+    for found in _chain(err):
+        matched = isinstance(found, sqlite3.OperationalError) and _UNDECODABLE.match(str(found))
+        if matched:
+            return matched[1], matched[2]
+    return None
+
+
+def database_failure(err: BaseException) -> str | None:
+    """The database's own reason (e.g. "database is locked") when ``err`` is, or was raised
+    from, a SQL store's operational failure: the database locked by another writer, read-only,
+    its disk full or failing. That is the machine's state, not a bug; None for anything else,
+    text in the store that is not UTF-8 included (:func:`undecodable_text`)."""
+    import sqlite3
+
+    from sqlalchemy.exc import OperationalError
+
+    if undecodable_text(err) is not None:
+        return None
+    for found in _chain(err):
         if isinstance(found, OperationalError):
-            found = found.orig or found
+            found = found.orig or found  # "database is locked", not SQLAlchemy's wrapping
         if isinstance(found, sqlite3.OperationalError | OperationalError):
             return (str(found).strip().splitlines() or [type(found).__name__])[0][:200]
-        stack += [e for e in (found.__cause__, found.__context__) if e is not None]
     return None
+
+
+# Tables of an MLflow SQLite store holding text a user can edit, with the column naming the
+# run or experiment a row belongs to (``metrics`` left out: it may hold millions of rows).
+_TEXT_TABLES = (
+    ("runs", "run_uuid", "run"),
+    ("params", "run_uuid", "run"),
+    ("tags", "run_uuid", "run"),
+    ("latest_metrics", "run_uuid", "run"),
+    ("experiments", "experiment_id", "experiment"),
+    ("experiment_tags", "experiment_id", "experiment"),
+)
+
+
+def _undecodable_row(uri: str, column: str) -> tuple[str, str, str] | None:
+    """(table, what, its id) of the first row of a SQLite store whose ``column`` is not UTF-8
+    text, read only; None for another store, or where none is found."""
+    import sqlite3
+
+    if not uri.startswith("sqlite:///"):
+        return None
+    database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            for table, key, what in _TEXT_TABLES:
+                names = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in names or key not in names:
+                    continue
+                db.text_factory = bytes
+                for owner, value in db.execute(f'SELECT "{key}", "{column}" FROM "{table}"'):
+                    if isinstance(value, bytes) and not _is_utf8(value):
+                        if isinstance(owner, bytes):
+                            owner = owner.decode("utf-8", "backslashreplace")
+                        return table, what, str(owner)
+                db.text_factory = str
+    except (sqlite3.Error, ValueError):
+        return None
+    return None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def text_error(err: BaseException, uri: str) -> UserError | None:
+    """The UserError of ``err`` when it is the store holding text that is not UTF-8
+    (:func:`undecodable_text`), naming the row where it is found; None for anything else."""
+    found = undecodable_text(err)
+    if found is None:
+        return None
+    column, text = found
+    shown = text if len(text) <= 40 else f"{text[:40]}..."
+    row = _undecodable_row(uri, column)
+    fix = "rewrite that value as UTF-8 text (it was edited outside MLflow)"
+    if row is None:
+        where = f"column {column!r}: {shown!r}"
+    else:
+        table, what, owner = row
+        where = f"{table}.{column} of {what} {owner}: {shown!r}"
+        fix += ", or delete that run from the database" if what == "run" else ""
+    return UserError(
+        f"the MLflow store holds text that is not UTF-8 ({where})",
+        uri,
+        f"{fix}, or pass another --tracking-uri",
+    )
+
+
+@contextlib.contextmanager
+def readable_text(uri: str) -> Iterator[None]:
+    """Inside, the store holding text that is not UTF-8 is a one-line UserError
+    (:func:`text_error`); any other exception passes unchanged."""
+    try:
+        yield
+    except Exception as err:
+        failed = None if isinstance(err, UserError) else text_error(err, uri)
+        if failed is None:
+            raise
+        raise failed from None
+
+
+class _ReportedStoreErrors(logging.Filter):
+    """Drops MLflow's own log (with two tracebacks) of a database error that varnext reports
+    in one line anyway: text that is not UTF-8, or the database's state (locked, read-only,
+    full). Any other error it logs stays visible."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        if err is None:
+            return True
+        return undecodable_text(err) is None and database_failure(err) is None
+
+
+def _quiet_reported_store_errors() -> None:
+    """Installs :class:`_ReportedStoreErrors` on MLflow's database logger, once."""
+    logger = logging.getLogger("mlflow.store.db.utils")
+    if not any(isinstance(f, _ReportedStoreErrors) for f in logger.filters):
+        logger.addFilter(_ReportedStoreErrors())
 
 
 @contextlib.contextmanager
@@ -210,6 +344,9 @@ def store_failures(uri: str, during: str, fix: str) -> Iterator[None]:
     except Exception as err:
         if isinstance(err, UserError) or not is_store_error(err):
             raise
+        failed = text_error(err, uri)
+        if failed is not None:
+            raise failed from None
         reason = database_failure(err) or failure_summary(err, 300)
         raise UserError(f"the MLflow store failed {during} ({reason})", uri, fix) from err
 
