@@ -376,15 +376,18 @@ def _database_failure_line(args: argparse.Namespace, err: BaseException) -> str 
     process, read-only, its disk full), which no check before the work can rule out."""
     if "sqlalchemy" not in sys.modules:  # no SQL store was opened
         return None
-    from varnext_ray.tracking import database_failure, resolve_tracking_uri
+    from varnext_ray.tracking import database_failure, resolve_tracking_uri, text_error
 
-    reason = database_failure(err)
-    if reason is None:
-        return None
     try:
         store = resolve_tracking_uri(getattr(args, "tracking_uri", None))
     except Exception:  # the line must be said whatever the URI holds
         store = "the MLflow tracking store"
+    bad_text = text_error(err, store)  # the store's content, where no command wrapped the call
+    if bad_text is not None:
+        return f"error: {bad_text}"
+    reason = database_failure(err)
+    if reason is None:
+        return None
     return (
         f"error: the MLflow database failed ({reason}) ({store}): another process may hold "
         "it (retry once it ends), or it cannot be written (pass a --tracking-uri you can write)"
