@@ -180,10 +180,13 @@ def gather(uri: str | None, experiment: str, sweep_id: str | None = None) -> Swe
             )
         )
     except MlflowException as err:
+        served = uri.startswith(("http://", "https://"))
         raise UserError(
-            f"the tracking store did not answer ({str(err).splitlines()[0][:200]})",
+            f"the tracking store {'did not answer' if served else 'failed'} "
+            f"({str(err).splitlines()[0][:200]})",
             uri,
-            "check --tracking-uri (or MLFLOW_TRACKING_URI) and that the server is up",
+            "check --tracking-uri (or MLFLOW_TRACKING_URI)"
+            + (" and that the server is up" if served else ""),
         ) from None
     parent = _pick_sweep(runs, experiment, sweep_id)
     children = [
