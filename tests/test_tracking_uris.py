@@ -441,3 +441,72 @@ def test_a_read_only_store_is_refused_before_a_command_writes(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "the MLflow database cannot be written" in err[0], err
         assert not out.exists() and not Path(str(out) + ".html").exists()
+
+
+# ---- hostile pass: %-escapes and in-memory databases in a SQLite URI -------------------------
+
+
+def test_a_percent_escaped_name_is_checked_as_the_file_mlflow_opens(
+    other_program_db: Path,
+) -> None:
+    """``%69nventory.db`` was checked as a new file of that name while MLflow opened (and wrote
+    its tables into) ``inventory.db``."""
+    before = sha256(other_program_db)
+    uri = f"sqlite:///{other_program_db.parent}/%69nventory.db"
+    for existing in (False, True):
+        with pytest.raises(UserError, match=r"not an MLflow store \(its tables: items\)"):
+            tracking.check_reachable(uri, existing=existing)
+    assert sha256(other_program_db) == before
+    assert sorted(p.name for p in other_program_db.parent.iterdir()) == ["inventory.db"]
+
+
+def test_an_escaped_slash_is_a_folder_as_mlflow_opens_it(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path}/u%2F2.db"  # MLflow opens u/2.db
+    with pytest.raises(UserError, match="folder of the MLflow database does not exist") as e:
+        tracking.check_reachable(uri)
+    assert str(tmp_path / "u") in str(e.value)
+    assert tracking_sqlite.sqlite_path(uri) == tmp_path / "u" / "2.db"
+    assert not tracking_sqlite.store_exists(uri)
+
+
+def test_best_finds_a_store_named_with_escapes(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "no MLflow database at this path" although the store was there."""
+    escaped = f"sqlite:///{store.parent}/%6D{store.name[1:]}"  # %6D is the m of mlflow.db
+    tracking.check_reachable(escaped, existing=True)
+    assert tracking_sqlite.store_exists(escaped)
+    _, err = _best(escaped, tmp_path / "o", capsys)  # the store's one run has no checkpoint
+    assert not any("no MLflow database" in line for line in err), err
+    with pytest.raises(UserError, match=r"no MLflow database at this path .*the file .*/nl"):
+        tracking.check_reachable(f"sqlite:///{store.parent}/%6El.db", existing=True)
+
+
+@pytest.mark.parametrize(
+    "uri", ["sqlite://", "sqlite:///:memory:", "sqlite:///%3Amemory%3A", "sqlite+pysqlite://"]
+)
+def test_an_in_memory_store_is_refused(
+    uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``sqlite:///:memory:`` was resolved into a file ``:memory:`` in the current folder, and
+    training exited 0; an in-memory store loses every run when the command ends."""
+    monkeypatch.chdir(tmp_path)
+    resolved = tracking.resolve_tracking_uri(uri)
+    for existing in (False, True):
+        with pytest.raises(UserError, match="to a file, not an in-memory store"):
+            tracking.check_reachable(resolved, existing=existing)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_best_refuses_an_in_memory_store_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, err = _best("sqlite:///:memory:", tmp_path / "o", capsys)
+    assert code == 2 and len(err) == 1 and "not an in-memory store" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_escaped_control_character_in_a_sqlite_path_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="control character once its %-escapes are decoded"):
+        tracking.check_reachable(f"sqlite:///{tmp_path}/a%00b.db")

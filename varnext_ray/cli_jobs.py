@@ -172,14 +172,15 @@ def _preflight(
     from varnext_ray.cluster import Resources
     from varnext_ray.manifest import load_manifest
     from varnext_ray.output_checks import check_not_inside
-    from varnext_ray.storage_checks import check_storage_writable
+    from varnext_ray.storage_checks import check_storage_writable, local_storage
     from varnext_ray.train import check_dataset, check_frame_size  # imports torch
 
     Resources(args.workers, args.gpus_per_worker, args.cpus_per_worker).check()
     check_experiment_name(args.experiment)
     check_storage_writable(args.storage)
     check_dataset(args.data, settings, args.workers, arch)
-    check_not_inside(args.storage, "--storage", args.data, "the dataset (--data)")
+    storage = local_storage(args.storage)  # a file:// storage is its folder for every check
+    check_not_inside(storage, "--storage", args.data, "the dataset (--data)")
     check_frame_size(load_manifest(args.data).size, input_shape, args.data)
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
     tracking.check_reachable(uri)

@@ -3,6 +3,7 @@
 :func:`check_storage_writable` refuses a local folder that cannot be written, or a URI whose
 scheme pyarrow does not open or whose bucket cannot be reached; :func:`check_trusted_storage`
 refuses to ``--resume`` from a local folder other users can write (resuming unpickles it).
+A ``file://`` URI is a local folder to both (:func:`local_storage`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,34 @@ from pathlib import Path
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import kind_of, os_reason
 
+# pyarrow's URI schemes of the local file system: Ray writes such a storage on this machine.
+LOCAL_SCHEMES = ("file", "local")
+
+
+def local_storage(storage: str | Path) -> str | Path:
+    """``storage`` as the local path Ray writes for it: a ``file://`` (or ``local://``) URI
+    becomes its path, %-escapes decoded as pyarrow decodes them, so that it gets every check a
+    local path gets; a local path or another URI (``s3://...``) is returned unchanged.
+
+    Raises:
+        UserError: A file URI pyarrow does not open (``file://HOST/...``, a relative one).
+    """
+    text = str(storage)
+    scheme, sep, _ = text.partition("://")
+    if not sep or scheme.lower() not in LOCAL_SCHEMES:
+        return storage
+    from varnext_ray.tracking import storage_path
+
+    return storage_path(text)[1]
+
 
 def check_storage_writable(storage: str | Path, flag: str = "--storage") -> None:
     """Refuses a local ``storage`` folder that cannot be made or written (a file on the way, a
-    read-only or immutable folder), before Ray starts; writes nothing that stays. A URI
-    (``s3://...``) is checked for a scheme pyarrow knows and a bucket, and otherwise left to
-    its filesystem (opening it may ask the network, e.g. for an S3 bucket's region)."""
+    read-only or immutable folder), before Ray starts; writes nothing that stays. A ``file://``
+    URI is checked as its local path (:func:`local_storage`). A URI (``s3://...``) is checked
+    for a scheme pyarrow knows and a bucket, and otherwise left to its filesystem (opening it
+    may ask the network, e.g. for an S3 bucket's region)."""
+    storage = local_storage(storage)
     if "://" in str(storage):
         _check_storage_uri(str(storage), flag)
         return
@@ -82,8 +105,10 @@ def check_trusted_storage(path: str) -> None:
     runs code: whoever can write that folder can run code as the user who resumes. So the
     sweep folder and every folder above it must be owned by this user or root and not be
     writable by group or others (a sticky folder such as /tmp above it is fine: others cannot
-    replace what is ours there). Remote storage (s3://...) is trusted as its access policy says.
+    replace what is ours there). A ``file://`` URI is checked as its local path
+    (:func:`local_storage`); remote storage (s3://...) is trusted as its access policy says.
     """
+    path = str(local_storage(path))
     if "://" in path:
         return
     uid = os.geteuid()

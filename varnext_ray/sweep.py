@@ -39,9 +39,10 @@ from varnext_ray.errors import (
     terminated,
     user_error_in,
 )
+from varnext_ray.output_checks import check_not_inside
 from varnext_ray.search_space import DefineByRun, SearchSpace, point_to_arch
 from varnext_ray.settings import TrainSettings
-from varnext_ray.storage_checks import check_trusted_storage
+from varnext_ray.storage_checks import check_trusted_storage, local_storage
 from varnext_ray.sweep_results import SweepOutcome, close_trial_runs, summarise
 from varnext_ray.train import build_trainer, check_dataset, timed_fit
 from varnext_ray.train_data import RunData, prepare_run_data
@@ -377,7 +378,9 @@ def check_resumable(path: str) -> None:
 
 
 def sweep_path(storage: Path | str, experiment: str, space_name: str) -> str:
-    """Where a sweep keeps Tune's state: ``<storage>/sweep-<experiment>-<space name>``."""
+    """Where a sweep keeps Tune's state: ``<storage>/sweep-<experiment>-<space name>`` (a
+    ``file://`` storage as its local folder)."""
+    storage = local_storage(storage)
     storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
     return f"{storage}/sweep-{experiment}-{space_name}"
 
@@ -411,6 +414,8 @@ def run_sweep(
     check_dataset(data, settings, options.workers_per_trial)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
+    storage = local_storage(storage)  # file:///...: a local folder, locked and checked as one
+    check_not_inside(storage, "--storage", data, "the dataset (--data)")
     storage = str(storage) if "://" in str(storage) else str(Path(storage).resolve())
     name = f"sweep-{experiment}-{space.name}"
     path = sweep_path(storage, experiment, space.name)

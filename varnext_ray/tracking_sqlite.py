@@ -5,7 +5,7 @@ The file is inspected through a read-only connection (another program's database
 file, a store of another schema version are refused); a store another process is creating or
 upgrading right now is given time to settle. :func:`check_sqlite` is called by
 :func:`~varnext_ray.tracking_uri.check_reachable`; :func:`store_exists` says whether opening a
-store creates nothing.
+store creates nothing; :func:`sqlite_path` is the file a URI names, decoded as MLflow opens it.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ def check_sqlite(
     uri: str, *, existing: bool = False, writes: bool = False, timeout_s: float = 5.0
 ) -> None:
     """A SQLite tracking URI must be absolute and name an MLflow store or a new file in a
-    folder; one a command ``writes`` to must be writable (:func:`_check_sqlite_writable`)."""
+    folder; one a command ``writes`` to must be writable (:func:`_check_sqlite_writable`).
+    The file checked is the one MLflow opens, %-escapes decoded (:func:`sqlite_path`)."""
     import stat
 
     scheme, _, rest = uri.partition(":")
@@ -35,6 +36,7 @@ def check_sqlite(
             uri,
             URI_FIX,
         )
+    path = sqlite_path(uri)
     if not rest.startswith("////"):
         raise UserError("a SQLite tracking URI needs an absolute path (four slashes)", uri, URI_FIX)
     if "?" in rest:  # ?mode=ro, ?uri=true&...: MLflow and SQLite read these differently
@@ -44,12 +46,12 @@ def check_sqlite(
             uri,
             "remove everything from the ?",
         )
-    path = Path(rest[len("///") :])
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
         if existing:  # a command that reads runs
-            raise UserError("no MLflow database at this path", uri, NO_STORE_FIX) from None
+            where = uri if uri.endswith(str(path)) else f"{uri}, the file {path}"
+            raise UserError("no MLflow database at this path", where, NO_STORE_FIX) from None
         if not path.parent.is_dir():
             raise UserError(
                 "the folder of the MLflow database does not exist",
@@ -84,6 +86,55 @@ def check_sqlite(
         _check_sqlite_writable(path)
 
 
+IN_MEMORY = ("", ":memory:")  # SQLAlchemy's in-memory databases: sqlite://, sqlite:///:memory:
+
+
+def database_file(uri: str) -> Path | None:
+    """The absolute path of the file a ``sqlite:///`` URI opens (:func:`sqlite_path`, escapes
+    decoded); None for another store, and for a URI :func:`sqlite_path` refuses (the checks
+    before the work say why)."""
+    if uri.partition(":")[0].split("+", 1)[0].lower() != "sqlite":
+        return None
+    try:
+        return Path(sqlite_path(uri)).absolute()
+    except UserError:
+        return None
+
+
+def sqlite_path(uri: str) -> Path:
+    """The file MLflow opens for the SQLite ``uri``: SQLAlchemy's database of the URI, its
+    percent escapes decoded (``%6F`` is ``o``, ``%2F`` a folder separator), so the file checked
+    is the file opened.
+
+    Raises:
+        UserError: An in-memory database (``sqlite://``, ``:memory:``): every run is lost when
+            the command ends. A file named ``:memory:`` is refused too: a relative
+            ``sqlite:///:memory:`` is resolved against the current folder into one. Also a
+            path holding a control character once decoded (``%00``).
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        database = make_url(uri).database or ""
+    except (ArgumentError, ValueError) as err:
+        raise UserError(f"the tracking URI is malformed ({err})", uri, URI_FIX) from None
+    if database in IN_MEMORY or Path(database).name == ":memory:":
+        raise UserError(
+            "a SQLite tracking URI needs an absolute path (four slashes) to a file, not an "
+            "in-memory store (:memory:, which loses every run when the command ends)",
+            uri,
+            "pass sqlite:////abs/path/mlflow.db",
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in database):
+        raise UserError(
+            "the SQLite path holds a control character once its %-escapes are decoded",
+            uri,
+            "remove the %-escape (such as %00 or %0A) from --tracking-uri",
+        )
+    return Path(database)
+
+
 def _check_sqlite_writable(path: Path) -> None:
     """SQLite writes the database file and, beside it, its journal: the file (where it exists)
     and its folder must both be writable. A read-only mount or a missing permission passed
@@ -102,10 +153,9 @@ def store_exists(uri: str) -> bool:
     """Whether the store of ``uri`` (passed by :func:`check_reachable`) exists already, so that
     opening it creates nothing: a SQLite file holding MLflow's tables; any server or other
     database."""
-    scheme, _, rest = uri.partition(":")
-    if scheme.split("+", 1)[0].lower() != "sqlite":
+    if uri.partition(":")[0].split("+", 1)[0].lower() != "sqlite":
         return True
-    path = Path(rest[len("///") :])
+    path = sqlite_path(uri)
     if not path.is_file():
         return False
     tables, _ = _sqlite_tables(path, 2.0)

@@ -415,6 +415,8 @@ def train(
     import ray.train
 
     from varnext_ray import run_lock
+    from varnext_ray.output_checks import check_not_inside
+    from varnext_ray.storage_checks import local_storage
 
     started = time.perf_counter()
     check_name(name, "--name")
@@ -422,6 +424,8 @@ def train(
     check_dataset(data, settings, resources.workers, arch)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
+    storage = local_storage(storage)  # file:///...: a local folder, locked and checked as one
+    check_not_inside(storage, "--storage", data, "the dataset (--data)")
     storage = Path(storage).resolve() if "://" not in str(storage) else storage
     # one process at a time: a second one of this run trained it anew into the same folder
     fix = "wait for it to end, or pass another --name"
