@@ -157,8 +157,10 @@ def check_out_of_store(
     artifact URI or an experiment's artifact location (``locations``; remote ones never
     hold a local path), or the folder beside a SQLite database (``uri``) that varnext's
     experiments keep their artifacts in (:func:`~varnext_ray.tracking.artifact_location`)."""
-    if uri.startswith("sqlite:///"):
-        database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
+    from varnext_ray.tracking_sqlite import database_file
+
+    database = database_file(uri)
+    if database is not None:
         locations = [str(database.parent / tracking.ARTIFACTS_DIR), *locations]
     for location in locations:
         folder = local_folder(location)

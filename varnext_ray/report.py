@@ -38,6 +38,7 @@ from varnext_ray.objectives import OBJECTIVES
 from varnext_ray.output_checks import check_output_files
 from varnext_ray.report_page import STRIPS, SweepReport, Trial, render_page
 from varnext_ray.safe_io import os_reason
+from varnext_ray.tracking_sqlite import database_file
 
 log = logging.getLogger(__name__)
 
@@ -337,7 +338,7 @@ def check_out(out: Path, uri: str, *, overwrite: bool = False) -> None:
     The page must be named ``.html`` (or ``.htm``): ``--out ds/dataset.json --overwrite`` is a
     slip, not a wish to replace a manifest with a web page.
     """
-    store = uri[len("sqlite:///") :] if uri.startswith("sqlite:///") else None
+    store = database_file(uri)
     check_output_files([out], flag="--out", overwrite=overwrite, protected=[store] if store else [])
     if out.suffix.lower() not in PAGE_SUFFIXES:
         got = f"{out.suffix!r}" if out.suffix else "no suffix"

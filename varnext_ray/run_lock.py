@@ -22,6 +22,7 @@ from pathlib import Path
 
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import os_reason
+from varnext_ray.tracking_sqlite import database_file
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def creating_store(uri: str) -> Iterator[None]:
     Raises:
         UserError: Another process held the folder for over :data:`STORE_WAIT_S`.
     """
-    path = _sqlite_path(uri)
+    path = database_file(uri)
     if path is None or uri in _OPENED:
         yield
         return
@@ -194,13 +195,3 @@ def _wait_for(fd: int, path: Path) -> None:
         except OSError as err:  # a file system without flock (some network mounts)
             log.debug("no lock on %s (%s): opening the store unlocked", path.parent, err)
             return
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The absolute database path of a ``sqlite:///`` URI; None for other stores (and for an
-    in-memory database)."""
-    scheme, _, rest = uri.partition(":")
-    if scheme.split("+", 1)[0].lower() != "sqlite" or not rest.startswith("///"):
-        return None
-    name = rest[len("///") :].split("?", 1)[0]
-    return Path(name).absolute() if name and name != ":memory:" else None

@@ -251,9 +251,11 @@ def _undecodable_row(uri: str, column: str) -> tuple[str, str, str] | None:
     text, read only; None for another store, or where none is found."""
     import sqlite3
 
-    if not uri.startswith("sqlite:///"):
+    from varnext_ray.tracking_sqlite import database_file
+
+    database = database_file(uri)
+    if database is None:
         return None
-    database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
     try:
         with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
             for table, key, what in _TEXT_TABLES:
@@ -360,9 +362,11 @@ def artifact_location(uri: str, name: str) -> str | None:
     experiment: a workdir's store would keep its checkpoints elsewhere, and two stores made
     from the same folder would share one (their experiment ids both start at 1).
     """
-    if not uri.startswith("sqlite:///"):
+    from varnext_ray.tracking_sqlite import database_file
+
+    database = database_file(uri)
+    if database is None:
         return None
-    database = Path(uri[len("sqlite:///") :].split("?", 1)[0])
     plain = re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}", name)
     return str(database.parent / ARTIFACTS_DIR / (name if plain else uuid.uuid4().hex))
 
