@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray.errors import UserError, failure_summary
-from varnext_ray.tracking_sqlite import store_exists
+from varnext_ray.tracking_sqlite import store_exists, undecodable_row
 from varnext_ray.tracking_uri import check_reachable
 
 log = logging.getLogger(__name__)
@@ -234,54 +234,6 @@ def database_failure(err: BaseException) -> str | None:
     return None
 
 
-# Tables of an MLflow SQLite store holding text a user can edit, with the column naming the
-# run or experiment a row belongs to (``metrics`` left out: it may hold millions of rows).
-_TEXT_TABLES = (
-    ("runs", "run_uuid", "run"),
-    ("params", "run_uuid", "run"),
-    ("tags", "run_uuid", "run"),
-    ("latest_metrics", "run_uuid", "run"),
-    ("experiments", "experiment_id", "experiment"),
-    ("experiment_tags", "experiment_id", "experiment"),
-)
-
-
-def _undecodable_row(uri: str, column: str) -> tuple[str, str, str] | None:
-    """(table, what, its id) of the first row of a SQLite store whose ``column`` is not UTF-8
-    text, read only; None for another store, or where none is found."""
-    import sqlite3
-
-    from varnext_ray.tracking_sqlite import database_file
-
-    database = database_file(uri)
-    if database is None:
-        return None
-    try:
-        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
-            for table, key, what in _TEXT_TABLES:
-                names = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
-                if column not in names or key not in names:
-                    continue
-                db.text_factory = bytes
-                for owner, value in db.execute(f'SELECT "{key}", "{column}" FROM "{table}"'):
-                    if isinstance(value, bytes) and not _is_utf8(value):
-                        if isinstance(owner, bytes):
-                            owner = owner.decode("utf-8", "backslashreplace")
-                        return table, what, str(owner)
-                db.text_factory = str
-    except (sqlite3.Error, ValueError):
-        return None
-    return None
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
-
-
 def text_error(err: BaseException, uri: str) -> UserError | None:
     """The UserError of ``err`` when it is the store holding text that is not UTF-8
     (:func:`undecodable_text`), naming the row where it is found; None for anything else."""
@@ -290,7 +242,7 @@ def text_error(err: BaseException, uri: str) -> UserError | None:
         return None
     column, text = found
     shown = text if len(text) <= 40 else f"{text[:40]}..."
-    row = _undecodable_row(uri, column)
+    row = undecodable_row(uri, column)
     fix = "rewrite that value as UTF-8 text (it was edited outside MLflow)"
     if row is None:
         where = f"column {column!r}: {shown!r}"

@@ -5,11 +5,13 @@ The file is inspected through a read-only connection (another program's database
 file, a store of another schema version are refused); a store another process is creating or
 upgrading right now is given time to settle. :func:`check_sqlite` is called by
 :func:`~varnext_ray.tracking_uri.check_reachable`; :func:`store_exists` says whether opening a
-store creates nothing; :func:`sqlite_path` is the file a URI names, decoded as MLflow opens it.
+store creates nothing; :func:`sqlite_path` is the file a URI names, decoded as MLflow opens it;
+:func:`undecodable_row` finds the run whose text in a store edited by hand is not UTF-8.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -312,3 +314,49 @@ def _mlflow_revisions() -> tuple[str | None, frozenset[str]]:
             )
     heads = revisions - parents
     return (next(iter(heads)) if len(heads) == 1 else None), frozenset(revisions)
+
+
+# Tables of an MLflow SQLite store holding text a user can edit, with the column naming the
+# run or experiment a row belongs to (``metrics`` left out: it may hold millions of rows).
+_TEXT_TABLES = (
+    ("runs", "run_uuid", "run"),
+    ("params", "run_uuid", "run"),
+    ("tags", "run_uuid", "run"),
+    ("latest_metrics", "run_uuid", "run"),
+    ("experiments", "experiment_id", "experiment"),
+    ("experiment_tags", "experiment_id", "experiment"),
+)
+
+
+def undecodable_row(uri: str, column: str) -> tuple[str, str, str] | None:
+    """(table, what, its id) of the first row of a SQLite store whose ``column`` is not UTF-8
+    text, read only; None for another store, or where none is found."""
+    import sqlite3
+
+    database = database_file(uri)
+    if database is None:
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            for table, key, what in _TEXT_TABLES:
+                names = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                if column not in names or key not in names:
+                    continue
+                db.text_factory = bytes
+                for owner, value in db.execute(f'SELECT "{key}", "{column}" FROM "{table}"'):
+                    if isinstance(value, bytes) and not _is_utf8(value):
+                        if isinstance(owner, bytes):
+                            owner = owner.decode("utf-8", "backslashreplace")
+                        return table, what, str(owner)
+                db.text_factory = str
+    except (sqlite3.Error, ValueError):
+        return None
+    return None
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
