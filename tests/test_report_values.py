@@ -18,7 +18,7 @@ import pytest
 
 from varnext_ray import tracking
 from varnext_ray.cli import main
-from varnext_ray.report_page import _domain, _log_ticks, _ticks, _x_axis, scatter
+from varnext_ray.report_page import SweepReport, _domain, _log_ticks, _ticks, _x_axis, scatter
 
 EXP = "report-values"
 BIG = 10**400  # a 400-digit integer
@@ -188,25 +188,30 @@ def test_domain_and_axes_place_every_finite_value() -> None:
     assert "<svg" in scatter([(math.nan, 1.0, "<b>")], x_label="x", y_label="y", scale="choices")
 
 
-def test_a_param_index_of_a_unicode_digit_is_a_name_not_a_number() -> None:
-    """``point.linear.²`` or ``point.channels_²`` (MLflow takes the name): ``"²".isdigit()`` is
-    true and ``int("²")`` refuses it, "unexpected ValueError" (exit 1)."""
-    from varnext_ray.report import _point
-    from varnext_ray.report_page import SweepReport, hyperparameters
-
-    point = _point({"point.linear.0": "8", "point.linear.²": "4", "point.linear.1": "2"})
-    assert point["linear"] == "[8, 2, 4]"
-    report = SweepReport(
+def _report_of(searched: list[str], trials: list | None = None) -> SweepReport:
+    """A sweep's report with ``searched`` hyperparameters (all choices) and ``trials``."""
+    return SweepReport(
         experiment="e",
         run_id="r",
         name="n",
         started="unknown",
         objective="extrap_psnr_motion",
         direction="max",
-        scales={"channels_²": "choices", "channels_1": "choices", "channels_0": "choices"},
-        trials=[],
+        scales=dict.fromkeys(searched, "choices"),
+        trials=trials or [],
         tracking_uri="sqlite:///x.db",
     )
+
+
+def test_a_param_index_of_a_unicode_digit_is_a_name_not_a_number() -> None:
+    """``point.linear.²`` or ``point.channels_²`` (MLflow takes the name): ``"²".isdigit()`` is
+    true and ``int("²")`` refuses it, "unexpected ValueError" (exit 1)."""
+    from varnext_ray.report import _point
+    from varnext_ray.report_page import hyperparameters
+
+    point = _point({"point.linear.0": "8", "point.linear.²": "4", "point.linear.1": "2"})
+    assert point["linear"] == "[8, 2, 4]"
+    report = _report_of(["channels_²", "channels_1", "channels_0"])
     assert hyperparameters(report) == ["channels_0", "channels_²", "channels_1"]
 
 
@@ -215,24 +220,14 @@ def test_names_with_thousands_of_digits_are_ordered_not_converted() -> None:
     ``extrap_psnr_h`` + 5,000 digits or a param ``point.linear.`` + 5,000 digits: ordering them
     with ``int()`` was "unexpected ValueError: Exceeds the limit (4300 digits)" (exit 1)."""
     from varnext_ray.report import _point
-    from varnext_ray.report_page import SweepReport, Trial, hyperparameters, render_page
+    from varnext_ray.report_page import Trial, hyperparameters, render_page
 
     huge = "9" * 5000
     point = _point({f"point.linear.{huge}": "4", "point.linear.10": "2", "point.linear.9": "8"})
     assert point["linear"] == "[8, 2, 4]"
     metrics = {f"extrap_psnr_h{huge}": 1.0, "extrap_psnr_h10": 2.0, "extrap_psnr_h2": 3.0}
     trial = Trial("r1", "trial-1", "finished", metrics, {}, 20.0, 8, 100)
-    report = SweepReport(
-        experiment="e",
-        run_id="r",
-        name="n",
-        started="unknown",
-        objective="extrap_psnr_motion",
-        direction="max",
-        scales={f"channels_{huge}": "choices", "channels_10": "choices", "channels_9": "choices"},
-        trials=[trial],
-        tracking_uri="sqlite:///x.db",
-    )
+    report = _report_of([f"channels_{huge}", "channels_10", "channels_9"], [trial])
     assert hyperparameters(report) == ["channels_9", "channels_10", f"channels_{huge}"]
     html = render_page(report)
     assert html.index("extrap_psnr_h2<") < html.index("extrap_psnr_h10<") < html.index(huge)
