@@ -48,6 +48,7 @@ def no_ray(monkeypatch: pytest.MonkeyPatch) -> None:
         ("file:///srv/ray/runs", "/srv/ray/runs"),
         ("file:///srv/a%20b/%72uns", "/srv/a b/runs"),  # decoded, as pyarrow (so Ray) opens it
         ("local:///srv/runs", "/srv/runs"),
+        ("file:/srv/runs", "/srv/runs"),  # RFC 8089's one slash: was the folder ./file:/srv/runs
         ("s3://bucket/runs", "s3://bucket/runs"),  # remote: unchanged
         ("runs/ray", "runs/ray"),
     ],
@@ -56,9 +57,10 @@ def test_a_file_uri_is_its_local_path(given: str, local: str) -> None:
     assert str(local_storage(given)) == local
 
 
-def test_a_file_uri_with_a_host_is_refused() -> None:
+@pytest.mark.parametrize("uri", ["file://otherhost/srv/runs", "file:runs", "FILE:/srv/runs"])
+def test_a_file_uri_pyarrow_does_not_open_is_refused(uri: str) -> None:
     with pytest.raises(UserError, match="cannot open the storage URI"):
-        check_storage_writable("file://otherhost/srv/runs")
+        check_storage_writable(uri)
 
 
 def test_a_file_uri_blocked_by_a_file_is_refused_as_its_path_is(tmp_path: Path) -> None:
@@ -161,7 +163,9 @@ def test_run_sweep_refuses_a_file_uri_inside_the_dataset_before_ray(
     assert _files(dataset_dir) == before and not (tmp_path / "m.db").exists()
 
 
+@pytest.mark.parametrize("form", ["file://", "file:"])
 def test_train_cli_refuses_a_file_uri_inside_the_dataset_before_ray(
+    form: str,
     tmp_path: Path,
     dataset_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -176,9 +180,10 @@ def test_train_cli_refuses_a_file_uri_inside_the_dataset_before_ray(
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # the traceback file of exit 1
     before = _files(dataset_dir)
     argv = ["train", "--config", str(SMOKE), "--data", str(dataset_dir)]
-    argv += ["--storage", f"file://{dataset_dir}/train"]
+    argv += ["--storage", f"{form}{dataset_dir}/train"]
     argv += ["--tracking-uri", f"sqlite:///{tmp_path}/m.db"]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--storage lies inside the dataset" in err[0], err
     assert _files(dataset_dir) == before
+    assert not (tmp_path / "file:").exists()  # file:/abs was the relative folder ./file:/abs

@@ -446,40 +446,46 @@ def test_a_read_only_store_is_refused_before_a_command_writes(
 # ---- hostile pass: %-escapes and in-memory databases in a SQLite URI -------------------------
 
 
-def test_a_percent_escaped_name_is_checked_as_the_file_mlflow_opens(
-    other_program_db: Path,
+@pytest.mark.parametrize("name", ["%69nventory.db", "u%2F2.db", "my%20runs/m.db", "a%00b.db"])
+def test_a_percent_escape_in_a_sqlite_path_is_refused_and_nothing_is_made(
+    name: str, other_program_db: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``%69nventory.db`` was checked as a new file of that name while MLflow opened (and wrote
-    its tables into) ``inventory.db``."""
+    its tables into) ``inventory.db``; decoded for the checks, MLflow still made the folder
+    ``my%20runs`` from the text as written (a stray folder, or exit 1 where a file had that
+    name). A %-escape is refused, for reading and for writing, before anything is made."""
+    monkeypatch.chdir(other_program_db.parent)
     before = sha256(other_program_db)
-    uri = f"sqlite:///{other_program_db.parent}/%69nventory.db"
+    uri = f"sqlite:///{other_program_db.parent}/{name}"
     for existing in (False, True):
-        with pytest.raises(UserError, match=r"not an MLflow store \(its tables: items\)"):
+        with pytest.raises(UserError, match="must not hold %-escapes"):
             tracking.check_reachable(uri, existing=existing)
+    assert tracking_sqlite.database_file(uri) is None
     assert sha256(other_program_db) == before
     assert sorted(p.name for p in other_program_db.parent.iterdir()) == ["inventory.db"]
 
 
-def test_an_escaped_slash_is_a_folder_as_mlflow_opens_it(tmp_path: Path) -> None:
-    uri = f"sqlite:///{tmp_path}/u%2F2.db"  # MLflow opens u/2.db
-    with pytest.raises(UserError, match="folder of the MLflow database does not exist") as e:
-        tracking.check_reachable(uri)
-    assert str(tmp_path / "u") in str(e.value)
-    assert tracking_sqlite.sqlite_path(uri) == tmp_path / "u" / "2.db"
-    assert not tracking_sqlite.store_exists(uri)
-
-
-def test_best_finds_a_store_named_with_escapes(
+def test_best_refuses_an_escaped_store_with_one_line(
     store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """It said "no MLflow database at this path" although the store was there."""
     escaped = f"sqlite:///{store.parent}/%6D{store.name[1:]}"  # %6D is the m of mlflow.db
-    tracking.check_reachable(escaped, existing=True)
-    assert tracking_sqlite.store_exists(escaped)
-    _, err = _best(escaped, tmp_path / "o", capsys)  # the store's one run has no checkpoint
-    assert not any("no MLflow database" in line for line in err), err
-    with pytest.raises(UserError, match=r"no MLflow database at this path .*the file .*/nl"):
-        tracking.check_reachable(f"sqlite:///{store.parent}/%6El.db", existing=True)
+    code, err = _best(escaped, tmp_path / "o", capsys)
+    assert code == 2 and len(err) == 1 and "must not hold %-escapes" in err[0], err
+
+
+@pytest.mark.parametrize("driver", ["sqlite+aiosqlite", "sqlite+pysqlcipher", "sqlite+nosuch"])
+def test_a_sqlite_driver_mlflow_does_not_use_is_refused(driver: str, tmp_path: Path) -> None:
+    """An uninstalled driver was "unexpected ModuleNotFoundError" (exit 1)."""
+    with pytest.raises(UserError, match="with Python's sqlite3 module, not the"):
+        tracking.check_reachable(f"{driver}:///{tmp_path}/m.db")
+
+
+def test_five_slashes_name_the_same_store_as_four(store: Path) -> None:
+    """``sqlite://///abs`` made a store that every later check called damaged: its path
+    ``//abs`` became the host of the read-only ``file:`` URI the check opened."""
+    five = f"sqlite:////{store}"
+    assert tracking_sqlite.sqlite_path(five) == store
+    tracking.check_reachable(five, existing=True)
 
 
 @pytest.mark.parametrize(
@@ -505,8 +511,3 @@ def test_best_refuses_an_in_memory_store_with_one_line(
     code, err = _best("sqlite:///:memory:", tmp_path / "o", capsys)
     assert code == 2 and len(err) == 1 and "not an in-memory store" in err[0], err
     assert list(tmp_path.iterdir()) == []
-
-
-def test_an_escaped_control_character_in_a_sqlite_path_is_one_line(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="control character once its %-escapes are decoded"):
-        tracking.check_reachable(f"sqlite:///{tmp_path}/a%00b.db")

@@ -9,6 +9,7 @@ A ``file://`` URI is a local folder to both (:func:`local_storage`).
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -16,25 +17,35 @@ from pathlib import Path
 from varnext_ray.errors import UserError
 from varnext_ray.safe_io import kind_of, os_reason
 
-# pyarrow's URI schemes of the local file system: Ray writes such a storage on this machine.
-LOCAL_SCHEMES = ("file", "local")
+# pyarrow's URI schemes of the local file system (any case: pyarrow refuses FILE:, and that
+# is said as such rather than taken for a folder): Ray writes such a storage on this machine.
+_LOCAL_URI = re.compile(r"(file|local):", re.IGNORECASE)
 
 
 def local_storage(storage: str | Path) -> str | Path:
-    """``storage`` as the local path Ray writes for it: a ``file://`` (or ``local://``) URI
-    becomes its path, %-escapes decoded as pyarrow decodes them, so that it gets every check a
-    local path gets; a local path or another URI (``s3://...``) is returned unchanged.
+    """``storage`` as the local path Ray writes for it: a ``file:`` (or ``local:``) URI, with
+    two slashes or one (``file:/abs``, RFC 8089's short form), becomes its path, %-escapes
+    decoded as pyarrow decodes them, so that it gets every check a local path gets (a plain
+    path check took ``file:/abs`` for the relative folder ``./file:/abs``); a local path or
+    another URI (``s3://...``) is returned unchanged.
 
     Raises:
         UserError: A file URI pyarrow does not open (``file://HOST/...``, a relative one).
     """
     text = str(storage)
-    scheme, sep, _ = text.partition("://")
-    if not sep or scheme.lower() not in LOCAL_SCHEMES:
+    if not _LOCAL_URI.match(text):
         return storage
-    from varnext_ray.tracking import storage_path
+    import pyarrow
+    import pyarrow.fs
 
-    return storage_path(text)[1]
+    try:
+        return pyarrow.fs.FileSystem.from_uri(text)[1]
+    except (pyarrow.ArrowInvalid, OSError, ValueError) as err:
+        raise UserError(
+            f"cannot open the storage URI ({str(err).splitlines()[0][:160]})",
+            text,
+            "pass a local folder, or file:///abs/path",
+        ) from None
 
 
 def check_storage_writable(storage: str | Path, flag: str = "--storage") -> None:

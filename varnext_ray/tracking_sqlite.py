@@ -5,7 +5,7 @@ The file is inspected through a read-only connection (another program's database
 file, a store of another schema version are refused); a store another process is creating or
 upgrading right now is given time to settle. :func:`check_sqlite` is called by
 :func:`~varnext_ray.tracking_uri.check_reachable`; :func:`store_exists` says whether opening a
-store creates nothing; :func:`sqlite_path` is the file a URI names, decoded as MLflow opens it;
+store creates nothing; :func:`sqlite_path` is the file a URI names, as SQLAlchemy opens it;
 :func:`undecodable_row` finds the run whose text in a store edited by hand is not UTF-8.
 """
 
@@ -28,7 +28,7 @@ def check_sqlite(
 ) -> None:
     """A SQLite tracking URI must be absolute and name an MLflow store or a new file in a
     folder; one a command ``writes`` to must be writable (:func:`_check_sqlite_writable`).
-    The file checked is the one MLflow opens, %-escapes decoded (:func:`sqlite_path`)."""
+    The file checked is the one MLflow opens (:func:`sqlite_path`)."""
     import stat
 
     scheme, _, rest = uri.partition(":")
@@ -89,12 +89,13 @@ def check_sqlite(
 
 
 IN_MEMORY = ("", ":memory:")  # SQLAlchemy's in-memory databases: sqlite://, sqlite:///:memory:
+SQLITE_DRIVERS = ("sqlite", "sqlite+pysqlite")  # what MLflow's store opens SQLite files with
 
 
 def database_file(uri: str) -> Path | None:
-    """The absolute path of the file a ``sqlite:///`` URI opens (:func:`sqlite_path`, escapes
-    decoded); None for another store, and for a URI :func:`sqlite_path` refuses (the checks
-    before the work say why)."""
+    """The absolute path of the file a ``sqlite:///`` URI opens (:func:`sqlite_path`); None for
+    another store, and for a URI :func:`sqlite_path` refuses (the checks before the work say
+    why)."""
     if uri.partition(":")[0].split("+", 1)[0].lower() != "sqlite":
         return None
     try:
@@ -104,23 +105,25 @@ def database_file(uri: str) -> Path | None:
 
 
 def sqlite_path(uri: str) -> Path:
-    """The file MLflow opens for the SQLite ``uri``: SQLAlchemy's database of the URI, its
-    percent escapes decoded (``%6F`` is ``o``, ``%2F`` a folder separator), so the file checked
-    is the file opened.
+    """The file MLflow opens for the SQLite ``uri``: SQLAlchemy's database of the URI, so the
+    file checked is the file opened.
 
     Raises:
         UserError: An in-memory database (``sqlite://``, ``:memory:``): every run is lost when
             the command ends. A file named ``:memory:`` is refused too: a relative
             ``sqlite:///:memory:`` is resolved against the current folder into one. Also a
-            path holding a control character once decoded (``%00``).
+            driver other than Python's sqlite3, %-escapes (``%6F`` decodes to ``o`` for
+            SQLAlchemy, but MLflow makes the folder from the escaped text), and a control
+            character.
     """
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
     try:
-        database = make_url(uri).database or ""
+        url = make_url(uri)
     except (ArgumentError, ValueError) as err:
         raise UserError(f"the tracking URI is malformed ({err})", uri, URI_FIX) from None
+    database = url.database or ""
     if database in IN_MEMORY or Path(database).name == ":memory:":
         raise UserError(
             "a SQLite tracking URI needs an absolute path (four slashes) to a file, not an "
@@ -128,13 +131,31 @@ def sqlite_path(uri: str) -> Path:
             uri,
             "pass sqlite:////abs/path/mlflow.db",
         )
+    if url.drivername.lower() not in SQLITE_DRIVERS:
+        raise UserError(
+            f"MLflow opens a SQLite store with Python's sqlite3 module, not the "
+            f"{url.drivername!r} driver",
+            uri,
+            "pass sqlite:////abs/path/mlflow.db",
+        )
+    if "%" in uri:  # MLflow makes the database's folder from the path as written, escapes kept
+        raise UserError(
+            "a SQLite tracking URI must not hold %-escapes: SQLAlchemy opens the decoded path "
+            "but MLflow creates its folder from the path as written (a stray folder such as "
+            "'my%20runs', or a failure where that name is taken)",
+            uri,
+            "write the path as it is, spaces and other characters included "
+            "(sqlite:////abs/my runs/mlflow.db)",
+        )
     if any(ord(c) < 32 or ord(c) == 127 for c in database):
         raise UserError(
-            "the SQLite path holds a control character once its %-escapes are decoded",
+            "the SQLite path holds a control character",
             uri,
-            "remove the %-escape (such as %00 or %0A) from --tracking-uri",
+            "pass a path without control characters",
         )
-    return Path(database)
+    # sqlite://///abs (five slashes) names //abs, which is /abs here; as //abs it would be
+    # read as a host ("file://abs/...") where the store is opened read-only to check it
+    return Path("/" + database.lstrip("/")) if database.startswith("/") else Path(database)
 
 
 def _check_sqlite_writable(path: Path) -> None:
