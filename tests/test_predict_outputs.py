@@ -134,6 +134,23 @@ def test_cli_refuses_an_out_ending_in_a_slash(
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("out", ["nx/../q.png", "a/b/../../q.png", "a/b/../q.png"])
+def test_a_path_through_a_new_folder_and_back_leaves_no_empty_folder(
+    inputs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+    out: str,
+) -> None:
+    """``nx/../q.png`` needs ``nx`` while the kernel resolves it, but the file lands beside it:
+    the folders made only for that are gone afterwards (``nx`` was left behind, empty)."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["predict", "--checkpoint", inputs["ckpt"], "--out", out, inputs["a"], inputs["b"]]
+    assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert written == (["a", "a/q.png"] if out == "a/b/../q.png" else ["q.png"])
+
+
 # ---- what predict prints: one line per path, whatever the path holds ---------------------------
 
 FORGED = "w\nerror: fake.png"

@@ -139,6 +139,8 @@ def parent_folders(
 ) -> Iterator[Path]:
     """Creates the missing parent folders of ``path`` for the block; removes them again (those
     still empty) if the block fails, so a refused or failed write leaves no empty folders.
+    After a block that succeeds, the ones it left empty go too: ``nx/../q.png`` needs ``nx``
+    to exist while the path is resolved, but the file lands beside it.
 
     Raises:
         UserError: A folder cannot be created (nothing is left behind then either).
@@ -164,11 +166,10 @@ def parent_folders(
                 ) from None
             made.append(folder)
         yield path
-    except BaseException:
+    finally:
         for folder in reversed(made):  # deepest first; one that now holds something stays
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        raise
 
 
 @contextlib.contextmanager
