@@ -214,6 +214,34 @@ def test_predict_refuses_an_animation_given_as_a_frame(
     assert "--video" in line and not (tmp_path / "p.png").exists()
 
 
+@pytest.mark.parametrize(
+    ("name", "fmt"), [("pages.tif", "TIFF"), ("anim.webp", "WEBP")], ids=["tiff", "webp"]
+)
+def test_predict_refuses_an_image_of_several_frames(
+    name: str, fmt: str, ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A multi-page TIFF or an animated WebP was read as its first frame, without a word."""
+    pictures = [Image.fromarray(_ball(i)) for i in range(3)]
+    many = tmp_path / name
+    pictures[0].save(many, format=fmt, save_all=True, append_images=pictures[1:])
+    still = tmp_path / "still.png"
+    pictures[1].save(still)
+    argv = ["predict", "--checkpoint", ckpt, "--out", tmp_path / "p.png", still, many]
+    line = _one_error(*_run(argv, capsys)[::2])
+    assert "the image holds 3 frames" in line and str(many) in line
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_a_jpeg_with_a_second_picture_is_its_first(tmp_path: Path) -> None:
+    """An MPO (a phone's JPEG with a preview appended) has two frames, but is one picture."""
+    first, second = Image.fromarray(_ball(0)), Image.fromarray(_ball(5))
+    first.save(tmp_path / "photo.jpg", format="MPO", save_all=True, append_images=[second])
+    with Image.open(tmp_path / "photo.jpg") as opened:
+        assert opened.format == "MPO" and opened.n_frames == 2
+    read = read_image(tmp_path / "photo.jpg").astype(float)
+    assert np.abs(read - np.asarray(first)).mean() < 2 < np.abs(read - np.asarray(second)).mean()
+
+
 def test_predict_video_plays_at_the_main_streams_rate(
     ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -82,6 +82,7 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
                         str(path),
                         "resize it (frames of up to 8192x8192 are read)",
                     )
+                _one_frame(image, path)
                 return to_rgb(_upright(image))
     except UserError:
         raise
@@ -115,6 +116,19 @@ def image_size(path: str | Path) -> tuple[int, int]:
         raise UserError(
             f"cannot read as an image ({short_error(err)})", str(path), _IMAGE_FIX
         ) from None
+
+
+def _one_frame(image: Image.Image, path: Path) -> None:
+    """Refuses an image file of several frames (a multi-page TIFF, an animated WebP, GIF or
+    APNG): which of them is the frame? An MPO (a phone's JPEG with a preview or a second
+    view appended) is its first picture, as every viewer shows it."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1 and image.format != "MPO":
+        raise UserError(
+            f"the image holds {frames} frames (pages or an animation), not one",
+            str(path),
+            "save each frame as a file of its own (PNG), or pass an animation as a video",
+        )
 
 
 def is_animated(path: Path) -> bool:

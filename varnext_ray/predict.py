@@ -54,15 +54,15 @@ _CHUNK = 32  # video frames encoded per batch
 def load_frame(path: str | Path) -> np.ndarray:
     """An image file as (H, W, 3) uint8 RGB, read as ingest reads frames (16-bit and palette
     images converted, never a FIFO opened, pixel limit checked); a UserError if unreadable,
-    or if it is an animation (a GIF or APNG of several frames: which one is frame t?)."""
-    frame = read_image(path)
-    if is_animated(Path(path)):
+    or if it is an animation (a GIF or APNG of several frames: which one is frame t?), or of
+    several frames of another kind (a multi-page TIFF: :func:`read_image` refuses it)."""
+    if is_animated(Path(path)):  # reads the header only, of a regular file only
         raise UserError(
             "the image is an animation of several frames, not one frame",
             str(path),
             "pass two still images, or the animation as --video to predict each of its triplets",
         )
-    return frame
+    return read_image(path)
 
 
 def _model_size(ckpt: Checkpoint) -> tuple[int, int]:
