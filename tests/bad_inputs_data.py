@@ -546,6 +546,11 @@ MANIFEST_KEYS: dict[str, Raw] = {
         "channels: must be 3 (got 4)",
         dataset(manifest_set(4, "channels")),
     ),
+    "manifest-channels-float": (  # Literal[3] compares with ==: 3.0 passed
+        INFO,
+        "channels: must be an integer (got 3.0)",
+        dataset(manifest_set(3.0, "channels")),
+    ),
     "manifest-every-0": (INFO, "every: must be >= 1 (got 0)", dataset(manifest_set(0, "every"))),
     "manifest-clip-source-missing": (
         INFO,

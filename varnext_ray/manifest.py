@@ -13,7 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from varnext_ray.config_errors import problems_from_validation
@@ -76,6 +83,14 @@ class _ManifestSchema(_Loose):
     skipped: list[dict[str, Any]]
     split: _SplitRecord
     bytes: _COUNT | None = None
+
+    @field_validator("channels", mode="before")
+    @classmethod
+    def _an_integer(cls, value: Any) -> Any:
+        """``Literal[3]`` compares by ``==``, so it took ``3.0`` even in strict mode."""
+        if value is not None and type(value) is not int:
+            raise PydanticCustomError("int_type", "must be an integer")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> _ManifestSchema:
