@@ -332,13 +332,13 @@ def test_a_sweep_whose_tune_state_is_cut_short_is_refused(tmp_path: Path, damage
 def test_a_resume_with_other_options_names_each_difference(tmp_path: Path) -> None:
     """The record beside Tune's state is compared field by field: a flag by its name, a setting
     without a flag (a default of another varnext version) as a setting, the space by its digest."""
-    from varnext_ray import tracking
+    from varnext_ray import run_records
     from varnext_ray.errors import UserError
     from varnext_ray.sweep import SWEEP_FILE, check_resume_matches, started_with
 
     space, base = load_space(REPO / "search_spaces" / "smoke.json")
     first = started_with(space, base, SweepOptions(samples=3), tmp_path / "ds", "sqlite:///a.db")
-    tracking.write_record(tmp_path, {"run_id": "r1", **first}, SWEEP_FILE)
+    run_records.write_record(tmp_path, {"run_id": "r1", **first}, SWEEP_FILE)
     check_resume_matches(str(tmp_path), first)  # the same command: taken
     edited = dict(base, latent_dim=base["latent_dim"] + 1)
     train = replace(SweepOptions(samples=3).settings(space), torch_threads=2)

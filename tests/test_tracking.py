@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from varnext_ray import tracking
+from varnext_ray import run_records, tracking, tracking_errors
 from varnext_ray.errors import UserError
 
 
@@ -68,7 +68,7 @@ def test_the_same_directory_continues_the_same_run(uri: str, tmp_path: Path) -> 
     first = tracking.run_for_directory(uri, "exp", run_dir, "train-1", {"p": 1})
     tracking.end_run(uri, first, "KILLED")
     again = tracking.run_for_directory(uri, "exp", run_dir, "train-1", {"p": 1})
-    assert again == first and tracking.read_record(run_dir) == first
+    assert again == first and run_records.read_record(run_dir) == first
     assert tracking.client(uri).get_run(first).info.status == "RUNNING"
     other = tmp_path / "elsewhere.db"
     moved = tracking.run_for_directory(f"sqlite:///{other}", "exp", run_dir, "train-1", {})
@@ -129,11 +129,11 @@ def test_a_new_or_existing_sqlite_store_is_accepted(uri: str) -> None:
     "text", ["not json", '{"run": 1}', '{"run_id": 5}', '{"run_id": "../x"}', "[" * 100_000]
 )
 def test_a_damaged_run_record_is_a_user_error(tmp_path: Path, text: str) -> None:
-    (tmp_path / tracking.RUN_FILE).write_text(text)
+    (tmp_path / run_records.RUN_FILE).write_text(text)
     with pytest.raises(UserError, match="the run record is damaged"):
-        tracking.read_record(tmp_path)
-    tracking.write_record(tmp_path, {"run_id": "0123abcd", "tracking_uri": "sqlite:////x.db"})
-    assert tracking.read_record(tmp_path) == "0123abcd"
+        run_records.read_record(tmp_path)
+    run_records.write_record(tmp_path, {"run_id": "0123abcd", "tracking_uri": "sqlite:////x.db"})
+    assert run_records.read_record(tmp_path) == "0123abcd"
 
 
 def test_a_sqlite_stores_artifacts_live_beside_its_database(
@@ -376,5 +376,5 @@ def test_mlflow_logs_a_database_error_varnext_does_not_explain(
         except OperationalError:
             logger.exception("SQLAlchemy database error. The following exception is caught.")
     assert [r.exc_info[1].orig for r in mlflow_db_log if r.exc_info] == [orig]
-    assert tracking.undecodable_text(OperationalError("q", {}, undecodable)) == ("name", "x")
-    assert tracking.database_failure(OperationalError("q", {}, undecodable)) is None
+    assert tracking_errors.undecodable_text(OperationalError("q", {}, undecodable)) == ("name", "x")
+    assert tracking_errors.database_failure(OperationalError("q", {}, undecodable)) is None

@@ -10,7 +10,7 @@ import pytest
 from ray.tune.experiment import Trial
 
 from tests.conftest import REPO
-from varnext_ray import tracking
+from varnext_ray import run_records, tracking
 from varnext_ray.search_space import load_space
 from varnext_ray.trial_runs import OUTCOME_FILE, TrialRuns, trial_name, write_outcome
 
@@ -36,7 +36,7 @@ def _trial(trial_id: str, **point: object) -> Trial:
 
 def _run(callback: TrialRuns, trial: Trial) -> mlflow.entities.Run:
     run_dir = f"{callback.trials}/{trial_name(trial.trial_id)}"
-    return tracking.client(callback.uri).get_run(tracking.read_record(run_dir))
+    return tracking.client(callback.uri).get_run(run_records.read_record(run_dir))
 
 
 def test_a_started_trial_has_its_child_run_before_it_runs(callback: TrialRuns) -> None:

@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from varnext_ray import objectives, tracking
+from varnext_ray import objectives, tracking, tracking_errors
 from varnext_ray.artifacts import (
     ARTIFACT_FIX,
     ArtifactStoreError,
@@ -294,7 +294,7 @@ def _where(run: dict[str, Any]) -> list[str | None]:
     """The artifact location of the experiment of ``run`` (a result of :func:`find_best_run`)."""
     fix = "check --tracking-uri (or MLFLOW_TRACKING_URI) and that the store is up"
     uri = run["tracking_uri"]
-    with tracking.store_failures(uri, "while looking up the experiment", fix):
+    with tracking_errors.store_failures(uri, "while looking up the experiment", fix):
         found = tracking.client(uri).get_experiment_by_name(run["experiment"])
     return [found.artifact_location if found is not None else None]
 

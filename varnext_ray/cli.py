@@ -376,7 +376,8 @@ def _database_failure_line(args: argparse.Namespace, err: BaseException) -> str 
     process, read-only, its disk full), which no check before the work can rule out."""
     if "sqlalchemy" not in sys.modules:  # no SQL store was opened
         return None
-    from varnext_ray.tracking import database_failure, resolve_tracking_uri, text_error
+    from varnext_ray.tracking import resolve_tracking_uri
+    from varnext_ray.tracking_errors import database_failure, text_error
 
     try:
         store = resolve_tracking_uri(getattr(args, "tracking_uri", None))

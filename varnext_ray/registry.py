@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from varnext_ray import tracking
+from varnext_ray import tracking, tracking_errors
 from varnext_ray.artifacts import ARTIFACT_FIX, RunArtifacts, bounded_retries, error_line
 from varnext_ray.errors import UserError, shorten
 from varnext_ray.objectives import DEFAULT_OBJECTIVE
@@ -255,7 +255,7 @@ def register_run(
     check_model_name(name, "name")
     uri, client = tracking.open_store(uri)
     with tempfile.TemporaryDirectory(prefix="varnext-register-") as tmp:
-        with tracking.store_failures(uri, f"while reading run {run_id}", NO_RUN_FIX):
+        with tracking_errors.store_failures(uri, f"while reading run {run_id}", NO_RUN_FIX):
             run = client.get_run(run_id)
         local = RunArtifacts.of(client, run).download("checkpoint", tmp)
         return register_checkpoint(uri, run_id, local, name, metric=metric)

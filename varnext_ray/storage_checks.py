@@ -98,7 +98,7 @@ def _check_storage_uri(uri: str, flag: str) -> None:
         raise UserError(f"unknown storage URI scheme {scheme!r} in {uri}", flag, fix)
     if STORAGE_SCHEMES[scheme] and not parts.netloc:
         raise UserError(f"the storage URI {uri} names no bucket or host", flag, fix)
-    from varnext_ray.tracking import storage_path
+    from varnext_ray.run_records import storage_path
 
     fs, path = storage_path(uri)
     try:  # one call: credentials, network and bucket, before Ray (GCS's retries are bounded)

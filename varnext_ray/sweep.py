@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from varnext_ray import console, tracking
+from varnext_ray import console, run_records, tracking, tracking_errors
 from varnext_ray.arch import parse_arch
 from varnext_ray.cluster import Resources, cluster_cpus, stop_ray_work
 from varnext_ray.errors import (
@@ -156,7 +156,7 @@ def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
     name = trial_name(trial_id)
     trials = trials_dir(sweep.storage, sweep.name)
     run_dir = f"{trials}/{name}"
-    run_id = tracking.read_record(run_dir)  # opened by the driver's TrialRuns callback
+    run_id = run_records.read_record(run_dir)  # opened by the driver's TrialRuns callback
     if run_id is None:  # a sweep begun by a varnext whose trials opened their own runs
         raise UserError(
             "no MLflow run was opened for this trial by the sweep's driver",
@@ -202,14 +202,14 @@ def _parent_run(
 ) -> str:
     """The sweep's MLflow parent run: the recorded one on --resume, else a new one, recorded
     beside Tune's state with what the sweep was started with (:func:`check_resume_matches`)."""
-    run_id = tracking.read_record(sweep_dir, SWEEP_FILE) if resume else None
+    run_id = run_records.read_record(sweep_dir, SWEEP_FILE) if resume else None
     if run_id:
         tracking.client(uri).update_run(run_id, status="RUNNING")
         return run_id
     run_id = tracking.start_run(
         uri, experiment, run_name=name, params=params, tags={"varnext.kind": "sweep"}
     )
-    tracking.write_record(sweep_dir, {"run_id": run_id, **started_with}, SWEEP_FILE)
+    run_records.write_record(sweep_dir, {"run_id": run_id, **started_with}, SWEEP_FILE)
     return run_id
 
 
@@ -234,7 +234,7 @@ def check_resume_matches(path: str, now: dict[str, Any]) -> None:
     """Refuses ``--resume`` with a tracking URI, dataset, search space or sweep option other
     than the sweep's first command (:func:`started_with`); a sweep recorded by an older
     varnext (no such record) is not checked."""
-    record = tracking.read_json_record(path, SWEEP_FILE) or {}
+    record = run_records.read_json_record(path, SWEEP_FILE) or {}
     if "options" not in record:
         return
     changed = [
@@ -471,7 +471,7 @@ def run_sweep(
         ended = results.num_terminated + results.num_errors
         if len(results) < options.samples or ended < len(results):
             _interrupted(uri, experiment, parent)  # stopped (SIGUSR1) with trials left to run
-        with tracking.store_failures(uri, "as the sweep ended", STORE_FIX):
+        with tracking_errors.store_failures(uri, "as the sweep ended", STORE_FIX):
             rows = summarise(results, space, base)
             errors = {r["trial_id"]: r["error"] for r in rows}
             close_trial_runs(uri, experiment, parent, errors, settings.epochs)
@@ -529,5 +529,5 @@ def _exists(path: str) -> bool:
     """Whether a sweep directory exists (a local path or a storage URI)."""
     import pyarrow.fs
 
-    fs, inner = tracking.storage_path(path)
+    fs, inner = run_records.storage_path(path)
     return fs.get_file_info(inner).type != pyarrow.fs.FileType.NotFound

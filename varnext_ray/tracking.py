@@ -13,9 +13,6 @@ Artifacts of a SQLite store's experiments live beside its database, in ``mlartif
 
 from __future__ import annotations
 
-import contextlib
-import datetime
-import json
 import logging
 import math
 import os
@@ -28,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from varnext_ray.errors import UserError, failure_summary
-from varnext_ray.tracking_sqlite import store_exists, undecodable_row
+from varnext_ray.run_records import read_record, write_record
+from varnext_ray.tracking_errors import quiet_reported_store_errors, readable_text, store_failures
+from varnext_ray.tracking_sqlite import store_exists
 from varnext_ray.tracking_uri import check_reachable
 
 log = logging.getLogger(__name__)
 
-RECORD_LIMIT = 64 * 1024  # a run record holds two short strings
 ARTIFACTS_DIR = "mlartifacts"  # beside a SQLite store: its experiments' artifacts
-RUN_FILE = "varnext_run.json"  # in a run's Ray storage directory: the MLflow run to continue
 
 
 @dataclass(frozen=True)
@@ -94,7 +91,7 @@ def client(uri: str) -> Any:
 
     from varnext_ray import run_lock
 
-    _quiet_reported_store_errors()
+    quiet_reported_store_errors()
     with run_lock.creating_store(uri):
         return MlflowClient(tracking_uri=uri)
 
@@ -170,139 +167,6 @@ def existing_experiment(store: Any, name: str, uri: str) -> Any:
         uri,
         f"pass --experiment with one of: {', '.join(names) or '(none: nothing was logged yet)'}",
     )
-
-
-def is_store_error(err: BaseException) -> bool:
-    """Whether ``err`` is the tracking store failing: an MLflow error (a server that stopped
-    answering, after MLflow's own retries), or its HTTP or database layer's."""
-    from mlflow.exceptions import MlflowException
-    from requests import RequestException
-    from sqlalchemy.exc import SQLAlchemyError
-
-    return isinstance(err, (MlflowException, RequestException, SQLAlchemyError))
-
-
-def _chain(err: BaseException) -> Iterator[BaseException]:
-    """``err`` and every exception it was raised from or during (a SQLAlchemy error's
-    ``orig`` too), each once."""
-    from sqlalchemy.exc import DBAPIError
-
-    stack, seen = [err], set()
-    while stack:
-        found = stack.pop()
-        if id(found) in seen:
-            continue
-        seen.add(id(found))
-        yield found
-        if isinstance(found, DBAPIError) and isinstance(found.orig, BaseException):
-            stack.append(found.orig)
-        stack += [e for e in (found.__cause__, found.__context__) if e is not None]
-
-
-# SQLite's Python driver reading a TEXT value that is not UTF-8 (a store edited by hand)
-_UNDECODABLE = re.compile(r"Could not decode to UTF-8 column '(.*?)' with text '(.*)'", re.DOTALL)
-
-
-def undecodable_text(err: BaseException) -> tuple[str, str] | None:
-    """(column, text as read) when ``err`` is, or was raised from, SQLite finding text that is
-    not UTF-8 in the store: its content, not its state (so no :func:`database_failure`)."""
-    import sqlite3
-
-    for found in _chain(err):
-        matched = isinstance(found, sqlite3.OperationalError) and _UNDECODABLE.match(str(found))
-        if matched:
-            return matched[1], matched[2]
-    return None
-
-
-def database_failure(err: BaseException) -> str | None:
-    """The database's own reason (e.g. "database is locked") when ``err`` is, or was raised
-    from, a SQL store's operational failure: the database locked by another writer, read-only,
-    its disk full or failing. That is the machine's state, not a bug; None for anything else,
-    text in the store that is not UTF-8 included (:func:`undecodable_text`)."""
-    import sqlite3
-
-    from sqlalchemy.exc import OperationalError
-
-    if undecodable_text(err) is not None:
-        return None
-    for found in _chain(err):
-        if isinstance(found, OperationalError):
-            found = found.orig or found  # "database is locked", not SQLAlchemy's wrapping
-        if isinstance(found, sqlite3.OperationalError | OperationalError):
-            return (str(found).strip().splitlines() or [type(found).__name__])[0][:200]
-    return None
-
-
-def text_error(err: BaseException, uri: str) -> UserError | None:
-    """The UserError of ``err`` when it is the store holding text that is not UTF-8
-    (:func:`undecodable_text`), naming the row where it is found; None for anything else."""
-    found = undecodable_text(err)
-    if found is None:
-        return None
-    column, text = found
-    shown = text if len(text) <= 40 else f"{text[:40]}..."
-    row = undecodable_row(uri, column)
-    fix = "rewrite that value as UTF-8 text (it was edited outside MLflow)"
-    if row is None:
-        where = f"column {column!r}: {shown!r}"
-    else:
-        table, what, owner = row
-        where = f"{table}.{column} of {what} {owner}: {shown!r}"
-        fix += ", or delete that run from the database" if what == "run" else ""
-    return UserError(
-        f"the MLflow store holds text that is not UTF-8 ({where})",
-        uri,
-        f"{fix}, or pass another --tracking-uri",
-    )
-
-
-@contextlib.contextmanager
-def readable_text(uri: str) -> Iterator[None]:
-    """Inside, the store holding text that is not UTF-8 is a one-line UserError
-    (:func:`text_error`); any other exception passes unchanged."""
-    try:
-        yield
-    except Exception as err:
-        failed = None if isinstance(err, UserError) else text_error(err, uri)
-        if failed is None:
-            raise
-        raise failed from None
-
-
-class _ReportedStoreErrors(logging.Filter):
-    """Drops MLflow's own log (with two tracebacks) of a database error that varnext reports
-    in one line anyway: text that is not UTF-8, or the database's state (locked, read-only,
-    full). Any other error it logs stays visible."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        err = record.exc_info[1] if record.exc_info else None
-        if err is None:
-            return True
-        return undecodable_text(err) is None and database_failure(err) is None
-
-
-def _quiet_reported_store_errors() -> None:
-    """Installs :class:`_ReportedStoreErrors` on MLflow's database logger, once."""
-    logger = logging.getLogger("mlflow.store.db.utils")
-    if not any(isinstance(f, _ReportedStoreErrors) for f in logger.filters):
-        logger.addFilter(_ReportedStoreErrors())
-
-
-@contextlib.contextmanager
-def store_failures(uri: str, during: str, fix: str) -> Iterator[None]:
-    """Inside, the store failing (:func:`is_store_error`) is a one-line UserError naming
-    ``during`` what, the store, and ``fix``; any other exception passes unchanged."""
-    try:
-        yield
-    except Exception as err:
-        if isinstance(err, UserError) or not is_store_error(err):
-            raise
-        failed = text_error(err, uri)
-        if failed is not None:
-            raise failed from None
-        reason = database_failure(err) or failure_summary(err, 300)
-        raise UserError(f"the MLflow store failed {during} ({reason})", uri, fix) from err
 
 
 def artifact_location(uri: str, name: str) -> str | None:
@@ -497,76 +361,3 @@ def run_for_directory(
     run_id = start_run(uri, experiment, run_name=name, params=params, tags=tags)
     write_record(run_dir, {"run_id": run_id, "tracking_uri": uri})
     return run_id
-
-
-# How long a GCS call is retried before it fails: pyarrow's default retries for 15 minutes in
-# native code, deaf to SIGTERM (no credentials and no network: `train --storage gs://...` hung).
-STORAGE_RETRY = datetime.timedelta(seconds=10)
-
-
-def storage_path(run_dir: str | Path) -> tuple[Any, str]:
-    """(pyarrow file system, path in it) for a local path or a storage URI (a GCS one retries
-    for :data:`STORAGE_RETRY` at most)."""
-    import pyarrow.fs
-
-    text = str(run_dir)
-    if "://" in text:
-        try:
-            fs, path = pyarrow.fs.FileSystem.from_uri(text)
-            if isinstance(fs, pyarrow.fs.GcsFileSystem) and "?" not in text:
-                fs = pyarrow.fs.GcsFileSystem(retry_time_limit=STORAGE_RETRY)
-            return fs, path
-        except (pyarrow.ArrowInvalid, OSError, ValueError) as err:  # no such scheme, no JVM
-            raise UserError(
-                f"cannot open the storage URI ({str(err).splitlines()[0][:160]})",
-                text,
-                "pass a local folder, or a URI pyarrow opens (s3://BUCKET/path, gs://BUCKET/path)",
-            ) from None
-    return pyarrow.fs.LocalFileSystem(), str(Path(text).resolve())
-
-
-def read_record(run_dir: str | Path, name: str = RUN_FILE) -> str | None:
-    """The run id recorded in ``run_dir/name`` (local path or storage URI), or None."""
-    record = read_json_record(run_dir, name)
-    if record is None:
-        return None
-    run_id = record.get("run_id")
-    if not isinstance(run_id, str) or not run_id.isalnum():
-        raise UserError(
-            f"the run record is damaged (run_id {str(run_id)[:40]!r} is not an MLflow run id)",
-            f"{run_dir}/{name}",
-            "delete it to start a new MLflow run, or restore it from a backup",
-        )
-    return run_id
-
-
-def read_json_record(run_dir: str | Path, name: str) -> dict[str, Any] | None:
-    """The JSON object in ``run_dir/name`` (local path or storage URI), or None if absent."""
-    import pyarrow.fs
-
-    fs, path = storage_path(run_dir)
-    if fs.get_file_info(f"{path}/{name}").type != pyarrow.fs.FileType.File:
-        return None
-    with fs.open_input_stream(f"{path}/{name}") as stream:
-        data = stream.read(RECORD_LIMIT + 1)
-    try:
-        if len(data) > RECORD_LIMIT:
-            raise ValueError(f"over {RECORD_LIMIT} bytes")
-        record = json.loads(data.decode("utf-8"))
-        if not isinstance(record, dict):
-            raise ValueError("not a JSON object")
-    except (ValueError, RecursionError) as err:
-        raise UserError(
-            f"the run record is damaged ({str(err)[:100]})",
-            f"{path}/{name}",
-            "delete it to start a new MLflow run, or restore it from a backup",
-        ) from None
-    return record
-
-
-def write_record(run_dir: str | Path, record: dict[str, Any], name: str = RUN_FILE) -> None:
-    """Writes ``record`` as JSON to ``run_dir/name`` (local path or storage URI)."""
-    fs, path = storage_path(run_dir)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/{name}") as stream:
-        stream.write((json.dumps(record) + "\n").encode())

@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from varnext_ray import console, mlflow_extras, tracking
+from varnext_ray import console, mlflow_extras, run_records, tracking, tracking_errors
 from varnext_ray.arch import ArchConfig
 from varnext_ray.arch_shapes import batch_norm_on_one_value
 from varnext_ray.cluster import Resources, check_resources, cluster_cpus, stop_ray_work
@@ -147,7 +147,7 @@ def check_same_arch(storage: Path | str, name: str, arch: ArchConfig) -> None:
     its checkpoints' ``arch.json``. A new run (no such directory) passes.
     """
     directory = run_dir(storage, name)
-    record = tracking.read_json_record(directory, ARCH_FILE)
+    record = run_records.read_json_record(directory, ARCH_FILE)
     if record is not None:
         same = record.get("sha256") == arch_digest(arch)
     else:
@@ -231,9 +231,9 @@ def check_same_experiment(
             belongs to another experiment.
     """
     directory = run_dir(storage, name)
-    record = tracking.read_json_record(directory, tracking.RUN_FILE)
+    record = run_records.read_json_record(directory, run_records.RUN_FILE)
     if record is not None and record.get("tracking_uri") == tracking_uri:
-        run_id = tracking.read_record(directory)
+        run_id = run_records.read_record(directory)
         theirs = tracking.experiment_of_run(tracking_uri, run_id) if run_id else None
         if theirs is not None and theirs != experiment:
             raise UserError(
@@ -269,7 +269,7 @@ def _subdirs(directory: str) -> list[str]:
     cannot be read."""
     import pyarrow.fs
 
-    fs, path = tracking.storage_path(directory)
+    fs, path = run_records.storage_path(directory)
     try:
         entries = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
     except OSError:
@@ -289,7 +289,7 @@ def _checkpoint_archs(directory: str) -> list[dict[str, Any]]:
     for base_name in _subdirs(directory):
         try:
             where = f"{directory}/{base_name}"  # keeps a storage URI's scheme
-            stored = tracking.read_json_record(where, "arch.json")
+            stored = run_records.read_json_record(where, "arch.json")
             if stored is not None:
                 archs.append(parse_arch(stored, where, **_NO_BOUNDS).to_dict())
         except (UserError, OSError):
@@ -445,7 +445,7 @@ def train(
             uri, experiment, f"{storage}/{name}", name, params, tags={"varnext.kind": "train"}
         )
         try:
-            tracking.write_record(f"{storage}/{name}", {"sha256": arch_digest(arch)}, ARCH_FILE)
+            run_records.write_record(f"{storage}/{name}", {"sha256": arch_digest(arch)}, ARCH_FILE)
             tracking.log_dict(uri, run_id, arch.to_dict(), "arch/arch.json")
             mlflow_extras.log_dataset_inputs(uri, run_id, data)
             trainer = build_trainer(
@@ -460,7 +460,7 @@ def train(
             result, overhead = timed_fit(trainer, started)
         except ray.train.TrainingFailedError as err:
             reason = failure_summary(err)
-            with tracking.store_failures(uri, "as the run ended", STORE_FIX):
+            with tracking_errors.store_failures(uri, "as the run ended", STORE_FIX):
                 tracking.end_run(uri, run_id, "FAILED", reason)
             raise TrainingFailed(reason, run_id) from None
         except (KeyboardInterrupt, SystemExit):
@@ -476,7 +476,7 @@ def train(
             with contextlib.suppress(Exception):
                 tracking.end_run(uri, run_id, "FAILED", failure_summary(err))
             raise
-        with tracking.store_failures(uri, "as the run ended", STORE_FIX):
+        with tracking_errors.store_failures(uri, "as the run ended", STORE_FIX):
             tracking.log_metrics(uri, run_id, overhead, step=0)
             best = best_checkpoint(result, settings.objective, settings.mode)
             tracking.end_run(uri, run_id, "FINISHED")

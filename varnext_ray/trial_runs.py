@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow.fs
 from ray.tune import Callback
 
-from varnext_ray import mlflow_extras, tracking
+from varnext_ray import mlflow_extras, run_records, tracking, tracking_errors
 from varnext_ray.arch import count_params, parse_arch
 from varnext_ray.errors import UserError
 from varnext_ray.search_space import point_to_arch
@@ -53,7 +53,7 @@ def write_outcome(
     """Called by the trial as it ends: ``FINISHED`` with its overhead metrics, or ``FAILED``
     with the reason."""
     record = {"status": status, "reason": reason, "overhead": overhead or {}}
-    tracking.write_record(run_dir, record, OUTCOME_FILE)
+    run_records.write_record(run_dir, record, OUTCOME_FILE)
 
 
 class TrialRuns(Callback):
@@ -90,22 +90,28 @@ class TrialRuns(Callback):
         return f"{self.trials}/{trial_name(trial.trial_id)}"
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        with tracking.store_failures(self.uri, f"as trial {trial.trial_id} started", STORE_FIX):
+        with tracking_errors.store_failures(
+            self.uri, f"as trial {trial.trial_id} started", STORE_FIX
+        ):
             self._open(trial)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        with tracking.store_failures(self.uri, f"as trial {trial.trial_id} ended", STORE_FIX):
+        with tracking_errors.store_failures(
+            self.uri, f"as trial {trial.trial_id} ended", STORE_FIX
+        ):
             self._close(trial)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        with tracking.store_failures(self.uri, f"as trial {trial.trial_id} ended", STORE_FIX):
+        with tracking_errors.store_failures(
+            self.uri, f"as trial {trial.trial_id} ended", STORE_FIX
+        ):
             self._close(trial)
 
     def _open(self, trial: Any) -> None:
         """The trial's run (a restored trial continues its own), with its point, architecture
         and dataset; an outcome left by an earlier attempt is removed."""
         run_dir = self._run_dir(trial)
-        fs, path = tracking.storage_path(run_dir)
+        fs, path = run_records.storage_path(run_dir)
         if fs.get_file_info(f"{path}/{OUTCOME_FILE}").type == pyarrow.fs.FileType.File:
             fs.delete_file(f"{path}/{OUTCOME_FILE}")
         point = dict(trial.config)
@@ -134,8 +140,8 @@ class TrialRuns(Callback):
         """Logs the outcome the trial wrote and ends its run; without one, leaves the run to
         the sweep's end."""
         run_dir = self._run_dir(trial)
-        outcome = tracking.read_json_record(run_dir, OUTCOME_FILE)
-        run_id = tracking.read_record(run_dir)
+        outcome = run_records.read_json_record(run_dir, OUTCOME_FILE)
+        run_id = run_records.read_record(run_dir)
         if outcome is None or run_id is None:
             return
         if outcome.get("overhead"):
