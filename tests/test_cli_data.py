@@ -110,6 +110,17 @@ def test_a_held_out_share_no_frame_went_to_is_said(tmp_path: Path, capsys, caplo
     assert code == 0 and "no frame went to" not in caplog.text  # none was asked for
 
 
+def test_with_no_guard_the_warning_does_not_ask_to_lower_it(tmp_path: Path, capsys, caplog) -> None:
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 18), (i * 20, 0, 0)).save(frames / f"frame_{i:03d}.png")
+    argv = ["ingest", str(frames), "--out", str(tmp_path / "ds"), "--size", "32x18"]
+    code, _, _ = _run([*argv, "--guard", "0"], capsys)
+    assert code == 0 and "no frame went to val (--val 0.1)" in caplog.text
+    assert "--guard" not in caplog.text and "ingest longer footage" in caplog.text
+
+
 CLIP = str(REAL_CLIP)
 BAD_INPUTS = {  # case: (argv, with {t} for the test's folder; the message it must produce)
     "missing path": (["ingest", "{t}/nope.mp4"], "no such file or directory"),

@@ -520,14 +520,16 @@ def _warn_empty_splits(plan: list[list[tuple[str, int, int]]], shares: SplitShar
     got = {split for pieces in plan for split, _, _ in pieces}
     for split, share in (("val", shares.val), ("test", shares.test)):
         if share > 0 and split not in got:
+            guard = f"with --guard {shares.guard} frames between them" if shares.guard else ""
+            fix = "lower --guard or ingest" if shares.guard else "ingest"
             log.warning(
-                "no frame went to %s (--%s %g): every clip is too short for its time blocks "
-                "with --guard %d frames between them, so all its frames train; lower --guard "
-                "or ingest longer footage",
+                "no frame went to %s (--%s %g): every clip is too short for its time blocks%s, "
+                "so all its frames train; %s longer footage",
                 split,
                 split,
                 share,
-                shares.guard,
+                f" {guard}" if guard else "",
+                fix,
             )
 
 
