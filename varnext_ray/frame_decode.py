@@ -99,13 +99,16 @@ def decode_source(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.nd
 
 
 def _decode_images(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.ndarray] | None]:
+    """A folder's frames numbered by their place in it, GAP after a place left empty: an
+    animated image (a video of its own), a frame read already or unreadable (``holes``, in
+    ``ignored``) or undecodable, so frames on either side of it are never neighbours."""
     for left_out, kept in source.duplicates:
         skipped.add(
             left_out, f"same stem as {kept.name}: one frame stored twice ({kept.name} used)"
         )
     lost = False
     for number, path in enumerate(source.files):
-        if path in source.animated:  # read as a video of its own
+        if path in source.animated or path in source.holes:
             lost = True
             continue
         try:

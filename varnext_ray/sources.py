@@ -12,10 +12,15 @@ A source named on the command line that is a missing path or an empty folder is 
 :class:`UserError`. What its search left out is listed in ``ignored``
 (:func:`describe_ignored`, :func:`ignored_fixes`).
 
-Paths: every path is resolved to its real path, so a folder reached twice (a symlink loop, the
-same folder named twice, a symlink to a sibling) is read once; FIFOs, devices and sockets are
-never opened (named ones are a UserError, found ones are ignored, listed in ``ignored`` and
-warned about, as is a folder named like a video that holds none).
+Paths: files and folders are known by (device, inode), so one reached twice (a symlink loop,
+the same path named twice, a symlink to a sibling, a hard link) is read once and the repeat is
+listed in ``ignored``; a frame of a folder read already, or that cannot be read (a dangling
+symlink), leaves a hole there (``Source.holes``) that cuts the clip, so the frames after it keep
+their numbers. FIFOs, devices and sockets are never opened (named ones are a UserError, found
+ones are ignored, listed in ``ignored`` and warned about, as is a folder named like a video that
+holds none). What a killed varnext run was writing (a hidden ``.<name>.partial-<pid>-<hex>``
+folder or ``.<name>.tmp-<hex>`` file) is half written: a search leaves it out and says so;
+other hidden entries are searched like any other.
 
 The later stages: :mod:`varnext_ray.frame_decode` decodes a source's frames (images through
 :mod:`varnext_ray.image_read`), :mod:`varnext_ray.frame_fit` fits them to a size.
@@ -26,7 +31,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -66,20 +71,61 @@ class Source:
     duplicates: tuple[tuple[Path, Path], ...] = ()
     # Animated images among ``files``, read as videos of their own: holes that cut the clip.
     animated: frozenset[Path] = frozenset()
+    # Places among ``files`` left out (read already, unreadable): holes that cut the clip.
+    holes: frozenset[Path] = frozenset()
+
+
+_DECIMALS = re.compile(r"(\d+)")  # Unicode decimal digits (category Nd): what int() reads
 
 
 def natural_key(path: Path) -> list:
-    """Sort key that orders ``frame_2.png`` before ``frame_10.png``."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+    """Sort key that orders ``frame_2.png`` before ``frame_10.png``.
+
+    Numbers are runs of decimal digits only: ``str.isdigit`` is also true for ``①`` or ``²``,
+    which ``int`` refuses (a name made of them failed the whole ingest); those sort as text.
+    """
+    parts = _DECIMALS.split(path.name)
+    return [int(part) if part.isdecimal() else part.lower() for part in parts]
 
 
 _SOURCE_FIX = "check the path (videos and image folders are accepted)"
 MAX_DEPTH = 32  # folder levels searched below a named folder
 
 
-def _real(path: Path) -> str:
-    """The canonical path (symlinks resolved), to read each file or folder once."""
-    return os.path.realpath(path)
+REPEAT = "already read (a symlink, hard link or repeat)"
+# What varnext names a folder or file it is still writing (atomic_write.hidden_name): a killed
+# synth, ingest or predict leaves it, half written. ``.<name>.partial-<pid>-<hex>`` is a staged
+# folder, ``.<name>.tmp-<hex>`` (``.mp4``) a file or checkpoint folder before its rename.
+_INTERRUPTED = re.compile(r"\..*\.(partial-\d+-[0-9a-f]+|tmp-[0-9a-f]{8}(\.mp4)?)", re.DOTALL)
+INTERRUPTED = "an interrupted varnext output (what a killed run was writing)"
+
+
+def _identity(path: Path, st: os.stat_result) -> tuple[int, int] | str:
+    """What a file or folder is, however it is reached (a symlink, a hard link, named twice):
+    (device, inode), so each is read once; the real path where a filesystem numbers no inodes."""
+    return (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(path)
+
+
+@dataclass
+class _Search:
+    """The state of one discovery: what was read (by :func:`_identity`) and what was left out."""
+
+    ignored: list[dict]
+    seen: set[tuple[int, int] | str] = field(default_factory=set)
+
+    def read_before(self, path: Path, st: os.stat_result) -> bool:
+        return _identity(path, st) in self.seen
+
+    def first_time(self, path: Path, st: os.stat_result) -> bool:
+        """Marks ``path`` read; False (and listed as a repeat) if it was read before."""
+        if self.read_before(path, st):
+            self.leave_out(path, REPEAT)
+            return False
+        self.seen.add(_identity(path, st))
+        return True
+
+    def leave_out(self, path: Path, reason: str) -> None:
+        self.ignored.append({"path": str(path), "reason": reason})
 
 
 def discover_sources(paths: list[Path]) -> tuple[list[Source], list[dict]]:
@@ -90,18 +136,16 @@ def discover_sources(paths: list[Path]) -> tuple[list[Source], list[dict]]:
     device) is a UserError; such entries found inside a folder are listed in ``ignored``.
     """
     sources: list[Source] = []
-    ignored: list[dict] = []
-    seen: set[str] = set()
+    search = _Search([])
     for path in paths:
         st = path_stat(path, "source", _SOURCE_FIX)
         if st is None:
             raise UserError("no such file or directory", str(path), _SOURCE_FIX)
-        real = _real(path)
-        if real in seen:
-            ignored.append({"path": str(path), "reason": "named twice (read once)"})
+        if search.read_before(path, st):
+            search.leave_out(path, "named twice (read once)")
             continue
         if stat.S_ISREG(st.st_mode):
-            seen.add(real)
+            search.first_time(path, st)
             if path.suffix.lower() in IMAGE_SUFFIXES and not is_animated(path):
                 sources.append(Source("images", path, (path,)))
             else:  # let PyAV decide whether it decodes: any container it knows is welcome
@@ -113,12 +157,12 @@ def discover_sources(paths: list[Path]) -> tuple[list[Source], list[dict]]:
                 str(path),
                 "pass a video file, an image or a folder of them",
             )
-        before = len(ignored)
-        found = _walk(path, ignored, seen, 0, named=True)
+        before = len(search.ignored)
+        found = _walk(path, st, search, 0, named=True)
         if not found:
-            raise _nothing_found(path, ignored[before:])
+            raise _nothing_found(path, search.ignored[before:])
         sources.extend(found)
-    return sources, ignored
+    return sources, search.ignored
 
 
 def _nothing_found(folder: Path, left_out: list[dict]) -> UserError:
@@ -171,6 +215,13 @@ _LEFT_OUT = (
         "put the videos or images themselves there (FIFOs, sockets and devices are never read)",
     ),
     _LeftOut(
+        INTERRUPTED,
+        "interrupted varnext output",
+        "interrupted varnext outputs",
+        False,
+        "delete them (half-written files of a killed synth, ingest or predict; run it again)",
+    ),
+    _LeftOut(
         "not a video or image", "file not a video or image", "files not videos or images", True
     ),
 )
@@ -208,8 +259,11 @@ def ignored_fixes(ignored: list[dict]) -> list[str]:
     return list(dict.fromkeys(_left_out(e).fix for e in unexpected_ignored(ignored)))
 
 
-def _entries(folder: Path, ignored: list[dict], named: bool) -> list[tuple[Path, int]]:
-    """(entry, st_mode) of a folder, sorted naturally; unreadable entries go to ``ignored``."""
+def _entries(
+    folder: Path, ignored: list[dict], named: bool
+) -> list[tuple[Path, os.stat_result | None]]:
+    """(entry, stat) of a folder, sorted naturally; an entry that cannot be read (a dangling
+    symlink) goes to ``ignored`` and keeps its place with None: a frame's place counts."""
     try:
         names = sorted(os.listdir(folder))
     except OSError as err:
@@ -219,65 +273,102 @@ def _entries(folder: Path, ignored: list[dict], named: bool) -> list[tuple[Path,
             ) from None
         ignored.append({"path": str(folder), "reason": f"cannot list ({os_reason(err)})"})
         return []
-    out = []
+    out: list[tuple[Path, os.stat_result | None]] = []
     for name in names:
         entry = folder / name
         try:
-            out.append((entry, os.stat(entry).st_mode))
+            out.append((entry, os.stat(entry)))
         except (OSError, ValueError) as err:
             reason = os_reason(err) if isinstance(err, OSError) else str(err)
             ignored.append({"path": str(entry), "reason": f"cannot read ({reason})"})
+            out.append((entry, None))
     return sorted(out, key=lambda item: natural_key(item[0]))
 
 
 def _walk(
-    folder: Path, ignored: list[dict], seen: set[str], depth: int, named: bool = False
+    folder: Path, st: os.stat_result, search: _Search, depth: int, named: bool = False
 ) -> list[Source]:
-    real = _real(folder)
-    if real in seen:
-        ignored.append({"path": str(folder), "reason": "already read (a symlink or repeat)"})
+    """The sources in ``folder`` and below it: its images (one source), its videos, and what
+    its subfolders hold."""
+    if not search.first_time(folder, st):
         return []
-    seen.add(real)
     if depth > MAX_DEPTH:
-        ignored.append({"path": str(folder), "reason": f"deeper than {MAX_DEPTH} folders"})
+        search.leave_out(folder, f"deeper than {MAX_DEPTH} folders")
         return []
-    entries = _entries(folder, ignored, named)
-    images, animated = [], set()
-    for entry, mode in entries:
-        image = stat.S_ISREG(mode) and entry.suffix.lower() in IMAGE_SUFFIXES
-        if not image or _real(entry) in seen:
-            continue
-        if is_animated(entry):  # its frames are a clip of their own: a video source below
-            animated.add(entry)
-            continue
-        seen.add(_real(entry))
-        images.append(entry)
-    stills, duplicates = _one_per_stem(images)
-    found = []
-    if stills:  # an animated image keeps its place: the frames around it are not neighbours
-        kept = animated.union(stills)
-        files = tuple(entry for entry, _ in entries if entry in kept)
-        found.append(Source("images", folder, files, False, duplicates, frozenset(animated)))
-    for entry, mode in entries:
-        suffix = entry.suffix.lower()
-        if stat.S_ISDIR(mode):
-            before = len(ignored)
-            below = _walk(entry, ignored, seen, depth + 1)
-            if not below and len(ignored) == before and suffix in _FOOTAGE_SUFFIXES:
-                reason = "not a regular file: a folder named as footage, holding none"
-                ignored.append({"path": str(entry), "reason": reason})
-            found.extend(below)
-        elif not stat.S_ISREG(mode):
-            ignored.append({"path": str(entry), "reason": f"not a regular file: {kind_of(mode)}"})
-        elif suffix in VIDEO_SUFFIXES or entry in animated:
-            if _real(entry) in seen:
-                ignored.append({"path": str(entry), "reason": "already read (a symlink or repeat)"})
-                continue
-            seen.add(_real(entry))
-            found.append(Source("video", entry, named=False))
-        elif suffix not in IMAGE_SUFFIXES:
-            ignored.append({"path": str(entry), "reason": "not a video or image"})
+    entries = _entries(folder, search.ignored, named)
+    images, animated = _image_source(folder, entries, search)
+    found = [images] if images else []
+    for entry, entry_st in entries:
+        found.extend(_entry_sources(entry, entry_st, search, depth, animated))
     return found
+
+
+def _image_source(
+    folder: Path, entries: list[tuple[Path, os.stat_result | None]], search: _Search
+) -> tuple[Source | None, frozenset[Path]]:
+    """The folder's images as one source (None if it holds no still), and its animated images.
+
+    Every entry named as an image keeps its place in ``files``, so a frame's number is its
+    place: one read already (a symlink to a sibling, a frame named on the command line), one
+    that cannot be read (a dangling symlink) or is no regular file is a hole that cuts the clip
+    (``holes``), as an animated image is (read as a video of its own by the caller).
+    """
+    stills, animated, holes = [], set(), set()
+    for entry, st in entries:
+        if entry.suffix.lower() not in IMAGE_SUFFIXES or (st and stat.S_ISDIR(st.st_mode)):
+            continue
+        if st is None or not stat.S_ISREG(st.st_mode):  # listed by _entries or the caller
+            holes.add(entry)
+        elif search.read_before(entry, st):
+            search.leave_out(entry, REPEAT)
+            holes.add(entry)
+        elif is_animated(entry):  # its frames are a clip of their own: a video source
+            animated.add(entry)
+        else:
+            search.first_time(entry, st)
+            stills.append(entry)
+    stills, duplicates = _one_per_stem(stills)
+    if not stills:
+        return None, frozenset(animated)
+    stems = {still.stem.lower() for still in stills}  # a hole beside its frame in another format
+    holes = {hole for hole in holes if hole.stem.lower() not in stems}
+    kept = animated.union(stills, holes)
+    files = tuple(entry for entry, _ in entries if entry in kept)
+    source = Source(
+        "images", folder, files, False, duplicates, frozenset(animated), frozenset(holes)
+    )
+    return source, source.animated
+
+
+def _entry_sources(
+    entry: Path,
+    st: os.stat_result | None,
+    search: _Search,
+    depth: int,
+    animated: frozenset[Path],
+) -> list[Source]:
+    """The sources one entry of a folder gives besides its stills: a video (or an animated
+    image), or what a subfolder holds; what it leaves out goes to ``search.ignored``."""
+    if st is None:  # listed by _entries
+        return []
+    suffix = entry.suffix.lower()
+    if _INTERRUPTED.fullmatch(entry.name):
+        search.leave_out(entry, INTERRUPTED)
+    elif stat.S_ISDIR(st.st_mode):
+        before = len(search.ignored)
+        below = _walk(entry, st, search, depth + 1)
+        if not below and len(search.ignored) == before and suffix in _FOOTAGE_SUFFIXES:
+            reason = "not a regular file: a folder named as footage, holding none"
+            search.leave_out(entry, reason)
+        return below
+    elif not stat.S_ISREG(st.st_mode):
+        search.leave_out(entry, f"not a regular file: {kind_of(st.st_mode)}")
+    elif suffix in VIDEO_SUFFIXES or entry in animated:
+        if search.first_time(entry, st):
+            return [Source("video", entry, named=False)]
+    elif suffix not in IMAGE_SUFFIXES:
+        search.leave_out(entry, "not a video or image")
+    return []
 
 
 _FORMAT_RANK = {".png": 0, ".jpg": 1, ".jpeg": 1}  # lossless first
