@@ -8,9 +8,10 @@ Bad input policy:
   :class:`UserError`. A video *found inside* a directory that cannot be opened at all is
   skipped with a warning, so one bad file does not stop a folder of hundreds.
 
-Videos whose frames are over :data:`~varnext_ray.image_read.MAX_PIXELS` pixels are refused
-before decoding. The sources come from :mod:`varnext_ray.sources`; the images are read by
-:mod:`varnext_ray.image_read`.
+Videos whose frames are over :data:`~varnext_ray.image_read.MAX_PIXELS` pixels, or whose
+frame size FFmpeg could not learn (0x0: a stream it cannot decode), are refused before decoding.
+Frames are read as players show them (:mod:`varnext_ray.frame_display`). The sources come from
+:mod:`varnext_ray.sources`; the images are read by :mod:`varnext_ray.image_read`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,13 @@ import numpy as np
 
 from varnext_ray import video
 from varnext_ray.errors import UserError
+from varnext_ray.frame_display import (
+    display_matrix,
+    display_size,
+    pixel_aspect,
+    square_pixels,
+    upright,
+)
 from varnext_ray.image_read import (
     DECODER_ERRORS,
     MAX_PIXELS,
@@ -43,6 +52,7 @@ from varnext_ray.video import (
     main_video_stream,
     no_video_stream,
     open_video,
+    stream_choice,
 )
 
 log = logging.getLogger(__name__)
@@ -132,9 +142,14 @@ def open_video_stream(path: Path, *, say_choice: bool = False) -> tuple[Any, Any
     """The opened container of a video file and the stream to read (:func:`main_video_stream`;
     ``say_choice`` logs which where there are several). Reads the header only, no frame.
 
+    The choice is logged here, through this module's logger, so that
+    :func:`warnings_after_success` holds it back: a command that then fails (the stream read
+    has no frame) prints its one ``error:`` line alone.
+
     Raises:
-        UserError: Not a regular file (never opens a FIFO), not a video, no video stream, or
-            frames over :data:`MAX_PIXELS` pixels.
+        UserError: Not a regular file (never opens a FIFO), not a video, no video stream, a
+            stream FFmpeg cannot decode (:func:`_undecodable`), or frames over
+            :data:`MAX_PIXELS` pixels.
     """
     regular_file(path, "video", _OPEN_FIX)
     try:
@@ -143,18 +158,42 @@ def open_video_stream(path: Path, *, say_choice: bool = False) -> tuple[Any, Any
         raise UserError(
             f"cannot open as a video ({short_error(err)})", str(path), _OPEN_FIX
         ) from None
-    stream = main_video_stream(container, path if say_choice else None)
+    stream = main_video_stream(container)
     if stream is None:
         what, fix = no_video_stream(container), NO_VIDEO_FIX
+    elif (refused := _undecodable(stream, path)) is not None:
+        what, fix = refused
     elif (w := stream.codec_context.width or 0) * (h := stream.codec_context.height or 0) > (
         MAX_PIXELS
     ):
         what = f"video frames of {w}x{h} are over the limit of {MAX_PIXELS:,} pixels"
         fix = "downscale it with ffmpeg first"
     else:
+        if say_choice and (line := stream_choice(container, stream, path)):
+            log.info("%s", line)
         return container, stream
     container.close()
     raise UserError(what, str(path), fix)
+
+
+def _undecodable(stream: Any, path: Path) -> tuple[str, str] | None:
+    """(what, fix) for a video stream whose frame size FFmpeg could not learn (0x0), else None.
+
+    Opening decodes a frame or two to learn the size; 0x0 means none decoded (an animated WebP,
+    which the bundled FFmpeg reads as a 0x0 stream; ffmpeg itself refuses such a stream:
+    "unspecified size"). It was refused as a frame too small for ``--size``, with a fix that
+    did not help; no ``--size`` can.
+    """
+    w, h = stream.codec_context.width or 0, stream.codec_context.height or 0
+    if w and h:
+        return None
+    codec = stream.codec_context.name or "unknown codec"
+    return (
+        f"no decodable frame: FFmpeg cannot decode this {codec} video stream "
+        f"(its frame size reads {w}x{h})",
+        f"convert it to an mp4 or to PNG frames (e.g. `magick {path.name} frame_%04d.png`) "
+        "and pass the result",
+    )
 
 
 def frame_size(source: Source) -> tuple[int, int]:
@@ -167,8 +206,9 @@ def frame_size(source: Source) -> tuple[int, int]:
     """
     if source.kind == "video":
         container, stream = open_video_stream(source.path)
-        with container:
-            return stream.codec_context.width, stream.codec_context.height
+        with container:  # as shown: non-square pixels scaled (frame_display.square_pixels)
+            stored = stream.codec_context.width, stream.codec_context.height
+            return display_size(stored, pixel_aspect(stream))
     return image_size(source.files[0])
 
 
@@ -217,9 +257,11 @@ def _decode_packet(
     """(pts, RGB) of the frames a packet gives out; a frame over the pixel limit is never
     converted (None). A packet that fails is counted lost; the first of a stretch is said."""
     try:
+        frames = packet.decode()
+        sar = pixel_aspect(packet.stream)  # after decoding: the codec's, where it is the one
         return [
-            (f.pts, _upright_frame(f) if f.width * f.height <= MAX_PIXELS else None)
-            for f in packet.decode()
+            (f.pts, _upright_frame(f, sar) if f.width * f.height <= MAX_PIXELS else None)
+            for f in frames
         ]
     except DECODER_ERRORS as err:
         if numbers.failed() == 1:
@@ -228,12 +270,13 @@ def _decode_packet(
         return []
 
 
-def _upright_frame(frame: Any) -> np.ndarray:
-    """A decoded video frame as RGB, turned as its display matrix says players show it (a
-    phone filming upright stores its frames sideways with a rotation of -90 or 90 degrees)."""
-    rgb = frame.to_ndarray(format="rgb24")
-    turns = round((frame.rotation or 0) / 90) % 4  # counter-clockwise quarter turns
-    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
+def _upright_frame(frame: Any, sar: Fraction) -> np.ndarray:
+    """A decoded video frame as RGB, as players show it (:mod:`varnext_ray.frame_display`):
+    its pixels made square (an anamorphic frame stored 32x36 at SAR 2:1 is 64x36), then
+    turned and mirrored as its display matrix says (a phone filming upright stores its frames
+    sideways; a selfie camera stores them mirrored)."""
+    rgb = square_pixels(frame.to_ndarray(format="rgb24"), sar)
+    return upright(rgb, display_matrix(frame))
 
 
 def _packets(container: Any, stream: Any, source: Source, skipped: Skipped) -> Iterator[Any]:

@@ -1,9 +1,11 @@
 """Video files: opening one, choosing its main video stream, and numbering its frames.
 
-Stream choice (:func:`main_video_stream`), as ffmpeg's command line picks the video it reads:
-attached pictures (cover art) are passed over, then the stream of the largest frames wins, then
-one marked default, then the first. A file holding a cover and its footage, or a thumbnail track
-and its main video, is read for the footage, whichever stream comes first.
+Stream choice (:func:`main_video_stream`), much as ffmpeg's command line picks the video it
+reads: attached pictures (cover art) are passed over, then a stream the container says has frames
+beats one it does not (:func:`_has_frames`), then the stream of the largest frames wins, then one
+marked default, then the first. A file holding a cover and its footage, or a thumbnail track and
+its main video, is read for the footage, whichever stream comes first; a large track left empty
+is passed over for the one that holds the frames.
 
 Frame numbers (:class:`FrameNumbers`) are places in the file: after an undecodable stretch, the
 first good frame is numbered as if the lost frames had been there, so ``source_frame``,
@@ -17,15 +19,12 @@ Example:
 from __future__ import annotations
 
 import heapq
-import logging
 import os
 import time
 from pathlib import Path
 from typing import Any
 
 import av
-
-log = logging.getLogger(__name__)
 
 OPEN_TIMEOUT_S = 30.0
 # Reading (and decoding) this long without a new frame ends a video: the rest of the file is
@@ -77,27 +76,42 @@ def _pixels(stream: Any) -> int:
     return (stream.codec_context.width or 0) * (stream.codec_context.height or 0)
 
 
-def main_video_stream(container: Any, path: str | Path | None = None) -> Any | None:
-    """The video stream to read (see the module docstring), None if there is none.
+def _has_frames(stream: Any) -> bool:
+    """Whether the container says the stream holds frames: a frame count (mp4, avi) or an
+    index entry (an mkv's cues, an mp4's or avi's sample index) for it.
 
-    With ``path``, where the file holds more than one video stream, an info line says which.
+    Without this, a large track written with no frame (an mkv holding a 128x72 stream with no
+    packet beside the 64x36 footage) was chosen for its size and the file had "no decodable
+    frame". Containers that say neither (MPEG-TS, a live mkv without cues) leave every stream
+    False, so the ranking after it decides as before.
     """
+    return (stream.frames or 0) > 0 or len(stream.index_entries) > 0
+
+
+def main_video_stream(container: Any) -> Any | None:
+    """The video stream to read (see the module docstring), None if there is none."""
     videos = [s for s in container.streams.video if not _attached(s)]
     if not videos:
         return None
     default = av.stream.Disposition.default
-    best = max(videos, key=lambda s: (_pixels(s), bool(s.disposition & default), -s.index))
-    others = [s for s in container.streams.video if s is not best]
-    if path is not None and others:
-        log.info(
-            "%s holds %d video streams: reading stream %d (%s), passing over %s",
-            path,
-            len(others) + 1,
-            best.index,
-            _describe(best),
-            ", ".join(f"stream {s.index} ({_describe(s)})" for s in others),
-        )
-    return best
+    return max(
+        videos,
+        key=lambda s: (_has_frames(s), _pixels(s), bool(s.disposition & default), -s.index),
+    )
+
+
+def stream_choice(container: Any, chosen: Any, path: str | Path) -> str | None:
+    """The info line saying which video stream of ``path`` is read and which are passed over;
+    None where it holds one. The caller logs it, so it is held back with the warnings of a
+    command that may still fail (one ``error:`` line then, nothing before it)."""
+    others = [s for s in container.streams.video if s is not chosen]
+    if not others:
+        return None
+    passed = ", ".join(f"stream {s.index} ({_describe(s)})" for s in others)
+    return (
+        f"{path} holds {len(others) + 1} video streams: reading stream {chosen.index} "
+        f"({_describe(chosen)}), passing over {passed}"
+    )
 
 
 def _describe(stream: Any) -> str:
