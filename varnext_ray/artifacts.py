@@ -55,6 +55,28 @@ def bounded_retries() -> Iterator[None]:
             os.environ.pop(key, None)
 
 
+# A read of the tracking server's API waits this long for an answer: a server whose database is
+# stuck still answers /health (checked first, 5 s) and then held `best`, `report` and
+# `predict --model` silent for MLflow's default 120 s per attempt, over 7 attempts.
+REQUEST_TIMEOUT_S = "10"
+
+
+@contextlib.contextmanager
+def bounded_requests() -> Iterator[None]:
+    """:func:`bounded_retries`, and each MLflow request waits :data:`REQUEST_TIMEOUT_S` for an
+    answer (where the user set no ``MLFLOW_HTTP_REQUEST_TIMEOUT``): for commands that only
+    read the store or log small files, so a server that stopped answering is one line."""
+    added = "MLFLOW_HTTP_REQUEST_TIMEOUT" not in os.environ
+    if added:
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = REQUEST_TIMEOUT_S
+    try:
+        with bounded_retries():
+            yield
+    finally:
+        if added:
+            os.environ.pop("MLFLOW_HTTP_REQUEST_TIMEOUT", None)
+
+
 @dataclass(frozen=True)
 class RunArtifacts:
     """One run's artifacts through an ``MlflowClient``; every failure of a call is one

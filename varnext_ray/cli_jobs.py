@@ -7,6 +7,7 @@ data-stage commands of :mod:`varnext_ray.cli` never load them.
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import sys
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from varnext_ray import demo, tracking
+from varnext_ray.artifacts import bounded_requests
 from varnext_ray.cli_args import (
     add_cluster_args,
     add_resource_args,
@@ -251,7 +253,8 @@ def _run_best(args: argparse.Namespace) -> int:
     if args.register is not None:
         check_model_name(args.register)
         tracking.open_store(args.tracking_uri, writes=True)  # before the download
-    path = download_best(args.tracking_uri, args.experiment, args.out, args.metric)
+    with bounded_requests():  # reads only: a stuck server is one line, not 15 minutes
+        path = download_best(args.tracking_uri, args.experiment, args.out, args.metric)
     run = read_json(path / RUN_FILE, what="run details")  # written by download_best
     print(
         f"best run: {escape(run['run_name'])} ({run['run_id']}, {run['kind']}, {run['status']}) "
@@ -292,14 +295,15 @@ def _add_report(sub: argparse._SubParsersAction) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from varnext_ray.report import write_report  # imports mlflow
 
-    path, artifact = write_report(
-        args.tracking_uri,
-        args.experiment,
-        sweep_id=args.sweep,
-        top=args.top,
-        out=args.out,
-        overwrite=args.overwrite,
-    )
+    with bounded_requests():  # reads, and one small page logged
+        path, artifact = write_report(
+            args.tracking_uri,
+            args.experiment,
+            sweep_id=args.sweep,
+            top=args.top,
+            out=args.out,
+            overwrite=args.overwrite,
+        )
     print(f"wrote {escape(str(path))}")
     print(f"logged to the sweep's MLflow run as {escape(artifact)}")
     return 0
@@ -395,7 +399,8 @@ def _run_predict(args: argparse.Namespace) -> int:
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.model is not None:
-        ckpt = _registered_checkpoint(args.model, args.tracking_uri, device)
+        with bounded_requests():
+            ckpt = _registered_checkpoint(args.model, args.tracking_uri, device)
     else:
         ckpt = load_checkpoint(args.checkpoint, device=device)
     if args.video is None:
@@ -418,10 +423,13 @@ def _registered_checkpoint(model_uri: str, tracking_uri: str | None, device: str
     import tempfile
 
     from varnext_ray.checkpoint_load import load_checkpoint
+    from varnext_ray.frame_decode import warnings_after_success
     from varnext_ray.registry import download_checkpoint
 
+    retries = logging.getLogger("urllib3.connectionpool")  # said only if the download succeeds
     with tempfile.TemporaryDirectory(prefix="varnext-model-") as tmp:
-        path = download_checkpoint(tracking_uri, model_uri, Path(tmp) / "checkpoint")
+        with warnings_after_success(retries):
+            path = download_checkpoint(tracking_uri, model_uri, Path(tmp) / "checkpoint")
         return load_checkpoint(path, device=device)  # weights are in memory: the folder can go
 
 

@@ -157,7 +157,10 @@ def active(experiment: Any, uri: str) -> Any:
 def existing_experiment(store: Any, name: str, uri: str) -> Any:
     """The experiment called ``name``; a UserError listing the experiments that exist, or
     saying that it was deleted."""
-    with readable_text(uri):
+    fix = "check --tracking-uri (or MLFLOW_TRACKING_URI)" + (
+        " and that the server is up" if uri.startswith(("http://", "https://")) else ""
+    )
+    with readable_text(uri), store_failures(uri, "while looking up the experiment", fix):
         found = store.get_experiment_by_name(name)
         if found is not None:
             return active(found, uri)
