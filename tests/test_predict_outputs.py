@@ -8,11 +8,14 @@ hold a newline in what predict prints.
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from tests.test_media import _tree, tmpfs
 from tests.test_output_inputs import _refused
@@ -149,6 +152,43 @@ def test_a_path_through_a_new_folder_and_back_leaves_no_empty_folder(
     assert main([str(a) for a in argv]) == 0, capsys.readouterr().err
     written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
     assert written == (["a", "a/q.png"] if out == "a/b/../q.png" else ["q.png"])
+
+
+_PEAK = """
+import resource, sys
+from varnext_ray.cli import main
+code = main(sys.argv[1:])
+print(code, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)  # KiB on Linux
+"""
+
+
+def _peak_mib(argv: list[str | Path]) -> float:
+    """The peak resident memory of the CLI run in a process of its own, MiB."""
+    done = subprocess.run(
+        [sys.executable, "-c", _PEAK, *map(str, argv)], capture_output=True, text=True, check=True
+    )
+    code, kib = done.stdout.split()[-2:]
+    assert code == "0", done.stderr
+    return int(kib) / 1024
+
+
+@pytest.mark.slow
+def test_a_long_rollout_of_large_frames_is_written_as_it_is_decoded(
+    inputs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Every frame of a rollout was built before the first was written: 100 steps of 8192x8192
+    frames were a MemoryError. Frames of 2048x1152 (7 MiB each) at 60 steps would hold 400 MiB
+    more than one step does; decoded and written a few at a time, the peak stays near it."""
+    frames = []
+    for name in ("a", "b"):
+        big = Image.open(inputs[name]).resize((2048, 1152), Image.Resampling.BILINEAR)
+        big.save(tmp_path / f"{name}.png")
+        frames.append(tmp_path / f"{name}.png")
+    base = ["predict", "--checkpoint", inputs["ckpt"], *frames]
+    one = _peak_mib([*base, "--out", tmp_path / "one" / "p.png", "--steps", "1"])
+    many = _peak_mib([*base, "--out", tmp_path / "many" / "p.png", "--steps", "60"])
+    assert len(list((tmp_path / "many").iterdir())) == 60
+    assert many - one < 150, f"peak {many:.0f} MiB at 60 steps vs {one:.0f} MiB at 1"
 
 
 # ---- what predict prints: one line per path, whatever the path holds ---------------------------

@@ -19,7 +19,7 @@ import itertools
 import logging
 import math
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,27 @@ def predict_frames(
     Example:
         >>> nxt, after = predict_frames(ckpt, load_frame("a.png"), load_frame("b.png"), steps=2)
     """
+    return list(iter_predicted_frames(checkpoint, frame_a, frame_b, steps, where=where))
+
+
+DECODE_CHUNK = 8  # rollout latents decoded at once: the model's output is held for these only
+
+
+def iter_predicted_frames(
+    checkpoint: Checkpoint,
+    frame_a: np.ndarray,
+    frame_b: np.ndarray,
+    steps: int = 1,
+    *,
+    where: str = "frame_a",
+) -> Iterator[np.ndarray]:
+    """:func:`predict_frames` one frame at a time, for a caller that writes each as it comes.
+
+    The checks, the warning and the encoding happen on the call; the frames are decoded
+    :data:`DECODE_CHUNK` latents at a time as they are taken, so a long rollout of large frames
+    never holds more than a few of them (all 100 of an 8192x8192 rollout were built before the
+    first was written: 20 GB, a MemoryError).
+    """
     _check_steps(steps)
     _check_same_size(frame_a, frame_b, "frame_a, frame_b")
     frame_a = seen_part(checkpoint, frame_a, where)
@@ -246,7 +267,19 @@ def predict_frames(
     with torch.inference_mode():
         mu, _ = model.encode(_model_input(checkpoint, [frame_a, frame_b]))  # (2, D)
         z = rollout(mu[:1], mu[1:], steps)[:, 0]  # (steps, D)
-        return _to_images(model.decode(z), (frame_a.shape[1], frame_a.shape[0]))
+    return _decoded(model, z, (frame_a.shape[1], frame_a.shape[0]))
+
+
+def _decoded(
+    model: torch.nn.Module, z: torch.Tensor, size: tuple[int, int]
+) -> Iterator[np.ndarray]:
+    """The images of latents ``z``, decoded a chunk at a time (never yielding inside inference
+    mode, which is the thread's: the caller's code would run in it)."""
+    for start in range(0, len(z), DECODE_CHUNK):
+        with torch.inference_mode():
+            images = _to_images(model.decode(z[start : start + DECODE_CHUNK]), size)
+        while images:
+            yield images.pop(0)  # handed over, not kept: one full-size frame alive at a time
 
 
 def rollout_paths(out: str | Path, steps: int) -> list[Path]:
@@ -299,13 +332,13 @@ def predict_image_files(
     _check_outputs(checkpoint, outs, [frame_a, frame_b], overwrite)
     a, b = load_frame(frame_a), load_frame(frame_b)
     _check_same_size(a, b, f"{frame_a}, {frame_b}")
-    images = predict_frames(checkpoint, a, b, steps, where=f"{frame_a}, {frame_b}")
+    images = iter_predicted_frames(checkpoint, a, b, steps, where=f"{frame_a}, {frame_b}")
     with staged_files(outs, overwrite=overwrite) as stage:  # all of them, or none
         return _save_pngs(images, outs, stage)
 
 
 def _save_pngs(
-    images: list[np.ndarray], paths: list[Path], stage: Callable[[Path], Path]
+    images: Iterable[np.ndarray], paths: list[Path], stage: Callable[[Path], Path]
 ) -> list[Path]:
     """Writes each image to ``stage(path)`` (:func:`~varnext_ray.media.staged_files`);
     returns ``paths``. A failing write names the path itself, not the staging folder."""
@@ -546,7 +579,7 @@ def predict_video(
         paths: list[Path] = []
         if len(history) > stride:  # after a gap at the very end there may be too few
             a, b = history[-1 - stride][0], history[-1][0]
-            images = predict_frames(checkpoint, a, b, steps)
+            images = iter_predicted_frames(checkpoint, a, b, steps)
             paths = _save_pngs(images, rollout_paths(out, steps), stage)
     return {
         "video": str(out),
