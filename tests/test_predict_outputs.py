@@ -191,6 +191,24 @@ def test_a_long_rollout_of_large_frames_is_written_as_it_is_decoded(
     assert many - one < 150, f"peak {many:.0f} MiB at 60 steps vs {one:.0f} MiB at 1"
 
 
+def test_a_gif_too_large_to_hold_is_refused_and_leaves_nothing(
+    inputs: dict[str, Path],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """A GIF is built in memory whole: 240 frames of 1080p side by side were a MemoryError.
+    The bound is lowered here to what 5 of the 12-frame clip's 128x36 frames pass."""
+    import varnext_ray.predict as predict_module
+
+    monkeypatch.setattr(predict_module, "GIF_MAX_BYTES", 4 * 128 * 36 * 3)
+    out = tmp_path / "new" / "v.gif"
+    argv = ["predict", "--checkpoint", inputs["ckpt"], "--video", inputs["video"], "--out", out]
+    line = _refused(argv, capsys, "a GIF is built whole")
+    assert "128x36 frames after 5 of them" in line and ".mp4" in line
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---- what predict prints: one line per path, whatever the path holds ---------------------------
 
 FORGED = "w\nerror: fake.png"

@@ -617,6 +617,30 @@ def _no_triplet(video: str | Path, stride: int, counts: dict[str, Any]) -> UserE
     return UserError(what, str(video), fix)
 
 
+# A GIF is written whole (Pillow holds every frame to build it): its RGB frames may take this
+# much memory, about 80 frames of 1080p side by side. A 240-frame 1080p clip held 5 GB and
+# ended in a MemoryError; an mp4 is written frame by frame.
+GIF_MAX_BYTES = 1 << 30
+
+
+def _gif_pictures(frames: Iterator[np.ndarray], where: str) -> list[np.ndarray]:
+    """The frames of a GIF, refused (a UserError) as soon as they pass :data:`GIF_MAX_BYTES`."""
+    pictures: list[np.ndarray] = []
+    held = 0
+    for picture in frames:
+        pictures.append(picture)
+        held += picture.nbytes
+        if held > GIF_MAX_BYTES:
+            h, w = picture.shape[:2]
+            raise UserError(
+                f"the GIF would hold more than {GIF_MAX_BYTES >> 20:,} MiB of {w}x{h} frames "
+                f"after {len(pictures)} of them (a GIF is built whole, in memory)",
+                where,
+                "write the video as .mp4 (frame by frame), or predict a shorter clip",
+            )
+    return pictures
+
+
 def _write_video_file(path: Path, frames: Iterator[np.ndarray], fps: float, where: str) -> int:
     """Writes the side-by-side video (``.gif`` or ``.mp4``) to ``path``; returns the count.
 
@@ -624,7 +648,7 @@ def _write_video_file(path: Path, frames: Iterator[np.ndarray], fps: float, wher
     failing write is a UserError naming ``where`` (:mod:`varnext_ray.media`).
     """
     if path.suffix.lower() == ".gif":
-        pictures = list(frames)
+        pictures = _gif_pictures(frames, where)
         save_gif(pictures, path, frame_ms=max(20, round(1000 / fps)), where=where)
         return len(pictures)
     return write_video(path, frames, fps=max(1, round(fps)), where=where)
