@@ -53,6 +53,39 @@ def test_frames_dataset_yields_every_train_frame(ray_local, dataset_dir: Path) -
     assert total == len(keys) == manifest.data["splits"]["train"]
 
 
+def test_large_compressed_frames_are_decoded_in_tasks_smaller_than_a_file(
+    ray_local, synth_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """JPEG frames whose decoding is spread over tasks of a few frames each (a split read, as
+    at 640x360) come out as the same frames, each once, as one fused task per file reads."""
+    import varnext_ray.dataset as dataset_module
+    from varnext_ray.dataset import decode_rows
+    from varnext_ray.ingest import IngestOptions, ingest
+
+    out = tmp_path / "jpeg"
+    ingest([synth_dir], out, IngestOptions(size=(64, 36), encoding="jpeg", val=0.2, test=0.2))
+    manifest = load_manifest(out)
+    assert decode_rows(manifest, "train") is None  # 64x36: a file's frames are one task
+    fused = _frames_by_key(frames_dataset(out, "train"))
+    monkeypatch.setattr(dataset_module, "DECODE_BYTES", 64 * 36 * 3 * 8)
+    assert decode_rows(manifest, "train") == 8
+    split = _frames_by_key(frames_dataset(out, "train"))
+    assert len(split) == len(fused) == manifest.frames("train")
+    for key, frame in fused.items():
+        np.testing.assert_array_equal(split[key], frame)
+
+
+def _frames_by_key(ds: object) -> dict[tuple[int, int], np.ndarray]:
+    frames = {}
+    for batch in ds.iter_batches(batch_size=64, batch_format="numpy"):
+        for clip, index, image in zip(
+            batch["clip"], batch["frame_index"], batch["image"], strict=True
+        ):
+            assert (int(clip), int(index)) not in frames
+            frames[int(clip), int(index)] = image
+    return frames
+
+
 def test_triplets_match_the_clip_frames(ray_local, dataset_dir: Path) -> None:
     manifest = load_manifest(dataset_dir)
     stride = 2

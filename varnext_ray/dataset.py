@@ -17,6 +17,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,10 +43,13 @@ def _decode_batch(
     }
 
 
+# Decoded bytes per decoding task of a JPEG or PNG split (:func:`decode_rows`): 72 frames of
+# 640x360, 1,165 of 160x90 (more than a file holds, so those stay one fused task per file).
+DECODE_BYTES = 48 << 20
 PARQUET_V1 = True  # read_parquet's datasource (benchmarks/data_path.py switches it to compare)
 
 
-def read_parquet(files: list[str]) -> ray.data.Dataset:
+def read_parquet(files: list[str], *, split: bool = False) -> ray.data.Dataset:
     """``ray.data.read_parquet`` through Ray Data's V1 Parquet datasource (:data:`PARQUET_V1`).
 
     Measured side by side (benchmarks/data_path.py, variants; docs/data.md): the V1 reader
@@ -58,7 +62,9 @@ def read_parquet(files: list[str]) -> ray.data.Dataset:
     read cannot fuse with the map that decodes its frames (``frames_dataset``), and the two
     operators then pass every frame through the object store between them. Measured at
     160x90 raw, 8,000 frames, 2 CPUs: 1,840 frames/s split and unfused, 6,500 with one task
-    per file, fused (benchmarks/data_path.py; docs/data.md).
+    per file, fused (benchmarks/data_path.py; docs/data.md). With ``split``, Ray Data's
+    default instead: more blocks than files, for a map whose work per frame is worth the
+    object store's round trip (``frames_dataset`` decoding JPEG or PNG).
 
     A UserError raised while a frame is decoded (a damaged shard) reaches the caller as itself
     (``raise_original_map_exception``), not as Ray Data's ``UserCodeException`` whose text
@@ -71,7 +77,7 @@ def read_parquet(files: list[str]) -> ray.data.Dataset:
     default = context.use_datasource_v2
     context.use_datasource_v2 = not PARQUET_V1
     try:
-        return ray.data.read_parquet(files, override_num_blocks=len(files))
+        return ray.data.read_parquet(files, override_num_blocks=None if split else len(files))
     finally:
         context.use_datasource_v2 = default
 
@@ -83,12 +89,14 @@ def frames_dataset(path: str | Path, split: str, block_rows: int | None = None) 
     converts to a tensor in ``iter_torch_batches``).
 
     Rows come clip by clip in time order, in blocks of up to a file's frames (the read and the
-    decoding run as one fused Ray task per file), or of ``block_rows`` frames when given (a
-    streaming repartition, fused into the same task). Shuffle with ``randomize_block_order()``
-    or ``random_shuffle()`` for training: blocks are what the first one moves, so training asks
-    for small ones (:data:`~varnext_ray.train_data.TRAIN_BLOCK_ROWS`); every block costs time
-    in the object store (measured at 160x90 raw, 2 CPUs: 8,300 frames/s in blocks of a file,
-    4,000 in blocks of 64). Works with the ``streaming_split`` Ray Train applies.
+    decoding run as one fused Ray task per file), of :func:`decode_rows` frames (large JPEG or
+    PNG frames, whose decoding is spread over more tasks than files), or of ``block_rows``
+    frames when given (a streaming repartition, fused into the decoding task). Shuffle with
+    ``randomize_block_order()`` or ``random_shuffle()`` for training: blocks are what the first
+    one moves, so training asks for small ones (:data:`~varnext_ray.train_data.TRAIN_BLOCK_ROWS`);
+    every block costs time in the object store (measured at 160x90 raw, 2 CPUs: 8,300 frames/s
+    in blocks of a file, 4,000 in blocks of 64). Works with the ``streaming_split`` Ray Train
+    applies.
     """
 
     manifest = load_manifest(path)
@@ -99,7 +107,9 @@ def frames_dataset(path: str | Path, split: str, block_rows: int | None = None) 
             str(path),
             "re-ingest with a larger --val/--test fraction or more footage",
         )
-    ds = read_parquet(files).select_columns(["clip_id", "frame_index", "image"])
+    rows = decode_rows(manifest, split)
+    ds = read_parquet(files, split=rows is not None)
+    ds = ds.select_columns(["clip_id", "frame_index", "image"])
     clip_numbers = {c["id"]: i for i, c in enumerate(manifest.clips())}
     frames = ds.map_batches(
         _decode_batch,
@@ -109,11 +119,32 @@ def frames_dataset(path: str | Path, split: str, block_rows: int | None = None) 
             "clip_numbers": clip_numbers,
         },
         batch_format="numpy",
-        batch_size=None,  # whole read blocks: a batch size keeps Ray Data from fusing the read
+        # None: whole read blocks, so the read fuses with the decoding (a batch size would keep
+        # them apart); else `rows` frames per decoding task (decode_rows)
+        batch_size=rows,
     )
     if block_rows is not None:
         frames = frames.repartition(target_num_rows_per_block=block_rows)
     return frames
+
+
+def decode_rows(manifest: Manifest, split: str) -> int | None:
+    """Frames per decoding task of ``split``: None for one fused task per file (raw frames, or
+    small JPEG/PNG ones), else :data:`DECODE_BYTES` of decoded frames.
+
+    Decoding a JPEG or PNG frame costs time in proportion to its pixels (a 640x360 JPEG about
+    2 ms here), and one task per file leaves the CPUs idle beside a dataset of few files; a
+    split read brings the encoded bytes through the object store (a tenth of raw ones) to
+    tasks of DECODE_BYTES each. Measured (benchmarks/data_path.py, C=2 streaming, two runs
+    each, docs/data.md): 640x360 JPEG 0.66-0.68x of the one-process read fused, 0.85-0.92x in
+    tasks of 64 frames; 160x90 JPEG 0.29-0.30x fused, 0.20-0.23x in tasks of 64 frames, where
+    a task's own cost outweighs its decoding. Raw frames decode by a copy: always fused.
+    """
+    if manifest.encoding == "raw":
+        return None
+    rows = max(1, DECODE_BYTES // (math.prod(manifest.size) * 3))
+    per_file = max((-(-c["frames"] // len(c["files"])) for c in manifest.clips(split)), default=0)
+    return rows if rows < per_file else None
 
 
 class _SequenceReader:
