@@ -5,8 +5,8 @@ For each frame size and image encoding (raw, png, jpeg) of a dataset built from 
 - ingest: frames/s of :func:`varnext_ray.ingest.ingest` (mp4 decode, cut detection, encode,
   Parquet writes), and the dataset's bytes on disk per frame;
 - baseline: one process on one core (pyarrow and torch single-threaded) reads the Parquet files,
-  decodes with :func:`~varnext_ray.frame_codec.decode_images` and converts with
-  :func:`~varnext_ray.dataset.to_model_input`;
+  decodes with :func:`~varnext_ray.frame_codec.decode_image_column` (as Ray Data's tasks do)
+  and converts with :func:`~varnext_ray.dataset.to_model_input`;
 - data path: ``frames_dataset(...).iter_torch_batches(batch_size=32)`` + ``to_model_input``
   through Ray Data on a local instance of C CPUs, after a warm-up pass, side by side with the
   baseline (their passes alternate);
@@ -36,6 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,7 @@ import torch
 import varnext_ray.dataset as dataset_module
 from varnext_ray.dataset import frames_dataset, to_model_input
 from varnext_ray.errors import UserError
-from varnext_ray.frame_codec import decode_images
+from varnext_ray.frame_codec import decode_image_column
 from varnext_ray.frame_fit import parse_size
 from varnext_ray.ingest import IngestOptions, ingest
 from varnext_ray.manifest import ENCODINGS, load_manifest
@@ -159,7 +160,7 @@ def prepare(
 
 
 def baseline_pass(path: str) -> dict[str, float]:
-    """One single-threaded pass: pyarrow read, decode_images, to_model_input, batches of 32."""
+    """One single-threaded pass: pyarrow read, decode_image_column, to_model_input, 32 a batch."""
     manifest = load_manifest(path)
     frames = 0
     with CpuMeter(interval_s=0.2) as meter:
@@ -169,9 +170,11 @@ def baseline_pass(path: str) -> dict[str, float]:
                 batch_size=BATCH, columns=["image"], use_threads=False
             )
             for batch in batches:
-                blobs = batch.column(0).to_pylist()
-                images = decode_images(blobs, manifest.encoding, manifest.size)
-                x = to_model_input(torch.from_numpy(images), "cpu")  # (B, 3, H, W) float32
+                images = decode_image_column(batch.column(0), manifest.encoding, manifest.size)
+                with warnings.catch_warnings():  # a read-only view of the batch (raw): only read
+                    warnings.simplefilter("ignore", UserWarning)
+                    images = torch.from_numpy(images)
+                x = to_model_input(images, "cpu")  # (B, 3, H, W) float32
                 frames += x.shape[0]
         seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     result = _pass(frames, seconds, cpu)  # this process only: Ray idles meanwhile

@@ -7,13 +7,14 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
 
 from varnext_ray.dataset import frames_dataset, sequences_dataset, to_model_input, triplets_dataset
 from varnext_ray.errors import UserError
-from varnext_ray.frame_codec import decode_images, encode_image
+from varnext_ray.frame_codec import decode_image_column, decode_images, encode_image
 from varnext_ray.manifest import load_manifest, sequence_index, triplet_index
 
 pytestmark = pytest.mark.cluster
@@ -292,3 +293,57 @@ def test_images_that_do_not_match_the_manifest_are_refused_before_ray(
         said_of = r" holds frames of (32x18|64x36) raw, but size and encoding say 64x36 "
         assert re.search(file + said_of, said), said
     assert "re-run 'varnext ingest'" in said
+
+
+@pytest.mark.parametrize("encoding", ["raw", "png", "jpeg"])
+def test_an_image_column_decodes_as_its_cells_do(encoding: str) -> None:
+    """decode_image_column (Ray Data's decoding tasks, Arrow in) gives what decode_images gives
+    for the same cells, for a slice of a column, several chunks and 64-bit offsets alike."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (6, 9, 16, 3), dtype=np.uint8)
+    blobs = [encode_image(f, encoding) for f in frames]
+    expected = decode_images(blobs, encoding, (16, 9))
+    column = pa.array(blobs, pa.binary())
+    for given, rows in [
+        (column, slice(None)),
+        (column.slice(2, 3), slice(2, 5)),  # offsets that do not start at 0
+        (pa.chunked_array([column.slice(0, 2), column.slice(2)]), slice(None)),
+        (pa.array(blobs, pa.large_binary()), slice(None)),
+    ]:
+        images = decode_image_column(given, encoding, (16, 9))
+        assert images.dtype == np.uint8 and images.shape == expected[rows].shape
+        np.testing.assert_array_equal(images, expected[rows])
+    assert decode_image_column(column.slice(0, 0), encoding, (16, 9)).shape == (0, 9, 16, 3)
+
+
+@pytest.mark.parametrize(
+    ("cells", "said"),
+    [
+        (pa.array([b"\x00" * 432, b"\x00" * 100], pa.binary()), "has 100 bytes, not 16x9x3"),
+        (pa.array([b"\x00" * 432, None], pa.binary()), "is missing"),
+        (pa.array(["text"]), "holds string, not image bytes"),
+    ],
+)
+def test_an_image_column_that_does_not_hold_the_frames_is_refused(
+    cells: pa.Array, said: str
+) -> None:
+    with pytest.raises(UserError, match=said) as refused:
+        decode_image_column(cells, "raw", (16, 9))
+    assert "re-run 'varnext ingest'" in str(refused.value)
+
+
+def test_a_frame_of_a_clip_the_manifest_does_not_name_is_refused() -> None:
+    from varnext_ray.dataset import _decode_batch
+
+    image = encode_image(np.zeros((9, 16, 3), np.uint8), "raw")
+    batch = pa.table(
+        {
+            "clip_id": ["a", "b", "zz"],
+            "frame_index": pa.array([0, 0, 1], pa.int32()),
+            "image": pa.array([image] * 3, pa.binary()),
+        }
+    )
+    decoded = _decode_batch(batch.slice(0, 2), "raw", (16, 9), ["b", "a"])
+    assert decoded["clip"].tolist() == [1, 0] and decoded["clip"].dtype == np.int32
+    with pytest.raises(UserError, match=r"clip zz is not one of dataset\.json's clips"):
+        _decode_batch(batch, "raw", (16, 9), ["b", "a"])

@@ -224,7 +224,7 @@ def test_a_run_of_another_architecture_is_not_resumed(
     check_same_arch(storage, "smoke_64x36-ds", load_arch(SMOKE))  # the same one resumes
 
 
-@pytest.mark.parametrize(("damage", "said"), [("short", "has 100 bytes"), ("null", "is NoneType")])
+@pytest.mark.parametrize(("damage", "said"), [("short", "has 100 bytes"), ("null", "is missing")])
 def test_a_damaged_frame_in_a_shard_is_one_line_and_its_run_is_failed(
     ray_local,
     dataset_dir: Path,

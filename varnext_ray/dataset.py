@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from varnext_ray.errors import UserError
-from varnext_ray.frame_codec import decode_images
+from varnext_ray.frame_codec import decode_image_column
 from varnext_ray.manifest import Manifest, load_manifest, sequence_index
 
 if TYPE_CHECKING:
@@ -34,12 +36,23 @@ if TYPE_CHECKING:
 
 
 def _decode_batch(
-    batch: dict[str, np.ndarray], encoding: str, size: tuple[int, int], clip_numbers: dict[str, int]
+    batch: pa.Table, encoding: str, size: tuple[int, int], clip_ids: list[str]
 ) -> dict[str, np.ndarray]:
+    """A read block (Arrow, as Parquet gave it) to decoded frames; ``clip`` is the clip id's
+    position in ``clip_ids``. Arrow in, not NumPy: the NumPy form of a binary column is an
+    array of Python ``bytes``, a copy of every frame (decode_image_column)."""
+    clip = pc.index_in(batch.column("clip_id"), value_set=pa.array(clip_ids, pa.string()))
+    if clip.null_count:
+        unknown = batch.column("clip_id").filter(pc.is_null(clip))[0]
+        raise UserError(
+            f"a stored frame's clip {unknown} is not one of dataset.json's clips",
+            "dataset clip_id column",
+            "re-run 'varnext ingest': the Parquet files do not match dataset.json",
+        )
     return {
-        "image": decode_images(list(batch["image"]), encoding, size),
-        "clip": np.array([clip_numbers[c] for c in batch["clip_id"]], np.int32),
-        "frame_index": batch["frame_index"],
+        "image": decode_image_column(batch.column("image"), encoding, size),
+        "clip": clip.to_numpy(zero_copy_only=False).astype(np.int32),
+        "frame_index": batch.column("frame_index").to_numpy(),
     }
 
 
@@ -110,15 +123,14 @@ def frames_dataset(path: str | Path, split: str, block_rows: int | None = None) 
     rows = decode_rows(manifest, split)
     ds = read_parquet(files, split=rows is not None)
     ds = ds.select_columns(["clip_id", "frame_index", "image"])
-    clip_numbers = {c["id"]: i for i, c in enumerate(manifest.clips())}
     frames = ds.map_batches(
         _decode_batch,
         fn_kwargs={
             "encoding": manifest.encoding,
             "size": manifest.size,
-            "clip_numbers": clip_numbers,
+            "clip_ids": [c["id"] for c in manifest.clips()],
         },
-        batch_format="numpy",
+        batch_format="pyarrow",
         # None: whole read blocks, so the read fuses with the decoding (a batch size would keep
         # them apart); else `rows` frames per decoding task (decode_rows)
         batch_size=rows,
@@ -173,8 +185,8 @@ class _SequenceReader:
                 .read(columns=["frame_index", "image"])
                 .sort_by("frame_index")
             )
-            frames = decode_images(
-                table.column("image").to_pylist(), self.manifest.encoding, self.manifest.size
+            frames = decode_image_column(
+                table.column("image"), self.manifest.encoding, self.manifest.size
             )
             n = int(stop) - int(start)
             for i, key in enumerate(keys):
