@@ -309,11 +309,15 @@ def test_an_image_column_decodes_as_its_cells_do(encoding: str) -> None:
         (column.slice(2, 3), slice(2, 5)),  # offsets that do not start at 0
         (pa.chunked_array([column.slice(0, 2), column.slice(2)]), slice(None)),
         (pa.array(blobs, pa.large_binary()), slice(None)),
+        (pa.array(blobs, pa.binary_view()), slice(None)),  # other binary forms: one copy each
     ]:
         images = decode_image_column(given, encoding, (16, 9))
         assert images.dtype == np.uint8 and images.shape == expected[rows].shape
         np.testing.assert_array_equal(images, expected[rows])
     assert decode_image_column(column.slice(0, 0), encoding, (16, 9)).shape == (0, 9, 16, 3)
+    if encoding == "raw":  # the cells of a hand-written file may all be one size
+        fixed = pa.array(blobs, pa.binary(16 * 9 * 3))
+        np.testing.assert_array_equal(decode_image_column(fixed, "raw", (16, 9)), expected)
 
 
 @pytest.mark.parametrize(

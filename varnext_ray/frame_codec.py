@@ -84,30 +84,35 @@ def decode_image_column(
     fix = "re-run 'varnext ingest': the Parquet files do not match dataset.json"
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if not (pa.types.is_binary(column.type) or pa.types.is_large_binary(column.type)):
+    kind = column.type
+    if not any(
+        test(kind)
+        for test in (
+            pa.types.is_binary,
+            pa.types.is_large_binary,
+            pa.types.is_fixed_size_binary,
+            pa.types.is_binary_view,
+        )
+    ):
         raise UserError(
-            f"the image column holds {column.type}, not image bytes", "dataset image column", fix
+            f"the image column holds {kind}, not image bytes", "dataset image column", fix
         )
     if column.null_count:
         raise UserError("a stored frame is missing (a null cell)", "dataset image column", fix)
-    if encoding != "raw":
+    offsets = {pa.binary(): np.int32, pa.large_binary(): np.int64}.get(kind)
+    if encoding != "raw" or offsets is None:  # Parquet reads binary; other forms: a copy each
         return decode_images(column.to_pylist(), encoding, size)
     width, height = size
-    frame_bytes = width * height * FRAME_CHANNELS
     n = len(column)
-    offsets = np.frombuffer(
-        column.buffers()[1],
-        np.int64 if pa.types.is_large_binary(column.type) else np.int32,
-        n + 1,
-        column.offset * (8 if pa.types.is_large_binary(column.type) else 4),
-    )
-    lengths = np.diff(offsets)
-    if n and (lengths != frame_bytes).any():
-        bad = int(lengths[lengths != frame_bytes][0])
-        what = f"a stored frame has {bad} bytes, not {width}x{height}x3"
+    starts = np.frombuffer(column.buffers()[1], offsets, n + 1, column.offset * offsets().itemsize)
+    lengths = np.diff(starts)
+    frame_bytes = width * height * FRAME_CHANNELS
+    if (lengths != frame_bytes).any():
+        what = (
+            f"a stored frame has {lengths[lengths != frame_bytes][0]} bytes, not {width}x{height}x3"
+        )
         raise UserError(what, "dataset image column", fix)
-    data = column.buffers()[2]
-    if n == 0 or data is None:
+    if n == 0:
         return np.empty((0, height, width, FRAME_CHANNELS), np.uint8)
-    flat = np.frombuffer(data, np.uint8)[offsets[0] : offsets[-1]]
+    flat = np.frombuffer(column.buffers()[2], np.uint8)[starts[0] : starts[-1]]
     return flat.reshape(n, height, width, FRAME_CHANNELS)
