@@ -123,27 +123,45 @@ def run_arm(arm: str, repeat: int, data: Path, workdir: Path, args: argparse.Nam
     }
 
 
-def empty_fits(n: int, resources: Resources) -> list[float]:
+def empty_fits(n: int, resources: Resources) -> dict[str, list[float]]:
     """Wall seconds of ``n`` Ray Train runs of ``resources``' worker group whose loop does
-    nothing: controller, worker group, torch's process group and teardown, nothing else."""
+    nothing: controller, worker group, torch's process group and teardown, nothing else.
+
+    Each run is split where its workers' loop starts and ends (the workers stamp both into a
+    file; this is one machine, one clock): ``to_loop`` is ``fit()``'s start until the last
+    worker enters the loop, ``after_loop`` the first worker leaving it until ``fit()`` returns.
+    """
     import ray.train
     from ray.train.torch import TorchTrainer
 
     def nothing(config: dict) -> None:  # a local function: pickled by value, not by module
-        return None
+        rank = ray.train.get_context().get_world_rank()
+        entered = time.time()
+        Path(config["stamps"], f"{rank}").write_text(f"{entered} {time.time()}")
 
     scaling = ray.train.ScalingConfig(
         num_workers=resources.workers,
         resources_per_worker=resources.per_worker(resources.cpus_per_worker or 1.0),
     )
-    seconds = []
+    out: dict[str, list[float]] = {"seconds": [], "to_loop": [], "after_loop": []}
     with tempfile.TemporaryDirectory(prefix="empty_fit_") as storage:
         for i in range(n):
-            start = time.perf_counter()
+            stamps = Path(storage, f"stamps-{i}")
+            stamps.mkdir()
+            start = time.time()
             run = ray.train.RunConfig(name=f"empty-{i}", storage_path=storage)
-            TorchTrainer(nothing, scaling_config=scaling, run_config=run).fit()
-            seconds.append(time.perf_counter() - start)
-    return seconds
+            TorchTrainer(
+                nothing,
+                train_loop_config={"stamps": str(stamps)},
+                scaling_config=scaling,
+                run_config=run,
+            ).fit()
+            end = time.time()
+            loops = [[float(t) for t in f.read_text().split()] for f in stamps.iterdir()]
+            out["seconds"].append(end - start)
+            out["to_loop"].append(max(entered for entered, _ in loops) - start)
+            out["after_loop"].append(end - min(left for _, left in loops))
+    return out
 
 
 def around_trials(run: dict[str, Any]) -> float:
@@ -179,13 +197,18 @@ def summarize(runs: list[dict[str, Any]], trials_per_sweep: int) -> dict[str, An
             "trial_s": statistics.median(t["overhead_seconds"] + t["epochs_seconds"] for t in rows),
             "around_s": statistics.median(around),
         }
-    empty = [s for r in runs if r["arm"] == "empty fit" for s in r["seconds"]]
+    fits = [r for r in runs if r["arm"] == "empty fit"]
+    empty = [s for r in fits for s in r["seconds"]]
     if empty:
         out["empty_fit"] = {
             "fits": len(empty),
             "seconds": statistics.median(empty),
             "min_s": min(empty),
             "max_s": max(empty),
+            **{
+                f"{phase}_s": statistics.median(s for r in fits for s in r[phase])
+                for phase in ("to_loop", "after_loop")
+            },
         }
     shared, alone = out.get("shared"), out.get("per-trial")
     if shared and alone:
@@ -239,7 +262,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"Bound: a Ray Train run of the same worker group whose loop does nothing took "
             f"**{e['seconds']:.1f} s** ({e['min_s']:.1f}-{e['max_s']:.1f}, {e['fits']} runs): "
             "the controller, the workers' processes and torch import, the process group and "
-            "teardown, which every trial that is a Ray Train worker group pays."
+            "teardown, which every trial that is a Ray Train worker group pays: "
+            f"{e['to_loop_s']:.1f} s from `fit()` until its workers' loop starts, "
+            f"{e['after_loop_s']:.1f} s from the loop's end until `fit()` returns."
             + (
                 f" The shared arm spends {s['shared']['overhead_s'] - e['seconds']:.1f} s per "
                 "trial above it."
@@ -279,8 +304,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for arm in ARMS:
                     runs.append(run_arm(arm, repeat, data, root / f"{arm}-{repeat}", args))
                 resources = SweepOptions().resources(cluster_cpus())  # the trials' workers
-                seconds = empty_fits(args.trials, resources)
-                runs.append({"arm": "empty fit", "repeat": repeat, "seconds": seconds})
+                runs.append(
+                    {"arm": "empty fit", "repeat": repeat, **empty_fits(args.trials, resources)}
+                )
         finally:
             ray.shutdown()
     report = {
