@@ -89,14 +89,20 @@ def test_skipped_inputs_are_counted(tmp_path: Path, capsys, caplog) -> None:
     assert info["skipped"] == 1 and info["frames"] == 7 and info["clips"] == 2  # cut at the gap
 
 
+def _ingest_argv(tmp_path: Path, frames: int) -> list[str]:
+    """``ingest`` of a folder of ``frames`` 32x18 PNG frames (each a different red) into
+    ``tmp_path/ds``."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(frames):
+        Image.new("RGB", (32, 18), (i * 20, 0, 0)).save(folder / f"frame_{i:03d}.png")
+    return ["ingest", str(folder), "--out", str(tmp_path / "ds"), "--size", "32x18"]
+
+
 def test_a_held_out_share_no_frame_went_to_is_said(tmp_path: Path, capsys, caplog) -> None:
     """Eight frames cannot hold train, val and test blocks with 16 guard frames between them:
     every frame trains, and ingest says so instead of leaving it to ``train`` to find."""
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i in range(8):
-        Image.new("RGB", (32, 18), (i * 20, 0, 0)).save(frames / f"frame_{i:03d}.png")
-    argv = ["ingest", str(frames), "--out", str(tmp_path / "ds"), "--size", "32x18"]
+    argv = _ingest_argv(tmp_path, frames=8)
     code, _, _ = _run([*argv, "--guard", "16"], capsys)
     assert code == 0
     assert "no frame went to val (--val 0.1)" in caplog.text
@@ -111,11 +117,7 @@ def test_a_held_out_share_no_frame_went_to_is_said(tmp_path: Path, capsys, caplo
 
 
 def test_with_no_guard_the_warning_does_not_ask_to_lower_it(tmp_path: Path, capsys, caplog) -> None:
-    frames = tmp_path / "frames"
-    frames.mkdir()
-    for i in range(3):
-        Image.new("RGB", (32, 18), (i * 20, 0, 0)).save(frames / f"frame_{i:03d}.png")
-    argv = ["ingest", str(frames), "--out", str(tmp_path / "ds"), "--size", "32x18"]
+    argv = _ingest_argv(tmp_path, frames=3)
     code, _, _ = _run([*argv, "--guard", "0"], capsys)
     assert code == 0 and "no frame went to val (--val 0.1)" in caplog.text
     assert "--guard" not in caplog.text and "ingest longer footage" in caplog.text
