@@ -128,8 +128,9 @@ def empty_fits(n: int, resources: Resources) -> dict[str, list[float]]:
     nothing: controller, worker group, torch's process group and teardown, nothing else.
 
     Each run is split where its workers' loop starts and ends (the workers stamp both into a
-    file; this is one machine, one clock): ``to_loop`` is ``fit()``'s start until the last
-    worker enters the loop, ``after_loop`` the first worker leaving it until ``fit()`` returns.
+    file; this is one machine, one clock): ``to_loop`` is ``fit()``'s start until the first
+    worker enters the loop, ``after_loop`` the last worker leaving it until ``fit()`` returns,
+    so the two never overlap (workers start their loops milliseconds apart).
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -159,8 +160,8 @@ def empty_fits(n: int, resources: Resources) -> dict[str, list[float]]:
             end = time.time()
             loops = [[float(t) for t in f.read_text().split()] for f in stamps.iterdir()]
             out["seconds"].append(end - start)
-            out["to_loop"].append(max(entered for entered, _ in loops) - start)
-            out["after_loop"].append(end - min(left for _, left in loops))
+            out["to_loop"].append(min(entered for entered, _ in loops) - start)
+            out["after_loop"].append(end - max(left for _, left in loops))
     return out
 
 
