@@ -162,6 +162,8 @@ def _sweep_efficiency(r: dict) -> list[str]:
     if s["ratios"]:
         reached += f", {min(s['ratios']):.2f}-{max(s['ratios']):.2f} where reached"
     figure = "never (median seed)" if s.get("median_is_never") else _or_dash(ratio)
+    if s.get("expected_median_ratio") is not None:
+        reached += f"; {s['expected_median_ratio']:.2f} against random's order-averaged compute"
     return [
         "Sweep efficiency: TPE+ASHA compute to reach random search's best -2 %, / random+FIFO's "
         f"(median of {seeds} seeds, equal {equal})",

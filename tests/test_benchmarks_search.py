@@ -19,7 +19,9 @@ from benchmarks.sweep_efficiency import (
     asha_replay,
     compare,
     compute_to_reach,
+    expected_compute_to_reach,
     replay_grid,
+    split_fifo_curves,
     summarise,
 )
 
@@ -58,6 +60,45 @@ def test_compare_takes_the_target_from_random_search_per_seed() -> None:
     runs[1]["objective_by_trial_epoch"] = [11, 12]
     (row,) = compare(runs, "max")
     assert row["compute_to_target"]["tpe_asha"] is None and row["ratio"] is None
+
+
+def test_random_searchs_compute_averaged_over_every_order_of_its_trials() -> None:
+    import itertools
+    import statistics
+
+    # two trials reach 20 (at epochs 3 and 1), three never do (4, 4 and 2 epochs long)
+    curves = [[10.0, 11.0, 12.0, 13.0], [5.0, 6.0, 20.0], [9.0, 9.0, 9.0, 9.0], [21.0], [1.0, 2.0]]
+    brute = statistics.mean(
+        compute_to_reach([v for i in order for v in curves[i]], 20.0, "max")
+        for order in itertools.permutations(range(len(curves)))
+    )
+    assert expected_compute_to_reach(curves, 20.0, "max") == pytest.approx(brute)
+    assert brute == pytest.approx(10 / 3 + 2)  # the misses' 10 epochs / 3, the hits' mean
+    assert expected_compute_to_reach(curves, 99.0, "max") is None
+    runs = [
+        {"method": "random_fifo", "seed": 0, "trial_epochs": 14, "best": 21.0,
+         "objective_by_trial_epoch": [v for c in curves for v in c],
+         "objective_by_trial": curves},
+        {"method": "tpe_asha", "seed": 0, "trial_epochs": 2, "best": 20.8,
+         "objective_by_trial_epoch": [11, 20.8]},
+    ]  # fmt: skip
+    (row,) = compare(runs, "max", "psnr", epochs=4)  # target 20.58: only the 21 reaches it
+    assert row["compute_to_target"]["random_fifo"] == 12 and row["ratio"] == 0.167
+    assert row["random_expected"] == pytest.approx(13 / 2 + 1)  # 13 epochs of misses, halved
+    assert row["expected_ratio"] == pytest.approx(2 / 7.5, abs=1e-3)
+    assert summarise([row], runs)["expected_median_ratio"] == row["expected_ratio"]
+
+
+def test_older_results_get_random_searchs_curves_only_where_the_split_is_exact() -> None:
+    old = {"method": "random_fifo", "trials": 2, "objective_by_trial_epoch": [1, 2, 3, 4, 5, 6]}
+    split_fifo_curves(old, 3)
+    assert old["objective_by_trial"] == [[1, 2, 3], [4, 5, 6]]
+    for run in (
+        {"method": "random_fifo", "trials": 3, "objective_by_trial_epoch": [1, 2, 3, 4, 5, 6]},
+        {"method": "tpe_asha", "trials": 2, "objective_by_trial_epoch": [1, 2, 3, 4, 5, 6]},
+    ):  # a trial cut short (5 of 6 epochs by 3 trials), or ASHA's trials of unknown lengths
+        split_fifo_curves(run, 3)
+        assert "objective_by_trial" not in run
 
 
 def test_asha_replay_cuts_random_searchs_trials_where_the_scheduler_stops_them() -> None:
