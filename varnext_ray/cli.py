@@ -32,6 +32,7 @@ from varnext_ray.manifest import ENCODINGS, load_manifest
 from varnext_ray.manifest import info as dataset_info
 from varnext_ray.synth import FORMATS, write_synthetic
 from varnext_ray.synth import MAX_SIDE as SYNTH_MAX_SIDE
+from varnext_ray.torch_env import check_torch_starts
 
 log = logging.getLogger("varnext")
 OWN_LOGGERS = ("varnext", "varnext_ray")  # whose info lines a command prints
@@ -259,7 +260,7 @@ def _add_arch(sub: argparse._SubParsersAction) -> None:
         help="most float32 activation bytes per frame (default 4 GiB, or "
         "$VARNEXT_MAX_ACTIVATION_BYTES; 'inf': no limit)",
     )
-    p.set_defaults(run=_run_arch_check)
+    p.set_defaults(run=_run_arch_check, uses_torch=True)
 
 
 def _size_limit(text: str) -> float:
@@ -339,6 +340,8 @@ def _run(args: argparse.Namespace, stdout: GuardedStdout) -> int:
     """Runs the chosen subcommand; every way it can end is one line on stderr at most."""
     try:
         with sigterm_raises():  # SIGTERM unwinds like Ctrl-C: staged outputs are removed
+            if getattr(args, "uses_torch", False):
+                check_torch_starts()  # torch reads TORCH_LOGS & co. as it is imported
             status = int(args.run(args) or 0)
             stdout.finish()  # the output is written only once it is flushed
             return status

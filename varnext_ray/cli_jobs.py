@@ -86,7 +86,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     add_resource_args(p, "--workers")
     add_tracking_args(p, "varnext")
     add_cluster_args(p)
-    p.set_defaults(run=_run_train)
+    p.set_defaults(run=_run_train, uses_torch=True)
 
 
 def _run_train(args: argparse.Namespace) -> int:
@@ -207,7 +207,7 @@ def _add_best(sub: argparse._SubParsersAction) -> None:
         "default objective of train and sweep)",
     )
     _add_register_arg(p, "the best run's checkpoint")
-    p.set_defaults(run=_run_best)
+    p.set_defaults(run=_run_best, uses_torch=True)
 
 
 def _add_register_arg(p: argparse.ArgumentParser, what: str) -> None:
@@ -364,7 +364,7 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
         help="video frames from t to t+s (default 1; with --video only)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.set_defaults(run=_run_predict)
+    p.set_defaults(run=_run_predict, uses_torch=True)
 
 
 def _run_predict(args: argparse.Namespace) -> int:
@@ -472,7 +472,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
     add_resource_args(p, "--workers-per-trial")
     add_tracking_args(p, "varnext-sweep")
     add_cluster_args(p)
-    p.set_defaults(run=_run_sweep)
+    p.set_defaults(run=_run_sweep, uses_torch=True)
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
@@ -603,7 +603,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help=f"optimizer steps per trial (default {demo.STEPS})",
     )
     p.add_argument("--address", default=None, help="Ray address (default: a local Ray)")
-    p.set_defaults(run=_run_demo)
+    p.set_defaults(run=_run_demo, uses_torch=True)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
