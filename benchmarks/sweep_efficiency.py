@@ -141,7 +141,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.frames = args.frames or (30 if quick else 550)
     if args.from_json is not None and args.out is None:
         args.out = args.from_json
+    kept = REPO / "benchmarks" / "results" / "sweep_efficiency.json"
+    # results reanalysed into another file are not the page's kept run: docs only if asked
+    elsewhere = args.from_json is not None and args.out.resolve() != kept.resolve()
+    docs_asked = args.docs is not None
     default_outputs(args, "sweep_efficiency")
+    if elsewhere and not docs_asked:
+        args.docs = None
     if min(args.samples, args.epochs, args.batch_size, args.clips) < 1:
         p.error("--samples, --epochs, --batch-size and --clips must be >= 1")
     return args

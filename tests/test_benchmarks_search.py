@@ -160,6 +160,14 @@ def test_the_replay_grid_tries_each_asha_setting_on_every_seed(tmp_path: Path) -
     assert [r["compute_to_target"]["tpe_asha"] for r in again["comparison"]] == [2, 2]
     assert len(again["replay_grid"]) == 9 and "| 4 | 3 |" in docs.read_text()
     assert "first trial reached the target in seed(s) 1:" in proc.stdout
+    # results analysed again into another file are not the page's kept run: docs if asked
+    from benchmarks.harness import DOCS
+    from benchmarks.sweep_efficiency import parse_args
+
+    assert parse_args(["--from-json", str(path)]).docs is None
+    assert parse_args(["--from-json", str(path), "--docs", str(docs)]).docs == docs
+    kept = REPO / "benchmarks" / "results" / "sweep_efficiency.json"
+    assert parse_args(["--from-json", str(kept)]).docs == DOCS
 
 
 def test_a_seed_that_never_reaches_the_target_counts_as_the_worst_ratio() -> None:
