@@ -65,3 +65,24 @@ def test_torch_variables_torch_takes_and_commands_without_torch_run(tmp_path: Pa
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert sorted(p.name for p in (tmp_path / "clips").iterdir())
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["arch", "check", SMOKE],
+        ["best", "--experiment", "x", "--out", "b", "--tracking-uri", "sqlite:///m.db"],
+        ["train", "--config", SMOKE, "--data", "ds", "--address", "127.0.0.1:1"],
+        ["sweep", "--space", SMOKE, "--data", "ds", "--address", "127.0.0.1:1"],
+        ["demo", "--workdir", "w", "--address", "127.0.0.1:1"],
+    ],
+    ids=lambda command: command[0],
+)
+def test_every_command_that_imports_torch_checks_its_variables_first(
+    command: list[str], tmp_path: Path
+) -> None:
+    """(predict: above.) Without the check, each ends as an unexpected error, exit 1."""
+    proc = _varnext(command, tmp_path, TORCH_LOGS="bogus")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("error: torch cannot start with TORCH_LOGS='bogus' set: ")
+    assert proc.stderr.count("\n") == 1 and list(tmp_path.iterdir()) == []
