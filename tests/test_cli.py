@@ -3,6 +3,7 @@ naming the exception and a file holding its traceback, exit 1 (never a wall of t
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -138,6 +139,45 @@ def test_a_closed_standard_output_is_refused_before_any_work(tmp_path: Path) -> 
     assert closed.returncode == 2, closed.stderr
     assert closed.stderr.startswith("error: standard output is closed (standard output): ")
     assert len(closed.stderr.splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+def test_a_standard_output_open_for_reading_is_refused_before_any_work(tmp_path: Path) -> None:
+    """``varnext synth OUT 1<file`` wrote its clips, then failed to say so (exit 2): a re-run
+    then met "output already exists" for an output it was told had failed."""
+    import subprocess
+
+    (tmp_path / "in.txt").write_text("")
+    script = 'exec varnext synth "$0" --clips 1 --frames 3 --size 8x8 1<"$1"'
+    read_only = subprocess.run(
+        ["bash", "-c", script, tmp_path / "s", tmp_path / "in.txt"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert read_only.returncode == 2, read_only.stderr
+    assert read_only.stderr.startswith("error: standard output is open for reading only")
+    assert len(read_only.stderr.splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
+def test_a_path_standard_output_cannot_encode_is_printed_escaped(
+    tmp_path: Path, encoding: str
+) -> None:
+    """``wrote ... to s_ü`` on an ASCII terminal raised UnicodeEncodeError after the clips
+    were written: "unexpected ..., this is a bug", exit 1. Standard error escaped it already."""
+    import subprocess
+
+    out = tmp_path / "s_ü中"
+    done = subprocess.run(
+        ["varnext", "synth", str(out), "--clips", "1", "--frames", "3", "--size", "8x8"],
+        capture_output=True,
+        env=os.environ | {"PYTHONIOENCODING": encoding},
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    said = done.stdout.decode(encoding)
+    assert "s_\\xfc\\u4e2d" in said if encoding == "ascii" else "s_ü\\u4e2d" in said, said
+    assert any(out.iterdir())  # the clips, written once
 
 
 def test_a_closed_standard_error_keeps_the_exit_status(tmp_path: Path) -> None:

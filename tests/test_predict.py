@@ -52,7 +52,22 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "junk": junk,
         "empty_ckpt": empty_ckpt,
         "smoke_ckpt": smoke_checkpoint(root, "ckpt", 0),
+        "overflow_ckpt": _overflowing_checkpoint(root / "overflow"),
     }
+
+
+def _overflowing_checkpoint(directory: Path) -> Path:
+    """A checkpoint whose weights are all finite (3e38) and whose forward pass is not: its
+    prediction was written as an all-black PNG, exit 0."""
+    from varnext_ray.checkpoint import save_checkpoint
+
+    cfg = load_arch(SMOKE)
+    model = build_vae(cfg)
+    with torch.no_grad():
+        for tensor in model.state_dict().values():
+            if tensor.is_floating_point():
+                tensor.fill_(3e38)
+    return save_checkpoint(directory, model=model, arch_cfg=cfg, epoch=0, metrics={})
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
@@ -175,6 +190,8 @@ BAD = [  # (argv with {placeholders}, text the error line must contain)
     ("predict --checkpoint {smoke_ckpt} --out {tmp}/p.png {a} {b} --steps 1000000000", "limit"),
     ("predict --checkpoint {smoke_ckpt} --out {tmp} {a} {b}", "unsupported output type"),
     ("predict --checkpoint {smoke_ckpt} --out {tmp}/o.png {a} {b}", "already exists"),
+    ("predict --checkpoint {overflow_ckpt} --out {tmp}/p.png {a} {b}", "prediction is not fini"),
+    ("predict --checkpoint {overflow_ckpt} --out {tmp}/p.mp4 --video {video}", "is not finite"),
 ]
 
 

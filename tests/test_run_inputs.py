@@ -22,7 +22,8 @@ from tests.conftest import REPO
 from varnext_ray.arch import load_arch
 from varnext_ray.cli import main
 from varnext_ray.errors import UserError
-from varnext_ray.train import ARCH_FILE, check_same_arch
+from varnext_ray.run_records import RUN_FILE
+from varnext_ray.train import ARCH_FILE, check_run_folder, check_same_arch
 
 SMOKE = REPO / "configs" / "smoke_64x36.json"
 CLOSED = ["--address", "127.0.0.1:1"]
@@ -76,6 +77,31 @@ def test_a_run_name_must_be_one_directory_under_storage(
 ) -> None:
     _refused(_train_argv(dataset_dir, tmp_path, "--name", name, *CLOSED), capsys, "--name")
     assert not (tmp_path / "storage").exists() and not (tmp_path / "escaped").exists()
+
+
+def test_a_run_name_naming_something_else_under_storage_is_refused(
+    dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--storage`` the dataset's parent and ``--name`` the dataset (or a checkpoint, or a
+    file) passed every check: the run's lock, records and checkpoints went among its files."""
+    storage = tmp_path / "storage" / "inner"
+    (storage / "mine").mkdir(parents=True)
+    (storage / "mine" / "notes.txt").write_text("the user's")
+    (storage / "a.png").write_bytes(b"the user's picture")
+    (storage / "empty").mkdir()
+    shutil.copytree(dataset_dir, storage / "ds")
+    before = sorted(str(p.relative_to(storage)) for p in storage.rglob("*"))
+    for name, said in [("ds", "(it holds dataset.json, "), ("mine", "(it holds notes.txt)")]:
+        line = _refused(_train_argv(dataset_dir, tmp_path, "--name", name, *CLOSED), capsys, said)
+        assert f"--name {name!r} names a folder in --storage that is not a varnext run" in line
+    line = _refused(_train_argv(storage / "ds", tmp_path, "--name", "ds", *CLOSED), capsys, "")
+    assert "not a varnext run" in line  # the dataset read is the run's folder: refused too
+    _refused(_train_argv(dataset_dir, tmp_path, "--name", "a.png", *CLOSED), capsys, "a file")
+    assert sorted(str(p.relative_to(storage)) for p in storage.rglob("*")) == before
+    check_run_folder(storage, "empty")  # an empty folder, a new name, a run's folder: all pass
+    check_run_folder(storage, "new")
+    (storage / "empty" / RUN_FILE).write_text("{}")
+    check_run_folder(storage, "empty")
 
 
 @pytest.mark.parametrize("name", ["../../../tmp/hostile/spescape", "", "/etc", "."])

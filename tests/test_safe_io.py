@@ -91,6 +91,38 @@ def test_staged_dir_appears_complete_or_not_at_all(tmp_path: Path) -> None:
         pass
 
 
+def test_an_empty_out_folder_keeps_its_mode_owner_and_group(tmp_path: Path) -> None:
+    """The staging folder was renamed over the user's empty folder as it was made: a private
+    ``mkdir -m 700`` output came out 755, a set-group-ID one lost its group and mode."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with staged_dir(private, "--out") as tmp:
+        (tmp / "sub").mkdir()
+    assert private.stat().st_mode & 0o7777 == 0o700 and (private / "sub").is_dir()
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o555)  # filled all the same, then read-only again
+    with staged_dir(read_only, "--out") as tmp:
+        (tmp / "done").write_text("x")
+    assert read_only.stat().st_mode & 0o7777 == 0o555 and (read_only / "done").exists()
+    mine = [g for g in os.getgroups() if g != os.getegid()]  # root may give any group
+    other_gid = 1 if os.geteuid() == 0 else next(iter(mine), None)
+    if other_gid is None:
+        pytest.skip("the group part needs root or a second group of this process's")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chown(shared, -1, other_gid)
+    shared.chmod(0o2770)  # after chown, which may clear set-group-ID
+    with staged_dir(shared, "--out") as tmp:
+        (tmp / "inside").write_text("x")
+    assert shared.stat().st_mode & 0o7777 == 0o2770 and shared.stat().st_gid == other_gid
+    assert (shared / "inside").stat().st_gid == other_gid  # what it holds takes the group on
+    file = tmp_path / "f.png"
+    file.write_bytes(b"old")
+    os.chown(file, -1, other_gid)
+    write_atomic(file, b"new")  # a replaced file keeps its group too
+    assert file.stat().st_gid == other_gid and file.read_bytes() == b"new"
+
+
 # ---- images and sources -----------------------------------------------------------------------
 
 

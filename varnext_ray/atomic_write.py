@@ -69,7 +69,7 @@ def staged_file(
 
     ``overwrite=False`` refuses (UserError) an existing ``path``: before the block, and again
     atomically at the rename (``os.link`` fails on an existing name). A new file's mode
-    follows the umask, a replaced file keeps its own.
+    follows the umask; a replaced file keeps its mode, owner and group (:func:`_take_owner`).
     """
     path = Path(path)
     where = flag or str(path)
@@ -117,8 +117,10 @@ def _write_new(tmp: Path, data: bytes) -> None:
 def _put_in_place(tmp: Path, path: Path, overwrite: bool) -> None:
     """Renames ``tmp`` to ``path`` (replacing it only with ``overwrite``), then syncs the folder."""
     if overwrite:
-        with contextlib.suppress(FileNotFoundError):
-            os.chmod(tmp, stat.S_IMODE(os.stat(path).st_mode))
+        replaced = _stat_or_none(path)
+        if replaced is not None:  # the replaced file's owner, group and mode are kept
+            _take_owner(tmp, replaced)
+            os.chmod(tmp, stat.S_IMODE(replaced.st_mode))
         os.replace(tmp, path)
     else:
         try:
@@ -179,7 +181,8 @@ def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> It
     Named ``.<name>.partial-<pid>-<random>``: a killed run leaves a hidden folder that never
     reads as the output. On any failure the staging folder and the parent folders this call
     created (:func:`parent_folders`) are removed. The target must be new or an empty folder
-    (:func:`check_new_dir`).
+    (:func:`check_new_dir`); an empty folder's mode, owner and group are the output's (a
+    private ``mkdir -m 700`` folder stays private, a set-group-ID one passes its group on).
     """
     target = normal_new_dir(target, flag)
     check_new_dir(target, flag, allow_empty=allow_empty)
@@ -190,13 +193,41 @@ def staged_dir(target: str | Path, flag: str, *, allow_empty: bool = True) -> It
         try:
             try:
                 staging.mkdir()
+                empty = _stat_or_none(target)  # an empty folder the user made for the output
+                if empty is not None:
+                    _take_owner(staging, empty)
+                    os.chmod(staging, stat.S_IMODE(empty.st_mode) | stat.S_IRWXU)  # to fill it
             except OSError as err:
                 raise UserError(f"cannot create ({os_reason(err)})", str(target), fix) from None
             yield staging
+            if empty is not None:
+                with _as_user_error(str(target)):
+                    os.chmod(staging, stat.S_IMODE(empty.st_mode))
             _rename_into_place(staging, target, fix)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+
+def _stat_or_none(path: Path) -> os.stat_result | None:
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        return None
+
+
+def _take_owner(new: Path, old: os.stat_result) -> None:
+    """Gives ``new`` the owner and group of the file or folder ``old`` it replaces, where this
+    process may (root; or a group of its own): a replaced output keeps who may read it. Set
+    before the mode, which a change of owner may clear bits of (set-group-ID)."""
+    now = os.stat(new)
+    if (now.st_uid, now.st_gid) == (old.st_uid, old.st_gid):
+        return
+    with contextlib.suppress(PermissionError):
+        os.chown(new, old.st_uid, old.st_gid)
+        return
+    with contextlib.suppress(PermissionError):  # not root: at least the group, if it is ours
+        os.chown(new, -1, old.st_gid)
 
 
 def _rename_into_place(staging: Path, target: Path, fix: str) -> None:

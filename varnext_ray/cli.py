@@ -7,8 +7,11 @@ Each ``_add_*`` function registers a subcommand and the function that runs it. U
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 
@@ -302,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if closed is not None:  # before argparse, which writes usage and --help to it
         say(f"error: {closed}")
         return 2
+    _escape_unprintable_output()
     args = build_parser().parse_args(argv)
     try:
         console.set_verbose(args.verbose)  # before Ray is imported
@@ -325,15 +329,31 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _closed_stream() -> UserError | None:
-    """A standard output started closed (``>&-``: Python's ``sys.stdout`` is None), refused
-    before any work: every command reports what it wrote there."""
-    if sys.stdout is not None:
+    """A standard output started closed (``>&-``: Python's ``sys.stdout`` is None) or open for
+    reading only (``1<file``), refused before any work: every command reports what it wrote
+    there, and a command that did its work and then failed to say so reads as failed."""
+    fix = "redirect it to a file or to /dev/null (>/dev/null)"
+    if sys.stdout is None:
+        return UserError(
+            "standard output is closed", "standard output", f"{fix} rather than closing it (>&-)"
+        )
+    try:
+        mode = fcntl.fcntl(sys.stdout.fileno(), fcntl.F_GETFL) & os.O_ACCMODE
+    except (OSError, ValueError, AttributeError):  # no file descriptor (a test's capture)
+        return None
+    if mode != os.O_RDONLY:
         return None
     return UserError(
-        "standard output is closed",
-        "standard output",
-        "redirect it to a file or to /dev/null (>/dev/null) rather than closing it (>&-)",
+        "standard output is open for reading only", "standard output", f"{fix}, not from one"
     )
+
+
+def _escape_unprintable_output() -> None:
+    """Standard output escapes (``\\xfc``) what its encoding cannot show, as standard error
+    does: a path printed to an ASCII or Latin-1 terminal (``PYTHONIOENCODING``, ``LANG=C``)
+    raised UnicodeEncodeError after the command had written its output."""
+    with contextlib.suppress(AttributeError, ValueError):  # not a TextIOWrapper; detached
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
 
 
 def _run(args: argparse.Namespace, stdout: GuardedStdout) -> int:

@@ -94,6 +94,7 @@ def _run_train(args: argparse.Namespace) -> int:
     from varnext_ray.cluster import Resources, connect_ray
     from varnext_ray.train import (
         TrainingFailed,
+        check_run_folder,
         check_same_arch,
         check_same_experiment,
         check_same_objective,
@@ -101,6 +102,7 @@ def _run_train(args: argparse.Namespace) -> int:
     )
 
     name = _run_name(args)
+    check_run_folder(args.storage, name)  # before anything is read: a file, or not a run
     arch = load_arch(args.config)
     settings = TrainSettings(
         epochs=args.epochs,

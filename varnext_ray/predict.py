@@ -109,8 +109,20 @@ def _model_input(ckpt: Checkpoint, frames: list[np.ndarray]) -> torch.Tensor:
     return x.to(next(ckpt.model.parameters()).device)
 
 
-def _to_images(y: torch.Tensor, size: tuple[int, int]) -> list[np.ndarray]:
-    """Decoded (B, 3, h, w) in [0, 1] -> (H, W, 3) uint8 images resized to ``size`` = (W, H)."""
+def _to_images(y: torch.Tensor, size: tuple[int, int], checkpoint: Path) -> list[np.ndarray]:
+    """Decoded (B, 3, h, w) in [0, 1] -> (H, W, 3) uint8 images resized to ``size`` = (W, H).
+
+    Raises:
+        UserError: The model's output is not finite (weights that overflow on these frames):
+            NaN would be written as black, +inf as white, with exit status 0.
+    """
+    if not torch.isfinite(y).all():
+        raise UserError(
+            "the model's prediction is not finite (NaN or infinite pixels): its weights "
+            "overflow on these frames",
+            str(checkpoint),
+            "use another checkpoint of the run (an earlier epoch) or train it again",
+        )
     y = y.detach().float().clamp(0, 1).mul(255).round().byte().cpu()
     images = []
     for arr in y.permute(0, 2, 3, 1).numpy():  # (h, w, 3) each
@@ -267,17 +279,17 @@ def iter_predicted_frames(
     with torch.inference_mode():
         mu, _ = model.encode(_model_input(checkpoint, [frame_a, frame_b]))  # (2, D)
         z = rollout(mu[:1], mu[1:], steps)[:, 0]  # (steps, D)
-    return _decoded(model, z, (frame_a.shape[1], frame_a.shape[0]))
+    return _decoded(model, z, (frame_a.shape[1], frame_a.shape[0]), checkpoint.path)
 
 
 def _decoded(
-    model: torch.nn.Module, z: torch.Tensor, size: tuple[int, int]
+    model: torch.nn.Module, z: torch.Tensor, size: tuple[int, int], checkpoint: Path
 ) -> Iterator[np.ndarray]:
     """The images of latents ``z``, decoded a chunk at a time (never yielding inside inference
     mode, which is the thread's: the caller's code would run in it)."""
     for start in range(0, len(z), DECODE_CHUNK):
         with torch.inference_mode():
-            images = _to_images(model.decode(z[start : start + DECODE_CHUNK]), size)
+            images = _to_images(model.decode(z[start : start + DECODE_CHUNK]), size, checkpoint)
         while images:
             yield images.pop(0)  # handed over, not kept: one full-size frame alive at a time
 
@@ -466,7 +478,8 @@ def _panels(
                     latents.append(extrapolate(history[0][1], history[stride][1]))
             if not latents:
                 continue
-            predictions = _to_images(model.decode(torch.stack(latents)), shown)  # (B, D) in
+            decoded = model.decode(torch.stack(latents))  # (B, D) in
+            predictions = _to_images(decoded, shown, ckpt.path)
         for (last, truth), prediction in zip(pairs, predictions, strict=True):
             yield last, truth, prediction
 

@@ -19,13 +19,21 @@ import hashlib
 import json
 import logging
 import math
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from varnext_ray import console, mlflow_extras, run_records, tracking, tracking_errors
+from varnext_ray import (
+    console,
+    mlflow_extras,
+    run_lock,
+    run_records,
+    tracking,
+    tracking_errors,
+)
 from varnext_ray.arch import ArchConfig
 from varnext_ray.arch_shapes import batch_norm_on_one_value
 from varnext_ray.cluster import Resources, check_resources, cluster_cpus, stop_ray_work
@@ -38,6 +46,7 @@ from varnext_ray.errors import (
 )
 from varnext_ray.frame_codec import FRAME_CHANNELS
 from varnext_ray.manifest import load_manifest, triplet_index
+from varnext_ray.safe_io import os_reason
 from varnext_ray.settings import TrainSettings, check_name
 from varnext_ray.train_data import (
     DataKey,
@@ -125,6 +134,8 @@ def check_frame_size(size: tuple[int, int], input_shape: tuple[int, ...], data: 
 
 
 ARCH_FILE = "varnext_arch.json"  # beside the run's Ray state: the digest of its architecture
+# Ray Train's record, in a run's directory, of the checkpoints it registered
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
 def arch_digest(arch: ArchConfig) -> str:
@@ -136,6 +147,41 @@ def run_dir(storage: Path | str, name: str) -> str:
     """``<storage>/<name>``: where Ray Train keeps the run (a local storage resolved)."""
     storage = Path(storage).resolve() if "://" not in str(storage) else storage
     return f"{storage}/{name}"
+
+
+def check_run_folder(storage: Path | str, name: str) -> None:
+    """Refuses a ``--name`` whose folder under a local ``--storage`` exists and is not a run
+    (before Ray): a file, or a folder that holds something else (the dataset itself, a
+    checkpoint, anyone's files), which the run's lock, records and checkpoints would be
+    written among. New and empty folders, and the folders of earlier runs, pass.
+    """
+    directory = run_dir(storage, name)
+    if "://" in directory or not os.path.lexists(directory):
+        return
+    fix = "pass another --name (the folder of a run holds its varnext_run.json)"
+    try:
+        entries = {entry.name: entry.is_dir() for entry in os.scandir(directory)}
+    except NotADirectoryError:
+        raise UserError(
+            f"--name {name!r} names a file in --storage, not a run's folder", directory, fix
+        ) from None
+    except OSError as err:
+        raise UserError(f"cannot read the folder ({os_reason(err)})", directory, fix) from None
+    entries.pop(run_lock.LOCK_FILE, None)  # left by a run killed before it wrote anything
+    ours = {run_records.RUN_FILE, ARCH_FILE, SNAPSHOT_FILE}
+    if (
+        not entries
+        or ours & entries.keys()
+        or any(is_dir and re.fullmatch(r"epoch_\d+", entry) for entry, is_dir in entries.items())
+    ):
+        return
+    held = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+    raise UserError(
+        f"--name {name!r} names a folder in --storage that is not a varnext run (it holds "
+        f"{held}): the run would write its lock, records and checkpoints among them",
+        directory,
+        fix,
+    )
 
 
 def check_same_arch(storage: Path | str, name: str, arch: ArchConfig) -> None:
@@ -159,10 +205,6 @@ def check_same_arch(storage: Path | str, name: str, arch: ArchConfig) -> None:
             "pass another --name, or the config it was trained with to continue it",
         )
     _check_latest_checkpoint(directory)
-
-
-# Ray Train's record, in a run's directory, of the checkpoints it registered
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
 def _latest_checkpoint(directory: str) -> str | None:
@@ -414,12 +456,12 @@ def train(
     """
     import ray.train
 
-    from varnext_ray import run_lock
     from varnext_ray.output_checks import check_not_inside
     from varnext_ray.storage_checks import local_storage
 
     started = time.perf_counter()
     check_name(name, "--name")
+    check_run_folder(storage, name)
     settings.check()
     check_dataset(data, settings, resources.workers, arch)
     uri = tracking.resolve_tracking_uri(tracking_uri)
