@@ -295,6 +295,28 @@ def test_images_that_do_not_match_the_manifest_are_refused_before_ray(
     assert "re-run 'varnext ingest'" in said
 
 
+def test_images_larger_than_their_frames_can_be_are_refused_from_the_footer(
+    dataset_dir: Path, tmp_path: Path
+) -> None:
+    """One image cell of zeros, compressed to almost nothing: checking the file's first image
+    decompressed its whole page (1 GB cell: 4 GB of memory) before saying it was wrong. The
+    footer's uncompressed size is compared with what the frames can hold, before any page."""
+    import shutil
+
+    data = Path(shutil.copytree(dataset_dir, tmp_path / "ds"))
+    file = sorted((data / "train").glob("*.parquet"))[0]
+    table = pq.read_table(file)
+    images = table.column("image").to_pylist()
+    images[0] = bytes(20 * 1024**2)  # 20 MiB of a 64x36 frame's 6,912 bytes
+    table = table.set_column(
+        table.schema.get_field_index("image"), "image", pa.array(images, pa.binary())
+    )
+    pq.write_table(table, file, compression="zstd", data_page_size=1 << 30)
+    assert file.stat().st_size < 1024**2
+    with pytest.raises(UserError, match=r"clips\[\d+\]\.files: .*more than such frames can"):
+        load_manifest(data, check_keys=True)
+
+
 @pytest.mark.parametrize("encoding", ["raw", "png", "jpeg"])
 def test_an_image_column_decodes_as_its_cells_do(encoding: str) -> None:
     """decode_image_column (Ray Data's decoding tasks, Arrow in) gives what decode_images gives

@@ -104,6 +104,18 @@ def test_a_run_name_naming_something_else_under_storage_is_refused(
     check_run_folder(storage, "empty")
 
 
+def test_a_sweep_that_exists_is_refused_before_ray(
+    dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Started again without --resume, a sweep was refused only once Ray had started."""
+    folder = tmp_path / "storage" / "inner" / "sweep-varnext-sweep-t"
+    folder.mkdir(parents=True)
+    (folder / "x").write_text("kept")
+    line = _refused(_sweep_argv(_space(tmp_path), dataset_dir, tmp_path), capsys, "")
+    assert "a sweep of this experiment and space already exists" in line and "--resume" in line
+    assert [p.name for p in folder.iterdir()] == ["x"]
+
+
 @pytest.mark.parametrize("name", ["../../../tmp/hostile/spescape", "", "/etc", "."])
 def test_a_space_name_must_be_one_directory_under_storage(
     name: str, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]

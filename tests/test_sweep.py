@@ -327,6 +327,35 @@ def test_a_sweep_whose_tune_state_is_cut_short_is_refused(tmp_path: Path, damage
     (folder / damaged).write_bytes(whole[: len(whole) // 2])
     with pytest.raises(UserError, match=r"the sweep's Tune state is damaged \("):
         check_resumable(str(folder))
+    import os
+
+    from varnext_ray.sweep import STATE_LIMIT
+
+    (folder / damaged).unlink()
+    os.mkfifo(folder / damaged)  # its read blocked until the sweep was killed
+    with pytest.raises(UserError, match=r"Tune state is a named pipe \(FIFO\), not a regular"):
+        check_resumable(str(folder))
+    (folder / damaged).unlink()
+    with open(folder / damaged, "wb") as f:  # sparse: read whole, it filled the memory
+        f.truncate(STATE_LIMIT + 1)
+    with pytest.raises(UserError, match=r"Tune state is larger than the 256 MiB limit"):
+        check_resumable(str(folder))
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_run_record_that_is_not_a_file_is_refused_not_ignored(tmp_path: Path, kind: str) -> None:
+    """A named pipe or a folder at ``varnext_sweep.json`` read as no record: a resume skipped
+    every check of its options, and would have written a new record over it."""
+    import os
+
+    from varnext_ray import run_records
+    from varnext_ray.errors import UserError
+
+    record = tmp_path / "varnext_sweep.json"
+    record.mkdir() if kind == "folder" else os.mkfifo(record)
+    with pytest.raises(UserError, match=r"the run record is (a folder|not a regular file)"):
+        run_records.read_json_record(tmp_path, "varnext_sweep.json")
+    assert run_records.read_json_record(tmp_path, "absent.json") is None
 
 
 def test_a_resume_with_other_options_names_each_difference(tmp_path: Path) -> None:

@@ -484,6 +484,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from varnext_ray.storage_checks import check_trusted_storage
     from varnext_ray.sweep import (
         SweepOptions,
+        check_new_sweep,
         check_resumable,
         check_resume_matches,
         no_trial_finished,
@@ -527,6 +528,8 @@ def _run_sweep(args: argparse.Namespace) -> int:
         check_resumable(path)
         uri = tracking.resolve_tracking_uri(args.tracking_uri)
         check_resume_matches(path, started_with(space, base, options, args.data, uri))
+    else:  # checked again under the sweep's lock, against one started meanwhile
+        check_new_sweep(sweep_path(args.storage, args.experiment, space.name))
     connect_ray(args.address)
     outcome = run_sweep(
         space=space,

@@ -103,6 +103,7 @@ def check_clip_keys(root: Path, schema: _ManifestSchema, where: str) -> None:
         indices = []
         for file in clip.files:
             try:
+                _check_image_bytes(pq.ParquetFile(root / file).metadata, schema.size)
                 keys = pq.read_table(root / file, columns=["clip_id", "frame_index"])
                 first = next(
                     pq.ParquetFile(root / file, pre_buffer=False, buffer_size=1 << 16).iter_batches(
@@ -110,6 +111,8 @@ def check_clip_keys(root: Path, schema: _ManifestSchema, where: str) -> None:
                     ),
                     None,
                 )
+            except UserError as err:  # images larger than any frame of the size
+                raise UserError(f"clips[{n}].files: {file!r}: {err.what}", where, err.fix) from None
             except (OSError, pa.ArrowException, ValueError) as err:
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
                 what = f"clips[{n}].files: {file!r} does not read ({reason})"
@@ -130,6 +133,28 @@ def check_clip_keys(root: Path, schema: _ManifestSchema, where: str) -> None:
         if not np.array_equal(found, np.arange(clip.frames)):
             what = f"clips[{n}] ({clip.id!r}): its frame_index values are not 0..{clip.frames - 1}"
             raise UserError(what, where, MANIFEST_FIX)
+
+
+def _check_image_bytes(meta: pq.FileMetaData, size: tuple[int, int]) -> None:
+    """Refuses a file whose ``image`` column holds more bytes, once decompressed, than its
+    frames can at the manifest's size (from the footer, before any page is read): one
+    compressed page of zeros in a 146 KB file made the first image's read 1 GB (4 GB held).
+    A raw frame is ``W*H*3`` bytes; a JPEG stays below twice that, headers included."""
+    width, height = size
+    per_frame = 2 * width * height * 3 + 65536
+    for g in range(meta.num_row_groups):
+        group = meta.row_group(g)
+        for c in range(group.num_columns):
+            column = group.column(c)
+            if column.path_in_schema != "image":
+                continue
+            if column.total_uncompressed_size > group.num_rows * per_frame + (1 << 20):
+                raise UserError(
+                    f"its images hold {column.total_uncompressed_size:,} bytes for "
+                    f"{group.num_rows} frames of {width}x{height}, more than such frames can",
+                    "",
+                    DAMAGED_FIX,
+                )
 
 
 def damaged_file(manifest: Manifest, split: str) -> str | None:

@@ -62,8 +62,16 @@ def read_json_record(run_dir: str | Path, name: str) -> dict[str, Any] | None:
     import pyarrow.fs
 
     fs, path = storage_path(run_dir)
-    if fs.get_file_info(f"{path}/{name}").type != pyarrow.fs.FileType.File:
+    kind = fs.get_file_info(f"{path}/{name}").type
+    if kind == pyarrow.fs.FileType.NotFound:
         return None
+    if kind != pyarrow.fs.FileType.File:  # a folder, a named pipe (whose read would block)
+        what = "a folder" if kind == pyarrow.fs.FileType.Directory else "not a regular file"
+        raise UserError(
+            f"the run record is {what}",
+            f"{path}/{name}",
+            "remove it to start a new MLflow run, or restore the record from a backup",
+        )
     with fs.open_input_stream(f"{path}/{name}") as stream:
         data = stream.read(RECORD_LIMIT + 1)
     try:

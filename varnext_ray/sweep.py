@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, NoReturn
 
-from varnext_ray import console, run_records, tracking, tracking_errors
+from varnext_ray import console, run_lock, run_records, tracking, tracking_errors
 from varnext_ray.arch import parse_arch
 from varnext_ray.cluster import Resources, cluster_cpus, stop_ray_work
 from varnext_ray.errors import (
@@ -40,6 +40,7 @@ from varnext_ray.errors import (
     user_error_in,
 )
 from varnext_ray.output_checks import check_not_inside
+from varnext_ray.safe_io import read_bounded
 from varnext_ray.search_space import DefineByRun, SearchSpace, point_to_arch
 from varnext_ray.settings import TrainSettings
 from varnext_ray.storage_checks import check_trusted_storage, local_storage
@@ -361,20 +362,37 @@ def check_resumable(path: str) -> None:
     if "://" in path:
         return
     folder = Path(path)
+    fix = "restore the sweep folder from a backup, or start a new sweep (another --experiment "
+    fix += "or --storage)"
     states = sorted(folder.glob("experiment_state-*.json"))
     for file, check in [
         (folder / "tuner.pkl", lambda data: all(pickletools.genops(data))),  # never executed
         *[(state, json.loads) for state in states[-1:]],  # the one Tune restores
     ]:
+        # a named pipe would block the read, /dev/zero or a huge file would fill the memory
+        data = read_bounded(file, STATE_LIMIT, "the sweep's Tune state", fix)
         try:
-            check(file.read_bytes())
-        except (OSError, ValueError, UnicodeDecodeError, RecursionError) as err:
+            check(data)
+        except (ValueError, UnicodeDecodeError, RecursionError) as err:
             raise UserError(
                 f"the sweep's Tune state is damaged ({str(err).splitlines()[0][:120]})",
                 str(file),
-                "restore the sweep folder from a backup, or start a new sweep (another "
-                "--experiment or --storage)",
+                fix,
             ) from None
+
+
+STATE_LIMIT = 256 * 1024**2  # Tune's state of a sweep (its searcher, its trials), read whole
+
+
+def check_new_sweep(path: str) -> None:
+    """Refuses to start a sweep where one of the same experiment and space exists (a local
+    folder that holds anything, a storage URI that exists): ``--resume`` continues it."""
+    if _exists(path) if "://" in path else run_lock.occupied(path):
+        raise UserError(
+            "a sweep of this experiment and space already exists",
+            str(path),
+            "pass --resume to continue it, or another --experiment or --storage",
+        )
 
 
 def sweep_path(storage: Path | str, experiment: str, space_name: str) -> str:
@@ -406,8 +424,6 @@ def run_sweep(
         UserError: The sweep exists (without ``resume``), another varnext process runs it, or
             an input is refused.
     """
-    from varnext_ray import run_lock
-
     options.check()
     settings = options.settings(space)
     settings.check()
@@ -422,12 +438,8 @@ def run_sweep(
     # held before the check: two sweeps started at once both passed it, into one folder
     fix = "wait for it to end, or pass another --experiment or --storage"
     with run_lock.held(path, what=f"the sweep {name!r}", fix=fix):
-        if not resume and (_exists(path) if "://" in path else run_lock.occupied(path)):
-            raise UserError(
-                "a sweep of this experiment and space already exists",
-                str(path),
-                "pass --resume to continue it, or another --experiment or --storage",
-            )
+        if not resume:
+            check_new_sweep(path)
         first = started_with(space, base, options, data, uri)
         if resume:
             check_trusted_storage(path)
