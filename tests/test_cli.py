@@ -120,43 +120,31 @@ def test_a_varnext_verbose_that_is_neither_is_one_line(
     assert err.startswith("error: VARNEXT_VERBOSE must be 1 or 0 (got 'maybe')"), err
 
 
-def test_a_closed_standard_output_is_refused_before_any_work(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("redirect", "said"),
+    [(">&-", "is closed"), ('1<"$1"', "is open for reading only")],
+    ids=["closed", "read-only"],
+)
+def test_a_standard_output_that_cannot_be_written_is_refused_before_any_work(
+    tmp_path: Path, redirect: str, said: str
+) -> None:
     """``varnext synth OUT >&-`` wrote its clips, then ended in "unexpected AttributeError"
-    (exit 1): Python's ``sys.stdout`` is None when the command starts with it closed."""
-    import subprocess
-
-    closed = subprocess.run(
-        [
-            "bash",
-            "-c",
-            'exec varnext synth "$0" --clips 1 --frames 3 --size 8x8 >&-',
-            tmp_path / "s",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert closed.returncode == 2, closed.stderr
-    assert closed.stderr.startswith("error: standard output is closed (standard output): ")
-    assert len(closed.stderr.splitlines()) == 1 and not (tmp_path / "s").exists()
-
-
-def test_a_standard_output_open_for_reading_is_refused_before_any_work(tmp_path: Path) -> None:
-    """``varnext synth OUT 1<file`` wrote its clips, then failed to say so (exit 2): a re-run
-    then met "output already exists" for an output it was told had failed."""
+    (exit 1): Python's ``sys.stdout`` is None when the command starts with it closed. With
+    ``1<file`` it wrote them, then failed to say so (exit 2): a re-run then met "output
+    already exists" for an output it was told had failed."""
     import subprocess
 
     (tmp_path / "in.txt").write_text("")
-    script = 'exec varnext synth "$0" --clips 1 --frames 3 --size 8x8 1<"$1"'
-    read_only = subprocess.run(
+    script = f'exec varnext synth "$0" --clips 1 --frames 3 --size 8x8 {redirect}'
+    refused = subprocess.run(
         ["bash", "-c", script, tmp_path / "s", tmp_path / "in.txt"],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert read_only.returncode == 2, read_only.stderr
-    assert read_only.stderr.startswith("error: standard output is open for reading only")
-    assert len(read_only.stderr.splitlines()) == 1 and not (tmp_path / "s").exists()
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.startswith(f"error: standard output {said} (standard output): ")
+    assert len(refused.stderr.splitlines()) == 1 and not (tmp_path / "s").exists()
 
 
 @pytest.mark.parametrize("encoding", ["ascii", "latin-1"])
