@@ -464,3 +464,23 @@ def test_a_page_written_meanwhile_by_another_report_is_kept(
         report.write_report(store["uri"], EXP, out=out)
     assert out.read_text() == "the other report's page"
     assert [p.name for p in tmp_path.iterdir()] == ["same.html"]
+
+
+def test_a_deleted_sweep_is_named_with_how_to_restore_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A sweep whose parent run was deleted read as "holds no sweep" (or, with --sweep, as
+    "is not a sweep"): the search sees active runs only."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.client(uri).create_experiment("gone", artifact_location=str(tmp_path / "gone"))
+    parent = tracking.start_run(uri, "gone", run_name="sweep-x", tags={"varnext.kind": "sweep"})
+    tracking.end_run(uri, parent, "FINISHED")
+    tracking.client(uri).delete_run(parent)
+    capsys.readouterr()  # MLflow's notes as it made the store
+    for extra in ([], ["--sweep", parent]):
+        argv = ["report", "--experiment", "gone", "--tracking-uri", uri, *extra]
+        assert main([*argv, "--out", str(tmp_path / "r.html")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert f"the sweep run {parent} (sweep-x) of experiment 'gone' was deleted" in err, err
+        assert f"mlflow runs restore --run-id {parent}" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "r.html").exists()

@@ -6,6 +6,7 @@ whose driver is missing, a server that never answers and one that is not MLflow'
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import importlib.util
@@ -70,6 +71,17 @@ def test_a_sqlite_database_of_another_program_is_refused_and_left_unchanged(
         tracking.check_reachable(sqlite_uri(other_program_db), existing=existing)
     assert sha256(other_program_db) == before
     assert sorted(p.name for p in other_program_db.parent.iterdir()) == ["inventory.db"]
+
+
+def test_a_database_with_only_alembic_bookkeeping_is_said_so(tmp_path: Path) -> None:
+    """It was said to have "no tables" while it had one."""
+    import sqlite3
+
+    path = tmp_path / "mlflow.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)")
+    with pytest.raises(UserError, match=r"holds no MLflow store \(it has only alembic_version\)"):
+        tracking.open_store(sqlite_uri(path))
 
 
 def test_an_empty_file_holds_no_store_for_reading_but_may_become_one(tmp_path: Path) -> None:

@@ -89,6 +89,35 @@ def _pick_sweep(runs: list[Any], experiment: str, sweep_id: str | None) -> Any:
     return sweeps[0]
 
 
+def _refuse_deleted_sweep(
+    client: Any, experiment_id: str, experiment: str, sweep_id: str | None
+) -> None:
+    """Where no sweep run is found, a deleted one is named with how to restore it: the
+    search sees active runs only, so "holds no sweep" hid that one was deleted."""
+    from mlflow.entities import ViewType
+
+    try:
+        deleted = client.search_runs(
+            [experiment_id],
+            filter_string="tags.`varnext.kind` = 'sweep'",
+            run_view_type=ViewType.DELETED_ONLY,
+            max_results=50,
+        )
+    except Exception:  # a help to the message only: the caller's refusal stands
+        return
+    found = [r for r in deleted if sweep_id in (None, r.info.run_id)]
+    if not found:
+        return
+    run = found[0]
+    raise UserError(
+        f"the sweep run {run.info.run_id} ({run.info.run_name}) of experiment {experiment!r} "
+        "was deleted",
+        "--sweep" if sweep_id else "--experiment",
+        f"restore it (mlflow runs restore --run-id {run.info.run_id}, with the same tracking "
+        "URI), or pass another sweep",
+    )
+
+
 def _number(text: str) -> Any:
     """A param's value as an int or float where it is one, else the text."""
     for cast in (int, float):
@@ -189,7 +218,11 @@ def gather(uri: str | None, experiment: str, sweep_id: str | None = None) -> Swe
             "check --tracking-uri (or MLFLOW_TRACKING_URI)"
             + (" and that the server is up" if served else ""),
         ) from None
-    parent = _pick_sweep(runs, experiment, sweep_id)
+    try:
+        parent = _pick_sweep(runs, experiment, sweep_id)
+    except UserError:
+        _refuse_deleted_sweep(client, exp.experiment_id, experiment, sweep_id)
+        raise
     children = [
         r
         for r in runs

@@ -229,7 +229,9 @@ def _check_sqlite_tables(
     own = sorted(t for t in tables if not t.startswith(("sqlite_", "alembic_")))
     if not own:
         if existing:
-            state = "is empty" if path.stat().st_size == 0 else "has no tables"
+            state = "is empty" if path.stat().st_size == 0 else "has no tables of its own"
+            if tables:  # only SQLite's or Alembic's bookkeeping
+                state = f"has only {', '.join(sorted(tables)[:3])}"
             what = f"this file holds no MLflow store (it {state})"
             raise UserError(what, str(path), NO_STORE_FIX)
         return
