@@ -104,8 +104,8 @@ def test_an_empty_out_folder_keeps_its_mode_owner_and_group(tmp_path: Path) -> N
     with staged_dir(read_only, "--out") as tmp:
         (tmp / "done").write_text("x")
     assert read_only.stat().st_mode & 0o7777 == 0o555 and (read_only / "done").exists()
-    mine = [g for g in os.getgroups() if g != os.getegid()]  # root may give any group
-    other_gid = 1 if os.geteuid() == 0 else next(iter(mine), None)
+    mine = [g for g in os.getgroups() if g != os.getegid()]
+    other_gid = 1 if os.geteuid() == 0 else next(iter(mine), None)  # root may give any group
     if other_gid is None:
         pytest.skip("the group part needs root or a second group of this process's")
     shared = tmp_path / "shared"

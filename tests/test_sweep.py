@@ -20,7 +20,7 @@ from tests.conftest import REPO
 from varnext_ray.cli import main
 from varnext_ray.search_space import load_space
 from varnext_ray.settings import TrainSettings
-from varnext_ray.sweep import SweepOptions, run_sweep
+from varnext_ray.sweep import STATE_LIMIT, SweepOptions, run_sweep
 from varnext_ray.sweep_results import summary_table
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -327,10 +327,6 @@ def test_a_sweep_whose_tune_state_is_cut_short_is_refused(tmp_path: Path, damage
     (folder / damaged).write_bytes(whole[: len(whole) // 2])
     with pytest.raises(UserError, match=r"the sweep's Tune state is damaged \("):
         check_resumable(str(folder))
-    import os
-
-    from varnext_ray.sweep import STATE_LIMIT
-
     (folder / damaged).unlink()
     os.mkfifo(folder / damaged)  # its read blocked until the sweep was killed
     with pytest.raises(UserError, match=r"Tune state is a named pipe \(FIFO\), not a regular"):

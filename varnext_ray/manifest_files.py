@@ -103,7 +103,9 @@ def check_clip_keys(root: Path, schema: _ManifestSchema, where: str) -> None:
         indices = []
         for file in clip.files:
             try:
-                _check_image_bytes(pq.ParquetFile(root / file).metadata, schema.size)
+                too_large = _image_bytes_problem(pq.ParquetFile(root / file).metadata, schema.size)
+                if too_large is not None:  # before any page is decompressed
+                    raise UserError(f"clips[{n}].files: {file!r}: {too_large}", where, DAMAGED_FIX)
                 keys = pq.read_table(root / file, columns=["clip_id", "frame_index"])
                 first = next(
                     pq.ParquetFile(root / file, pre_buffer=False, buffer_size=1 << 16).iter_batches(
@@ -111,8 +113,6 @@ def check_clip_keys(root: Path, schema: _ManifestSchema, where: str) -> None:
                     ),
                     None,
                 )
-            except UserError as err:  # images larger than any frame of the size
-                raise UserError(f"clips[{n}].files: {file!r}: {err.what}", where, err.fix) from None
             except (OSError, pa.ArrowException, ValueError) as err:
                 reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
                 what = f"clips[{n}].files: {file!r} does not read ({reason})"
@@ -135,9 +135,9 @@ def check_clip_keys(root: Path, schema: _ManifestSchema, where: str) -> None:
             raise UserError(what, where, MANIFEST_FIX)
 
 
-def _check_image_bytes(meta: pq.FileMetaData, size: tuple[int, int]) -> None:
-    """Refuses a file whose ``image`` column holds more bytes, once decompressed, than its
-    frames can at the manifest's size (from the footer, before any page is read): one
+def _image_bytes_problem(meta: pq.FileMetaData, size: tuple[int, int]) -> str | None:
+    """What is wrong with a file whose ``image`` column holds more bytes, once decompressed,
+    than its frames can at the manifest's size (read from the footer, before any page): one
     compressed page of zeros in a 146 KB file made the first image's read 1 GB (4 GB held).
     A raw frame is ``W*H*3`` bytes; a JPEG stays below twice that, headers included."""
     width, height = size
@@ -149,12 +149,11 @@ def _check_image_bytes(meta: pq.FileMetaData, size: tuple[int, int]) -> None:
             if column.path_in_schema != "image":
                 continue
             if column.total_uncompressed_size > group.num_rows * per_frame + (1 << 20):
-                raise UserError(
+                return (
                     f"its images hold {column.total_uncompressed_size:,} bytes for "
-                    f"{group.num_rows} frames of {width}x{height}, more than such frames can",
-                    "",
-                    DAMAGED_FIX,
+                    f"{group.num_rows} frames of {width}x{height}, more than such frames can"
                 )
+    return None
 
 
 def damaged_file(manifest: Manifest, split: str) -> str | None:
