@@ -185,6 +185,53 @@ def test_search_space_values_are_bounded_like_their_fields(
     _refused(_sweep_argv(_space(tmp_path, **fields), dataset_dir, tmp_path), capsys, expect)
 
 
+def _batch_norm_base(tmp: Path) -> Path:
+    """The smoke architecture with batch norm on every layer: 6 layers of stride 2 bring its
+    64x36 input to a 1x1 map, 5 to 2x2."""
+    arch = json.loads(SMOKE.read_text())
+    arch["encoder"]["conv"] = [{**layer, "norm": "batch"} for layer in arch["encoder"]["conv"]]
+    path = tmp / "bn_base.json"
+    path.write_text(json.dumps(arch))
+    return path
+
+
+def test_a_sweep_on_batches_of_one_is_refused_where_every_point_has_batch_norm_on_1x1(
+    dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Each trial started a worker group and failed with PyTorch's "Expected more than 1 value
+    per channel when training"; the sweep ended with no trial finished."""
+    base = str(_batch_norm_base(tmp_path))
+    space = _space(tmp_path, base=base, encoder={"depth": {"low": 6, "high": 7}})
+    argv = _sweep_argv(space, dataset_dir, tmp_path, "--batch-size", "1")
+    line = _refused(argv, capsys, "points drawn from the space can train on batches of one")
+    assert "encoder.conv[5]: batch norm on a 1x1 map" in line
+    assert line.endswith("(--batch-size): pass --batch-size 2 or more"), line
+    assert not (tmp_path / "storage").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def test_batches_of_one_are_refused_only_where_every_drawn_point_has_batch_norm_on_1x1(
+    tmp_path: Path,
+) -> None:
+    """Where only some points have one (depth 6 of 5-6), the sweep is not refused: those
+    trials fail alone (``sweep_trial`` runs the same check before its worker group starts)."""
+    from varnext_ray.search_space import load_space
+    from varnext_ray.settings import TrainSettings
+    from varnext_ray.sweep import check_batch_of_one
+
+    path = str(_batch_norm_base(tmp_path))
+    space, base = load_space(_space(tmp_path, base=path, encoder={"depth": {"low": 5, "high": 6}}))
+    check_batch_of_one(space, base, TrainSettings(batch_size=1))
+    deep, _ = load_space(_space(tmp_path, base=path, encoder={"depth": {"low": 6, "high": 6}}))
+    with pytest.raises(UserError, match=r"encoder.conv\[5\]: batch norm on a 1x1 map"):
+        check_batch_of_one(deep, base, TrainSettings(batch_size=1))
+    check_batch_of_one(deep, base, TrainSettings(batch_size=2))  # two frames normalise
+    searched, _ = load_space(_space(tmp_path, base=path, encoder={"depth": [6]}, batch_size=[1, 4]))
+    check_batch_of_one(searched, base, TrainSettings(batch_size=1))  # the points choose
+    only_one, _ = load_space(_space(tmp_path, base=path, encoder={"depth": [6]}, batch_size=[1]))
+    with pytest.raises(UserError, match=r"encoder.conv\[5\]: batch norm on a 1x1 map"):
+        check_batch_of_one(only_one, base, TrainSettings(batch_size=8))
+
+
 def test_an_architecture_reading_one_channel_is_refused_on_rgb_frames(
     dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -484,6 +484,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     from varnext_ray.storage_checks import check_trusted_storage
     from varnext_ray.sweep import (
         SweepOptions,
+        check_batch_of_one,
         check_new_sweep,
         check_resumable,
         check_resume_matches,
@@ -520,6 +521,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     )
     options.check()
     options.settings(space).check()
+    check_batch_of_one(space, base, options.settings(space))
     _check_sweep_dir(args.experiment, space.name)
     _preflight(args, options.settings(space), parse_arch(base, str(args.space)).input.shape)
     if args.resume:  # Tune's state is unpickled: refuse storage others can write, before Ray

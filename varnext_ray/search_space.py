@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -355,31 +356,46 @@ def _check_some_point_is_valid(space: SearchSpace, base: dict[str, Any], where: 
     """Refuses a space in which none of :data:`SAMPLED_POINTS` points, drawn as a sweep draws
     them (Optuna, seeded random), is a valid architecture (sizes aside): every trial would
     fail after Ray started, and the sweep end with no trial finished."""
+    failures = draw_failures(space, base)
+    if failures:
+        raise UserError(
+            f"none of {SAMPLED_POINTS} points drawn from the space is a valid architecture (the "
+            f"first: {failures[0].what})",
+            where,
+            "fix the base architecture, or the ranges that make every point invalid",
+        )
+
+
+def draw_failures(
+    space: SearchSpace,
+    base: dict[str, Any],
+    check: Callable[[ArchConfig], None] | None = None,
+) -> list[UserError]:
+    """Draws up to :data:`SAMPLED_POINTS` points as a sweep draws them (Optuna, seeded random)
+    until one is a valid architecture (sizes aside) that ``check`` (raising a UserError) also
+    takes: [] then, else every drawn point's error, in order."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     define = DefineByRun(space, base)
-    first: UserError | None = None
+    failures: list[UserError] = []
     for _ in range(SAMPLED_POINTS):
         trial = study.ask()
         define(trial)
         try:
-            parse_arch(
+            arch = parse_arch(
                 point_to_arch(base, trial.params),
                 "sampled point",
                 max_params=math.inf,
                 max_activation_bytes=math.inf,
             )
-            return
+            if check is not None:
+                check(arch)
+            return []
         except UserError as err:
-            first = first or err
-    raise UserError(
-        f"none of {SAMPLED_POINTS} points drawn from the space is a valid architecture (the "
-        f"first: {first.what if first else 'no point'})",
-        where,
-        "fix the base architecture, or the ranges that make every point invalid",
-    )
+            failures.append(err)
+    return failures
 
 
 def parse_space(data: Any, where: str) -> SearchSpace:

@@ -41,11 +41,17 @@ from varnext_ray.errors import (
 )
 from varnext_ray.output_checks import check_not_inside
 from varnext_ray.safe_io import read_bounded
-from varnext_ray.search_space import DefineByRun, SearchSpace, point_to_arch
+from varnext_ray.search_space import (
+    SAMPLED_POINTS,
+    DefineByRun,
+    SearchSpace,
+    draw_failures,
+    point_to_arch,
+)
 from varnext_ray.settings import TrainSettings
 from varnext_ray.storage_checks import check_trusted_storage, local_storage
 from varnext_ray.sweep_results import SweepOutcome, close_trial_runs, summarise
-from varnext_ray.train import build_trainer, check_dataset, timed_fit
+from varnext_ray.train import build_trainer, check_batch_norm_batch, check_dataset, timed_fit
 from varnext_ray.train_data import RunData, prepare_run_data
 from varnext_ray.trial_runs import STORE_FIX, TrialRuns, trial_name, trials_dir, write_outcome
 
@@ -140,6 +146,26 @@ class SweepConstants:
     prepared: RunData | None = None  # read once before the first trial, shared by all
 
 
+def check_batch_of_one(space: SearchSpace, base: dict[str, Any], settings: TrainSettings) -> None:
+    """Refuses a batch size of one frame (``--batch-size 1``, or a space whose only batch
+    size is 1) where every point drawn from ``space`` has a batch norm on a 1x1 map
+    (:func:`~varnext_ray.train.check_batch_norm_batch`): each trial would fail. Where only
+    some points have one, those trials fail alone, before their workers start."""
+    sizes = space.batch_size or [settings.batch_size]
+    if set(sizes) != {1}:
+        return
+    one = replace(settings, batch_size=1)
+    failures = draw_failures(space, base, lambda arch: check_batch_norm_batch(arch, one))
+    refused = [err for err in failures if err.where == "--batch-size"]  # not invalid points
+    if refused:
+        raise UserError(
+            f"none of {SAMPLED_POINTS} points drawn from the space can train on batches of one "
+            f"frame (the first: {refused[0].what})",
+            "--batch-size",
+            "pass --batch-size 2 or more",
+        )
+
+
 def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
     """One Tune trial: sampled point -> validated architecture -> a Ray Train run.
 
@@ -165,18 +191,20 @@ def sweep_trial(config: dict[str, Any], sweep: SweepConstants) -> None:
             "a sweep started by an older varnext cannot start new trials when resumed: "
             "start a new sweep (another --experiment or --storage)",
         )
-    try:
-        arch = parse_arch(point_to_arch(sweep.base, point), f"trial {trial_id}")
-    except UserError as err:
-        write_outcome(run_dir, "FAILED", reason=str(err))
-        raise
     overrides = {
         k: cast(point[k]) for k, cast in (("lr", float), ("batch_size", int)) if k in point
     }
+    settings = replace(sweep.settings, **overrides)
+    try:  # a point no check before the sweep could refuse fails its own trial, before Train
+        arch = parse_arch(point_to_arch(sweep.base, point), f"trial {trial_id}")
+        check_batch_norm_batch(arch, settings)
+    except UserError as err:
+        write_outcome(run_dir, "FAILED", reason=str(err))
+        raise
     trainer = build_trainer(
         arch=arch,
         data=Path(sweep.data),
-        settings=replace(sweep.settings, **overrides),
+        settings=settings,
         resources=sweep.resources,
         storage=trials,
         name=name,
@@ -428,6 +456,7 @@ def run_sweep(
     settings = options.settings(space)
     settings.check()
     check_dataset(data, settings, options.workers_per_trial)
+    check_batch_of_one(space, base, settings)
     uri = tracking.resolve_tracking_uri(tracking_uri)
     tracking.check_reachable(uri)
     storage = local_storage(storage)  # file:///...: a local folder, locked and checked as one

@@ -71,19 +71,26 @@ class TrainOutcome:
     path: str
 
 
-def check_dataset(
-    data: Path, settings: TrainSettings, workers: int = 1, arch: ArchConfig | None = None
-) -> None:
-    """A clear error before training when the dataset cannot train or validate."""
-    on_triplets = settings.trains_on_triplets(arch) if arch else settings.train_on == "triplets"
-    one_value = batch_norm_on_one_value(arch) if arch is not None else None
-    if one_value and settings.batch_size == 1 and not on_triplets:
+def check_batch_norm_batch(arch: ArchConfig, settings: TrainSettings) -> None:
+    """A UserError when ``arch`` has a batch norm on a 1x1 map and ``settings`` train it on
+    batches of one frame (PyTorch refuses such a batch norm in training, mid-run)."""
+    one_value = batch_norm_on_one_value(arch)
+    if one_value and settings.batch_size == 1 and not settings.trains_on_triplets(arch):
         raise UserError(
             f"{one_value}: batch norm on a 1x1 map sees one value per channel in a batch of one "
             "frame, which PyTorch cannot normalise in training",
             "--batch-size",
             "pass --batch-size 2 or more",
         )
+
+
+def check_dataset(
+    data: Path, settings: TrainSettings, workers: int = 1, arch: ArchConfig | None = None
+) -> None:
+    """A clear error before training when the dataset cannot train or validate."""
+    on_triplets = settings.trains_on_triplets(arch) if arch else settings.train_on == "triplets"
+    if arch is not None:
+        check_batch_norm_batch(arch, settings)
     manifest = load_manifest(data, check_keys=True)
     if arch is not None:
         check_frame_size(manifest.size, arch.input.shape, data)
