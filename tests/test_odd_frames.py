@@ -156,6 +156,64 @@ def test_ingest_a_named_file_with_no_video_stream_is_one_clear_error(
     assert not (tmp_path / "ds").exists()
 
 
+# ---- files that are no footage of their own: lists, playlists, text -------------------------
+
+
+def _footage_and_others(folder: Path) -> dict[str, Path]:
+    """One real clip, and files FFmpeg opens by their content: a concat list naming the clip
+    50 times, an HLS playlist of it, and a text file (FFmpeg's tty demuxer draws text)."""
+    folder.mkdir()
+    write_video(folder / "real.ts", (_ball(i) for i in range(12)))  # MPEG-TS: HLS segments
+    lines = "file real.ts\n" * 50
+    others = {
+        "concat": (folder / "list.mp4", "ffconcat version 1.0\n" + lines),
+        "hls": (
+            folder / "cam.m3u8",
+            "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nreal.ts\n#EXT-X-ENDLIST\n",
+        ),
+        "text": (folder / "notes.nfo", "Notes about the footage of the overpass camera.\n" * 400),
+    }
+    for path, text in others.values():
+        path.write_text(text)
+    return {kind: path for kind, (path, _) in others.items()}
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [
+        ("concat", "a list or playlist (FFmpeg reads it as Virtual concatenation script)"),
+        ("hls", "a list or playlist (FFmpeg reads it as Apple HTTP Live Streaming)"),
+        ("text", "a text file (FFmpeg reads it as"),
+    ],
+)
+def test_a_list_a_playlist_or_a_text_file_is_not_read_as_footage(
+    kind: str, expected: str, ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A concat list naming one clip 50 times was ingested as 50 clips (the same frames in
+    train, val and test); a text file became 152 frames of text-mode art; both exit 0."""
+    named = _footage_and_others(tmp_path / "src")[kind]
+    code, _, err = _run(["ingest", named, "--out", tmp_path / "ds"], capsys)
+    assert expected in _one_error(code, err)
+    out = tmp_path / "pred.mp4"
+    code, _, err = _run(["predict", "--checkpoint", ckpt, "--video", named, "--out", out], capsys)
+    assert expected in _one_error(code, err)
+    assert not (tmp_path / "ds").exists() and not out.exists()
+
+
+def test_a_folder_with_a_list_of_its_clip_reads_the_clip_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _footage_and_others(tmp_path / "src")
+    code, _, err = _ingest(tmp_path / "src", tmp_path / "ds", capsys)
+    assert code == 0, err
+    manifest = json.loads((tmp_path / "ds" / "dataset.json").read_text())
+    used = [Path(s["path"]).name for s in manifest["sources"] if s["frames_used"]]
+    assert used == ["real.ts"] and manifest["frames"] == 12, manifest["sources"]
+    (skipped,) = manifest["skipped"]
+    assert Path(skipped["path"]).name == "list.mp4", skipped
+    assert skipped["reason"].startswith("a list or playlist"), skipped
+
+
 # ---- animated images ------------------------------------------------------------------------
 
 

@@ -137,6 +137,15 @@ def _decode_images(source: Source, skipped: Skipped) -> Iterator[tuple[int, np.n
 
 _OPEN_FIX = "check the file plays, or convert it with ffmpeg"
 
+# FFmpeg picks a demuxer by a file's content, whatever its name. These read other inputs that
+# the file names (a list of files, a playlist, a session description): the same footage
+# again under another name (a list naming one clip 50 times read as 50 clips), files outside
+# the sources, or the network. Their footage is read from the files themselves.
+READS_OTHER_INPUTS = frozenset({"concat", "hls", "dash", "imf", "sdp", "rtsp"})
+# FFmpeg's text-mode art decoders: they draw a text file (a README.txt or .nfo beside the
+# footage) as pictures of its characters.
+TEXT_ART_CODECS = frozenset({"ansi", "bintext", "xbin", "idf"})
+
 
 def open_video_stream(path: Path, *, say_choice: bool = False) -> tuple[Any, Any]:
     """The opened container of a video file and the stream to read (:func:`main_video_stream`;
@@ -158,9 +167,23 @@ def open_video_stream(path: Path, *, say_choice: bool = False) -> tuple[Any, Any
         raise UserError(
             f"cannot open as a video ({short_error(err)})", str(path), _OPEN_FIX
         ) from None
+    if set(container.format.name.split(",")) & READS_OTHER_INPUTS:  # before any stream is read
+        container.close()
+        raise UserError(
+            f"a list or playlist (FFmpeg reads it as {container.format.long_name}): it names "
+            "other files to read, not footage of its own",
+            str(path),
+            "pass the video files it names instead",
+        )
     stream = main_video_stream(container)
     if stream is None:
         what, fix = no_video_stream(container), NO_VIDEO_FIX
+    elif stream.codec_context.name in TEXT_ART_CODECS:
+        what = (
+            f"a text file (FFmpeg reads it as {container.format.long_name} and would draw its "
+            "characters as pictures), not a video"
+        )
+        fix = "pass only video files (move text files out of the sources)"
     elif (refused := _undecodable(stream, path)) is not None:
         what, fix = refused
     elif (w := stream.codec_context.width or 0) * (h := stream.codec_context.height or 0) > (
