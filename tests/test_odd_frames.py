@@ -3,6 +3,7 @@ orientation and one frame stored in two formats."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -394,3 +395,35 @@ def test_a_video_is_read_as_its_display_matrix_turns_it(
     frames = decode_images(table.column("image").to_pylist(), "raw", (64, 36))
     assert frames.shape == (6, 36, 64, 3)  # the stored 36x64, turned: not stretched
     assert frames[:, :, -8:, 0].mean() > 200 and frames[:, :, :20, 0].mean() < 60
+
+
+# ---- formats Pillow would hand to other programs ----------------------------------------------
+
+
+def test_a_postscript_file_named_png_is_not_handed_to_ghostscript(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Pillow identifies a file by its content: an EPS named frame.png reached its EPS plugin,
+    which runs Ghostscript where one is installed ("Unable to locate Ghostscript" here)."""
+    eps = tmp_path / "frame.png"
+    eps.write_text("%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 64 36\nshowpage\n")
+    Image.fromarray(_ball(1)).save(tmp_path / "b.png")
+    out = tmp_path / "pred.png"
+    code, _, err = _run(
+        ["predict", "--checkpoint", ckpt, "--out", out, eps, tmp_path / "b.png"], capsys
+    )
+    line = _one_error(code, err)
+    assert "cannot identify image file" in line and "Ghostscript" not in line, line
+    assert not out.exists()
+
+
+def test_a_stored_frame_of_another_format_than_the_datasets_is_refused() -> None:
+    """Stored frames decoded in whatever format their bytes were (a PNG in a JPEG dataset)."""
+    from varnext_ray.errors import UserError
+
+    frame = _ball(0)
+    png = io.BytesIO()
+    Image.fromarray(frame).save(png, format="PNG")
+    assert (decode_images([png.getvalue()], "png", (96, 54))[0] == frame).all()
+    with pytest.raises(UserError, match="a stored frame does not decode"):
+        decode_images([png.getvalue()], "jpeg", (96, 54))

@@ -96,5 +96,5 @@ def load_background(checkpoint: str | Path) -> np.ndarray | None:
     data = read_listed_file(checkpoint, BACKGROUND_FILE)
     if data is None:
         return None
-    with Image.open(io.BytesIO(data)) as image:
+    with Image.open(io.BytesIO(data), formats=["PNG"]) as image:
         return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()

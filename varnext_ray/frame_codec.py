@@ -53,7 +53,8 @@ def decode_images(blobs: Sequence[bytes], encoding: str, size: tuple[int, int]) 
         return out
     for i, blob in enumerate(blobs):
         try:
-            with Image.open(io.BytesIO(blob)) as image:
+            # only the dataset's own encoding: a blob of another format is not its frame
+            with Image.open(io.BytesIO(blob), formats=[encoding.upper()]) as image:
                 if image.size != (width, height):
                     what = (
                         f"a stored frame is {image.size[0]}x{image.size[1]}, not {width}x{height}"

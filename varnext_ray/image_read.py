@@ -22,6 +22,10 @@ from varnext_ray.errors import UserError
 from varnext_ray.safe_io import regular_file
 
 MAX_PIXELS = 8192 * 8192  # per decoded image or video frame (an 8K frame is 33M pixels)
+# The still-image formats read (Pillow's names), all decoded by Pillow itself. Pillow would
+# identify any file it has a plugin for, whatever its name: an EPS named frame.png is handed
+# to Ghostscript, a program of its own, where one is installed. (A phone's MPO opens as JPEG.)
+STILL_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 
 
 _MODE_SCALE = {"I;16": 257.0, "I;16L": 257.0, "I;16B": 257.0, "I;16N": 257.0, "I": 257.0}
@@ -72,7 +76,7 @@ def read_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             warnings.simplefilter("ignore", UserWarning)  # e.g. palette transparency notes
-            with Image.open(path) as image:
+            with Image.open(path, formats=STILL_FORMATS) as image:
                 w, h = image.size
                 if w * h > max_pixels or min(w, h) < 1:
                     raise UserError(
@@ -109,7 +113,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     """
     path = regular_file(path, "image", _IMAGE_FIX)
     try:
-        with warnings.catch_warnings(), Image.open(path) as image:
+        with warnings.catch_warnings(), Image.open(path, formats=STILL_FORMATS) as image:
             warnings.simplefilter("ignore")
             return image.size
     except DECODER_ERRORS as err:
@@ -147,7 +151,7 @@ def is_animated(path: Path) -> bool:
             f.seek(0)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with Image.open(f) as image:
+                with Image.open(f, formats=("GIF", "PNG")) as image:
                     return image.format in ("GIF", "PNG") and bool(getattr(image, "is_animated", 0))
         except DECODER_ERRORS:
             return False
