@@ -232,6 +232,32 @@ def test_batches_of_one_are_refused_only_where_every_drawn_point_has_batch_norm_
         check_batch_of_one(only_one, base, TrainSettings(batch_size=8))
 
 
+@pytest.mark.parametrize("command", ["train", "sweep"])
+@pytest.mark.parametrize("place", ["database", "artifacts"])
+def test_a_sqlite_store_writing_inside_the_dataset_is_refused_before_ray(
+    command: str, place: str, dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``mlflow.db`` and ``mlartifacts/`` (the checkpoints) were written among the dataset's
+    files, where ``--storage`` inside the dataset was already refused."""
+    data = tmp_path / "ds"
+    shutil.copytree(dataset_dir, data)
+    if place == "database":  # the store's file in the dataset
+        uri = f"sqlite:///{data / 'mlflow.db'}"
+    else:  # the store's artifacts folder beside it, a link to the dataset
+        (tmp_path / "mlartifacts").symlink_to(data)
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    before = sorted(p.name for p in data.rglob("*"))
+    if command == "train":
+        argv = _train_argv(data, tmp_path, *CLOSED)
+    else:
+        argv = _sweep_argv(_space(tmp_path), data, tmp_path)
+    argv[argv.index("--tracking-uri") + 1] = uri
+    line = _refused(argv, capsys, "--tracking-uri lies inside the dataset (--data)")
+    assert str(data) in line, line
+    assert sorted(p.name for p in data.rglob("*")) == before
+    assert not (tmp_path / "mlflow.db").exists()
+
+
 def test_an_architecture_reading_one_channel_is_refused_on_rgb_frames(
     dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

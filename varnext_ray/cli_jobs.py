@@ -177,6 +177,7 @@ def _preflight(
     from varnext_ray.manifest import load_manifest
     from varnext_ray.output_checks import check_not_inside
     from varnext_ray.storage_checks import check_storage_writable, local_storage
+    from varnext_ray.tracking_sqlite import database_file
     from varnext_ray.train import check_dataset, check_frame_size  # imports torch
 
     Resources(args.workers, args.gpus_per_worker, args.cpus_per_worker).check()
@@ -187,6 +188,9 @@ def _preflight(
     check_not_inside(storage, "--storage", args.data, "the dataset (--data)")
     check_frame_size(load_manifest(args.data).size, input_shape, args.data)
     uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    if (database := database_file(uri)) is not None:  # its artifacts go beside it
+        for written in (database, database.parent / tracking.ARTIFACTS_DIR):
+            check_not_inside(written, "--tracking-uri", args.data, "the dataset (--data)")
     tracking.check_reachable(uri)
     tracking.check_experiment(uri, args.experiment)  # a deleted one: MLflow refuses runs in it
 
