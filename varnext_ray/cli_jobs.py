@@ -7,7 +7,9 @@ data-stage commands of :mod:`varnext_ray.cli` never load them.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -52,8 +54,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=DEFAULT_STEPS,
         metavar="N",
-        help=f"optimizer steps in all, rounded up to whole passes over the training split "
-        f"(default {DEFAULT_STEPS}; 0: one pass per epoch)",
+        help=f"optimizer steps in all, in whole passes over the training split (a few "
+        f"percent either way; default {DEFAULT_STEPS}; 0: one pass per epoch)",
     )
     p.add_argument(
         "--epochs",
@@ -461,8 +463,7 @@ def _add_sweep(sub: argparse._SubParsersAction) -> None:
         type=int,
         default=0,
         metavar="N",
-        help="optimizer steps per trial, rounded up to whole passes (default 0: one pass per "
-        "epoch)",
+        help="optimizer steps per trial, in whole passes (default 0: one pass per epoch)",
     )
     p.add_argument("--concurrency", type=int, default=1, help="trials at once (default 1)")
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha")
@@ -629,11 +630,78 @@ def _run_demo(args: argparse.Namespace) -> int:
     )
 
 
+def _add_score(sub: argparse._SubParsersAction) -> None:
+    p = subcommand(
+        sub,
+        "score",
+        "Score a checkpoint on a dataset's held-out triplets (the test split, else validation)"
+        " and say in plain words whether the model learned and the straight line helps.",
+        "varnext score --checkpoint runs/best --data runs/overpass --strides 1 3",
+    )
+    p.add_argument("--checkpoint", type=path_arg, required=True, metavar="DIR")
+    p.add_argument("--data", type=path_arg, required=True, metavar="DATASET")
+    p.add_argument(
+        "--strides",
+        type=int,
+        nargs="+",
+        default=list(demo.HELD_OUT_STRIDES),
+        metavar="S",
+        help="triplet strides s: frames t, t+s, t+2s (default 1 3)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Ray address (default $RAY_ADDRESS, else a local Ray on 127.0.0.1)",
+    )
+    p.set_defaults(run=_run_score, uses_torch=True)
+
+
+def _run_score(args: argparse.Namespace) -> int:
+    from varnext_ray.checkpoint_load import load_checkpoint
+    from varnext_ray.cluster import connect_ray
+    from varnext_ray.manifest import load_manifest, triplet_index
+    from varnext_ray.scoring import score_checkpoint
+    from varnext_ray.train import check_frame_size
+
+    if bad := [s for s in args.strides if s < 1]:
+        raise UserError(f"--strides must be >= 1 (got {bad[0]})", "--strides", "pass 1 or more")
+    strides = list(dict.fromkeys(args.strides))  # each once, in the order given
+    manifest = load_manifest(args.data, check_keys=True)
+    arch = load_checkpoint(args.checkpoint).arch  # its files checked before Ray starts
+    check_frame_size(manifest.size, arch.input.shape, args.data)
+    if not any(triplet_index(manifest, split, s) for s in strides for split in ("test", "val")):
+        raise UserError(
+            f"no triplet at stride(s) {', '.join(map(str, strides))} in the test or validation "
+            "split (every clip there is shorter than 2s + 1 frames)",
+            str(args.data),
+            "pass smaller --strides, or ingest with larger --val / --test",
+        )
+    connect_ray(args.address)
+    held_out = score_checkpoint(args.checkpoint, args.data, strides)
+    if args.json:
+        out = {s: {**_finite(m), "verdict": demo.verdict(m)} for s, m in held_out.items()}
+        print(json.dumps(out, indent=2))
+        return 0
+    print(demo.held_out_table(held_out, "the checkpoint"))
+    for stride, scored in held_out.items():
+        print(f"\nverdict at s={stride} ({scored['split']} split): " + demo.verdict(scored))
+    return 0
+
+
+def _finite(metrics: dict[str, object]) -> dict[str, object]:
+    """Metrics for JSON: a value that is not a finite number (NaN, inf) is null."""
+    return {
+        k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in metrics.items()
+    }
+
+
 JOB_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_train,
     _add_sweep,
     _add_best,
     _add_report,
     _add_predict,
+    _add_score,
     _add_demo,
 ]

@@ -220,8 +220,9 @@ def print_report(
     print(f"\nopen MLflow: mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
 
 
-def held_out_table(held_out: dict[str, dict[str, Any]]) -> str:
-    """The held-out scores, one row per stride s: PSNR overall and in the motion region."""
+def held_out_table(held_out: dict[str, dict[str, Any]], scored: str = "the best trial") -> str:
+    """The held-out scores of ``scored``, one row per stride s: PSNR overall and in the motion
+    region."""
     columns = (
         ("extrap_psnr", "extrap"),
         ("latent_copy_psnr", "latent copy"),
@@ -230,7 +231,7 @@ def held_out_table(held_out: dict[str, dict[str, Any]]) -> str:
         ("background_psnr", "background"),
     )
     head = "   s  split  triplets  region  " + "".join(f"{n:>12}" for _, n in columns)
-    lines = ["\nthe best trial on held-out triplets (PSNR, dB; triplets t, t+s, t+2s):", head]
+    lines = [f"\n{scored} on held-out triplets (PSNR, dB; triplets t, t+s, t+2s):", head]
     for stride, m in held_out.items():
         for region, suffix in (("all", ""), ("motion", "_motion")):
             cells = "".join(f"{_cell(m.get(key + suffix)):>12}" for key, _ in columns)

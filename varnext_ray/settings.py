@@ -80,7 +80,8 @@ class TrainSettings:
     ``epochs`` are evaluation rounds (validation, report, checkpoint; ASHA's rungs). ``steps``
     is an optional budget of optimizer steps over all epochs: each epoch then trains whole
     passes over the training split, :meth:`passes_per_epoch` of them, so the steps done (the
-    ``steps`` metric) are the budget rounded up to whole passes. None: one pass per epoch.
+    ``steps`` metric) are the budget give or take each pass's last partial batch. None: one
+    pass per epoch.
     """
 
     epochs: int = 10
