@@ -282,3 +282,54 @@ def test_frames_too_small_for_the_model_are_named_by_their_files(
         predict_image_files(ckpt, *frames, tmp_path / "p.png", 1)
     assert refused.value.where == f"{frames[0]}, {frames[1]}"
     assert not (tmp_path / "p.png").exists()
+
+
+def _large_video(path: Path, side: int, frames: int) -> Path:
+    """A real H.264 video of ``frames`` square frames of ``side`` pixels: a bar moving right."""
+    from varnext_ray.media import write_video
+
+    def frame(i: int) -> np.ndarray:
+        image = np.full((side, side, 3), 40, np.uint8)
+        image[side // 3 : side // 2, 16 * i : 16 * i + side // 8] = 220
+        return image
+
+    write_video(path, (frame(i) for i in range(frames)))
+    return path
+
+
+def test_video_frames_are_taken_in_chunks_of_bounded_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunks were 32 frames whatever their size: with each frame's crop, frame as shown and
+    prediction held beside it, a 65 KB video of 4096x4096 frames peaked at 5.5 GB."""
+    import varnext_ray.predict as predict
+    from varnext_ray.sources import Source
+
+    video = _large_video(tmp_path / "v.mp4", 512, 20)
+    monkeypatch.setattr(predict, "_CHUNK_BYTES", 3 * 512 * 512 * 3)  # three frames' bytes
+    counts = {"frames": 0, "gaps": 0, "longest": 0, "sizes": []}
+    chunks = [item for item in predict._chunks(Source("video", video), counts) if item]
+    assert [len(chunk) for _, chunk in chunks] == [3] * 6 + [2]
+    assert [first for first, _ in chunks] == list(range(0, 20, 3))
+
+
+def test_running_out_of_memory_is_one_line_not_a_bug_report(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A command whose inputs need more memory than it may take (a video of 4096x4096 frames
+    under a memory limit) ended in "unexpected MemoryError ... this is a bug" (exit 1). Here a
+    real MemoryError: NumPy asked for 2**62 bytes."""
+    import argparse
+
+    from varnext_ray import cli
+    from varnext_ray.errors import GuardedStdout
+
+    def run(_: argparse.Namespace) -> int:
+        np.empty(2**62, np.uint8)
+        return 0
+
+    args = argparse.Namespace(command="predict", run=run)
+    assert cli._run(args, GuardedStdout(sys.stdout)) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: out of memory (varnext predict): ")
+    assert "this is a bug" not in lines[0]

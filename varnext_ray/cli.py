@@ -376,6 +376,13 @@ def _run(args: argparse.Namespace, stdout: GuardedStdout) -> int:
         say(f"error: interrupted (keyboard): {hint}")
         return 130
     except Exception as err:  # a bug, not the user's mistake: one line, the story in a file
+        if _out_of_memory(err):  # nothing the command held is kept (staged outputs unwind)
+            say(
+                f"error: out of memory (varnext {args.command}): its inputs need more memory "
+                "than this process may take: pass smaller inputs (downscale large frames or "
+                "videos with ffmpeg), or run it where more memory is free"
+            )
+            return 2
         if stdout.caused(err):  # a full disk or a closed pipe behind standard output
             failed = stdout.failure_error()
             if failed is None:  # e.g. `varnext data info DS --json | head`: quietly
@@ -392,6 +399,13 @@ def _run(args: argparse.Namespace, stdout: GuardedStdout) -> int:
             return 2
         say(unexpected_error_line(err, save_traceback(err)))
         return 1
+
+
+def _out_of_memory(err: BaseException) -> bool:
+    """Python's MemoryError, or torch's OutOfMemoryError (a device's memory)."""
+    torch = sys.modules.get("torch")
+    device_oom = getattr(torch, "OutOfMemoryError", None) if torch else None
+    return isinstance(err, MemoryError) or (device_oom is not None and isinstance(err, device_oom))
 
 
 def _database_failure_line(args: argparse.Namespace, err: BaseException) -> str | None:

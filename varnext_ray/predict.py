@@ -45,7 +45,8 @@ from varnext_ray.sources import Source
 
 log = logging.getLogger(__name__)
 VIDEO_OUTPUTS = (".mp4", ".gif")
-_CHUNK = 32  # video frames encoded per batch
+_CHUNK = 32  # video frames encoded per batch, at most
+_CHUNK_BYTES = 64 * 1024**2  # and at most this many bytes of decoded frames (2 of 4096x4096)
 
 
 # ---- frames in and out ------------------------------------------------------------------------
@@ -405,7 +406,9 @@ def _chunks(
     source: Source, counts: dict[str, Any]
 ) -> Iterator[tuple[int, list[np.ndarray]] | None]:
     """Consecutive decoded frames of one size, as (number of the first in the video, up to
-    ``_CHUNK`` frames); None where frames were lost.
+    ``_CHUNK`` frames, fewer where they would hold more than ``_CHUNK_BYTES``: each is held
+    with its crop, the frame as shown and its prediction, so 32 frames of 4096x4096 held 5.5 GB);
+    None where frames were lost.
 
     A chunk never spans a change of frame size (clips of different sizes joined end to end,
     or a stream that switches resolution), so a new size always starts a new chunk.
@@ -416,7 +419,8 @@ def _chunks(
     first = run = 0
     for item in decode_source(source, Skipped()):
         resized = item is not None and bool(chunk) and item[1].shape != chunk[0].shape
-        if item is None or resized or len(chunk) == _CHUNK:
+        full = bool(chunk) and len(chunk) >= max(1, min(_CHUNK, _CHUNK_BYTES // chunk[0].nbytes))
+        if item is None or resized or full:
             if chunk:
                 yield first, chunk
             chunk = []
