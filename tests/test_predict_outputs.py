@@ -333,3 +333,13 @@ def test_running_out_of_memory_is_one_line_not_a_bug_report(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: out of memory (varnext predict): ")
     assert "this is a bug" not in lines[0]
+
+
+def test_predict_with_no_model_says_neither_was_given(
+    inputs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It said "(not both)" when none was given."""
+    argv = ["predict", "--out", str(tmp_path / "p.png"), str(inputs["a"]), str(inputs["b"])]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: need one model (got neither) (--checkpoint, --model): "), err

@@ -363,3 +363,12 @@ def test_a_damaged_frame_in_a_shard_is_one_line_and_its_run_is_failed(
     client = mlflow.MlflowClient(uri)
     (run,) = client.search_runs([client.get_experiment_by_name("varnext").experiment_id])
     assert run.info.status == "FAILED" and said in run.data.tags["failure_reason"]
+
+
+def test_an_unknown_objective_names_its_flag(
+    dataset_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It named "(objective)", neither the flag nor the space's field."""
+    argv = _train_argv(dataset_dir, tmp_path, "--objective", "extrap_psnr_h1", *CLOSED)
+    line = _refused(argv, capsys, "unknown objective metric 'extrap_psnr_h1'")
+    assert "(--objective, or a search space's objective)" in line, line

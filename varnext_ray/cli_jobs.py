@@ -392,8 +392,11 @@ def _run_predict(args: argparse.Namespace) -> int:
     from varnext_ray.checkpoint_load import load_checkpoint
 
     if (args.checkpoint is None) == (args.model is None):
+        got = "neither" if args.checkpoint is None else "both"
         raise UserError(
-            "need one model", "varnext predict", "pass --checkpoint DIR or --model URI (not both)"
+            f"need one model (got {got})",
+            "--checkpoint, --model",
+            "pass --checkpoint DIR or --model URI, one of them",
         )
     stride = 1 if args.stride is None else args.stride
     predict.check_request(  # before a registered model downloads

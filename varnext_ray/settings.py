@@ -180,6 +180,6 @@ class TrainSettings:
         if self.objective not in OBJECTIVES:
             raise UserError(
                 f"unknown objective metric {self.objective!r}",
-                "objective",
+                "--objective, or a search space's objective",
                 f"use one of {', '.join(sorted(OBJECTIVES))}",
             )
