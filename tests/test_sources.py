@@ -37,6 +37,19 @@ def test_natural_order() -> None:
     ]
 
 
+@pytest.mark.parametrize("names", [["1.png", "01.png"], ["f_7.jpg", "F_007.png"]])
+def test_two_images_naming_the_same_frame_are_refused(tmp_path: Path, names: list[str]) -> None:
+    """Both were read as consecutive frames, in the order the folder listed them."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, name in enumerate([*names, "2.png", "3.png"]):
+        Image.new("RGB", (16, 9), (40 * i, 0, 0)).save(folder / name)
+    with pytest.raises(UserError, match="two images name the same frame: ") as err:
+        discover_sources([folder])
+    assert set(names) <= set(err.value.what.replace(",", " ").split()), err.value.what
+    assert err.value.where == str(folder)
+
+
 def test_fit_frame_crops_to_aspect_then_resizes() -> None:
     frame = np.zeros((240, 320, 3), np.uint8)  # 4:3
     frame[:30] = 255  # a white band at the top, cropped away by a 16:9 target

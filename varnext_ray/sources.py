@@ -330,6 +330,7 @@ def _image_source(
     stills, duplicates = _one_per_stem(stills)
     if not stills:
         return None, frozenset(animated)
+    _check_one_image_per_number(folder, stills)
     stems = {still.stem.lower() for still in stills}  # a hole beside its frame in another format
     holes = {hole for hole in holes if hole.stem.lower() not in stems}
     kept = animated.union(stills, holes)
@@ -372,6 +373,21 @@ def _entry_sources(
 
 
 _FORMAT_RANK = {".png": 0, ".jpg": 1, ".jpeg": 1}  # lossless first
+
+
+def _check_one_image_per_number(folder: Path, stills: list[Path]) -> None:
+    """A UserError where two images' names sort as the same frame (``1.png`` and ``01.png``,
+    ``f_7.jpg`` and ``F_007.png``): which comes first, and is either a repeat? Both were read,
+    one after the other, in the order the folder listed them."""
+    seen: dict[tuple, Path] = {}
+    for still in stills:
+        other = seen.setdefault(tuple(natural_key(Path(still.stem))), still)
+        if other is not still:
+            raise UserError(
+                f"two images name the same frame: {other.name} and {still.name}",
+                str(folder),
+                "rename or move one of them, so that each frame number names one image",
+            )
 
 
 def _one_per_stem(images: list[Path]) -> tuple[list[Path], tuple[tuple[Path, Path], ...]]:
