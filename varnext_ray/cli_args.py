@@ -218,6 +218,11 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
         default="runs/ray",
         help="Ray Train/Tune storage for checkpoints (default runs/ray)",
     )
+    add_address_arg(p)
+
+
+def add_address_arg(p: argparse.ArgumentParser) -> None:
+    """--address: the Ray cluster to join."""
     p.add_argument(
         "--address",
         default=None,

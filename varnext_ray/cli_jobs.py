@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from varnext_ray import demo, tracking
 from varnext_ray.artifacts import bounded_requests
 from varnext_ray.cli_args import (
+    add_address_arg,
     add_cluster_args,
     add_resource_args,
     add_rollout_args,
@@ -652,11 +653,7 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
         help="triplet strides s: frames t, t+s, t+2s (default 1 3)",
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument(
-        "--address",
-        default=None,
-        help="Ray address (default $RAY_ADDRESS, else a local Ray on 127.0.0.1)",
-    )
+    add_address_arg(p)
     p.set_defaults(run=_run_score, uses_torch=True)
 
 
